@@ -1,0 +1,128 @@
+"""The hub's aiohttp application: one port for WebSocket, the OpenAI-compatible API and health.
+
+Phases (named as uvicorn and aiohttp name them): startup opens the shared provider
+ClientSession; serve; shutdown cancels running completions, closes WebSockets, then the
+session. :func:`run_hub` runs all of it as an async context manager (tests, the demo) and
+:func:`serve_forever` until SIGINT/SIGTERM (``cbhub serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from hub.appkeys import HUB_KEY
+
+from hub.completions import CompletionManager
+from hub.config import HubConfig
+from hub.connection import WebSocketConnection, websocket_handler
+from hub.multiplexer import StreamMultiplexer
+from hub.openai_api import chat_completions_handler, chat_stream_get_handler, models_handler
+from hub.providers import ProviderClient
+
+__all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
+
+log = logging.getLogger("cbhub")
+
+
+class Hub:
+    """The running hub's state: config, multiplexer, completions, connections.
+
+    Attributes:
+        url: ``http://host:port`` once listening (set by :func:`run_hub`).
+        ready: True between startup and shutdown (``/healthz`` answers 200 then).
+    """
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.multiplexer = StreamMultiplexer()
+        self.connections: set[WebSocketConnection] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self.completions: CompletionManager  # set at startup, when a loop runs
+        self.url = ""
+        self.ready = False
+
+    async def startup(self, app: web.Application) -> None:
+        """Open the one ClientSession every provider request shares."""
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            auto_decompress=True,
+        )
+        self.completions = CompletionManager(self.config, self.multiplexer, ProviderClient(self.session, self.config))
+        self.ready = True
+
+    async def shutdown(self, app: web.Application) -> None:
+        """Cancel completions (their clients get ``error`` code ``shutting_down``), let the
+        writers flush, close WebSockets with 1001 (going away), close the session."""
+        self.ready = False
+        await self.completions.close()
+        await asyncio.sleep(0)  # let writer tasks send the final errors
+        for connection in list(self.connections):
+            with contextlib.suppress(Exception):
+                await connection.ws.close(code=1001, message=b"hub shutting down")
+        if self.session is not None:
+            await self.session.close()
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    """``GET /healthz``: 200 ``{"status": "ok"}`` when ready, else 503."""
+    hub: Hub = request.app[HUB_KEY]
+    if hub.ready:
+        return web.json_response({"status": "ok", "connections": len(hub.connections),
+                                  "completions": len(hub.completions.runs)})
+    return web.json_response({"status": "starting"}, status=503)
+
+
+def create_app(config: HubConfig | None = None) -> web.Application:
+    """The aiohttp application with every route of the hub on it."""
+    hub = Hub(config or HubConfig.from_env())
+    app = web.Application(client_max_size=hub.config.max_message_bytes)
+    app[HUB_KEY] = hub
+    app.on_startup.append(hub.startup)
+    app.on_shutdown.append(hub.shutdown)
+    app.router.add_get("/ws/stream", websocket_handler)
+    app.router.add_post("/v1/chat/completions", chat_completions_handler)
+    app.router.add_get("/v1/chat/completions/stream", chat_stream_get_handler)
+    app.router.add_get("/v1/models", models_handler)
+    app.router.add_get("/healthz", healthz_handler)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
+    """Run the hub on ``config.host:config.port`` (port 0 picks a free one) until exit.
+
+    Yields:
+        The :class:`Hub`, with ``url`` set to ``http://host:port``.
+    """
+    app = create_app(config)
+    hub: Hub = app[HUB_KEY]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, hub.config.host, hub.config.port)
+    await site.start()
+    server = site._server
+    port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else hub.config.port
+    hub.url = f"http://{hub.config.host}:{port}"
+    try:
+        yield hub
+    finally:
+        await runner.cleanup()
+
+
+async def serve_forever(config: HubConfig) -> None:
+    """Run the hub until SIGINT or SIGTERM, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with run_hub(config) as hub:
+        log.info("circuit-breaker-hub listening on %s (WebSocket %s/ws/stream)", hub.url, hub.url.replace("http", "ws", 1))
+        print(f"circuit-breaker-hub listening on {hub.url}  (WebSocket: {hub.url.replace('http', 'ws', 1)}/ws/stream)", flush=True)
+        await stop.wait()

@@ -1,0 +1,157 @@
+"""Channels and the StreamMultiplexer: who receives which event.
+
+A :class:`Channel` (``completion:<id>``, later ``workflow:<id>``, ``agent:<id>``, ``system``)
+numbers nothing itself: its publisher gives each event its ``seq``. The channel keeps the
+encoded events in a bounded history so a subscriber that arrives while the completion runs
+gets everything from ``seq`` 1 (while the history still holds it), then live events, with no
+gap and no duplicate: subscribing and publishing both run on the event loop without
+awaiting, so nothing can slip between the replay and the first live event.
+
+Fan-out (DESIGN.md decision 4): :meth:`StreamMultiplexer.publish` is given the event already
+encoded and hands the *same bytes* to every subscriber's :meth:`Subscriber.deliver`, which
+only appends to that connection's queue. No subscriber is awaited inside the loop.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["Subscriber", "Channel", "StreamMultiplexer", "stream_type_of"]
+
+
+class Subscriber(Protocol):
+    """Anything that can receive events: a WebSocket connection, an SSE response."""
+
+    def deliver(self, payload: bytes, message: Any) -> None:
+        """Queue one encoded event (``payload``, UTF-8 JSON) and its message object.
+
+        Must not block or await: it is called inside the fan-out loop.
+        """
+
+
+def stream_type_of(channel: str) -> str:
+    """The type-level stream a channel belongs to (``completion:c1`` → ``completion``,
+    ``agent:a1`` → ``agent_status``, ``system`` → ``system``)."""
+    kind = channel.partition(":")[0]
+    return "agent_status" if kind == "agent" else kind
+
+
+class Channel:
+    """One channel instance: its subscribers and a bounded history of encoded events.
+
+    Args:
+        name: the channel name.
+        history_max_events: how many of the latest events are kept for late subscribers.
+        on_idle: called when the last subscriber leaves.
+    """
+
+    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle", "closed")
+
+    def __init__(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.stream_type = stream_type_of(name)
+        self.subscribers: set[Subscriber] = set()
+        self.history: deque[tuple[bytes, Any]] = deque(maxlen=history_max_events)
+        self.on_idle = on_idle
+        self.closed = False
+
+
+class StreamMultiplexer:
+    """Maps channels and stream types to subscribers and fans events out to them."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, Channel] = {}
+        self.type_subscribers: dict[str, set[Subscriber]] = {}
+        self._subscriptions: dict[Subscriber, set[str]] = {}
+
+    # Channels.
+
+    def open_channel(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None) -> Channel:
+        """Create a channel. Raises ValueError if one of that name is open."""
+        if name in self.channels:
+            raise ValueError(f"channel {name} is already open")
+        channel = Channel(name, history_max_events, on_idle)
+        self.channels[name] = channel
+        return channel
+
+    def close_channel(self, name: str) -> None:
+        """Forget a channel and its subscriptions (its history goes with it)."""
+        channel = self.channels.pop(name, None)
+        if channel is None:
+            return
+        channel.closed = True
+        for subscriber in channel.subscribers:
+            names = self._subscriptions.get(subscriber)
+            if names is not None:
+                names.discard(name)
+        channel.subscribers.clear()
+
+    # Subscriptions.
+
+    def subscribe(self, subscriber: Subscriber, name: str) -> Channel:
+        """Add ``subscriber`` to an open channel and replay its history to it.
+
+        Raises:
+            KeyError: no open channel has that name.
+        """
+        channel = self.channels[name]
+        if subscriber in channel.subscribers:
+            return channel
+        channel.subscribers.add(subscriber)
+        self._subscriptions.setdefault(subscriber, set()).add(name)
+        for payload, message in channel.history:
+            subscriber.deliver(payload, message)
+        return channel
+
+    def is_subscribed(self, subscriber: Subscriber, name: str) -> bool:
+        """Whether ``subscriber`` watches channel ``name``."""
+        return name in self._subscriptions.get(subscriber, ())
+
+    def unsubscribe(self, subscriber: Subscriber, name: str) -> bool:
+        """Remove ``subscriber`` from a channel; returns whether it was subscribed."""
+        channel = self.channels.get(name)
+        names = self._subscriptions.get(subscriber)
+        if names is not None:
+            names.discard(name)
+        if channel is None or subscriber not in channel.subscribers:
+            return False
+        channel.subscribers.discard(subscriber)
+        if not channel.subscribers and channel.on_idle is not None:
+            channel.on_idle()
+        return True
+
+    def subscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
+        """Deliver every future event of channels of ``stream_type`` to ``subscriber``."""
+        self.type_subscribers.setdefault(stream_type, set()).add(subscriber)
+
+    def unsubscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
+        """Undo :meth:`subscribe_type`."""
+        self.type_subscribers.get(stream_type, set()).discard(subscriber)
+
+    def remove(self, subscriber: Subscriber) -> None:
+        """Drop every subscription of ``subscriber`` (its connection closed)."""
+        for name in list(self._subscriptions.pop(subscriber, ())):
+            channel = self.channels.get(name)
+            if channel is not None and subscriber in channel.subscribers:
+                channel.subscribers.discard(subscriber)
+                if not channel.subscribers and channel.on_idle is not None:
+                    channel.on_idle()
+        for subscribers in self.type_subscribers.values():
+            subscribers.discard(subscriber)
+
+    # Fan-out.
+
+    def publish(self, channel: Channel, payload: bytes, message: Any) -> None:
+        """Record one encoded event in the channel's history and hand the same bytes to
+        every channel subscriber and every subscriber of its stream type (once each)."""
+        channel.history.append((payload, message))
+        subscribers = channel.subscribers
+        for subscriber in subscribers:
+            subscriber.deliver(payload, message)
+        watchers = self.type_subscribers.get(channel.stream_type)
+        if watchers:
+            for subscriber in watchers:
+                if subscriber not in subscribers:
+                    subscriber.deliver(payload, message)

@@ -1,0 +1,432 @@
+"""Provider clients: build each provider's streaming request, read its body as it arrives,
+and hand the bytes to the provider's normalizer (protocol/normalizers/).
+
+Routing (:func:`resolve_model`): ``openai/…``, ``anthropic/…``, ``google/…`` (or
+``gemini/…``) and ``ollama/…`` always; bare names by prefix: ``gpt-``, ``o1``, ``o3``, ``o4``,
+``chatgpt-`` → OpenAI, ``claude-`` → Anthropic, ``gemini-`` → Google. Anything else is
+``model_not_found``.
+
+Requests (each provider's own auth and version headers; formats.md §1.1, §2.1, §3.1, §4.1):
+
+- OpenAI and compatible: ``POST {OPENAI_BASE_URL}/chat/completions``, ``Authorization:
+  Bearer``, ``stream: true`` and ``stream_options.include_usage: true``.
+- Anthropic: ``POST {ANTHROPIC_BASE_URL}/v1/messages``, ``x-api-key``, ``anthropic-version:
+  2023-06-01``; system messages move to ``system``; ``max_tokens`` is required (1024 if unset).
+- Google: ``POST {GEMINI_BASE_URL}/v1beta/models/{model}:streamGenerateContent?alt=sse``,
+  ``x-goog-api-key``; roles ``user``/``model``; ``systemInstruction``; ``generationConfig``.
+- Ollama: ``POST {OLLAMA_HOST}/api/chat`` (NDJSON), ``options.num_predict``.
+
+Bodies are read with ``iter_any()`` (never line iteration, which caps line length and splits
+on LF only: formats.md §10.2). aiohttp exceptions become :class:`ProviderError` in one place
+(:meth:`ProviderClient.stream`), as httpcore's ``map_exceptions`` does. Keys never appear in
+errors: every message built from upstream text is passed through ``redact``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from hub.config import DEFAULT_BASE_URLS, HubConfig
+from protocol.errors import ProviderError, redact, retryable_status
+from protocol.events import StreamEvent
+from protocol.messages import ChatMessage, Completion
+from protocol.normalizers.anthropic import AnthropicNormalizer
+from protocol.normalizers.base import Normalizer
+from protocol.normalizers.gemini import GeminiNormalizer
+from protocol.normalizers.ollama import OllamaChatNormalizer
+from protocol.normalizers.openai import OpenAIChatNormalizer
+
+__all__ = ["PROVIDERS", "resolve_model", "UpstreamRequest", "build_request", "ProviderClient"]
+
+PROVIDERS = ("openai", "anthropic", "google", "ollama")
+
+_PREFIXES = {"openai/": "openai", "anthropic/": "anthropic", "google/": "google", "gemini/": "google", "ollama/": "ollama"}
+_BARE = (
+    (("gpt-", "o1", "o3", "o4", "chatgpt-"), "openai"),
+    (("claude-",), "anthropic"),
+    (("gemini-",), "google"),
+)
+
+_encode = msgspec.json.Encoder().encode
+_ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body read for its message
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """Map a client model name to ``(provider, upstream_model)``.
+
+    Raises:
+        ProviderError: code ``model_not_found`` when no provider serves the name.
+    """
+    for prefix, provider in _PREFIXES.items():
+        if model.startswith(prefix):
+            upstream = model[len(prefix) :]
+            if upstream:
+                return provider, upstream
+    for prefixes, provider in _BARE:
+        if model.startswith(prefixes):
+            return provider, model
+    raise ProviderError(
+        f"no provider serves model {model!r}; use openai/, anthropic/, google/ or ollama/ "
+        "followed by the provider's model name",
+        "model_not_found",
+        status=404,
+    )
+
+
+class UpstreamRequest(msgspec.Struct, kw_only=True):
+    """One HTTP request to a provider: where, with which headers, which JSON body, and how
+    its response body is parsed."""
+
+    provider: str
+    model: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    make_normalizer: Callable[[], Normalizer]
+
+
+def _text_of(content: Any) -> str:
+    """Plain text of an OpenAI message ``content`` (string or list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _effort(request: Completion) -> str | None:
+    reasoning = request.reasoning
+    if isinstance(reasoning, str):
+        return reasoning
+    if isinstance(reasoning, dict):
+        effort = reasoning.get("effort")
+        return str(effort) if effort else None
+    return None
+
+
+_THINKING_BUDGET = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384}
+
+
+def _openai_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [msgspec.to_builtins(m) for m in request.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    for key in ("max_tokens", "temperature", "tools", "tool_choice", "stop"):
+        value = getattr(request, key)
+        if value is not None:
+            body[key] = value
+    effort = _effort(request)
+    if effort:
+        body["reasoning_effort"] = effort
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if config.openai_api_key:
+        headers["Authorization"] = f"Bearer {config.openai_api_key}"
+    return UpstreamRequest(
+        provider="openai",
+        model=model,
+        url=config.openai_base_url.rstrip("/") + "/chat/completions",
+        headers=headers,
+        body=body,
+        make_normalizer=OpenAIChatNormalizer,
+    )
+
+
+def _anthropic_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    converted = []
+    for tool in tools:
+        function = tool.get("function") if tool.get("type") == "function" else None
+        if function is None:
+            converted.append(tool)  # already Anthropic-shaped (or a server tool)
+            continue
+        entry = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+        if function.get("description"):
+            entry["description"] = function["description"]
+        converted.append(entry)
+    return converted
+
+
+def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice in ("auto", None):
+        return {"type": "auto"} if choice else None
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "tool", "name": choice["function"]["name"]}
+    return choice if isinstance(choice, dict) else None
+
+
+def _anthropic_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role in ("system", "developer"):
+            system.append(_text_of(message.content))
+        elif message.role == "tool":
+            out.append({"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": message.tool_call_id or "", "content": _text_of(message.content)}
+            ]})
+        elif message.role == "assistant" and message.tool_calls:
+            blocks: list[dict[str, Any]] = []
+            if _text_of(message.content):
+                blocks.append({"type": "text", "text": _text_of(message.content)})
+            for call in message.tool_calls:
+                function = call.get("function", {})
+                arguments = function.get("arguments") or "{}"
+                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""),
+                               "input": json.loads(arguments) if isinstance(arguments, str) else arguments})
+            out.append({"role": "assistant", "content": blocks})
+        else:
+            content = message.content if isinstance(message.content, str) else _text_of(message.content)
+            out.append({"role": message.role, "content": content})
+    return "\n\n".join(s for s in system if s), out
+
+
+def _anthropic_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
+    system, messages = _anthropic_messages(request.messages)
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": request.max_tokens or 1024, "stream": True}
+    if system:
+        body["system"] = system
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.stop is not None:
+        body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if request.tools:
+        body["tools"] = _anthropic_tools(request.tools)
+        choice = _anthropic_tool_choice(request.tool_choice)
+        if choice:
+            body["tool_choice"] = choice
+    if request.thinking is not None:
+        body["thinking"] = request.thinking
+    elif _effort(request):
+        body["thinking"] = {"type": "enabled", "budget_tokens": _THINKING_BUDGET.get(_effort(request) or "", 4096)}
+    headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01", "Accept": "text/event-stream"}
+    if config.anthropic_api_key:
+        headers["x-api-key"] = config.anthropic_api_key
+    return UpstreamRequest(
+        provider="anthropic",
+        model=model,
+        url=config.anthropic_base_url.rstrip("/") + "/v1/messages",
+        headers=headers,
+        body=body,
+        make_normalizer=AnthropicNormalizer,
+    )
+
+
+def _gemini_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
+    contents: list[dict[str, Any]] = []
+    system: list[str] = []
+    for message in request.messages:
+        if message.role in ("system", "developer"):
+            system.append(_text_of(message.content))
+            continue
+        role = "model" if message.role == "assistant" else "user"
+        contents.append({"role": role, "parts": [{"text": _text_of(message.content)}]})
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    generation: dict[str, Any] = {}
+    if request.max_tokens is not None:
+        generation["maxOutputTokens"] = request.max_tokens
+    if request.temperature is not None:
+        generation["temperature"] = request.temperature
+    if request.stop is not None:
+        generation["stopSequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    effort = _effort(request)
+    if effort or request.thinking is not None:
+        thinking: dict[str, Any] = {"includeThoughts": True}
+        budget = (request.thinking or {}).get("budget_tokens") or _THINKING_BUDGET.get(effort or "")
+        if budget:
+            thinking["thinkingBudget"] = budget
+        generation["thinkingConfig"] = thinking
+    if generation:
+        body["generationConfig"] = generation
+    if request.tools:
+        declarations = []
+        for tool in request.tools:
+            function = tool.get("function", tool)
+            declaration = {"name": function["name"]}
+            if function.get("description"):
+                declaration["description"] = function["description"]
+            if function.get("parameters"):
+                declaration["parameters"] = function["parameters"]
+            declarations.append(declaration)
+        body["tools"] = [{"functionDeclarations": declarations}]
+    headers = {"Content-Type": "application/json"}
+    if config.gemini_api_key:
+        headers["x-goog-api-key"] = config.gemini_api_key
+    url = f"{config.gemini_base_url.rstrip('/')}/v1beta/models/{quote(model, safe='')}:streamGenerateContent?alt=sse"
+    return UpstreamRequest(
+        provider="google",
+        model=model,
+        url=url,
+        headers=headers,
+        body=body,
+        make_normalizer=GeminiNormalizer,
+    )
+
+
+def _ollama_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
+    messages = []
+    for message in request.messages:
+        entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                                 "content": _text_of(message.content)}
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {"function": {"name": c.get("function", {}).get("name", ""),
+                              "arguments": json.loads(c.get("function", {}).get("arguments") or "{}")}}
+                for c in message.tool_calls
+            ]
+        messages.append(entry)
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    options: dict[str, Any] = {}
+    if request.max_tokens is not None:
+        options["num_predict"] = request.max_tokens
+    if request.temperature is not None:
+        options["temperature"] = request.temperature
+    if request.stop is not None:
+        options["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if options:
+        body["options"] = options
+    if request.tools:
+        body["tools"] = request.tools
+    if _effort(request) or request.thinking is not None:
+        body["think"] = True
+    return UpstreamRequest(
+        provider="ollama",
+        model=model,
+        url=config.ollama_host.rstrip("/") + "/api/chat",
+        headers={"Content-Type": "application/json"},
+        body=body,
+        make_normalizer=OllamaChatNormalizer,
+    )
+
+
+_BUILDERS = {"openai": _openai_request, "anthropic": _anthropic_request, "google": _gemini_request, "ollama": _ollama_request}
+_KEYS = {"openai": "openai_api_key", "anthropic": "anthropic_api_key", "google": "gemini_api_key"}
+_BASES = {"openai": "openai_base_url", "anthropic": "anthropic_base_url", "google": "gemini_base_url"}
+_KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "google": "GEMINI_API_KEY"}
+
+
+def build_request(request: Completion, config: HubConfig) -> UpstreamRequest:
+    """The upstream request for a client ``completion``.
+
+    Raises:
+        ProviderError: ``model_not_found`` (no provider for the name) or
+            ``provider_not_configured`` (the provider's public API needs a key and none is set;
+            a custom base URL, such as a local server, may be used without one).
+    """
+    provider, model = resolve_model(request.model)
+    if provider in _KEYS:
+        key = getattr(config, _KEYS[provider])
+        base = getattr(config, _BASES[provider])
+        if not key and base.rstrip("/") == DEFAULT_BASE_URLS[provider]:
+            raise ProviderError(
+                f"{provider} is not configured: set {_KEY_VARS[provider]} (or a base URL for a compatible server)",
+                "provider_not_configured",
+            )
+    return _BUILDERS[provider](request, model, config)
+
+
+def _error_message(body: bytes) -> tuple[str, str | None]:
+    """The message and provider error type of an HTTP error body (formats.md §6)."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body.decode("utf-8", "replace").strip()[:500] or "(empty body)", None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):  # Ollama: {"error": "..."}
+        return error, None
+    if isinstance(error, dict):  # OpenAI, Anthropic, Google envelopes
+        kind = error.get("type") or error.get("status")
+        return str(error.get("message") or error), str(kind) if kind else None
+    return body.decode("utf-8", "replace")[:500], None
+
+
+def _status_code(status: int) -> str:
+    if status in (401, 403):
+        return "auth_failed"
+    if status == 404:
+        return "model_not_found"
+    if status == 429:
+        return "rate_limited"
+    return "provider_error"
+
+
+class ProviderClient:
+    """Streams completions from providers over one shared aiohttp ClientSession.
+
+    Args:
+        session: the hub's ClientSession (connection pooling across all completions).
+        config: provider URLs, keys and timeouts.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, config: HubConfig) -> None:
+        self.session = session
+        self.config = config
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout_s, sock_read=config.idle_timeout_s
+        )
+
+    async def stream(self, upstream: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        """POST the request and yield unified events as the body arrives.
+
+        The last event is ``StreamEnd`` or ``StreamFailed`` (from the normalizer). If the
+        consumer stops early (cancel), the upstream connection is closed, not reused, so the
+        provider sees the request end at once.
+
+        Raises:
+            ProviderError: HTTP status other than 200 (``auth_failed``, ``model_not_found``,
+                ``rate_limited``, ``provider_error``, with ``status``), network failure
+                (``upstream_unreachable``), or a read timeout (``upstream_timeout``).
+        """
+        secrets = self.config.secrets()
+        response: aiohttp.ClientResponse | None = None
+        finished = False
+        try:
+            response = await self.session.post(
+                upstream.url, data=_encode(upstream.body), headers=upstream.headers, timeout=self._timeout
+            )
+            if response.status != 200:
+                body = await response.content.read(_ERROR_BODY_LIMIT)
+                message, kind = _error_message(body)
+                raise ProviderError(
+                    redact(f"{upstream.provider} answered HTTP {response.status}: {message}", secrets),
+                    _status_code(response.status),
+                    retryable=retryable_status(response.status),
+                    status=response.status,
+                )
+            normalizer = upstream.make_normalizer()
+            async for chunk in response.content.iter_any():
+                for event in normalizer.feed(chunk):
+                    yield event
+                if normalizer.done:
+                    break
+            for event in normalizer.close():
+                yield event
+            finished = True
+        except asyncio.TimeoutError:
+            raise ProviderError(
+                f"{upstream.provider} did not answer within the timeout", "upstream_timeout", retryable=True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ProviderError(
+                redact(f"could not reach {upstream.provider}: {exc}", secrets), "upstream_unreachable", retryable=True
+            ) from None
+        finally:
+            if response is not None:
+                if finished:
+                    response.release()
+                else:
+                    response.close()  # drop the connection: the provider sees the request end

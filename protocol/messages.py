@@ -1,0 +1,329 @@
+"""WebSocket wire messages (``/ws/stream``): msgspec Structs in tagged unions on ``"type"``.
+
+Client → hub messages are decoded by :func:`decode_client_message` with one decoder built
+once; hub → client messages are encoded once per event by :func:`encode` whatever the number
+of subscribers. Field names on the wire are camelCase (``completionId``, ``finishReason``)
+except the request options borrowed from the OpenAI API (``max_tokens``, ``tool_choice``),
+which keep their provider spelling. docs/PROTOCOL.md describes every message with an example.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Union
+
+import msgspec
+
+from protocol.errors import ProtocolError
+
+__all__ = [
+    "ChatMessage",
+    "Completion",
+    "Subscribe",
+    "Unsubscribe",
+    "Cancel",
+    "Ping",
+    "ClientMessage",
+    "decode_client_message",
+    "UsageInfo",
+    "ErrorInfo",
+    "Subscribed",
+    "Unsubscribed",
+    "ContentChunk",
+    "ThinkingStatus",
+    "RefusalChunk",
+    "ToolCallMessage",
+    "CitationMessage",
+    "Completed",
+    "ErrorMessage",
+    "Pong",
+    "HubMessage",
+    "encode",
+    "STREAM_TYPES",
+    "CHANNEL_PATTERN",
+    "COMPLETION_ID_PATTERN",
+    "HUB_DECODER",
+]
+
+#: Type-level subscriptions of the original design (``{"type":"subscribe","streams":[...]}``).
+STREAM_TYPES = ("completion", "workflow", "agent_status", "system")
+
+#: A completion id: 1 to 128 characters from ``[A-Za-z0-9_.:-]``.
+COMPLETION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+#: Channel names: ``completion:<id>``, ``workflow:<id>``, ``agent:<id>`` or ``system``.
+CHANNEL_PATTERN = re.compile(r"(completion|workflow|agent):[A-Za-z0-9_.:\-]{1,128}|system")
+
+
+# Client → hub.
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True):
+    """One chat message in OpenAI's shape: ``{"role": "user", "content": "Hello"}``.
+
+    ``content`` is a string or a list of OpenAI content parts (``{"type": "text", "text": …}``);
+    ``tool_calls`` / ``tool_call_id`` / ``name`` follow the OpenAI Chat Completions API.
+    """
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[dict[str, Any]], None] = None
+    name: Union[str, None] = None
+    tool_calls: Union[list[dict[str, Any]], None] = None
+    tool_call_id: Union[str, None] = None
+
+
+class _ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
+    """Base of client messages (tagged on ``type``; unknown fields are rejected)."""
+
+
+class Completion(_ClientMessage, tag="completion"):
+    """Start a completion: ``{"type":"completion","id":"comp-123","model":"openai/gpt-4o-mini",
+    "messages":[{"role":"user","content":"Hello"}]}``.
+
+    Attributes:
+        model: ``provider/model`` or a bare model name routed by prefix (docs/PROTOCOL.md).
+        messages: the conversation, at least one message.
+        id: the completion id (``COMPLETION_ID_PATTERN``); the hub assigns one when absent.
+        max_tokens: output token limit passed to the provider.
+        temperature: sampling temperature passed to the provider.
+        tools: OpenAI-format tool definitions (translated per provider).
+        tool_choice: ``"auto"``, ``"none"``, ``"required"`` or ``{"type":"function",...}``.
+        stop: stop sequence(s).
+        reasoning: OpenAI-style reasoning options, ``{"effort": "low"}`` or ``"low"``.
+        thinking: Anthropic-style ``{"type": "enabled", "budget_tokens": 1024}``.
+        coalesce: False sends every provider delta as its own frame (no StreamBuffer).
+    """
+
+    model: str
+    messages: list[ChatMessage]
+    id: Union[str, None] = None
+    max_tokens: Union[int, None] = None
+    temperature: Union[float, None] = None
+    tools: Union[list[dict[str, Any]], None] = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    stop: Union[str, list[str], None] = None
+    reasoning: Union[str, dict[str, Any], None] = None
+    thinking: Union[dict[str, Any], None] = None
+    coalesce: bool = True
+
+
+class Subscribe(_ClientMessage, tag="subscribe"):
+    """Watch channels (``{"channels": ["completion:comp-123"]}``) and/or every event of some
+    types (``{"streams": ["completion", "workflow", "agent_status"]}``)."""
+
+    channels: list[str] = []
+    streams: list[str] = []
+
+
+class Unsubscribe(_ClientMessage, tag="unsubscribe"):
+    """Stop watching channels and/or stream types; mirrors :class:`Subscribe`."""
+
+    channels: list[str] = []
+    streams: list[str] = []
+
+
+class Cancel(_ClientMessage, tag="cancel"):
+    """Abort a running completion upstream at once: ``{"type":"cancel","completionId":"c1"}``."""
+
+    completion_id: str = msgspec.field(name="completionId")
+
+
+class Ping(_ClientMessage, tag="ping"):
+    """Liveness check; answered with ``{"type": "pong"}``."""
+
+
+ClientMessage = Union[Completion, Subscribe, Unsubscribe, Cancel, Ping]
+
+_CLIENT_DECODER = msgspec.json.Decoder(ClientMessage)
+_CLIENT_TAGS = frozenset(("completion", "subscribe", "unsubscribe", "cancel", "ping"))
+_ANY_DECODER = msgspec.json.Decoder()
+
+
+def decode_client_message(data: bytes | str) -> ClientMessage:
+    """Decode and validate one client text frame.
+
+    Args:
+        data: the frame's payload (UTF-8 JSON).
+
+    Returns:
+        One of :data:`ClientMessage`.
+
+    Raises:
+        ProtocolError: code ``invalid_json`` (not JSON), ``unknown_type`` (no known
+            ``type``), or ``invalid_message`` (a field missing, of the wrong type, unknown, or
+            out of range); the message names the offending field.
+    """
+    try:
+        message = _CLIENT_DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _classify(data, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc}", "invalid_json") from None
+    if isinstance(message, Completion):
+        if not message.messages:
+            raise ProtocolError("`messages` must hold at least one message", "invalid_message")
+        if message.id is not None and not COMPLETION_ID_PATTERN.fullmatch(message.id):
+            raise ProtocolError(
+                "`id` must be 1-128 characters from A-Z a-z 0-9 _ . : -", "invalid_message"
+            )
+        if not message.model:
+            raise ProtocolError("`model` must not be empty", "invalid_message")
+    elif isinstance(message, (Subscribe, Unsubscribe)) and not (message.channels or message.streams):
+        raise ProtocolError("give `channels` and/or `streams`", "invalid_message")
+    return message
+
+
+def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
+    """Tell an unknown ``type`` from an invalid field (slow path, errors only)."""
+    try:
+        raw = _ANY_DECODER.decode(data)
+    except msgspec.DecodeError:
+        return ProtocolError(f"message is not valid JSON: {exc}", "invalid_json")
+    if not isinstance(raw, dict):
+        return ProtocolError("a message must be a JSON object", "invalid_message")
+    kind = raw.get("type")
+    if kind is None:
+        return ProtocolError("message has no `type` field", "unknown_type")
+    if kind not in _CLIENT_TAGS:
+        return ProtocolError(
+            f"unknown message type {kind!r}; expected one of {sorted(_CLIENT_TAGS)}", "unknown_type"
+        )
+    return ProtocolError(f"invalid {kind} message: {exc}", "invalid_message")
+
+
+# Hub → client.
+
+
+class UsageInfo(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
+    """Token usage: ``{"promptTokens": 10, "completionTokens": 20, "totalTokens": 30}``;
+    ``reasoningTokens`` when the provider reports it (included in ``completionTokens``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    reasoning_tokens: Union[int, None] = None
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True, gc=False):
+    """The ``error`` object: stable ``code``, ``message``, ``retryable``, provider ``status``."""
+
+    code: str
+    message: str
+    retryable: bool
+    status: Union[int, None] = None
+
+
+class _HubMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True, gc=False):
+    """Base of hub messages (tagged on ``type``; camelCase fields; None fields omitted)."""
+
+
+class Subscribed(_HubMessage, tag="subscribed"):
+    """Acknowledges a subscribe, or a completion start (then ``completionId`` says which id)."""
+
+    channels: list[str] = []
+    streams: list[str] = []
+    completion_id: Union[str, None] = None
+
+
+class Unsubscribed(_HubMessage, tag="unsubscribed"):
+    """Acknowledges an unsubscribe."""
+
+    channels: list[str] = []
+    streams: list[str] = []
+
+
+class ContentChunk(_HubMessage, tag="content_chunk"):
+    """Answer text: ``{"type":"content_chunk","completionId":"c1","seq":4,"content":"Hel"}``."""
+
+    completion_id: str
+    seq: int
+    content: str
+
+
+class ThinkingStatus(_HubMessage, tag="thinking_status"):
+    """Reasoning: ``status`` ``"thinking"`` with a ``content`` delta (and ``signature`` or
+    opaque ``redacted`` data when the provider gives them), then ``"done"`` when it ends."""
+
+    completion_id: str
+    seq: int
+    status: Literal["thinking", "done"]
+    content: str = ""
+    signature: Union[str, None] = None
+    redacted: Union[str, None] = None
+
+
+class RefusalChunk(_HubMessage, tag="refusal"):
+    """A piece of the model's refusal (OpenAI ``delta.refusal``)."""
+
+    completion_id: str
+    seq: int
+    content: str
+
+
+class ToolCallMessage(_HubMessage, tag="tool_call"):
+    """One complete tool call. ``arguments`` is the parsed JSON; when it did not parse it is
+    the raw string and ``argumentsValid`` is false. ``serverTool`` marks a tool the provider
+    ran itself (Anthropic ``server_tool_use``): clients must not execute it."""
+
+    completion_id: str
+    seq: int
+    id: str
+    tool: str
+    arguments: Any
+    arguments_valid: bool = True
+    server_tool: bool = False
+
+
+class CitationMessage(_HubMessage, tag="citation"):
+    """A citation attached to the text so far (Anthropic ``citations_delta``)."""
+
+    completion_id: str
+    seq: int
+    citation: dict[str, Any]
+
+
+class Completed(_HubMessage, tag="completed"):
+    """Terminal success. ``ttftMs`` is the time to first token in ms, measured by the hub
+    from the upstream request to the first content or reasoning delta."""
+
+    completion_id: str
+    seq: int
+    finish_reason: str
+    provider: str
+    model: str
+    usage: Union[UsageInfo, None] = None
+    ttft_ms: Union[float, None] = None
+
+
+class ErrorMessage(_HubMessage, tag="error"):
+    """An error. With ``completionId`` and ``seq`` it is terminal for that completion;
+    without, it answers a bad client message and the connection stays usable."""
+
+    error: ErrorInfo
+    completion_id: Union[str, None] = None
+    seq: Union[int, None] = None
+
+
+class Pong(_HubMessage, tag="pong"):
+    """Answer to ``ping``."""
+
+
+HubMessage = Union[
+    Subscribed,
+    Unsubscribed,
+    ContentChunk,
+    ThinkingStatus,
+    RefusalChunk,
+    ToolCallMessage,
+    CitationMessage,
+    Completed,
+    ErrorMessage,
+    Pong,
+]
+
+_ENCODER = msgspec.json.Encoder()
+encode = _ENCODER.encode
+"""Encode a hub message to its JSON frame payload (``bytes``, UTF-8)."""
+
+HUB_DECODER = msgspec.json.Decoder(HubMessage)
+"""Decoder for hub messages (the Python SDK and tests)."""

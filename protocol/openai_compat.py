@@ -1,0 +1,235 @@
+"""The OpenAI-compatible surface: request parsing and response encoding, pure.
+
+``POST /v1/chat/completions`` accepts OpenAI's request body and answers in OpenAI's Chat
+Completions format whatever provider serves the model: with ``stream: true`` SSE events
+``data: <chat.completion.chunk>`` ending with ``data: [DONE]`` (and, when
+``stream_options.include_usage`` is true, a last chunk with ``choices: []`` and ``usage``),
+as described in formats.md §1.1-§1.3 (source: openai-python ``chat_completion_chunk.py``);
+with ``stream: false`` one ``chat.completion`` object.
+
+:class:`ChunkEncoder` turns the hub's messages (protocol/messages.py) for one completion
+into those bytes. It has no clock: the ``created`` timestamp (unix seconds) is passed in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    ChatMessage,
+    CitationMessage,
+    Completed,
+    Completion,
+    ContentChunk,
+    ErrorMessage,
+    RefusalChunk,
+    ThinkingStatus,
+    ToolCallMessage,
+)
+
+__all__ = [
+    "ChatCompletionRequest",
+    "decode_chat_request",
+    "ChunkEncoder",
+    "error_body",
+    "usage_dict",
+    "completion_object",
+    "DONE",
+]
+
+DONE = b"data: [DONE]\n\n"
+
+_encode = msgspec.json.Encoder().encode
+
+
+class StreamOptions(msgspec.Struct):
+    """``stream_options``: only ``include_usage`` is read."""
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct):
+    """The fields of an OpenAI Chat Completions request the hub forwards (others ignored).
+
+    ``max_completion_tokens`` is accepted as a synonym of ``max_tokens``; ``reasoning_effort``
+    becomes the hub's ``reasoning`` option; ``coalesce`` is the hub's own extension.
+    """
+
+    model: str
+    messages: list[ChatMessage]
+    stream: bool = False
+    stream_options: Union[StreamOptions, None] = None
+    max_tokens: Union[int, None] = None
+    max_completion_tokens: Union[int, None] = None
+    temperature: Union[float, None] = None
+    tools: Union[list[dict[str, Any]], None] = None
+    tool_choice: Union[str, dict[str, Any], None] = None
+    stop: Union[str, list[str], None] = None
+    reasoning_effort: Union[str, None] = None
+    coalesce: bool = True
+
+    def to_completion(self, completion_id: str | None = None) -> Completion:
+        """The equivalent WebSocket ``completion`` message."""
+        return Completion(
+            model=self.model,
+            messages=self.messages,
+            id=completion_id,
+            max_tokens=self.max_tokens if self.max_tokens is not None else self.max_completion_tokens,
+            temperature=self.temperature,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            stop=self.stop,
+            reasoning={"effort": self.reasoning_effort} if self.reasoning_effort else None,
+            coalesce=self.coalesce,
+        )
+
+
+_REQUEST_DECODER = msgspec.json.Decoder(ChatCompletionRequest)
+
+
+def decode_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Decode an OpenAI Chat Completions request body.
+
+    Raises:
+        ProtocolError: ``invalid_json`` or ``invalid_message`` (naming the field).
+    """
+    try:
+        request = _REQUEST_DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid chat completion request: {exc}", "invalid_message") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc}", "invalid_json") from None
+    if not request.messages:
+        raise ProtocolError("`messages` must hold at least one message", "invalid_message")
+    return request
+
+
+def error_body(code: str, message: str, status: int | None = None) -> bytes:
+    """OpenAI's error envelope ``{"error": {"message", "type", "param", "code"}}`` (formats.md §6.1)."""
+    kind = "invalid_request_error" if status is not None and 400 <= status < 500 else "api_error"
+    return _encode({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+class ChunkEncoder:
+    """Encodes one completion's hub messages as OpenAI ``chat.completion.chunk`` SSE events.
+
+    Args:
+        response_id: the ``id`` of every chunk (``chatcmpl-…``).
+        model: the ``model`` of every chunk (as the client asked for it).
+        created: unix time in seconds, the same on every chunk.
+        include_usage: send the ``choices: []`` usage chunk before ``[DONE]``.
+
+    Reasoning deltas travel as ``delta.reasoning_content`` (the DeepSeek spelling, read by
+    most OpenAI-compatible clients); refusals as ``delta.refusal``; tool calls as one delta
+    each with ``index``, ``id``, ``type`` and the complete ``function.arguments``.
+    """
+
+    def __init__(self, response_id: str, model: str, created: int, *, include_usage: bool = False) -> None:
+        self.response_id = response_id
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self._started = False
+        self._tool_index = 0
+        # Built once: every chunk shares this prefix.
+        self._head = (
+            b'data: {"id":' + _encode(response_id) + b',"object":"chat.completion.chunk","created":'
+            + str(created).encode() + b',"model":' + _encode(model)
+        )
+
+    def encode(self, message: Any) -> bytes:
+        """The SSE bytes for one hub message (possibly several events, possibly none)."""
+        out = b""
+        if not self._started:
+            self._started = True
+            out = self._chunk({"role": "assistant", "content": ""})
+        if isinstance(message, ContentChunk):
+            return out + self._chunk({"content": message.content})
+        if isinstance(message, ThinkingStatus):
+            if message.content:
+                out += self._chunk({"reasoning_content": message.content})
+            return out
+        if isinstance(message, RefusalChunk):
+            return out + self._chunk({"refusal": message.content})
+        if isinstance(message, ToolCallMessage):
+            arguments = message.arguments if isinstance(message.arguments, str) else _encode(message.arguments).decode()
+            call = {"index": self._tool_index, "id": message.id, "type": "function",
+                    "function": {"name": message.tool, "arguments": arguments}}
+            self._tool_index += 1
+            return out + self._chunk({"tool_calls": [call]})
+        if isinstance(message, Completed):
+            out += self._chunk({}, finish_reason=message.finish_reason)
+            if self.include_usage and message.usage is not None:
+                out += self._head + b',"choices":[],"usage":' + _encode(usage_dict(message.usage)) + b"}\n\n"
+            return out + DONE
+        if isinstance(message, ErrorMessage):
+            error = message.error
+            return out + b"data: " + error_body(error.code, error.message, error.status) + b"\n\n" + DONE
+        if isinstance(message, CitationMessage):
+            return out
+        return out
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._head + b',"choices":[' + _encode(choice) + b"]}\n\n"
+
+
+def usage_dict(usage: Any) -> dict[str, Any]:
+    """OpenAI's ``usage`` object from the hub's :class:`~protocol.messages.UsageInfo`."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
+
+
+def completion_object(
+    response_id: str, model: str, created: int, messages: list[Any]
+) -> dict[str, Any]:
+    """A non-streamed ``chat.completion`` object from all hub messages of one completion.
+
+    The last message must be ``completed``; an ``error`` should be answered with
+    :func:`error_body` instead.
+    """
+    text: list[str] = []
+    reasoning: list[str] = []
+    refusal: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    finish_reason = "stop"
+    usage = None
+    for message in messages:
+        if isinstance(message, ContentChunk):
+            text.append(message.content)
+        elif isinstance(message, ThinkingStatus):
+            reasoning.append(message.content)
+        elif isinstance(message, RefusalChunk):
+            refusal.append(message.content)
+        elif isinstance(message, ToolCallMessage):
+            arguments = message.arguments if isinstance(message.arguments, str) else _encode(message.arguments).decode()
+            tool_calls.append({"id": message.id, "type": "function",
+                               "function": {"name": message.tool, "arguments": arguments}})
+        elif isinstance(message, Completed):
+            finish_reason = message.finish_reason
+            usage = message.usage
+    body: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None}
+    if reasoning:
+        body["reasoning_content"] = "".join(reasoning)
+    body["refusal"] = "".join(refusal) if refusal else None
+    if tool_calls:
+        body["tool_calls"] = tool_calls
+    result: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": body, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if usage is not None:
+        result["usage"] = usage_dict(usage)
+    return result
