@@ -39,6 +39,7 @@ from protocol.events import (
     StreamFailed,
     TextDelta,
     ToolCall,
+    Usage,
 )
 from protocol.messages import (
     CitationMessage,
@@ -215,7 +216,6 @@ class CompletionRun:
                 self._publish(CitationMessage(self.id, self._next_seq(), event.citation))
             elif cls is StreamEnd:
                 self._end_reasoning()
-                usage = event.usage
                 self.state = "completed"
                 self._publish(Completed(
                     self.id,
@@ -223,20 +223,20 @@ class CompletionRun:
                     event.finish_reason,
                     self.provider,
                     event.model or self.model,
-                    UsageInfo(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.reasoning_tokens)
-                    if usage is not None else None,
+                    _usage_info(event.usage),
                     self.ttft_ms,
                 ))
                 self.manager.finished(self)
             elif cls is StreamFailed:
-                self._fail(ProviderError(event.message, event.code, retryable=event.retryable, status=event.status))
+                self._fail(ProviderError(event.message, event.code, retryable=event.retryable, status=event.status),
+                           usage=event.usage)
 
     def _end_reasoning(self) -> None:
         if self._reasoning_open:
             self._reasoning_open = False
             self._publish(ThinkingStatus(self.id, self._next_seq(), "done"))
 
-    def _fail(self, error: HubError, state: str = "failed") -> None:
+    def _fail(self, error: HubError, state: str = "failed", usage: Usage | None = None) -> None:
         if self.finished:
             return
         self._emit(self._buffer.flush())  # what was received before the failure still goes out
@@ -245,7 +245,7 @@ class CompletionRun:
         self.state = state
         message = redact(error.message, self.manager.config.secrets())
         self._publish(ErrorMessage(
-            ErrorInfo(error.code, message, error.retryable, error.status), self.id, self._next_seq()
+            ErrorInfo(error.code, message, error.retryable, error.status), self.id, self._next_seq(), _usage_info(usage)
         ))
         self.manager.finished(self)
 
@@ -255,6 +255,12 @@ class CompletionRun:
 
     def _publish(self, message: Any) -> None:
         self.manager.multiplexer.publish(self.channel, encode(message), message)
+
+
+def _usage_info(usage: Usage | None) -> UsageInfo | None:
+    if usage is None:
+        return None
+    return UsageInfo(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.reasoning_tokens)
 
 
 class CompletionManager:

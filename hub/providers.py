@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
@@ -53,6 +54,8 @@ _BARE = (
     (("claude-",), "anthropic"),
     (("gemini-",), "google"),
 )
+
+log = logging.getLogger("cbhub.providers")
 
 _encode = msgspec.json.Encoder().encode
 _ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body read for its message
@@ -408,11 +411,16 @@ class ProviderClient:
                     status=response.status,
                 )
             normalizer = upstream.make_normalizer()
-            async for chunk in response.content.iter_any():
-                for event in normalizer.feed(chunk):
-                    yield event
-                if normalizer.done:
-                    break
+            try:
+                async for chunk in response.content.iter_any():
+                    for event in normalizer.feed(chunk):
+                        yield event
+                    if normalizer.done:
+                        break
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+                # The connection ended mid-body: what arrived is parsed, and the normalizer
+                # reports the missing terminal marker as a truncated stream.
+                log.info("%s body cut short: %s", upstream.provider, exc)
             for event in normalizer.close():
                 yield event
             finished = True

@@ -297,11 +297,13 @@ class Completed(_HubMessage, tag="completed"):
 
 class ErrorMessage(_HubMessage, tag="error"):
     """An error. With ``completionId`` and ``seq`` it is terminal for that completion;
-    without, it answers a bad client message and the connection stays usable."""
+    without, it answers a bad client message and the connection stays usable. ``usage`` is
+    what the provider reported before failing, when it did (tokens already billed)."""
 
     error: ErrorInfo
     completion_id: Union[str, None] = None
     seq: Union[int, None] = None
+    usage: Union[UsageInfo, None] = None
 
 
 class Pong(_HubMessage, tag="pong"):
