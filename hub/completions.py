@@ -211,7 +211,7 @@ class CompletionRun:
             elif cls is ToolCall:
                 self._end_reasoning()
                 self._publish(ToolCallMessage(self.id, self._next_seq(), event.id, event.name, event.arguments,
-                                              event.arguments_valid, event.server))
+                                              event.arguments_valid, event.server, event.signature))
             elif cls is Citation:
                 self._publish(CitationMessage(self.id, self._next_seq(), event.citation))
             elif cls is StreamEnd:

@@ -157,7 +157,7 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         message = _CLIENT_DECODER.decode(data)
     except msgspec.ValidationError as exc:
         raise _classify(data, exc) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bytes: invalid UTF-8 in a string
         raise ProtocolError(f"message is not valid JSON: {exc}", "invalid_json") from None
     if isinstance(message, Completion):
         if not message.messages:
@@ -177,14 +177,14 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
     """Tell an unknown ``type`` from an invalid field (slow path, errors only)."""
     try:
         raw = _ANY_DECODER.decode(data)
-    except msgspec.DecodeError:
-        return ProtocolError(f"message is not valid JSON: {exc}", "invalid_json")
+    except (msgspec.DecodeError, UnicodeDecodeError) as bad:
+        return ProtocolError(f"message is not valid JSON: {bad}", "invalid_json")
     if not isinstance(raw, dict):
         return ProtocolError("a message must be a JSON object", "invalid_message")
     kind = raw.get("type")
     if kind is None:
         return ProtocolError("message has no `type` field", "unknown_type")
-    if kind not in _CLIENT_TAGS:
+    if not isinstance(kind, str) or kind not in _CLIENT_TAGS:  # a list or object is unhashable
         return ProtocolError(
             f"unknown message type {kind!r}; expected one of {sorted(_CLIENT_TAGS)}", "unknown_type"
         )
@@ -263,7 +263,8 @@ class RefusalChunk(_HubMessage, tag="refusal"):
 class ToolCallMessage(_HubMessage, tag="tool_call"):
     """One complete tool call. ``arguments`` is the parsed JSON; when it did not parse it is
     the raw string and ``argumentsValid`` is false. ``serverTool`` marks a tool the provider
-    ran itself (Anthropic ``server_tool_use``): clients must not execute it."""
+    ran itself (Anthropic ``server_tool_use``): clients must not execute it. ``signature`` is
+    Gemini's ``thoughtSignature`` of the call, to send back with it on the next turn."""
 
     completion_id: str
     seq: int
@@ -272,6 +273,7 @@ class ToolCallMessage(_HubMessage, tag="tool_call"):
     arguments: Any
     arguments_valid: bool = True
     server_tool: bool = False
+    signature: Union[str, None] = None
 
 
 class CitationMessage(_HubMessage, tag="citation"):

@@ -27,7 +27,8 @@ from typing import Any
 
 import msgspec
 
-from protocol.events import StreamEvent, StreamFailed, ToolCall
+from protocol.errors import FramingError
+from protocol.events import StreamEvent, StreamFailed, ToolCall, Usage
 
 __all__ = ["Normalizer", "make_tool_call", "parse_tool_arguments", "truncated"]
 
@@ -38,7 +39,9 @@ class Normalizer:
     """Base class: one instance per upstream response.
 
     Subclasses implement :meth:`_feed` and :meth:`_close`; the base enforces "nothing after
-    the terminal event" and turns unexpected exceptions into ``StreamFailed``.
+    the terminal event" and turns parse errors that escape a subclass into ``StreamFailed``.
+    That fallback replaces every event of the read that failed, so subclasses should catch
+    errors per chunk themselves and keep the events completed before the bad one.
 
     Attributes:
         provider: provider name for messages (``openai``, ``anthropic``, ``google``, ``ollama``).
@@ -56,7 +59,7 @@ class Normalizer:
             return []
         try:
             events = self._feed(chunk)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, FramingError) as exc:
             events = [self._invalid(exc)]
         return self._check_terminal(events)
 
@@ -66,7 +69,7 @@ class Normalizer:
             return []
         try:
             events = self._close()
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, FramingError) as exc:
             events = [self._invalid(exc)]
         events = self._check_terminal(events)
         if not self.done:
@@ -100,12 +103,18 @@ class Normalizer:
         return events
 
 
-def truncated(provider: str) -> StreamFailed:
-    """The event for a body that ended before the provider's terminal marker."""
+def truncated(provider: str, usage: Usage | None = None) -> StreamFailed:
+    """The event for a body that ended before the provider's terminal marker.
+
+    Args:
+        provider: provider name for the message.
+        usage: the usage reported before the body ended, if any.
+    """
     return StreamFailed(
         code="stream_truncated",
         message=f"the {provider} stream ended before its terminal marker",
         retryable=True,
+        usage=usage,
     )
 
 
