@@ -240,7 +240,9 @@ class JSONArrayDecoder:
 
     Raises:
         FramingError: on bytes that cannot belong to such an array (a scalar element, a
-            missing comma, data after the closing bracket).
+            missing comma, data after the closing bracket). Elements completed before the bad
+            byte are returned first, and the error is raised by the next ``feed`` or
+            ``close``, so the outcome does not depend on where reads are split.
     """
 
     def __init__(self) -> None:
@@ -252,6 +254,7 @@ class JSONArrayDecoder:
         self._element_start = 0
         self._bare_object = False
         self._closed = False
+        self._error: FramingError | None = None
 
     @property
     def complete(self) -> bool:
@@ -260,6 +263,8 @@ class JSONArrayDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Parse the next slice of the body; return the elements it completed."""
+        if self._error is not None:
+            raise self._error
         if self._closed:
             raise FramingError("JSONArrayDecoder.feed() after close()")
         buf = self._buf
@@ -317,9 +322,13 @@ class JSONArrayDecoder:
             elif state == "after" and c == 0x2C:  # ,
                 self._state = "next"
             else:
-                raise FramingError(
-                    f"unexpected byte {bytes([c])!r} in JSON array stream (state {state})"
-                )
+                error = FramingError(f"unexpected byte {bytes([c])!r} in JSON array stream (state {state})")
+                if not out and state != "done":
+                    raise error
+                # Return what this read completed (elements, or the end of the array, which
+                # `complete` reports); the error is raised by the next call.
+                self._error = error
+                return out
             i += 1
         # Drop what is no longer needed: everything before the current element.
         keep_from = self._element_start if self._depth else i
@@ -331,8 +340,14 @@ class JSONArrayDecoder:
         return out
 
     def close(self) -> list[bytes]:
-        """End of body. Returns nothing; check :attr:`complete` to know if ``]`` arrived."""
+        """End of body. Returns nothing; check :attr:`complete` to know if ``]`` arrived.
+
+        Raises:
+            FramingError: the error found after the elements the last ``feed`` returned.
+        """
         self._closed = True
+        if self._error is not None:
+            raise self._error
         return []
 
     def _begin_element(self, index: int) -> None:

@@ -12,7 +12,7 @@ import websockets
 
 from hub.app import Hub, run_hub
 from hub.config import HubConfig
-from protocol.messages import HUB_DECODER, Completed, ErrorMessage
+from protocol.messages import HUB_DECODER, Completed, ErrorMessage, Subscribed
 from tests.support import DATA
 from tools.mock_provider import MockProvider
 
@@ -70,7 +70,7 @@ class WSClient:
         messages = []
         while True:
             message = await self.recv()
-            if getattr(message, "completion_id", None) != completion_id:
+            if isinstance(message, Subscribed) or getattr(message, "completion_id", None) != completion_id:
                 continue
             messages.append(message)
             if isinstance(message, (Completed, ErrorMessage)) and message.seq is not None:
@@ -78,16 +78,26 @@ class WSClient:
 
 
 @pytest.fixture
-async def ws_connect(hub: Hub) -> AsyncIterator[Any]:
-    """Factory of connected :class:`WSClient` objects; all are closed at teardown."""
+async def ws_factory() -> AsyncIterator[Any]:
+    """Factory ``await ws_factory(hub)`` of connected :class:`WSClient` objects; all are
+    closed at teardown."""
     opened: list[websockets.asyncio.client.ClientConnection] = []
-    url = hub.url.replace("http", "ws", 1) + "/ws/stream"
 
-    async def connect() -> WSClient:
-        connection = await websockets.connect(url, compression=None)
+    async def connect(hub: Hub) -> WSClient:
+        connection = await websockets.connect(hub.url.replace("http", "ws", 1) + "/ws/stream", compression=None)
         opened.append(connection)
         return WSClient(connection)
 
     yield connect
     for connection in opened:
         await connection.close()
+
+
+@pytest.fixture
+async def ws_connect(hub: Hub, ws_factory: Any) -> Any:
+    """Factory ``await ws_connect()`` of clients of the mock-backed :func:`hub`."""
+
+    async def connect() -> WSClient:
+        return await ws_factory(hub)
+
+    return connect
