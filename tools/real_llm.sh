@@ -72,6 +72,7 @@ print_env() {
   cat <<ENV
 export OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1
 export ANTHROPIC_BASE_URL=http://127.0.0.1:$PORT
+export CBHUB_REAL_LLM_URL=http://127.0.0.1:$PORT
 export CBHUB_REAL_LLM_MODEL=smollm2
 ENV
 }
