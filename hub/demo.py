@@ -54,6 +54,32 @@ class _Stats:
     text: list[str] = field(default_factory=list)
 
 
+class _TokenView:
+    """Prints tokens as they arrive: on a terminal, one live line per provider (the tail of
+    its text, redrawn in place); otherwise one labelled line per received chunk."""
+
+    def __init__(self, providers: list[str], width: int = 100) -> None:
+        self.providers = providers
+        self.tty = sys.stdout.isatty()
+        self.width = width
+        self.tails = {p: "" for p in providers}
+        if self.tty:
+            sys.stdout.write("\n" * len(providers))
+
+    def show(self, provider: str, text: str) -> None:
+        if not self.tty:
+            print(f"[{provider}] {text!r}", flush=True)
+            return
+        flat = text.replace("\n", " ").replace("\u2028", " ")
+        self.tails[provider] = (self.tails[provider] + flat)[-(self.width - 12):]
+        lines = [f"\x1b[{_COLORS[p]}m{p:>9}\x1b[0m | {self.tails[p]}\x1b[K" for p in self.providers]
+        sys.stdout.write(f"\x1b[{len(self.providers)}F" + "\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        sys.stdout.flush()
+
+
 def _live_providers(config: HubConfig) -> list[str]:
     usable = []
     if config.openai_api_key or config.openai_base_url.rstrip("/") != DEFAULT_BASE_URLS["openai"]:
@@ -99,6 +125,7 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
         print(f"hub on {hub.url}; one WebSocket to {ws_url}\n")
         stats = {provider: _Stats() for provider in models}
         ids = {f"demo-{provider}": provider for provider in models}
+        view = _TokenView(list(models))
         async with websockets.connect(ws_url, compression=None) as ws:
             for completion_id, provider in ids.items():
                 stats[provider].sent_at = time.perf_counter()
@@ -123,8 +150,7 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
                     entry.chunks += 1
                     entry.chars += len(message.content)
                     entry.text.append(message.content)
-                    sys.stdout.write(f"\x1b[{_COLORS[provider]}m{message.content}\x1b[0m")
-                    sys.stdout.flush()
+                    view.show(provider, message.content)
                 elif isinstance(message, ThinkingStatus):
                     if entry.first_at is None:
                         entry.first_at = now
@@ -141,7 +167,8 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
                     pending.discard(message.completion_id or "")
                 if not pending:
                     break
-        print("\n")
+        view.close()
+        print()
         header = f"{'provider':<10} {'model':<36} {'TTFT ms':>8} {'chunks':>7} {'chars':>6} {'total ms':>9}  finish / usage (p/c/t)"
         print(header)
         print("-" * len(header))
