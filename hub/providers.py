@@ -198,7 +198,15 @@ def _anthropic_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str
 
 def _anthropic_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
     system, messages = _anthropic_messages(request.messages)
-    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": request.max_tokens or 1024, "stream": True}
+    thinking = request.thinking
+    if thinking is None and _effort(request):
+        thinking = {"type": "enabled", "budget_tokens": _THINKING_BUDGET.get(_effort(request) or "", 4096)}
+    # thinking.budget_tokens must be below max_tokens: the default leaves the answer 1024 tokens.
+    budget = thinking.get("budget_tokens") if thinking else None
+    default_max_tokens = budget + 1024 if isinstance(budget, int) else 1024
+    body: dict[str, Any] = {
+        "model": model, "messages": messages, "max_tokens": request.max_tokens or default_max_tokens, "stream": True
+    }
     if system:
         body["system"] = system
     if request.temperature is not None:
@@ -210,10 +218,8 @@ def _anthropic_request(request: Completion, model: str, config: HubConfig) -> Up
         choice = _anthropic_tool_choice(request.tool_choice)
         if choice:
             body["tool_choice"] = choice
-    if request.thinking is not None:
-        body["thinking"] = request.thinking
-    elif _effort(request):
-        body["thinking"] = {"type": "enabled", "budget_tokens": _THINKING_BUDGET.get(_effort(request) or "", 4096)}
+    if thinking is not None:
+        body["thinking"] = thinking
     headers = {"Content-Type": "application/json", "anthropic-version": "2023-06-01", "Accept": "text/event-stream"}
     if config.anthropic_api_key:
         headers["x-api-key"] = config.anthropic_api_key
@@ -286,11 +292,13 @@ def _ollama_request(request: Completion, model: str, config: HubConfig) -> Upstr
         entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
                                  "content": _text_of(message.content)}
         if message.tool_calls:
-            entry["tool_calls"] = [
-                {"function": {"name": c.get("function", {}).get("name", ""),
-                              "arguments": json.loads(c.get("function", {}).get("arguments") or "{}")}}
-                for c in message.tool_calls
-            ]
+            entry["tool_calls"] = []
+            for c in message.tool_calls:
+                arguments = c.get("function", {}).get("arguments") or "{}"
+                entry["tool_calls"].append({"function": {
+                    "name": c.get("function", {}).get("name", ""),
+                    "arguments": json.loads(arguments) if isinstance(arguments, str) else arguments,
+                }})
         messages.append(entry)
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     options: dict[str, Any] = {}
@@ -326,9 +334,11 @@ def build_request(request: Completion, config: HubConfig) -> UpstreamRequest:
     """The upstream request for a client ``completion``.
 
     Raises:
-        ProviderError: ``model_not_found`` (no provider for the name) or
+        ProviderError: ``model_not_found`` (no provider for the name),
             ``provider_not_configured`` (the provider's public API needs a key and none is set;
-            a custom base URL, such as a local server, may be used without one).
+            a custom base URL, such as a local server, may be used without one), or
+            ``invalid_message`` (messages or tools that cannot be translated for the provider,
+            e.g. tool call arguments that are not JSON, a tool without a name).
     """
     provider, model = resolve_model(request.model)
     if provider in _KEYS:
@@ -339,7 +349,13 @@ def build_request(request: Completion, config: HubConfig) -> UpstreamRequest:
                 f"{provider} is not configured: set {_KEY_VARS[provider]} (or a base URL for a compatible server)",
                 "provider_not_configured",
             )
-    return _BUILDERS[provider](request, model, config)
+    try:
+        return _BUILDERS[provider](request, model, config)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # the free-form dicts of the client
+        raise ProviderError(
+            f"the messages or tools cannot be translated for {provider}: {type(exc).__name__}: {exc}",
+            "invalid_message",
+        ) from None
 
 
 def _error_message(body: bytes) -> tuple[str, str | None]:

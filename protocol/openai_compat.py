@@ -100,7 +100,7 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
         request = _REQUEST_DECODER.decode(body)
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid chat completion request: {exc}", "invalid_message") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string
         raise ProtocolError(f"request body is not valid JSON: {exc}", "invalid_json") from None
     if not request.messages:
         raise ProtocolError("`messages` must hold at least one message", "invalid_message")
