@@ -101,11 +101,16 @@ class CompletionRun:
 
     def start(self) -> None:
         """Resolve the model and start streaming; an error is published at once if the
-        model is unknown or its provider is not configured."""
+        model is unknown, its provider is not configured, or the request cannot be
+        translated for it."""
         try:
             upstream = build_request(self.request, self.manager.config)
-        except ProviderError as exc:
+        except HubError as exc:
             self._fail(exc)
+            return
+        except Exception as exc:  # a bug of ours: the completion fails, the connection lives
+            log.exception("building the upstream request of %s failed", self.id)
+            self._fail(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
             return
         self.provider = upstream.provider
         self.model = upstream.model

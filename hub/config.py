@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -39,6 +40,15 @@ DEFAULT_BASE_URLS = {
     "google": "https://generativelanguage.googleapis.com",
     "ollama": "http://127.0.0.1:11434",
 }
+
+
+def _ollama_url(host: str) -> str:
+    """``OLLAMA_HOST`` as Ollama reads it: a URL is used as given; a bare ``host`` or
+    ``host:port`` gets ``http://`` and, without a port, Ollama's default port 11434."""
+    if host.startswith(("http://", "https://")):
+        return host
+    url = "http://" + host
+    return url if urlsplit(url).port is not None else url.rstrip("/") + ":11434"
 
 
 class HubConfig(msgspec.Struct, kw_only=True):
@@ -106,8 +116,7 @@ class HubConfig(msgspec.Struct, kw_only=True):
             values["gemini_api_key"] = gemini_key
         values.update(overrides)
         config = cls(**values)  # type: ignore[arg-type]
-        if not config.ollama_host.startswith(("http://", "https://")):
-            config.ollama_host = "http://" + config.ollama_host  # OLLAMA_HOST may be host:port
+        config.ollama_host = _ollama_url(config.ollama_host)
         return config
 
     def secrets(self) -> tuple[str, ...]:

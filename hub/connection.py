@@ -123,6 +123,9 @@ class WebSocketConnection:
                 self.deliver(_PONG)
         except HubError as exc:
             self.send_error(exc)
+        except Exception as exc:  # a bug of ours must not drop the connection's other streams
+            log.exception("handling a client message failed")
+            self.send_error(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
 
     def send_error(self, error: HubError, completion_id: str | None = None) -> None:
         """Answer a client message with an ``error`` (no ``seq``: not part of a stream)."""

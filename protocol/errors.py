@@ -38,7 +38,7 @@ __all__ = [
 # Shapes of the secrets we know: OpenAI (sk-..., sk-proj-...), Anthropic (sk-ant-...),
 # Google API keys (AIza...), bearer tokens in echoed headers, and ?key= query parameters.
 _SECRET_PATTERNS = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}"
+    r"(\bsk-[A-Za-z0-9_\-]{8,}|\bAIza[0-9A-Za-z_\-]{20,}|(?i:\bbearer)\s+[A-Za-z0-9._\-]{8,}"
     r"|(?<=[?&]key=)[^&\s\"']+)"
 )
 

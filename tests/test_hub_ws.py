@@ -339,3 +339,23 @@ async def test_unsubscribed_connection_no_longer_receives(ws_connect) -> None:
     await owner.until_terminal("u1")
     await watcher.send({"type": "ping"})
     assert isinstance(await watcher.recv(), Pong)  # nothing of u1 arrived after the ack
+
+
+async def test_a_bug_while_starting_a_completion_fails_it_and_keeps_the_connection(ws_connect, monkeypatch) -> None:
+    import hub.completions
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("simulated bug")
+
+    client = await ws_connect()
+    await start(client, "before", "[[mock tokens=30 tps=300]]")
+    monkeypatch.setattr(hub.completions, "build_request", broken)
+    await start(client, "buggy", "x")
+    monkeypatch.undo()
+    buggy = await client.until_terminal("buggy")
+    assert isinstance(buggy[-1], ErrorMessage) and buggy[-1].error.code == "internal_error"
+    assert "simulated bug" not in buggy[-1].error.message  # internals are not leaked
+    before = await client.until_terminal("before")
+    assert isinstance(before[-1], Completed)
+    await start(client, "after", "[[mock tokens=3]]")
+    assert isinstance((await client.until_terminal("after"))[-1], Completed)

@@ -586,3 +586,21 @@ def test_config_secrets_feed_redact() -> None:
 def test_provider_errors_are_hub_errors() -> None:
     with pytest.raises(HubError):
         resolve_model("nope")
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("0.0.0.0", "http://0.0.0.0:11434"),
+        ("gpu-box", "http://gpu-box:11434"),
+        ("gpu-box:8080", "http://gpu-box:8080"),
+        ("https://ollama.com", "https://ollama.com"),
+    ],
+)
+def test_ollama_host_defaults_like_ollama(value: str, url: str) -> None:
+    assert HubConfig.from_env({"OLLAMA_HOST": value}).ollama_host == url
+
+
+def test_redact_leaves_ordinary_words_containing_key_prefixes() -> None:
+    text = "disk-quota-exceeded for task-sk-runner; key sk-proj-abcdefgh12345 rejected"
+    assert redact(text) == "disk-quota-exceeded for task-sk-runner; key [REDACTED] rejected"
