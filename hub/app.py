@@ -103,7 +103,9 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
     """
     app = create_app(config)
     hub: Hub = app[HUB_KEY]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
+    # handler_cancellation: a client that disconnects cancels its handler, so an HTTP request
+    # waiting for a non-streamed answer stops its upstream completion at once.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, hub.config.host, hub.config.port)
     await site.start()

@@ -116,6 +116,13 @@ class CompletionRun:
         self.model = upstream.model
         self.state = "streaming"
         self._task = asyncio.create_task(self._run(upstream), name=f"completion:{self.id}")
+        self._task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never enters _run, so its except clauses
+        # never run: the terminal error is published here instead.
+        if not self.finished:
+            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")
 
     def cancel(self, error: HubError | None = None) -> None:
         """Abort the upstream request now and publish an ``error`` (code ``cancelled``)."""
@@ -140,7 +147,7 @@ class CompletionRun:
         self._grace = self._loop.call_later(grace, self._grace_over)
 
     def on_subscribe(self) -> None:
-        """A subscriber arrived: the grace period, if running, is called off."""
+        """A subscriber arrived (or the run ended): the grace period, if running, is called off."""
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -285,6 +292,7 @@ class CompletionManager:
         self._counter = itertools.count(1)
         self._prefix = os.urandom(4).hex()
         self._retirements: dict[str, asyncio.TimerHandle] = {}
+        self.closing = False
 
     def create(self, request: Completion) -> CompletionRun:
         """Open ``completion:<id>`` for a new completion (not started yet: subscribe the
@@ -292,7 +300,10 @@ class CompletionManager:
 
         Raises:
             ProtocolError: ``duplicate_id`` when a completion with that id is running or retained.
+            HubError: ``shutting_down`` once :meth:`close` has begun.
         """
+        if self.closing:
+            raise HubError("the hub is shutting down; reconnect and retry", "shutting_down", retryable=True)
         completion_id = request.id or f"comp-{self._prefix}-{next(self._counter)}"
         if completion_id in self.runs:
             raise ProtocolError(f"completion id {completion_id!r} is already in use", "duplicate_id")
@@ -315,9 +326,7 @@ class CompletionManager:
 
     def finished(self, run: CompletionRun) -> None:
         """Called once by a run when its terminal message is out: retain, then forget it."""
-        if run._grace is not None:
-            run._grace.cancel()
-            run._grace = None
+        run.on_subscribe()  # calls off the grace period: nothing is left to cancel
         loop = asyncio.get_running_loop()
         self._retirements[run.id] = loop.call_later(self.config.retention_s, self._retire, run.id)
 
@@ -329,6 +338,7 @@ class CompletionManager:
 
     async def close(self) -> None:
         """Cancel every running completion and wait for their tasks (hub shutdown)."""
+        self.closing = True
         runs = list(self.runs.values())
         for run in runs:
             run.cancel(HubError("the hub is shutting down", "shutting_down", retryable=True))

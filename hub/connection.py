@@ -82,7 +82,12 @@ class WebSocketConnection:
                 while queue:
                     await ws.send_frame(queue.popleft(), WSMsgType.TEXT)
         except (ConnectionResetError, RuntimeError) as exc:
-            log.debug("writer stopped: %s", exc)
+            log.debug("writer stopped: %s", exc)  # the peer is gone; the reader sees it too
+        except Exception:
+            log.exception("writer failed; closing the connection")
+            self.closed = True
+            queue.clear()
+            await ws.close(code=1011, message=b"internal error")
         finally:
             self.closed = True
             queue.clear()

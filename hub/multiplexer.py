@@ -47,7 +47,7 @@ class Channel:
         on_idle: called when the last subscriber leaves.
     """
 
-    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle", "closed")
+    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle")
 
     def __init__(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None) -> None:
         self.name = name
@@ -55,7 +55,6 @@ class Channel:
         self.subscribers: set[Subscriber] = set()
         self.history: deque[tuple[bytes, Any]] = deque(maxlen=history_max_events)
         self.on_idle = on_idle
-        self.closed = False
 
 
 class StreamMultiplexer:
@@ -81,7 +80,6 @@ class StreamMultiplexer:
         channel = self.channels.pop(name, None)
         if channel is None:
             return
-        channel.closed = True
         for subscriber in channel.subscribers:
             names = self._subscriptions.get(subscriber)
             if names is not None:
@@ -91,7 +89,8 @@ class StreamMultiplexer:
     # Subscriptions.
 
     def subscribe(self, subscriber: Subscriber, name: str) -> Channel:
-        """Add ``subscriber`` to an open channel and replay its history to it.
+        """Add ``subscriber`` to an open channel and replay its history to it (unless a
+        type-level subscription already delivers that channel to it live).
 
         Raises:
             KeyError: no open channel has that name.
@@ -101,6 +100,8 @@ class StreamMultiplexer:
             return channel
         channel.subscribers.add(subscriber)
         self._subscriptions.setdefault(subscriber, set()).add(name)
+        if subscriber in self.type_subscribers.get(channel.stream_type, ()):
+            return channel  # it already receives this channel live: a replay would repeat frames
         for payload, message in channel.history:
             subscriber.deliver(payload, message)
         return channel
@@ -115,6 +116,8 @@ class StreamMultiplexer:
         names = self._subscriptions.get(subscriber)
         if names is not None:
             names.discard(name)
+            if not names:
+                del self._subscriptions[subscriber]
         if channel is None or subscriber not in channel.subscribers:
             return False
         channel.subscribers.discard(subscriber)

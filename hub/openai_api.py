@@ -56,6 +56,7 @@ _STATUS_BY_CODE = {
     "upstream_unreachable": 502,
     "cancelled": 499,
     "shutting_down": 503,
+    "internal_error": 500,
 }
 
 
@@ -111,16 +112,21 @@ async def _serve(hub: Hub, request: web.Request, chat: ChatCompletionRequest) ->
         })
         await response.prepare(request)
         message = first
-        while True:
-            data = encoder.encode(message)
-            if data:
-                await response.write(data)
-            if _is_terminal(message):
-                break
-            message = await subscriber.queue.get()
-        await response.write_eof()
+        try:
+            while True:
+                data = encoder.encode(message)
+                if data:
+                    await response.write(data)
+                if _is_terminal(message):
+                    break
+                message = await subscriber.queue.get()
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away; `finally` cancels the upstream request
         return response
     finally:
+        # Also reached when aiohttp cancels this handler because the client disconnected
+        # (handler_cancellation, hub/app.py), e.g. while a `stream: false` answer is pending.
         hub.multiplexer.unsubscribe(subscriber, run.channel.name)
         if not run.finished:
             # An HTTP client cannot resume: when it goes away, stop the upstream request.

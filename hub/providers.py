@@ -36,10 +36,10 @@ import msgspec
 
 from hub.config import DEFAULT_BASE_URLS, HubConfig
 from protocol.errors import ProviderError, redact, retryable_status
-from protocol.events import StreamEvent
+from protocol.events import StreamEnd, StreamEvent
 from protocol.messages import ChatMessage, Completion
 from protocol.normalizers.anthropic import AnthropicNormalizer
-from protocol.normalizers.base import Normalizer
+from protocol.normalizers.base import Normalizer, truncated
 from protocol.normalizers.gemini import GeminiNormalizer
 from protocol.normalizers.ollama import OllamaChatNormalizer
 from protocol.normalizers.openai import OpenAIChatNormalizer
@@ -124,10 +124,14 @@ def _openai_request(request: Completion, model: str, config: HubConfig) -> Upstr
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    for key in ("max_tokens", "temperature", "tools", "tool_choice", "stop"):
+    for key in ("temperature", "tools", "tool_choice", "stop"):
         value = getattr(request, key)
         if value is not None:
             body[key] = value
+    if request.max_tokens is not None:
+        # OpenAI's reasoning models reject max_tokens; compatible servers know only max_tokens.
+        key = "max_completion_tokens" if model.startswith(("o1", "o3", "o4", "gpt-5")) else "max_tokens"
+        body[key] = request.max_tokens
     effort = _effort(request)
     if effort:
         body["reasoning_effort"] = effort
@@ -418,7 +422,12 @@ class ProviderClient:
                 upstream.url, data=_encode(upstream.body), headers=upstream.headers, timeout=self._timeout
             )
             if response.status != 200:
-                body = await response.content.read(_ERROR_BODY_LIMIT)
+                body = b""
+                while len(body) < _ERROR_BODY_LIMIT:
+                    piece = await response.content.read(_ERROR_BODY_LIMIT - len(body))
+                    if not piece:
+                        break
+                    body += piece
                 message, kind = _error_message(body)
                 raise ProviderError(
                     redact(f"{upstream.provider} answered HTTP {response.status}: {message}", secrets),
@@ -427,6 +436,7 @@ class ProviderClient:
                     status=response.status,
                 )
             normalizer = upstream.make_normalizer()
+            cut = False
             try:
                 async for chunk in response.content.iter_any():
                     for event in normalizer.feed(chunk):
@@ -437,7 +447,13 @@ class ProviderClient:
                 # The connection ended mid-body: what arrived is parsed, and the normalizer
                 # reports the missing terminal marker as a truncated stream.
                 log.info("%s body cut short: %s", upstream.provider, exc)
-            for event in normalizer.close():
+                cut = True
+            events = normalizer.close()
+            if cut and events and isinstance(events[-1], StreamEnd):
+                # Gemini SSE has no terminal marker but EOF, and says STOP on every chunk:
+                # a connection we saw break is a truncation whatever the last chunk said.
+                events[-1] = truncated(upstream.provider, events[-1].usage)
+            for event in events:
                 yield event
             finished = True
         except asyncio.TimeoutError:

@@ -8,15 +8,15 @@ upstream failures, the provider's HTTP ``status``. The codes are listed in docs/
 
     HubError                       base: code, message, retryable, status
     ├── ProtocolError              the client sent something we cannot accept (its fault)
-    │     codes: invalid_json, unknown_type, invalid_message, message_too_large,
-    │            duplicate_id, unknown_completion, unknown_channel
+    │     codes: invalid_json, unknown_type, invalid_message, duplicate_id,
+    │            unknown_completion, unknown_channel, not_subscribed
     ├── FramingError               an upstream body is not valid SSE / JSON array / NDJSON
     │     code: invalid_upstream_response
     └── ProviderError              the provider failed (their fault, or the network's)
           codes: provider_error, rate_limited, auth_failed, model_not_found,
                  provider_not_configured, upstream_unreachable, upstream_timeout,
                  stream_truncated, invalid_upstream_response, content_filter,
-                 cancelled, internal_error
+                 cancelled, shutting_down, internal_error
 
 Messages never contain API keys: :func:`redact` is applied to every message built from
 upstream text before it is stored in an error.

@@ -80,7 +80,8 @@ class SSEDecoder:
 
     def __init__(self, *, collect_stray: bool = False) -> None:
         self._collect_stray = collect_stray
-        self._pending = b""  # bytes of an incomplete line
+        self._bom_prefix = b""  # first bytes, while they could still be a BOM
+        self._parts: list[bytes] = []  # pieces of an incomplete line, joined once it ends
         self._skip_lf = False  # the previous read ended with CR: drop a leading LF
         self._at_start = True  # BOM not yet checked
         self._data: list[str] = []
@@ -100,10 +101,10 @@ class SSEDecoder:
         if not chunk:
             return []
         if self._at_start:
-            chunk = self._pending + chunk
-            self._pending = b""
+            chunk = self._bom_prefix + chunk
+            self._bom_prefix = b""
             if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
-                self._pending = chunk  # could still become a BOM
+                self._bom_prefix = chunk  # could still become a BOM
                 return []
             self._at_start = False
             if chunk.startswith(_BOM):
@@ -112,14 +113,19 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if self._pending:
-            chunk = self._pending + chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            # A line still growing (signatures, base64, big tool arguments): keep the piece
+            # and join once the line ends, rather than re-copying the line on every read.
+            self._parts.append(chunk)
+            return []
+        if self._parts:
+            self._parts.append(chunk)
+            chunk = b"".join(self._parts)
+            self._parts = []
         lines = chunk.splitlines(keepends=True)  # bytes: splits on \r, \n, \r\n only
         out: list[SSEEvent | StrayLine] = []
         if lines and not lines[-1].endswith((b"\n", b"\r")):
-            self._pending = lines.pop()
-        else:
-            self._pending = b""
+            self._parts.append(lines.pop())
         if chunk.endswith(b"\r"):
             self._skip_lf = True
         for raw in lines:
@@ -136,9 +142,10 @@ class SSEDecoder:
             return []
         self._closed = True
         out: list[SSEEvent | StrayLine] = []
-        if self._pending:
-            pending = self._pending
-            self._pending = b""
+        pending = self._bom_prefix + b"".join(self._parts)
+        self._bom_prefix = b""
+        self._parts = []
+        if pending:
             if self._at_start and pending.startswith(_BOM):
                 pending = pending[len(_BOM) :]
             if pending:
@@ -196,7 +203,7 @@ class NDJSONDecoder:
     """
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._parts: list[bytes] = []  # pieces of an incomplete line, joined once it ends
         self._closed = False
         self.unterminated = False
         """True when :meth:`close` returned a last line that had no line end."""
@@ -205,9 +212,17 @@ class NDJSONDecoder:
         """Parse the next slice of the body; return the lines it completed."""
         if self._closed:
             raise FramingError("NDJSONDecoder.feed() after close()")
-        if self._pending:
-            chunk = self._pending + chunk
-        *lines, self._pending = chunk.split(b"\n")
+        if b"\n" not in chunk:
+            if chunk:
+                self._parts.append(chunk)  # joined once the line ends (no quadratic re-copying)
+            return []
+        if self._parts:
+            self._parts.append(chunk)
+            chunk = b"".join(self._parts)
+            self._parts = []
+        *lines, pending = chunk.split(b"\n")
+        if pending:
+            self._parts.append(pending)
         return [line for line in (raw.rstrip(b"\r") for raw in lines) if line.strip()]
 
     def close(self) -> list[bytes]:
@@ -215,7 +230,8 @@ class NDJSONDecoder:
         if self._closed:
             return []
         self._closed = True
-        pending, self._pending = self._pending.rstrip(b"\r"), b""
+        pending = b"".join(self._parts).rstrip(b"\r")
+        self._parts = []
         if pending.strip():
             self.unterminated = True
             return [pending]

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from protocol.errors import FramingError
-from protocol.events import StreamEvent, StreamFailed, ToolCall, Usage
+from protocol.events import StreamEnd, StreamEvent, StreamFailed, ToolCall, Usage
 
 __all__ = ["Normalizer", "make_tool_call", "parse_tool_arguments", "truncated"]
 
@@ -94,8 +94,6 @@ class Normalizer:
 
     def _check_terminal(self, events: list[StreamEvent]) -> list[StreamEvent]:
         """Cut everything after the first terminal event and set :attr:`done`."""
-        from protocol.events import StreamEnd  # local: keeps the import list short above
-
         for index, event in enumerate(events):
             if isinstance(event, (StreamEnd, StreamFailed)):
                 self.done = True
