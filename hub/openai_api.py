@@ -79,7 +79,9 @@ def _is_terminal(message: Any) -> bool:
     return isinstance(message, (Completed, ErrorMessage)) and message.completion_id is not None
 
 
-async def _serve(hub: Hub, request: web.Request, chat: ChatCompletionRequest) -> web.StreamResponse:
+async def _serve(
+    hub: Hub, request: web.Request, chat: ChatCompletionRequest, *, tag_events: bool = False
+) -> web.StreamResponse:
     try:
         run = hub.completions.create(chat.to_completion())
     except HubError as exc:
@@ -111,6 +113,10 @@ async def _serve(hub: Hub, request: web.Request, chat: ChatCompletionRequest) ->
             "X-Accel-Buffering": "no",
         })
         await response.prepare(request)
+        if tag_events:
+            # An SSE `id` makes a reconnecting EventSource send Last-Event-ID, which
+            # chat_stream_get_handler answers with 204 so the browser stops (WHATWG §9.2).
+            await response.write(f"id: {run.id}\n".encode())
         message = first
         try:
             while True:
@@ -145,8 +151,16 @@ async def chat_completions_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/chat/completions/stream?model=…&messages=<JSON array>`` for EventSource."""
+    """``GET /v1/chat/completions/stream?model=…&messages=<JSON array>`` for EventSource.
+
+    An EventSource reconnects by itself when the response ends; each reconnection would start
+    a new completion. The stream therefore carries an SSE ``id``, and a request that comes back
+    with ``Last-Event-ID`` is answered 204 No Content, which makes the browser stop (WHATWG
+    HTML §9.2.3: a 204 response fails the connection without reconnecting).
+    """
     hub: Hub = request.app[HUB_KEY]
+    if "Last-Event-ID" in request.headers:
+        return web.Response(status=204)
     query = request.query
     model = query.get("model")
     raw_messages = query.get("messages")
@@ -166,7 +180,7 @@ async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
         stream_options=StreamOptions(include_usage=query.get("include_usage", "").lower() in ("1", "true", "yes")),
         max_tokens=int(max_tokens) if max_tokens and max_tokens.isdigit() else None,
     )
-    return await _serve(hub, request, chat)
+    return await _serve(hub, request, chat, tag_events=True)
 
 
 _CATALOGUE = {

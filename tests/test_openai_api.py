@@ -145,6 +145,23 @@ async def test_eventsource_get_endpoint(hub) -> None:
     assert text == expected_text(6, seed=9)
 
 
+async def test_eventsource_reconnect_after_the_end_starts_nothing(hub, mock) -> None:
+    """The stream carries an SSE id; a browser reconnecting with Last-Event-ID gets 204."""
+    messages = msgspec.json.encode([{"role": "user", "content": "[[mock tokens=2]]"}]).decode()
+    params = {"model": "openai/gpt-4o-mini", "messages": messages}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(hub.url + "/v1/chat/completions/stream", params=params) as response:
+            decoder = SSEDecoder()
+            async for piece in response.content.iter_any():
+                decoder.feed(piece)
+            decoder.close()
+        assert decoder.last_event_id
+        async with session.get(hub.url + "/v1/chat/completions/stream", params=params,
+                               headers={"Last-Event-ID": decoder.last_event_id}) as response:
+            assert response.status == 204
+    assert mock.stats["requests"] == 1
+
+
 async def test_models_and_health(hub) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(hub.url + "/healthz") as response:
