@@ -47,7 +47,7 @@ class Channel:
         on_idle: called when the last subscriber leaves.
     """
 
-    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle")
+    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle", "last_publish")
 
     def __init__(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None) -> None:
         self.name = name
@@ -55,6 +55,9 @@ class Channel:
         self.subscribers: set[Subscriber] = set()
         self.history: deque[tuple[bytes, Any]] = deque(maxlen=history_max_events)
         self.on_idle = on_idle
+        # The multiplexer-wide publish count at this channel's latest event: it tells whether
+        # a type-level subscriber has already received some of it live (see subscribe()).
+        self.last_publish: int | None = None
 
 
 class StreamMultiplexer:
@@ -64,6 +67,8 @@ class StreamMultiplexer:
         self.channels: dict[str, Channel] = {}
         self.type_subscribers: dict[str, set[Subscriber]] = {}
         self._subscriptions: dict[Subscriber, set[str]] = {}
+        self._type_since: dict[tuple[Subscriber, str], int] = {}  # publish count at subscribe_type
+        self._published = 0
 
     # Channels.
 
@@ -89,8 +94,10 @@ class StreamMultiplexer:
     # Subscriptions.
 
     def subscribe(self, subscriber: Subscriber, name: str) -> Channel:
-        """Add ``subscriber`` to an open channel and replay its history to it (unless a
-        type-level subscription already delivers that channel to it live).
+        """Add ``subscriber`` to an open channel and replay its history to it, unless a
+        type-level subscription has already delivered events of that channel to it live
+        (then replaying would repeat frames; events published before that type-level
+        subscription began are not filled in).
 
         Raises:
             KeyError: no open channel has that name.
@@ -100,8 +107,11 @@ class StreamMultiplexer:
             return channel
         channel.subscribers.add(subscriber)
         self._subscriptions.setdefault(subscriber, set()).add(name)
-        if subscriber in self.type_subscribers.get(channel.stream_type, ()):
-            return channel  # it already receives this channel live: a replay would repeat frames
+        since = self._type_since.get((subscriber, channel.stream_type))
+        if since is not None and channel.last_publish is not None and channel.last_publish > since:
+            # A type-level subscription already delivered this channel live (all of it, or
+            # from some seq on): replaying would repeat frames or break the order.
+            return channel
         for payload, message in channel.history:
             subscriber.deliver(payload, message)
         return channel
@@ -127,11 +137,15 @@ class StreamMultiplexer:
 
     def subscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
         """Deliver every future event of channels of ``stream_type`` to ``subscriber``."""
-        self.type_subscribers.setdefault(stream_type, set()).add(subscriber)
+        subscribers = self.type_subscribers.setdefault(stream_type, set())
+        if subscriber not in subscribers:
+            subscribers.add(subscriber)
+            self._type_since[(subscriber, stream_type)] = self._published
 
     def unsubscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
         """Undo :meth:`subscribe_type`."""
         self.type_subscribers.get(stream_type, set()).discard(subscriber)
+        self._type_since.pop((subscriber, stream_type), None)
 
     def remove(self, subscriber: Subscriber) -> None:
         """Drop every subscription of ``subscriber`` (its connection closed)."""
@@ -141,8 +155,9 @@ class StreamMultiplexer:
                 channel.subscribers.discard(subscriber)
                 if not channel.subscribers and channel.on_idle is not None:
                     channel.on_idle()
-        for subscribers in self.type_subscribers.values():
+        for stream_type, subscribers in self.type_subscribers.items():
             subscribers.discard(subscriber)
+            self._type_since.pop((subscriber, stream_type), None)
 
     # Fan-out.
 
@@ -150,6 +165,8 @@ class StreamMultiplexer:
         """Record one encoded event in the channel's history and hand the same bytes to
         every channel subscriber and every subscriber of its stream type (once each)."""
         channel.history.append((payload, message))
+        self._published += 1
+        channel.last_publish = self._published
         subscribers = channel.subscribers
         for subscriber in subscribers:
             subscriber.deliver(payload, message)

@@ -15,8 +15,8 @@ upstream failures, the provider's HTTP ``status``. The codes are listed in docs/
     └── ProviderError              the provider failed (their fault, or the network's)
           codes: provider_error, rate_limited, auth_failed, model_not_found,
                  provider_not_configured, upstream_unreachable, upstream_timeout,
-                 stream_truncated, invalid_upstream_response, content_filter,
-                 cancelled, shutting_down, internal_error
+                 stream_truncated, invalid_upstream_response, cancelled,
+                 shutting_down, internal_error
 
 Messages never contain API keys: :func:`redact` is applied to every message built from
 upstream text before it is stored in an error.

@@ -286,7 +286,7 @@ class CitationMessage(_HubMessage, tag="citation"):
 
 class Completed(_HubMessage, tag="completed"):
     """Terminal success. ``ttftMs`` is the time to first token in ms, measured by the hub
-    from the upstream request to the first content or reasoning delta."""
+    from the upstream request to the first output (content, reasoning, refusal or tool call)."""
 
     completion_id: str
     seq: int

@@ -138,6 +138,18 @@ async def test_type_subscriber_that_also_subscribes_to_the_channel_gets_each_fra
     assert seqs == list(range(1, len(seqs) + 1))
 
 
+async def test_type_subscriber_gets_the_history_of_a_channel_it_never_saw(ws_connect) -> None:
+    owner = await ws_connect()
+    await owner.send({"type": "completion", "id": "before", "model": "openai/gpt-4o-mini",
+                      "messages": [{"role": "user", "content": "[[mock tokens=5]]"}]})
+    mine = await owner.until_terminal("before")
+    watcher = await ws_connect()
+    await watcher.send({"type": "subscribe", "streams": ["completion"], "channels": ["completion:before"]})
+    ack = await watcher.recv()
+    assert isinstance(ack, Subscribed) and ack.channels == ["completion:before"]
+    assert await watcher.until_terminal("before") == mine
+
+
 async def test_http_requests_leave_no_subscriber_behind(mock) -> None:
     async with run_hub(hub_config(mock, retention_s=0.0)) as hub, aiohttp.ClientSession() as session:
         for stream in (True, False, True):
