@@ -89,7 +89,9 @@ class CompletionRun:
         self._grace: asyncio.TimerHandle | None = None
         self._cancel_error: HubError | None = None
         config = manager.config
-        self._buffer = StreamBuffer(config.content_chunk_size, config.flush_interval_ms, enabled=request.coalesce)
+        self._buffer = StreamBuffer(
+            config.content_chunk_size, config.flush_interval_ms, enabled=request.coalesce, release_first=True
+        )
         self._loop = asyncio.get_running_loop()
 
     @property

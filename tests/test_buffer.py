@@ -280,3 +280,22 @@ def test_coalescing_preserves_text_and_kind_order(
     assert all(event.text for event in released)
     assert all(isinstance(event, tuple(KINDS.values())) for event in released)
     assert buffer.pending_chars == 0
+
+
+def test_release_first_sends_the_first_delta_at_once_then_coalesces() -> None:
+    buffer = StreamBuffer(chunk_size=100, flush_interval_ms=25.0, release_first=True)
+    first = TextDelta("Hel")
+    assert buffer.push(first, now_ms=0.0) == [first]
+    assert buffer.deadline_ms is None
+    assert buffer.push(TextDelta("lo"), now_ms=1.0) == []
+    assert buffer.push(TextDelta(" world"), now_ms=2.0) == []
+    assert buffer.deadline_ms == 26.0
+    assert buffer.poll(now_ms=26.0) == [TextDelta("lo world")]
+
+
+def test_release_first_applies_to_reasoning_too_and_only_once() -> None:
+    buffer = StreamBuffer(release_first=True)
+    thought = ReasoningDelta("hmm")
+    assert buffer.push(thought, now_ms=0.0) == [thought]
+    assert buffer.push(TextDelta("A"), now_ms=1.0) == []  # not the first delta any more
+    assert buffer.flush() == [TextDelta("A")]
