@@ -104,6 +104,19 @@ def _text_of(content: Any) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+def _tool_call_parts(call: dict[str, Any]) -> tuple[str, str, Any]:
+    """``(id, name, arguments)`` of an OpenAI-format tool call, arguments as a JSON value
+    (OpenAI sends them as a JSON string; a client may also give the object itself).
+
+    Raises:
+        ValueError: arguments that are a string but not JSON (``build_request`` reports it
+            as ``invalid_message``).
+    """
+    function = call.get("function", {})
+    arguments = function.get("arguments") or "{}"
+    return call.get("id", ""), function.get("name", ""), json.loads(arguments) if isinstance(arguments, str) else arguments
+
+
 def _effort(request: Completion) -> str | None:
     reasoning = request.reasoning
     if isinstance(reasoning, str):
@@ -181,18 +194,22 @@ def _anthropic_messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str
         if message.role in ("system", "developer"):
             system.append(_text_of(message.content))
         elif message.role == "tool":
-            out.append({"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": message.tool_call_id or "", "content": _text_of(message.content)}
-            ]})
+            # All results of one assistant turn go back in one user message (Messages API,
+            # "tool_result" blocks); consecutive tool messages are merged.
+            result = {"type": "tool_result", "tool_use_id": message.tool_call_id or "", "content": _text_of(message.content)}
+            previous = out[-1] if out else None
+            if previous and previous["role"] == "user" and isinstance(previous["content"], list) \
+                    and previous["content"] and previous["content"][-1].get("type") == "tool_result":
+                previous["content"].append(result)
+            else:
+                out.append({"role": "user", "content": [result]})
         elif message.role == "assistant" and message.tool_calls:
             blocks: list[dict[str, Any]] = []
             if _text_of(message.content):
                 blocks.append({"type": "text", "text": _text_of(message.content)})
             for call in message.tool_calls:
-                function = call.get("function", {})
-                arguments = function.get("arguments") or "{}"
-                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""),
-                               "input": json.loads(arguments) if isinstance(arguments, str) else arguments})
+                call_id, name, arguments = _tool_call_parts(call)
+                blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
             out.append({"role": "assistant", "content": blocks})
         else:
             content = message.content if isinstance(message.content, str) else _text_of(message.content)
@@ -237,15 +254,57 @@ def _anthropic_request(request: Completion, model: str, config: HubConfig) -> Up
     )
 
 
-def _gemini_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
-    contents: list[dict[str, Any]] = []
+def _gemini_contents(messages: list[ChatMessage]) -> tuple[list[str], list[dict[str, Any]]]:
+    """System texts and ``contents`` for Gemini (roles ``user``/``model``).
+
+    Assistant tool calls become ``functionCall`` parts (with the ``thoughtSignature`` the
+    hub sent in ``tool_call.signature``, when the client passes it back as ``signature``);
+    tool results become ``functionResponse`` parts named after their call, consecutive ones
+    in one ``user`` turn (Gemini API, "Function calling": the responses follow the calls).
+    """
     system: list[str] = []
-    for message in request.messages:
+    contents: list[dict[str, Any]] = []
+    names_by_id: dict[str, str] = {}
+    for message in messages:
         if message.role in ("system", "developer"):
             system.append(_text_of(message.content))
-            continue
-        role = "model" if message.role == "assistant" else "user"
-        contents.append({"role": role, "parts": [{"text": _text_of(message.content)}]})
+        elif message.role == "tool":
+            name = names_by_id.get(message.tool_call_id or "") or message.name or ""
+            part = {"functionResponse": {"name": name, "response": {"content": _text_of(message.content)}}}
+            previous = contents[-1] if contents else None
+            if previous and previous["role"] == "user" and "functionResponse" in previous["parts"][-1]:
+                previous["parts"].append(part)
+            else:
+                contents.append({"role": "user", "parts": [part]})
+        elif message.role == "assistant":
+            parts: list[dict[str, Any]] = []
+            if _text_of(message.content):
+                parts.append({"text": _text_of(message.content)})
+            for call in message.tool_calls or ():
+                call_id, name, arguments = _tool_call_parts(call)
+                names_by_id[call_id] = name
+                part: dict[str, Any] = {"functionCall": {"name": name, "args": arguments}}
+                if call.get("signature"):
+                    part["thoughtSignature"] = call["signature"]
+                parts.append(part)
+            contents.append({"role": "model", "parts": parts or [{"text": ""}]})
+        else:
+            contents.append({"role": "user", "parts": [{"text": _text_of(message.content)}]})
+    return system, contents
+
+
+def _gemini_tool_config(choice: Any) -> dict[str, Any] | None:
+    """``toolConfig.functionCallingConfig`` for an OpenAI ``tool_choice`` (AUTO, ANY, NONE)."""
+    modes = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+    if isinstance(choice, str) and choice in modes:
+        return {"functionCallingConfig": {"mode": modes[choice]}}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}}
+    return None
+
+
+def _gemini_request(request: Completion, model: str, config: HubConfig) -> UpstreamRequest:
+    system, contents = _gemini_contents(request.messages)
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
@@ -276,6 +335,9 @@ def _gemini_request(request: Completion, model: str, config: HubConfig) -> Upstr
                 declaration["parameters"] = function["parameters"]
             declarations.append(declaration)
         body["tools"] = [{"functionDeclarations": declarations}]
+        tool_config = _gemini_tool_config(request.tool_choice)
+        if tool_config:
+            body["toolConfig"] = tool_config
     headers = {"Content-Type": "application/json"}
     if config.gemini_api_key:
         headers["x-goog-api-key"] = config.gemini_api_key
@@ -296,13 +358,13 @@ def _ollama_request(request: Completion, model: str, config: HubConfig) -> Upstr
         entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
                                  "content": _text_of(message.content)}
         if message.tool_calls:
-            entry["tool_calls"] = []
-            for c in message.tool_calls:
-                arguments = c.get("function", {}).get("arguments") or "{}"
-                entry["tool_calls"].append({"function": {
-                    "name": c.get("function", {}).get("name", ""),
-                    "arguments": json.loads(arguments) if isinstance(arguments, str) else arguments,
-                }})
+            # Ollama takes arguments as a JSON object, not a string (formats.md §4.1).
+            entry["tool_calls"] = [
+                {"function": {"name": name, "arguments": arguments}}
+                for _, name, arguments in map(_tool_call_parts, message.tool_calls)
+            ]
+        if message.role == "tool" and message.name:
+            entry["tool_name"] = message.name
         messages.append(entry)
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     options: dict[str, Any] = {}

@@ -604,3 +604,57 @@ def test_ollama_host_defaults_like_ollama(value: str, url: str) -> None:
 def test_redact_leaves_ordinary_words_containing_key_prefixes() -> None:
     text = "disk-quota-exceeded for task-sk-runner; key sk-proj-abcdefgh12345 rejected"
     assert redact(text) == "disk-quota-exceeded for task-sk-runner; key [REDACTED] rejected"
+
+
+_TOOL_HISTORY = [
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+         "signature": "sig-a"},
+        {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+    ]},
+    {"role": "tool", "tool_call_id": "call_a", "content": "18 C"},
+    {"role": "tool", "tool_call_id": "call_b", "content": "24 C"},
+]
+
+
+def _completion_with(messages: list[dict[str, Any]], **options: Any) -> Completion:
+    message = decode_client_message(json.dumps({"type": "completion", "model": "x", "messages": messages, **options}))
+    assert isinstance(message, Completion)
+    return message
+
+
+def test_gemini_gets_tool_calls_and_results_of_earlier_turns() -> None:
+    request = _completion_with(_TOOL_HISTORY)
+    request.model = "google/gemini-2.5-flash"
+    contents = build_request(request, HubConfig(gemini_api_key="k")).body["contents"]
+    assert contents[1] == {"role": "model", "parts": [
+        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": "sig-a"},
+        {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}},
+    ]}
+    assert contents[2] == {"role": "user", "parts": [
+        {"functionResponse": {"name": "get_weather", "response": {"content": "18 C"}}},
+        {"functionResponse": {"name": "get_weather", "response": {"content": "24 C"}}},
+    ]}
+    assert len(contents) == 3
+
+
+@pytest.mark.parametrize(
+    ("choice", "config"),
+    [("auto", {"mode": "AUTO"}), ("required", {"mode": "ANY"}), ("none", {"mode": "NONE"}),
+     ({"type": "function", "function": {"name": "get_weather"}}, {"mode": "ANY", "allowedFunctionNames": ["get_weather"]})],
+)
+def test_gemini_tool_choice(choice: Any, config: dict[str, Any]) -> None:
+    request = _completion_with([{"role": "user", "content": "x"}], tool_choice=choice,
+                               tools=[{"type": "function", "function": {"name": "get_weather"}}])
+    request.model = "google/gemini-2.5-flash"
+    assert build_request(request, HubConfig(gemini_api_key="k")).body["toolConfig"] == {"functionCallingConfig": config}
+
+
+def test_anthropic_gets_all_results_of_a_turn_in_one_user_message() -> None:
+    request = _completion_with(_TOOL_HISTORY)
+    request.model = "anthropic/claude-3-5-haiku-latest"
+    messages = build_request(request, HubConfig(anthropic_api_key="k")).body["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert [(b["tool_use_id"], b["content"]) for b in messages[2]["content"]] == [("call_a", "18 C"), ("call_b", "24 C")]
+    assert [b["input"] for b in messages[1]["content"]] == [{"city": "Paris"}, {"city": "Rome"}]
