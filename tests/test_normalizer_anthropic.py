@@ -297,6 +297,48 @@ def test_wrong_shapes_are_invalid(data: str) -> None:
     assert events[0].code == "invalid_upstream_response"
 
 
+# End of body (protocol/normalizers/base.py): a last event that does not parse is a cut when
+# its text is not well-formed JSON, garbage when it is JSON of the wrong shape.
+
+CUT_AT_EOF = [
+    '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"wor',
+    '{"type":"content_block_delta","index":"zero",',  # msgspec: "expected int" before the cut
+    "[",  # msgspec: ValidationError "expected object", yet a cut
+]
+WRONG_SHAPE_AT_EOF = [
+    "[1, 2]",
+    "42",
+    '{"type":"content_block_delta","index":"zero","delta":{"type":"text_delta","text":"x"}}',
+    '{"type":"message_stop","index":"zero"}',
+]
+
+
+@pytest.mark.parametrize("end", ["", "\n"])
+@pytest.mark.parametrize("data", CUT_AT_EOF)
+def test_last_event_cut_mid_json_at_eof_is_truncated(data: str, end: str) -> None:
+    body = sse(("message_start", START), ("content_block_start", TEXT_START), ("content_block_delta", text_delta("Hi")))
+    body += f"event: content_block_delta\ndata: {data}{end}".encode()
+    for pieces in splits(body, random_count=20):
+        events = run(pieces)
+        assert summarize(events)["text"] == "Hi"
+        last = events[-1]
+        assert (type(last), last.code, last.retryable) == (StreamFailed, "stream_truncated", True)
+        assert last.usage is not None and last.usage.prompt_tokens == 18
+
+
+@pytest.mark.parametrize("end", ["", "\n"])
+@pytest.mark.parametrize("data", WRONG_SHAPE_AT_EOF)
+def test_last_event_of_wrong_shape_at_eof_is_invalid(data: str, end: str) -> None:
+    name = "message_stop" if "message_stop" in data else "content_block_delta"
+    body = sse(("message_start", START), ("content_block_start", TEXT_START), ("content_block_delta", text_delta("Hi")))
+    body += f"event: {name}\ndata: {data}{end}".encode()
+    for pieces in splits(body, random_count=20):
+        events = run(pieces)
+        assert summarize(events)["text"] == "Hi"
+        assert [type(e) for e in events][-1] is StreamFailed
+        assert (events[-1].code, events[-1].retryable) == ("invalid_upstream_response", False)
+
+
 def test_nothing_after_the_terminal_event() -> None:
     normalizer = AnthropicNormalizer()
     events = normalizer.feed(sse(("message_start", START), ("message_stop", STOP), ("content_block_delta", text_delta("late"))) + b"garbage\n\n")

@@ -383,6 +383,52 @@ def test_unframed_error_cut_at_eof_is_truncated() -> None:
     assert events[-1].code == "stream_truncated"
 
 
+# End of body (protocol/normalizers/base.py): a last event that does not parse is a cut when
+# its text is not well-formed JSON, garbage when it is JSON of the wrong shape.
+
+USAGE = {"promptTokenCount": 4, "candidatesTokenCount": 2, "totalTokenCount": 6}
+
+
+@pytest.mark.parametrize("end", ["", "\r\n"])
+@pytest.mark.parametrize(
+    "cut",
+    [
+        '{"candidates": [{"content": {"parts": [{"text": "wor',
+        '{"candidates": 5,',  # msgspec: ValidationError "expected array", yet a cut
+        "[",  # msgspec: ValidationError "expected object", yet a cut
+    ],
+)
+def test_last_event_cut_mid_json_at_eof_is_truncated(cut: str, end: str) -> None:
+    body = data(chunk({"text": "Hel"}, usage=USAGE)) + f"data: {cut}{end}".encode()
+    for pieces in splits(body, random_count=20):
+        events = run(pieces)
+        assert summarize(events)["text"] == "Hel"
+        last = events[-1]
+        assert (type(last), last.code, last.retryable) == (StreamFailed, "stream_truncated", True)
+        assert last.usage is not None and last.usage.total_tokens == 6
+
+
+@pytest.mark.parametrize("end", ["", "\r\n"])
+@pytest.mark.parametrize("wrong", ["[1, 2]", '{"candidates": 5}', '{"candidates": [{"content": {"parts": "text"}}]}'])
+def test_last_event_of_wrong_shape_at_eof_is_invalid(wrong: str, end: str) -> None:
+    body = data(chunk({"text": "Hel"}, usage=USAGE)) + f"data: {wrong}{end}".encode()
+    for pieces in splits(body, random_count=20):
+        events = run(pieces)
+        assert summarize(events)["text"] == "Hel"
+        assert [type(e) for e in events][-1] is StreamFailed
+        assert (events[-1].code, events[-1].retryable) == ("invalid_upstream_response", False)
+
+
+def test_unframed_json_of_wrong_shape_at_eof_is_invalid() -> None:
+    # Unframed JSON whose closing brace is the body's last byte: judged on the whole object
+    # (not on its last line alone, "}", which is no JSON).
+    body = data(chunk({"text": "Hel"})) + b'{\n  "candidates": 5\n}'
+    for pieces in splits(body, random_count=20):
+        events = run(pieces)
+        assert summarize(events)["text"] == "Hel"
+        assert events[-1].code == "invalid_upstream_response"
+
+
 def test_unframed_chunk_that_is_not_an_error_is_processed() -> None:
     body = data(chunk({"text": "a"})) + json.dumps(chunk({"text": "b"}, finish="STOP"), indent=2).encode() + b"\n"
     assert summarize(run(body)) | {"usage": None} == summarize(run(data(chunk({"text": "ab"}, finish="STOP")))) | {"usage": None}

@@ -47,7 +47,9 @@ Policies (documented here because the wire format leaves them open):
 - **EOF**: the SSE decoder dispatches an unterminated last event (framing.py EOF policy), so a
   ``message_stop`` without its blank line still ends the stream successfully (recordings
   ``anthropic_tool_use*.sse``). A body that ends before ``message_stop``, or whose last event
-  was cut mid-JSON, ends with ``stream_truncated`` carrying the usage seen so far.
+  was cut mid-JSON, ends with ``stream_truncated`` carrying the usage seen so far; a last
+  event that is well-formed JSON of the wrong shape is ``invalid_upstream_response``, as
+  anywhere else in the body (base end-of-body rule).
 """
 
 from __future__ import annotations
@@ -68,8 +70,8 @@ from protocol.events import (
     TextDelta,
     Usage,
 )
-from protocol.framing import SSEDecoder
-from protocol.normalizers.base import Normalizer, make_tool_call, truncated
+from protocol.framing import SSEDecoder, SSEEvent
+from protocol.normalizers.base import Normalizer, make_tool_call
 
 __all__ = ["AnthropicNormalizer", "FINISH_REASON_MAP", "ERROR_STATUS"]
 
@@ -224,46 +226,28 @@ class AnthropicNormalizer(Normalizer):
         self._output = 0
         self._cache_creation = 0
         self._cache_read: int | None = None
-        self._terminal = False
 
-    # Normalizer hooks.
+    # Normalizer hooks (the loop, error and EOF handling are the base's).
 
-    def _feed(self, chunk: bytes) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        try:
-            for event in self._sse.feed(chunk):
-                self._handle(event.event, event.data, out)
-                if self._terminal:
-                    break
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            # Keep the events completed earlier in this slice, then fail.
-            out.append(self._invalid(exc))
-        return out
+    def _items(self, chunk: bytes) -> list[Any]:
+        return self._sse.feed(chunk)
 
-    def _close(self) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        try:
-            for event in self._sse.close():
-                self._handle(event.event, event.data, out)
-                if self._terminal:
-                    return out
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-            # The event pending at EOF lacked its blank line and does not parse: the body was
-            # cut mid-event (framing.py EOF policy), i.e. truncated, not garbage.
-            pass
-        out.append(msgspec.structs.replace(truncated(self.provider), usage=self._usage()))
-        return out
+    def _last_items(self) -> list[Any]:
+        return self._sse.close()
 
-    # Event handling.
+    # Event handling (the hot path).
 
-    def _handle(self, name: str, data: str, out: list[StreamEvent]) -> None:
+    def _on_item(self, event: SSEEvent, out: list[StreamEvent]) -> bool:
+        """Handle one SSE event; return True once a terminal event was appended."""
+        name = event.event
         if name != "message" and name not in _KNOWN_EVENTS:
-            return  # ping, and event types added after this code was written
+            return False  # ping, and event types added after this code was written
+        data = event.data
         try:
             ev = _event_decoder.decode(data)
         except msgspec.ValidationError:
             if self._is_unknown_shape(data):
-                return
+                return False
             raise
         kind = ev.type
         if kind == "content_block_delta":
@@ -298,17 +282,18 @@ class AnthropicNormalizer(Normalizer):
             out.append(
                 StreamEnd(
                     finish_reason=reason,
-                    usage=self._usage(),
+                    usage=self._usage_so_far(),
                     raw_finish_reason=raw,
                     model=self._model,
                     response_id=self._response_id,
                 )
             )
-            self._terminal = True
+            return True
         elif kind == "error":
             out.append(self._failed(ev.error or _Error()))
-            self._terminal = True
+            return True
         # "ping" and unknown types in an unnamed event: ignored.
+        return False
 
     def _on_delta(self, index: int, delta: _Delta, out: list[StreamEvent]) -> None:
         kind = delta.type
@@ -385,7 +370,7 @@ class AnthropicNormalizer(Normalizer):
         if usage.cache_read_input_tokens is not None:
             self._cache_read = usage.cache_read_input_tokens
 
-    def _usage(self) -> Usage | None:
+    def _usage_so_far(self) -> Usage | None:
         if not self._has_usage:
             return None
         prompt = self._input + self._cache_creation + (self._cache_read or 0)
@@ -404,7 +389,7 @@ class AnthropicNormalizer(Normalizer):
             status=status,
             retryable=retryable_status(status),
             provider_type=error.type or None,
-            usage=self._usage(),
+            usage=self._usage_so_far(),
         )
 
     @staticmethod

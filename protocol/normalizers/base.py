@@ -1,4 +1,4 @@
-"""The contract every provider normalizer follows, and the pieces they share.
+"""The contract every provider normalizer follows, and the loop and pieces they share.
 
 A normalizer turns one upstream response body (bytes, in arbitrary slices) into unified
 events (protocol/events.py)::
@@ -13,12 +13,23 @@ Rules every normalizer keeps:
 - The last event is exactly one :class:`~protocol.events.StreamEnd` (the provider's terminal
   marker was parsed) or :class:`~protocol.events.StreamFailed` (in-band error, truncation,
   unparseable body). After it, ``feed`` and ``close`` return ``[]``.
-- ``close()`` without a terminal marker yields ``StreamFailed(code="stream_truncated")``:
-  a body cut short is an error, never a success (formats.md §6.5, §10.4).
+- ``close()`` without a terminal marker yields ``StreamFailed(code="stream_truncated")``
+  carrying the usage reported so far: a body cut short is an error, never a success
+  (formats.md §6.5, §10.4). Gemini SSE, which has no marker, is the one exception (its
+  module docstring).
 - No empty text deltas; reasoning signatures and redacted blocks are kept.
 - Tool calls are emitted once, complete; ids are synthesized (``call_<n>``) when missing.
-- Garbage (unparseable JSON where a chunk should be) becomes
-  ``StreamFailed(code="invalid_upstream_response")``, never an exception.
+- Garbage (an item that does not parse as the chunk it should be, or bytes the framing
+  cannot accept) becomes ``StreamFailed(code="invalid_upstream_response")``, never an
+  exception. The events completed before the bad item, in the same read, are kept, so the
+  output never depends on where the body was split into reads.
+- End of body (formats.md §10.9): the framing layer hands over an item left pending at EOF
+  (an SSE event without its blank line, an NDJSON line without its line end). If it does not
+  parse, it is a *cut* when its text is not well-formed JSON at all (``{"a``, ``[``, a cut
+  ``[DONE``), reported as ``stream_truncated``; and *garbage* when it is well-formed JSON of
+  the wrong shape, reported as ``invalid_upstream_response``. msgspec may report a cut as a
+  ``ValidationError`` (``[`` is "expected object"), so the test is well-formedness, not the
+  exception type.
 """
 
 from __future__ import annotations
@@ -28,20 +39,40 @@ from typing import Any
 import msgspec
 
 from protocol.errors import FramingError
-from protocol.events import StreamEnd, StreamEvent, StreamFailed, ToolCall, Usage
+from protocol.events import StreamEvent, StreamFailed, ToolCall, Usage
+from protocol.framing import SSEEvent
 
 __all__ = ["Normalizer", "make_tool_call", "parse_tool_arguments", "truncated"]
 
 _json_decoder = msgspec.json.Decoder()
 
+# What a bad item raises: msgspec errors (DecodeError, and ValidationError, its subclass, are
+# ValueErrors) and the framing's own errors. Anything else is a bug and propagates.
+_UNPARSEABLE = (msgspec.DecodeError, ValueError, FramingError)
+
 
 class Normalizer:
-    """Base class: one instance per upstream response.
+    """Base class: one instance per upstream response. Runs the loop every format shares.
 
-    Subclasses implement :meth:`_feed` and :meth:`_close`; the base enforces "nothing after
-    the terminal event" and turns parse errors that escape a subclass into ``StreamFailed``.
-    That fallback replaces every event of the read that failed, so subclasses should catch
-    errors per chunk themselves and keep the events completed before the bad one.
+    :meth:`feed` passes each item the framing completed in the slice (an SSE event, an NDJSON
+    line, a JSON-array element) to :meth:`_on_item`, and stops at the first one that reports
+    the terminal event. A parse error raised while handling an item ends the stream with
+    ``invalid_upstream_response`` after the events completed before it. :meth:`close` does
+    the same with the items the framing still held at EOF, except that an item failing there
+    is judged by the module's end-of-body rule (a cut → ``stream_truncated``, garbage →
+    ``invalid_upstream_response``); when no terminal event came, :meth:`_eof` decides.
+
+    A subclass supplies:
+
+    - :meth:`_items` and :meth:`_last_items`: its framer's ``feed(chunk)`` and ``close()``.
+    - :meth:`_on_item`: handle one item, appending unified events to ``out``; return True
+      once it appended the terminal event (and nothing after it). It may raise a parse error
+      (msgspec, ``ValueError``, :class:`~protocol.errors.FramingError`). This is the hot path:
+      the base does nothing else per item.
+    - :meth:`_usage_so_far`: the usage reported so far, carried by ``stream_truncated``.
+    - :meth:`_eof`: what EOF without a terminal event means; by default ``stream_truncated``.
+    - :meth:`_item_text`, only for items other than :class:`~protocol.framing.SSEEvent` and
+      raw lines or elements: the JSON text an item carried, for the end-of-body rule.
 
     Attributes:
         provider: provider name for messages (``openai``, ``anthropic``, ``google``, ``ollama``).
@@ -57,33 +88,73 @@ class Normalizer:
         """Parse the next slice of the body; return the unified events it completed."""
         if self.done:
             return []
+        out: list[StreamEvent] = []
+        on_item = self._on_item
         try:
-            events = self._feed(chunk)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, FramingError) as exc:
-            events = [self._invalid(exc)]
-        return self._check_terminal(events)
+            for item in self._items(chunk):
+                if on_item(item, out):
+                    self.done = True
+                    break
+        except _UNPARSEABLE as exc:
+            # Kept: the events this read completed before the bad item, so that the output
+            # does not depend on read boundaries.
+            out.append(self._invalid(exc))
+            self.done = True
+        return out
 
     def close(self) -> list[StreamEvent]:
-        """End of body: flush pending state; emits ``stream_truncated`` if unterminated."""
+        """End of body: handle what the framing still held; without a terminal, :meth:`_eof`."""
         if self.done:
             return []
+        self.done = True
         try:
-            events = self._close()
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, FramingError) as exc:
-            events = [self._invalid(exc)]
-        events = self._check_terminal(events)
-        if not self.done:
-            events.append(truncated(self.provider))
-            self.done = True
-        return events
+            items = self._last_items()
+        except _UNPARSEABLE as exc:  # an error the framing found after its last items
+            return [self._invalid(exc)]
+        out: list[StreamEvent] = []
+        for item in items:
+            try:
+                if self._on_item(item, out):
+                    return out
+            except _UNPARSEABLE as exc:
+                # An item left pending at EOF (module docstring): a cut if its text is not
+                # even well-formed JSON, garbage if it is JSON of the wrong shape.
+                if _is_json(self._item_text(item)):
+                    out.append(self._invalid(exc))
+                else:
+                    out.append(self._truncated())
+                return out
+        self._eof(out)
+        return out
 
     # For subclasses.
 
-    def _feed(self, chunk: bytes) -> list[StreamEvent]:
+    def _items(self, chunk: bytes) -> list[Any]:
+        """The items the framing completed with ``chunk`` (the framer's ``feed``)."""
         raise NotImplementedError
 
-    def _close(self) -> list[StreamEvent]:
+    def _last_items(self) -> list[Any]:
+        """The items the framing still held at EOF (the framer's ``close``)."""
         raise NotImplementedError
+
+    def _on_item(self, item: Any, out: list[StreamEvent]) -> bool:
+        """Handle one item; return True once the terminal event was appended to ``out``."""
+        raise NotImplementedError
+
+    def _usage_so_far(self) -> Usage | None:
+        """The usage reported so far (attached to ``stream_truncated``)."""
+        return None
+
+    def _eof(self, out: list[StreamEvent]) -> None:
+        """EOF came without a terminal event: append the one that ends the stream."""
+        out.append(self._truncated())
+
+    def _item_text(self, item: Any) -> str | bytes:
+        """The JSON text ``item`` carried (an SSE event's data, or the line or element)."""
+        return item.data if type(item) is SSEEvent else item
+
+    def _truncated(self) -> StreamFailed:
+        return truncated(self.provider, self._usage_so_far())
 
     def _invalid(self, exc: Exception) -> StreamFailed:
         return StreamFailed(
@@ -92,13 +163,14 @@ class Normalizer:
             retryable=False,
         )
 
-    def _check_terminal(self, events: list[StreamEvent]) -> list[StreamEvent]:
-        """Cut everything after the first terminal event and set :attr:`done`."""
-        for index, event in enumerate(events):
-            if isinstance(event, (StreamEnd, StreamFailed)):
-                self.done = True
-                return events[: index + 1]
-        return events
+
+def _is_json(text: str | bytes) -> bool:
+    """True if ``text`` is one well-formed JSON value (used only at EOF, off the hot path)."""
+    try:
+        _json_decoder.decode(text)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def truncated(provider: str, usage: Usage | None = None) -> StreamFailed:

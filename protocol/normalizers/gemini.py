@@ -51,14 +51,18 @@ Policies (the wire format leaves these open):
 - **Terminal marker** (§6.5): SSE: EOF when every candidate's latest chunk carried a
   ``finishReason`` (a chunk that adds content without one reopens it), or after a
   ``blockReason``; else ``stream_truncated``. Array: the closing ``]`` (or the end of a bare
-  object) with the same condition; a closed array without it is ``stream_truncated`` at once.
+  object) with the same condition, else ``stream_truncated`` at once; EOF before the ``]`` is
+  ``stream_truncated`` too (the array framing never hands over a pending element). A last SSE
+  event (or unframed JSON) that does not parse at EOF follows the base end-of-body rule: cut
+  mid-JSON → ``stream_truncated``, well-formed JSON of the wrong shape →
+  ``invalid_upstream_response``.
 - **In-band errors** ``{"error": {"code", "message", "status"}}`` (§3.4, §6.3), whether
   unframed, in a ``data:`` event, an array element or a bare object: :class:`StreamFailed`
   with ``status = code``, ``provider_type = status``, code ``rate_limited`` for 429 else
   ``provider_error``, ``retryable`` per :func:`protocol.errors.retryable_status` (so 499
   ``CANCELLED``, a cancellation on the server side, is not retried automatically). Unframed
   JSON that is not an error is treated as one more chunk (GG-SDK does the same); unframed
-  JSON still open at EOF means the body was cut: ``stream_truncated``.
+  JSON whose braces are still open at EOF means the body was cut: ``stream_truncated``.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ from typing import Any
 
 import msgspec
 
-from protocol.errors import FramingError, retryable_status
+from protocol.errors import retryable_status
 from protocol.events import (
     ChoiceFinished,
     ReasoningDelta,
@@ -79,8 +83,8 @@ from protocol.events import (
     TextDelta,
     Usage,
 )
-from protocol.framing import JSONArrayDecoder, SSEDecoder, SSEEvent
-from protocol.normalizers.base import Normalizer, make_tool_call, truncated
+from protocol.framing import JSONArrayDecoder, SSEDecoder, SSEEvent, StrayLine
+from protocol.normalizers.base import Normalizer, make_tool_call
 
 __all__ = ["GeminiNormalizer", "map_finish_reason"]
 
@@ -169,6 +173,8 @@ class _Response(msgspec.Struct, rename="camel", gc=False):
 
 _response_decoder = msgspec.json.Decoder(_Response)
 _JSON_SPECIAL = re.compile(r'[{}"\\]')
+_ARRAY_END = object()
+"""The item appended after the last element once the array's closing ``]`` was read."""
 
 
 class _Choice:
@@ -212,72 +218,63 @@ class GeminiNormalizer(Normalizer):
         self._block_reason: str | None = None
         self._model: str | None = None
         self._response_id: str | None = None
-        self._terminal = False
         # Unframed JSON being collected from StrayLine items (SSE only).
         self._stray: list[str] = []
         self._stray_depth = 0
 
-    # Normalizer hooks.
+    # Normalizer hooks (the loop, error and EOF handling are the base's). Items: SSEEvent and
+    # StrayLine (SSE), or an element's bytes then _ARRAY_END (array).
 
-    def _feed(self, chunk: bytes) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        try:
-            if self._sse is not None:
-                for item in self._sse.feed(chunk):
-                    self._on_sse_item(item, out)
-                    if self._terminal:
-                        break
-            else:
-                assert self._array is not None
-                for element in self._array.feed(chunk):
-                    self._on_chunk(_response_decoder.decode(element), out)
-                    if self._terminal:
-                        break
-                if not self._terminal and self._array.complete:
-                    self._finish(out)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, FramingError) as exc:
-            # Keep the events completed earlier in this slice, then fail.
-            out.append(self._invalid(exc))
-        return out
-
-    def _close(self) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
+    def _items(self, chunk: bytes) -> list[Any]:
         if self._sse is not None:
-            try:
-                for item in self._sse.close():
-                    self._on_sse_item(item, out)
-                    if self._terminal:
-                        return out
-            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-                # The event pending at EOF was cut mid-JSON (framing.py EOF policy).
-                out.append(self._truncated())
-                return out
-            if self._stray:
-                out.append(self._truncated())  # unframed JSON cut short
-                return out
-            self._finish(out)
+            return self._sse.feed(chunk)
+        assert self._array is not None
+        elements: list[Any] = self._array.feed(chunk)
+        if self._array.complete:
+            elements.append(_ARRAY_END)
+        return elements
+
+    def _last_items(self) -> list[Any]:
+        if self._sse is not None:
+            return self._sse.close()
+        assert self._array is not None
+        return self._array.close()  # [] (the array is not complete), or raises FramingError
+
+    def _on_item(self, item: Any, out: list[StreamEvent]) -> bool:
+        """Handle one framing item; return True once a terminal event was appended."""
+        kind = type(item)
+        if kind is SSEEvent:
+            return self._on_chunk(_response_decoder.decode(item.data), out)
+        if kind is bytes:  # an array element
+            return self._on_chunk(_response_decoder.decode(item), out)
+        if kind is StrayLine:
+            return self._on_stray(item.text, out)
+        return self._finish(out)  # _ARRAY_END
+
+    def _eof(self, out: list[StreamEvent]) -> None:
+        if self._array is not None or self._stray:
+            # Array: no closing "]" (it would have finished the stream). SSE: unframed JSON
+            # cut short.
+            out.append(self._truncated())
         else:
-            assert self._array is not None
-            self._array.close()
-            out.append(self._truncated())  # no closing "]": feed would have finished
-        return out
+            self._finish(out)  # SSE has no terminal marker: EOF decides
 
-    # Framing.
+    def _item_text(self, item: Any) -> str | bytes:
+        if type(item) is StrayLine:
+            return "\n".join(self._stray)  # the unframed JSON that failed (kept by _on_stray)
+        return super()._item_text(item)
 
-    def _on_sse_item(self, item: Any, out: list[StreamEvent]) -> None:
-        if type(item) is SSEEvent:
-            self._on_chunk(_response_decoder.decode(item.data), out)
-        else:
-            self._on_stray(item.text, out)
+    # Unframed JSON.
 
-    def _on_stray(self, line: str, out: list[StreamEvent]) -> None:
+    def _on_stray(self, line: str, out: list[StreamEvent]) -> bool:
         """Collect unframed JSON lines until their braces balance (formats.md §3.4).
 
         A JSON string cannot span lines (a raw line break is invalid inside one), so only the
-        brace depth carries from one line to the next.
+        brace depth carries from one line to the next. Returns True once a terminal event was
+        appended.
         """
         if not self._stray and not line.lstrip().startswith("{"):
-            return  # a stray line that starts no JSON: ignored, as the SSE spec does
+            return False  # a stray line that starts no JSON: ignored, as the SSE spec does
         self._stray.append(line)
         depth = self._stray_depth
         in_string = False
@@ -301,20 +298,21 @@ class GeminiNormalizer(Normalizer):
                 depth -= 1
                 if depth == 0:
                     self._stray[-1] = line[:pos]  # anything after the object is dropped
-                    text = "\n".join(self._stray)
+                    # Decoded before the lines are dropped: if it fails, _item_text needs them.
+                    response = _response_decoder.decode("\n".join(self._stray))
                     self._stray = []
                     self._stray_depth = 0
-                    self._on_chunk(_response_decoder.decode(text), out)
-                    return
+                    return self._on_chunk(response, out)
         self._stray_depth = depth
+        return False
 
     # Chunks.
 
-    def _on_chunk(self, response: _Response, out: list[StreamEvent]) -> None:
+    def _on_chunk(self, response: _Response, out: list[StreamEvent]) -> bool:
+        """Handle one ``GenerateContentResponse``; True when it was an error (terminal)."""
         if response.error is not None:
             out.append(self._failed(response.error))
-            self._terminal = True
-            return
+            return True
         if response.usage_metadata is not None:
             self._usage_meta = response.usage_metadata
         if response.model_version is not None:
@@ -333,6 +331,7 @@ class GeminiNormalizer(Normalizer):
                 for part in candidate.content.parts:
                     self._on_part(part, index, choice, out)
             choice.finish = candidate.finish_reason
+        return False
 
     def _on_part(self, part: _Part, index: int, choice: _Choice, out: list[StreamEvent]) -> None:
         call = part.function_call
@@ -372,20 +371,22 @@ class GeminiNormalizer(Normalizer):
 
     # Terminal events.
 
-    def _finish(self, out: list[StreamEvent]) -> None:
-        """The body ended (EOF, or the array's ``]``): success if the response finished."""
-        self._terminal = True
+    def _finish(self, out: list[StreamEvent]) -> bool:
+        """The body ended (EOF, or the array's ``]``): success if the response finished.
+
+        Always appends the terminal event (so returns True).
+        """
         if self._block_reason is not None:
             for index in sorted(self._choices):
                 if self._choices[index].reasoning:
                     out.append(ReasoningDone(index))
             out.append(ChoiceFinished("content_filter", self._block_reason))
             out.append(self._end("content_filter", self._block_reason))
-            return
+            return True
         choices = self._choices
         if not choices or any(choice.finish is None for choice in choices.values()):
             out.append(self._truncated())
-            return
+            return True
         first: tuple[str, str] | None = None
         for index in sorted(choices):
             choice = choices[index]
@@ -399,19 +400,16 @@ class GeminiNormalizer(Normalizer):
                 first = (reason, raw)
         assert first is not None
         out.append(self._end(*first))
+        return True
 
     def _end(self, reason: str, raw: str) -> StreamEnd:
         return StreamEnd(
             finish_reason=reason,
-            usage=self._usage(),
+            usage=self._usage_so_far(),
             raw_finish_reason=raw,
             model=self._model,
             response_id=self._response_id,
         )
-
-    def _truncated(self) -> StreamFailed:
-        self._terminal = True
-        return msgspec.structs.replace(truncated(self.provider), usage=self._usage())
 
     def _failed(self, error: _Error) -> StreamFailed:
         status = error.code
@@ -421,10 +419,10 @@ class GeminiNormalizer(Normalizer):
             status=status,
             retryable=retryable_status(status),
             provider_type=error.status,
-            usage=self._usage(),
+            usage=self._usage_so_far(),
         )
 
-    def _usage(self) -> Usage | None:
+    def _usage_so_far(self) -> Usage | None:
         meta = self._usage_meta
         if meta is None:
             return None

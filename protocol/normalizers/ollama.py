@@ -47,7 +47,7 @@ from protocol.events import (
     Usage,
 )
 from protocol.framing import NDJSONDecoder
-from protocol.normalizers.base import Normalizer, make_tool_call, truncated
+from protocol.normalizers.base import Normalizer, make_tool_call
 
 __all__ = ["OllamaChatNormalizer"]
 
@@ -82,7 +82,6 @@ class _Line(msgspec.Struct, gc=False):
 
 
 _decoder = msgspec.json.Decoder(_Line)
-_UNPARSEABLE = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
 
 # formats.md §4.1: done_reason "stop", "length" (OL llm/server.go DoneReason.String), and
 # "load"/"unload" for model load/unload requests (no output: a plain stop).
@@ -99,8 +98,10 @@ class OllamaChatNormalizer(Normalizer):
     Behaviour worth knowing (sources in formats.md):
 
     - Terminal success is the ``done: true`` line (§4.1, §6.5); EOF before it is truncation
-      (base contract). The framing returns a last line that lacks its ``\\n``; if that line
-      is cut mid-JSON the stream is reported as truncated, not as garbage.
+      (base contract), without usage (Ollama reports it only on the ``done`` line). The
+      framing returns a last line that lacks its ``\\n``; if it does not parse, the base
+      end-of-body rule applies: cut mid-JSON → ``stream_truncated``, well-formed JSON of the
+      wrong shape → ``invalid_upstream_response``.
     - Finish: ``done_reason`` mapped (``stop``, ``length``; missing or unknown → ``stop``);
       an answer with tool calls whose reason maps to ``stop`` reports ``tool_calls``: Ollama
       never says ``tool_calls`` itself (§4.1, §10.6). :class:`ChoiceFinished` carries the raw
@@ -125,42 +126,18 @@ class OllamaChatNormalizer(Normalizer):
         self._call_count = 0
         self._model: str | None = None
 
-    # Normalizer hooks.
+    # Normalizer hooks (the loop, error and EOF handling are the base's; there is no usage
+    # before the done line, so a truncation carries none).
 
-    def _feed(self, chunk: bytes) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        try:
-            for line in self._lines.feed(chunk):
-                if self._on_line(line, out):
-                    break
-        except _UNPARSEABLE as exc:
-            # Caught here rather than in the base, so that the events this read completed
-            # before the bad line are kept: the output must not depend on read boundaries.
-            out.append(self._invalid(exc))
-        return out
+    def _items(self, chunk: bytes) -> list[bytes]:
+        return self._lines.feed(chunk)
 
-    def _close(self) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        for line in self._lines.close():
-            try:
-                if self._on_line(line, out):
-                    return out
-            except msgspec.DecodeError as exc:
-                # The last line lacked its line end: a cut if it is not even well-formed
-                # JSON (msgspec may report a cut "[" as a ValidationError), garbage if it is
-                # JSON of a wrong shape.
-                try:
-                    msgspec.json.decode(line)
-                except msgspec.DecodeError:
-                    break
-                out.append(self._invalid(exc))
-                return out
-        out.append(truncated(self.provider))
-        return out
+    def _last_items(self) -> list[bytes]:
+        return self._lines.close()
 
     # Per-line processing (the hot path).
 
-    def _on_line(self, line: bytes, out: list[StreamEvent]) -> bool:
+    def _on_item(self, line: bytes, out: list[StreamEvent]) -> bool:
         """Handle one NDJSON line; return True once a terminal event was appended."""
         obj = _decoder.decode(line)
         if obj.error:
@@ -173,15 +150,11 @@ class OllamaChatNormalizer(Normalizer):
             if message.thinking:
                 out.append(ReasoningDelta(message.thinking))
                 self._reasoning_open = True
+            if self._reasoning_open and (message.content or message.tool_calls):
+                self._end_reasoning(out)  # before the content or call it precedes
             if message.content:
-                if self._reasoning_open:
-                    self._reasoning_open = False
-                    out.append(ReasoningDone())
                 out.append(TextDelta(message.content))
             if message.tool_calls:
-                if self._reasoning_open:
-                    self._reasoning_open = False
-                    out.append(ReasoningDone())
                 for call in message.tool_calls:
                     function = call.function
                     name = function.name if function is not None else None
@@ -200,11 +173,15 @@ class OllamaChatNormalizer(Normalizer):
             return True
         return False
 
-    def _end(self, obj: _Line, out: list[StreamEvent]) -> None:
-        """The ``done: true`` line: close reasoning, report finish and usage."""
+    def _end_reasoning(self, out: list[StreamEvent]) -> None:
+        """Close an open reasoning run with :class:`ReasoningDone`."""
         if self._reasoning_open:
             self._reasoning_open = False
             out.append(ReasoningDone())
+
+    def _end(self, obj: _Line, out: list[StreamEvent]) -> None:
+        """The ``done: true`` line: close reasoning, report finish and usage."""
+        self._end_reasoning(out)
         raw = obj.done_reason
         reason = _DONE_REASONS.get(raw, "stop") if raw is not None else "stop"
         if reason == "stop" and self._call_count:

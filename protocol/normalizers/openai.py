@@ -50,8 +50,8 @@ from protocol.events import (
     TextDelta,
     Usage,
 )
-from protocol.framing import SSEDecoder
-from protocol.normalizers.base import Normalizer, make_tool_call, truncated
+from protocol.framing import SSEDecoder, SSEEvent
+from protocol.normalizers.base import Normalizer, make_tool_call
 
 __all__ = ["OpenAIChatNormalizer", "map_finish_reason"]
 
@@ -113,7 +113,6 @@ class _Chunk(msgspec.Struct, gc=False):
 
 
 _decoder = msgspec.json.Decoder(_Chunk)
-_UNPARSEABLE = (msgspec.DecodeError, msgspec.ValidationError, ValueError)
 
 # formats.md §1.2: finish_reason Literal of OA-SDK ``Choice``; ``function_call`` is the
 # deprecated spelling of a tool call. ``error`` is not an OpenAI value; it is kept as is
@@ -172,6 +171,12 @@ class _ChoiceState:
         self.finish_raw: str | None = None
         self.finished = False
 
+    def end_reasoning(self, index: int, out: list[StreamEvent]) -> None:
+        """Close an open reasoning run with :class:`ReasoningDone` (before what follows it)."""
+        if self.reasoning_open:
+            self.reasoning_open = False
+            out.append(ReasoningDone(index))
+
 
 class OpenAIChatNormalizer(Normalizer):
     """Normalizer for one ``POST /v1/chat/completions`` streaming response body.
@@ -203,9 +208,9 @@ class OpenAIChatNormalizer(Normalizer):
       choice 0's (``stop``, or ``tool_calls`` after tool calls, with ``raw_finish_reason``
       None when the server never sent one). At EOF without ``[DONE]`` the stream is truncated
       (base contract), even when every choice already reported a finish reason; the
-      ``StreamFailed`` carries the usage seen so far. The framing layer dispatches an event
-      left pending at EOF: if its text is not well-formed JSON it was cut (truncation); JSON
-      of the wrong shape stays ``invalid_upstream_response``.
+      ``StreamFailed`` carries the usage seen so far. An event left pending at EOF that does
+      not parse follows the base end-of-body rule: a cut (``[DONE``, ``{"id``) is
+      ``stream_truncated``, well-formed JSON of the wrong shape ``invalid_upstream_response``.
     """
 
     provider = "openai"
@@ -220,41 +225,22 @@ class OpenAIChatNormalizer(Normalizer):
         self._response_id: str | None = None
         self._call_count = 0  # tool calls emitted so far, for synthesized ids
 
-    # Normalizer hooks.
+    # Normalizer hooks (the loop, error and EOF handling are the base's).
 
-    def _feed(self, chunk: bytes) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        try:
-            for event in self._sse.feed(chunk):
-                if self._on_data(event.data, out):  # type: ignore[union-attr]
-                    break
-        except _UNPARSEABLE as exc:
-            # Caught here rather than in the base, so that the events this read completed
-            # before the bad one are kept: the output must not depend on read boundaries.
-            out.append(self._invalid(exc))
-        return out
+    def _items(self, chunk: bytes) -> list[Any]:
+        return self._sse.feed(chunk)
 
-    def _close(self) -> list[StreamEvent]:
-        out: list[StreamEvent] = []
-        for event in self._sse.close():
-            try:
-                if self._on_data(event.data, out):  # type: ignore[union-attr]
-                    return out
-            except msgspec.DecodeError as exc:
-                # The event left pending at EOF (framing EOF policy): a cut if its text is
-                # not even well-formed JSON (msgspec may report a cut "[DONE" as a
-                # ValidationError, "expected object"), garbage if it is JSON of a wrong shape.
-                if _is_json(event.data):  # type: ignore[union-attr]
-                    out.append(self._invalid(exc))
-                    return out
-                break
-        out.append(msgspec.structs.replace(truncated(self.provider), usage=self._usage))
-        return out
+    def _last_items(self) -> list[Any]:
+        return self._sse.close()
+
+    def _usage_so_far(self) -> Usage | None:
+        return self._usage
 
     # Per-event processing (the hot path).
 
-    def _on_data(self, data: str, out: list[StreamEvent]) -> bool:
-        """Handle one SSE ``data`` payload; return True once a terminal event was appended."""
+    def _on_item(self, event: SSEEvent, out: list[StreamEvent]) -> bool:
+        """Handle one SSE event's ``data``; return True once a terminal event was appended."""
+        data = event.data
         if data.startswith("[DONE]"):  # OA-SDK tests startswith (formats.md §1.1)
             self._end(out)
             return True
@@ -286,20 +272,15 @@ class OpenAIChatNormalizer(Normalizer):
             if reasoning:
                 out.append(ReasoningDelta(reasoning, choice=index))
                 state.reasoning_open = True
+            if state.reasoning_open and (
+                delta.content or delta.refusal or delta.tool_calls or delta.function_call is not None
+            ):
+                state.end_reasoning(index, out)  # before the content, refusal or call it precedes
             if delta.content:
-                if state.reasoning_open:
-                    state.reasoning_open = False
-                    out.append(ReasoningDone(index))
                 out.append(TextDelta(delta.content, index))
             if delta.refusal:
-                if state.reasoning_open:
-                    state.reasoning_open = False
-                    out.append(ReasoningDone(index))
                 out.append(RefusalDelta(delta.refusal, index))
             if delta.tool_calls:
-                if state.reasoning_open:
-                    state.reasoning_open = False
-                    out.append(ReasoningDone(index))
                 for position, fragment in enumerate(delta.tool_calls):
                     key = fragment.index if fragment.index is not None else position
                     function = fragment.function
@@ -311,17 +292,12 @@ class OpenAIChatNormalizer(Normalizer):
                         function.arguments if function is not None else None,
                     )
             if delta.function_call is not None:
-                if state.reasoning_open:
-                    state.reasoning_open = False
-                    out.append(ReasoningDone(index))
                 function = delta.function_call
                 self._add_fragment(state, "function_call", None, function.name, function.arguments)
         if choice.finish_reason is not None and not state.finished:
             state.finished = True
             state.finish_raw = choice.finish_reason
-            if state.reasoning_open:
-                state.reasoning_open = False
-                out.append(ReasoningDone(index))
+            state.end_reasoning(index, out)
             self._flush_calls(state, index, out)
             reason = map_finish_reason(choice.finish_reason, state.had_tool_calls)
             out.append(ChoiceFinished(reason, choice.finish_reason, index))
@@ -367,9 +343,7 @@ class OpenAIChatNormalizer(Normalizer):
     def _end(self, out: list[StreamEvent]) -> None:
         """``[DONE]``: close what is open, emit pending calls, then :class:`StreamEnd`."""
         for index, state in self._choices.items():
-            if state.reasoning_open:
-                state.reasoning_open = False
-                out.append(ReasoningDone(index))
+            state.end_reasoning(index, out)
             self._flush_calls(state, index, out)
         first = self._choices.get(0)
         raw = first.finish_raw if first is not None else None
@@ -418,15 +392,6 @@ class OpenAIChatNormalizer(Normalizer):
             provider_type=provider_type if isinstance(provider_type, str) else None,
             usage=self._usage,
         )
-
-
-def _is_json(text: str) -> bool:
-    """True if ``text`` is one well-formed JSON value (used only at EOF, off the hot path)."""
-    try:
-        msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return False
-    return True
 
 
 def _convert_usage(usage: _Usage) -> Usage:
