@@ -119,6 +119,18 @@ class HubConfig(msgspec.Struct, kw_only=True):
         config.ollama_host = _ollama_url(config.ollama_host)
         return config
 
+    def provider_configured(self, provider: str) -> bool:
+        """Whether ``provider`` (``openai``, ``anthropic``, ``google``, ``ollama``) can be
+        called: it has a key, or a base URL other than the public API's (a compatible or local
+        server may need none). Ollama needs no key, so it always counts."""
+        key, base = {
+            "openai": (self.openai_api_key, self.openai_base_url),
+            "anthropic": (self.anthropic_api_key, self.anthropic_base_url),
+            "google": (self.gemini_api_key, self.gemini_base_url),
+            "ollama": ("", self.ollama_host),
+        }[provider]
+        return provider == "ollama" or bool(key) or base.rstrip("/") != DEFAULT_BASE_URLS[provider]
+
     def secrets(self) -> tuple[str, ...]:
         """The configured API keys, for redaction."""
         return tuple(k for k in (self.openai_api_key, self.anthropic_api_key, self.gemini_api_key) if k)

@@ -24,7 +24,7 @@ import msgspec
 import websockets
 
 from hub.app import run_hub
-from hub.config import DEFAULT_BASE_URLS, HubConfig
+from hub.config import HubConfig
 from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Subscribed, ThinkingStatus
 
 __all__ = ["run_demo", "DEMO_MODELS"]
@@ -81,16 +81,8 @@ class _TokenView:
 
 
 def _live_providers(config: HubConfig) -> list[str]:
-    usable = []
-    if config.openai_api_key or config.openai_base_url.rstrip("/") != DEFAULT_BASE_URLS["openai"]:
-        usable.append("openai")
-    if config.anthropic_api_key or config.anthropic_base_url.rstrip("/") != DEFAULT_BASE_URLS["anthropic"]:
-        usable.append("anthropic")
-    if config.gemini_api_key:
-        usable.append("google")
-    if os.environ.get("OLLAMA_HOST"):
-        usable.append("ollama")
-    return usable
+    # Ollama needs no key, so in a live demo it is used only when OLLAMA_HOST names a server.
+    return [p for p in DEMO_MODELS if config.provider_configured(p) and (p != "ollama" or os.environ.get("OLLAMA_HOST"))]
 
 
 async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: float = 40.0,

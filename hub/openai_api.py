@@ -24,7 +24,6 @@ from aiohttp import web
 
 from hub.appkeys import HUB_KEY
 
-from hub.config import DEFAULT_BASE_URLS
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import ChatMessage, Completed, ErrorMessage
 from protocol.openai_compat import (
@@ -198,17 +197,10 @@ async def models_handler(request: web.Request) -> web.Response:
     examples: any of the provider's model names works with its ``provider/`` prefix.
     """
     hub: Hub = request.app[HUB_KEY]
-    config = hub.config
-    usable = {
-        "openai": bool(config.openai_api_key) or config.openai_base_url.rstrip("/") != DEFAULT_BASE_URLS["openai"],
-        "anthropic": bool(config.anthropic_api_key) or config.anthropic_base_url.rstrip("/") != DEFAULT_BASE_URLS["anthropic"],
-        "google": bool(config.gemini_api_key) or config.gemini_base_url.rstrip("/") != DEFAULT_BASE_URLS["google"],
-        "ollama": True,
-    }
     data = [
         {"id": f"{provider}/{name}", "object": "model", "created": 0, "owned_by": provider}
         for provider, names in _CATALOGUE.items()
-        if usable[provider]
+        if hub.config.provider_configured(provider)
         for name in names
     ]
     return web.json_response({"object": "list", "data": data})

@@ -34,7 +34,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-from hub.config import DEFAULT_BASE_URLS, HubConfig
+from hub.config import HubConfig
 from protocol.errors import ProviderError, redact, retryable_status
 from protocol.events import StreamEnd, StreamEvent
 from protocol.messages import ChatMessage, Completion
@@ -391,8 +391,6 @@ def _ollama_request(request: Completion, model: str, config: HubConfig) -> Upstr
 
 
 _BUILDERS = {"openai": _openai_request, "anthropic": _anthropic_request, "google": _gemini_request, "ollama": _ollama_request}
-_KEYS = {"openai": "openai_api_key", "anthropic": "anthropic_api_key", "google": "gemini_api_key"}
-_BASES = {"openai": "openai_base_url", "anthropic": "anthropic_base_url", "google": "gemini_base_url"}
 _KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "google": "GEMINI_API_KEY"}
 
 
@@ -407,14 +405,11 @@ def build_request(request: Completion, config: HubConfig) -> UpstreamRequest:
             e.g. tool call arguments that are not JSON, a tool without a name).
     """
     provider, model = resolve_model(request.model)
-    if provider in _KEYS:
-        key = getattr(config, _KEYS[provider])
-        base = getattr(config, _BASES[provider])
-        if not key and base.rstrip("/") == DEFAULT_BASE_URLS[provider]:
-            raise ProviderError(
-                f"{provider} is not configured: set {_KEY_VARS[provider]} (or a base URL for a compatible server)",
-                "provider_not_configured",
-            )
+    if not config.provider_configured(provider):
+        raise ProviderError(
+            f"{provider} is not configured: set {_KEY_VARS[provider]} (or a base URL for a compatible server)",
+            "provider_not_configured",
+        )
     try:
         return _BUILDERS[provider](request, model, config)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # the free-form dicts of the client
@@ -424,19 +419,18 @@ def build_request(request: Completion, config: HubConfig) -> UpstreamRequest:
         ) from None
 
 
-def _error_message(body: bytes) -> tuple[str, str | None]:
-    """The message and provider error type of an HTTP error body (formats.md §6)."""
+def _error_message(body: bytes) -> str:
+    """The message of an HTTP error body (formats.md §6)."""
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return body.decode("utf-8", "replace").strip()[:500] or "(empty body)", None
+        return body.decode("utf-8", "replace").strip()[:500] or "(empty body)"
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, str):  # Ollama: {"error": "..."}
-        return error, None
+        return error
     if isinstance(error, dict):  # OpenAI, Anthropic, Google envelopes
-        kind = error.get("type") or error.get("status")
-        return str(error.get("message") or error), str(kind) if kind else None
-    return body.decode("utf-8", "replace")[:500], None
+        return str(error.get("message") or error)
+    return body.decode("utf-8", "replace")[:500]
 
 
 def _status_code(status: int) -> str:
@@ -490,7 +484,7 @@ class ProviderClient:
                     if not piece:
                         break
                     body += piece
-                message, kind = _error_message(body)
+                message = _error_message(body)
                 raise ProviderError(
                     redact(f"{upstream.provider} answered HTTP {response.status}: {message}", secrets),
                     _status_code(response.status),

@@ -20,7 +20,6 @@ import msgspec
 from protocol.errors import ProtocolError
 from protocol.messages import (
     ChatMessage,
-    CitationMessage,
     Completed,
     Completion,
     ContentChunk,
@@ -72,7 +71,7 @@ class ChatCompletionRequest(msgspec.Struct):
     coalesce: bool = True
 
     def to_completion(self, completion_id: str | None = None) -> Completion:
-        """The equivalent WebSocket ``completion`` message."""
+        """The equivalent WebSocket ``completion`` message (the hub assigns an id if None)."""
         return Completion(
             model=self.model,
             messages=self.messages,
@@ -168,9 +167,7 @@ class ChunkEncoder:
         if isinstance(message, ErrorMessage):
             error = message.error
             return out + b"data: " + error_body(error.code, error.message, error.status) + b"\n\n" + DONE
-        if isinstance(message, CitationMessage):
-            return out
-        return out
+        return out  # citations have no place in OpenAI's chunk format
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
