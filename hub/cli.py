@@ -6,6 +6,7 @@ Commands::
     cbhub demo [--live]                     mock provider + hub in one process, four providers
                                             streamed concurrently over one WebSocket
     cbhub mock-provider [--port 9100] ...   the mock LLM provider (tools/mock_provider.py)
+    cbhub bench SCENARIO [...]              the benchmark suite (tools/bench, docs/BENCHMARKS.md)
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default CBHUB_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default CBHUB_PORT or 8765)")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                       help="event loop: asyncio (default) or uvloop (pip install 'circuit-breaker-hub[uvloop]')")
 
     demo = commands.add_parser("demo", help="stream from all four provider formats over one WebSocket")
     demo.add_argument("--live", action="store_true", help="use the real providers whose keys are in the environment")
@@ -35,6 +38,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompt", default="Tell me, briefly, why streaming matters.")
 
     commands.add_parser("mock-provider", help="run the mock LLM provider", add_help=False)
+    commands.add_parser("bench", help="run a benchmark scenario (cbhub bench --help)", add_help=False)
     return parser
 
 
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from tools.mock_provider import main as mock_main
 
         return mock_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from tools.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = _build_parser().parse_args(argv)
     if args.command == "serve":
         from hub.app import serve_forever
@@ -57,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"cbhub: {exc}", file=sys.stderr)
             return 2
-        asyncio.run(serve_forever(config))
+        if args.loop == "uvloop":
+            try:
+                import uvloop
+            except ImportError:
+                print("cbhub: --loop uvloop needs uvloop: pip install 'circuit-breaker-hub[uvloop]'", file=sys.stderr)
+                return 2
+            uvloop.run(serve_forever(config))
+        else:
+            asyncio.run(serve_forever(config))
         return 0
     if args.command == "demo":
         from hub.demo import run_demo

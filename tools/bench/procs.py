@@ -1,0 +1,156 @@
+"""The processes of a benchmark run: mock provider, hub, reference server, load generators.
+
+Each server runs as its own child process on 127.0.0.1 with port 0 and announces its URL on
+its first line of stdout (``... listening on http://127.0.0.1:PORT``); :class:`ServerProcess`
+waits for that line. CPU time and memory are read from the operating system's accounting of
+that process (psutil: user + system CPU seconds, resident set size; peak RSS from Linux's
+``VmHWM``), never estimated from the client side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+import psutil
+
+__all__ = ["ServerProcess", "start_mock", "start_hub", "hub_env"]
+
+_URL = re.compile(rb"listening on (http://[0-9.]+:\d+)")
+
+
+class ServerProcess:
+    """A child server process and its resource accounting.
+
+    Args:
+        name: label for messages (``hub``, ``mock``, ``limit``).
+        argv: the command line (the first item is the program).
+        env: extra environment variables.
+        startup_timeout_s: how long to wait for the ``listening on`` line, in seconds.
+
+    Raises (from :meth:`start`):
+        RuntimeError: the process exited or did not announce its URL in time.
+    """
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 startup_timeout_s: float = 30.0) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = {**os.environ, **(env or {})}
+        self.startup_timeout_s = startup_timeout_s
+        self.process: asyncio.subprocess.Process | None = None
+        self.url = ""
+        self._ps: psutil.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self) -> ServerProcess:
+        """Start the process and wait until it listens; sets :attr:`url`."""
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=None,
+        )
+        assert self.process.stdout is not None
+        try:
+            async with asyncio.timeout(self.startup_timeout_s):
+                while True:
+                    line = await self.process.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"{self.name} exited before listening (status {await self.process.wait()})")
+                    match = _URL.search(line)
+                    if match:
+                        self.url = match.group(1).decode()
+                        break
+        except BaseException:
+            await self.stop()
+            raise
+        self._ps = psutil.Process(self.process.pid)
+        self._drain = asyncio.create_task(self._drain_stdout())
+        return self
+
+    async def _drain_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while await self.process.stdout.read(65536):
+            pass
+
+    def cpu_s(self) -> float:
+        """User + system CPU time the process has used so far, in seconds."""
+        assert self._ps is not None
+        times = self._ps.cpu_times()
+        return times.user + times.system
+
+    def rss_bytes(self) -> int:
+        """Current resident set size, in bytes."""
+        assert self._ps is not None
+        return self._ps.memory_info().rss
+
+    def peak_rss_bytes(self) -> int | None:
+        """Peak resident set size (Linux ``VmHWM``), in bytes; None where unavailable."""
+        assert self.process is not None
+        try:
+            with open(f"/proc/{self.process.pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(5.0):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+
+    async def __aenter__(self) -> ServerProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
+
+def start_mock(**options: Any) -> ServerProcess:
+    """The mock provider (tools/mock_provider.py) on a free port; ``options`` become
+    ``--key value`` flags (e.g. ``tokens=100``)."""
+    argv = [sys.executable, "-m", "tools.mock_provider", "--port", "0"]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return ServerProcess("mock", argv)
+
+
+def hub_env(mock_url: str, **config: Any) -> dict[str, str]:
+    """Environment for a hub whose every provider points at the mock provider at ``mock_url``;
+    ``config`` adds ``CBHUB_<KEY>`` settings (e.g. ``flush_interval_ms=25``)."""
+    env = {
+        "OPENAI_API_KEY": "bench-key",
+        "OPENAI_BASE_URL": f"{mock_url}/v1",
+        "ANTHROPIC_API_KEY": "bench-key",
+        "ANTHROPIC_BASE_URL": mock_url,
+        "GEMINI_API_KEY": "bench-key",
+        "GEMINI_BASE_URL": mock_url,
+        "OLLAMA_HOST": mock_url,
+    }
+    for key, value in config.items():
+        env[f"CBHUB_{key.upper()}"] = str(value)
+    return env
+
+
+def start_hub(mock_url: str, loop: str = "asyncio", **config: Any) -> ServerProcess:
+    """``cbhub serve`` on a free port against the mock provider (see :func:`hub_env`).
+
+    Args:
+        loop: ``asyncio`` or ``uvloop`` (``cbhub serve --loop``).
+    """
+    argv = [sys.executable, "-m", "hub.cli", "serve", "--port", "0", "--log-level", "WARNING", "--loop", loop]
+    return ServerProcess("hub", argv, hub_env(mock_url, **config))
