@@ -29,6 +29,7 @@ from tools.mock_provider import (
     TOOL_ARGUMENTS,
     Directive,
     DirectiveError,
+    STAMP_PATTERN,
     MockProvider,
     build_parser,
     expected_reasoning,
@@ -596,6 +597,50 @@ async def test_tps_and_ttft_are_respected(mock, session):
     reply = await send(session, mock.url + "/v1/chat/completions",
                        {"messages": [{"role": "user", "content": "[[mock tokens=5 tps=100 ttft_ms=20]]"}]})  # fmt: skip
     assert reply.elapsed > 0.05  # not streamed: the whole generation time before the answer
+
+
+# Benchmark support: send-time stamps and gates.
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_stamp_replaces_tokens_with_send_times(mock, session, fmt):
+    before = time.monotonic_ns()
+    reply = await call(session, mock, fmt, "[[mock tokens=5 stamp=1]]")
+    after = time.monotonic_ns()
+    text = READERS[fmt](reply.body)["text"]
+    stamps = [int(value) for value in STAMP_PATTERN.findall(text)]
+    assert len(stamps) == 5 and text == "".join(f"@{ns} " for ns in stamps)
+    assert before <= stamps[0] <= stamps[-1] <= after
+    assert stamps == sorted(stamps)
+
+
+async def test_gate_holds_streams_until_released(mock, session):
+    path, query, make_body = FORMATS["openai"]
+
+    async def first_chunk_after_head() -> bytes:
+        async with session.post(mock.url + path, json=make_body("[[mock tokens=2 gate=g1]]")) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    readers = [asyncio.create_task(first_chunk_after_head()) for _ in range(3)]
+    for _ in range(200):
+        async with session.get(mock.url + "/_mock/gates") as resp:
+            if await resp.json() == {"g1": 3}:
+                break
+        await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the three requests never queued at the gate")
+    assert not any(task.done() for task in readers)
+    async with session.post(mock.url + "/_mock/release", params={"gate": "g1"}) as resp:
+        assert await resp.json() == {"gate": "g1", "released": 3}
+    bodies = await asyncio.gather(*readers)
+    assert all(READERS["openai"](body)["text"] == expected_text(2) for body in bodies)
+    # Once open, the gate lets later requests through at once.
+    assert READERS["openai"](await first_chunk_after_head())["text"] == expected_text(2)
+    async with session.get(mock.url + "/_mock/gates") as resp:
+        assert await resp.json() == {}
+    async with session.post(mock.url + "/_mock/release") as resp:
+        assert resp.status == 400
 
 
 # Observability.

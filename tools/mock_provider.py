@@ -49,7 +49,13 @@ Observability endpoints (not counted, not logged):
     ``[{"method", "path", "query": {...}, "headers": {lower-case name: value}, "body": <JSON,
     or the raw text when the body is not JSON, or null when empty>}]``.
 ``POST /_mock/reset``
-    Clears the statistics and the request log.
+    Clears the statistics and the request log, and closes every gate.
+``POST /_mock/release?gate=NAME``
+    Opens gate NAME: requests waiting at it (``gate=NAME`` directive) start streaming, and
+    later ones pass at once until the next reset. Answers ``{"gate": NAME, "released": n}``
+    with the number of requests that were waiting.
+``GET /_mock/gates``
+    ``{NAME: waiting requests}`` for every gate that is still closed.
 
 Directive grammar
 -----------------
@@ -99,6 +105,15 @@ optional (defaults from the server's options):
                       with ``status``).
 ``seed=N``            seed of the generated words, tool ids, signatures and replay pieces
                       (default 0).
+``stamp=1``           every answer token is ``@<ns> `` instead of a word, where ``<ns>`` is
+                      ``time.monotonic_ns()`` (Linux: CLOCK_MONOTONIC, one clock for every
+                      process of the machine) read just before the chunk is written. A client
+                      of the hub subtracts it from its own receive time: the latency the hub
+                      adds, measured end to end (``cbhub bench``). :data:`STAMP_PATTERN` finds
+                      the stamps in coalesced text.
+``gate=NAME``         streamed answers: send the status line and headers, then wait until
+                      ``POST /_mock/release?gate=NAME``; the pace (``ttft_ms``, ``tps``) counts
+                      from the release. Lets a benchmark start many streams at one instant.
 
 Example, in an OpenAI message: ``"Hello [[mock tokens=5 tps=50 tool=get_weather]]"``.
 
@@ -258,7 +273,12 @@ _DIRECTIVE_KEYS: dict[str, Callable[[str], Any]] = {
     "truncate_after": _non_negative_int,
     "replay": lambda value: value.replace("\\/", "/"),  # some JSON encoders escape "/"
     "seed": int,
+    "stamp": lambda value: bool(int(value)),
+    "gate": str,
 }
+
+STAMP_PATTERN = re.compile(r"@(\d+) ")
+"""Finds the ``stamp=1`` send times (group 1, ``time.monotonic_ns()``) in received text."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +297,8 @@ class Directive:
         truncate_after: tokens before the connection is closed, or None.
         replay: file whose bytes to send instead of generating, or None.
         seed: seed of words, ids, signatures and replay pieces.
+        stamp: answer tokens carry their send time instead of words.
+        gate: name of the gate a streamed answer waits at, or None.
     """
 
     tokens: int = 20
@@ -290,6 +312,8 @@ class Directive:
     truncate_after: int | None = None
     replay: str | None = None
     seed: int = 0
+    stamp: bool = False
+    gate: str | None = None
 
     @classmethod
     def parse(cls, body: bytes | str, defaults: Directive | None = None) -> Directive:
@@ -965,6 +989,8 @@ class MockProvider:
         self._epoch = 0
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=_LOG_SIZE)
         self._stopping = False
+        self._gates: dict[str, asyncio.Event] = {}
+        self._waiting: collections.Counter[str] = collections.Counter()
         self.app = self._make_app()
 
     # Lifecycle.
@@ -1034,6 +1060,27 @@ class MockProvider:
         self._counts = dict.fromkeys(self._counts, 0)
         self._epoch += 1
         self._log.clear()
+        for gate in self._gates.values():
+            gate.set()  # nobody stays stuck behind a gate of an earlier run
+        self._gates = {}
+        self._waiting.clear()
+
+    def release(self, gate: str) -> int:
+        """Open ``gate``; returns how many requests were waiting at it."""
+        waiting = self._waiting.pop(gate, 0)
+        self._gates.setdefault(gate, asyncio.Event()).set()
+        return waiting
+
+    async def _pass_gate(self, gate: str) -> None:
+        event = self._gates.setdefault(gate, asyncio.Event())
+        if event.is_set():
+            return
+        self._waiting[gate] += 1
+        try:
+            await event.wait()
+        finally:
+            if self._waiting.get(gate):
+                self._waiting[gate] -= 1
 
     # Routing.
 
@@ -1047,6 +1094,8 @@ class MockProvider:
         app.router.add_get("/_mock/stats", self._get_stats)
         app.router.add_get("/_mock/requests", self._get_requests)
         app.router.add_post("/_mock/reset", self._post_reset)
+        app.router.add_post("/_mock/release", self._post_release)
+        app.router.add_get("/_mock/gates", self._get_gates)
         return app
 
     def _provider(
@@ -1089,6 +1138,16 @@ class MockProvider:
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return web.json_response(self.stats)
+
+    async def _post_release(self, request: web.Request) -> web.Response:
+        gate = request.query.get("gate")
+        if not gate:
+            return web.json_response({"error": "missing ?gate=NAME"}, status=400)
+        return web.json_response({"gate": gate, "released": self.release(gate)})
+
+    async def _get_gates(self, request: web.Request) -> web.Response:
+        closed = {name: self._waiting.get(name, 0) for name, event in self._gates.items() if not event.is_set()}
+        return web.json_response(closed)
 
     # Provider handlers: the request's options, then _generate.
 
@@ -1174,7 +1233,11 @@ class MockProvider:
         d = fmt.ctx.directive
         response = web.StreamResponse(headers={"Content-Type": fmt.content_type, **(headers or {})})
         await response.prepare(request)
-        pacer = _Pacer(call.started, d)
+        started = call.started
+        if d.gate is not None:
+            await self._pass_gate(d.gate)
+            started = asyncio.get_running_loop().time()
+        pacer = _Pacer(started, d)
         cut = d.cut()
         sent = 0
         try:
@@ -1239,8 +1302,12 @@ def _script(fmt: _Format, d: Directive) -> Iterator[tuple[str, Callable[[], byte
         yield "token", lambda word=word: fmt.reasoning(word)
     if d.reasoning:
         yield "marker", fmt.reasoning_done
-    for word in _words("text", d.tokens, d.seed):
-        yield "token", lambda word=word: fmt.text(word)
+    if d.stamp:
+        for _ in range(d.tokens):
+            yield "token", lambda: fmt.text(f"@{time.monotonic_ns()} ")
+    else:
+        for word in _words("text", d.tokens, d.seed):
+            yield "token", lambda word=word: fmt.text(word)
     if d.tool:
         # Built when the generator gets here, i.e. after the last token was written.
         for piece in fmt.tool(d.tool):
