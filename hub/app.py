@@ -21,7 +21,7 @@ from hub.appkeys import HUB_KEY
 
 from hub.completions import CompletionManager
 from hub.config import HubConfig
-from hub.connection import WebSocketConnection, websocket_handler
+from hub.connection import WebSocketConnection, WriteScheduler, websocket_handler
 from hub.multiplexer import StreamMultiplexer
 from hub.openai_api import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.providers import ProviderClient
@@ -43,6 +43,7 @@ class Hub:
         self.config = config
         self.multiplexer = StreamMultiplexer()
         self.connections: set[WebSocketConnection] = set()
+        self.write_scheduler = WriteScheduler()
         self.session: aiohttp.ClientSession | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
         self.url = ""

@@ -25,7 +25,7 @@ import os
 from typing import Any
 
 from hub.config import HubConfig
-from hub.multiplexer import Channel, StreamMultiplexer, Subscriber
+from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
 from hub.providers import ProviderClient, UpstreamRequest, build_request
 from protocol.buffer import StreamBuffer
 from protocol.errors import HubError, ProtocolError, ProviderError, redact
@@ -268,7 +268,7 @@ class CompletionRun:
         return self._seq
 
     def _publish(self, message: Any) -> None:
-        self.manager.multiplexer.publish(self.channel, encode(message), message)
+        self.manager.multiplexer.publish(self.channel, EncodedEvent(encode(message), message))
 
 
 def _usage_info(usage: Usage | None) -> UsageInfo | None:

@@ -1,9 +1,21 @@
 """The WebSocket endpoint ``/ws/stream``: one :class:`WebSocketConnection` per client.
 
-Each connection has an outbound queue of encoded frames and one writer task that drains it;
-the multiplexer only appends to the queue (:meth:`WebSocketConnection.deliver`), so a slow
-client never slows the fan-out. Client messages are handled one at a time, in order, without
-awaiting a provider: a ``completion`` starts a task and returns.
+The write path (the hub's hot path, docs/BENCHMARKS.md): the multiplexer hands each
+connection the :class:`~hub.multiplexer.EncodedEvent` whose WebSocket frame was built once for
+all subscribers; :meth:`WebSocketConnection.deliver` only appends it to the connection's
+pending list and marks the connection in the hub's :class:`WriteScheduler`. Once per
+event-loop iteration the scheduler writes each marked connection's pending frames to its
+transport in one ``transport.write``: no coroutine and no await per subscriber per event, and
+events published in the same iteration share one system call per connection. When a
+transport's buffer is above its high-water mark (the peer reads slowly), frames wait in the
+pending list and one task per such connection waits for the transport to drain; other
+connections are not held up.
+
+A client may opt in with ``?batch=1`` to several messages per frame, separated by ``\n``
+(docs/PROTOCOL.md "Batched frames"); a plain client gets one message per frame.
+
+Client messages are handled one at a time, in order, without awaiting a provider: a
+``completion`` starts a task and returns.
 
 A bad client message is answered with an ``error`` (no ``completionId``) and the connection
 stays open with all its streams; see docs/PROTOCOL.md for the codes.
@@ -17,12 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import HUB_KEY
+from hub.multiplexer import EncodedEvent
 
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import (
@@ -39,64 +51,125 @@ from protocol.messages import (
     Unsubscribe,
     Unsubscribed,
     decode_client_message,
-    encode,
 )
+from protocol.wsframe import batch_frames
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-__all__ = ["WebSocketConnection", "websocket_handler"]
+__all__ = ["WebSocketConnection", "WriteScheduler", "websocket_handler"]
 
 log = logging.getLogger("cbhub.ws")
 
-_PONG = encode(Pong())
+_PONG = EncodedEvent.of(Pong())
+_TRUE = ("1", "true", "yes")
+
+
+class WriteScheduler:
+    """Writes every connection that has pending frames, once per event-loop iteration.
+
+    :meth:`mark` is called by a connection when its first pending frame arrives; one
+    ``loop.call_soon`` callback per iteration (not one per connection or per event) then
+    calls :meth:`WebSocketConnection.flush` on each marked connection.
+    """
+
+    def __init__(self) -> None:
+        self._marked: list[WebSocketConnection] = []
+        self._handle: asyncio.Handle | None = None
+
+    def mark(self, connection: WebSocketConnection) -> None:
+        """Flush ``connection`` at the end of this iteration."""
+        self._marked.append(connection)
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        marked, self._marked = self._marked, []
+        for connection in marked:
+            connection.flush()
 
 
 class WebSocketConnection:
-    """One client WebSocket: its outbound queue, its writer task, its message handling."""
+    """One client WebSocket: its pending frames, its transport, its message handling.
 
-    def __init__(self, hub: Hub, ws: web.WebSocketResponse) -> None:
+    Args:
+        hub: the running hub.
+        ws: the prepared aiohttp WebSocketResponse.
+        request: the upgrade request (its transport and protocol carry the frames).
+        batch: several messages per frame, newline-separated (``?batch=1``).
+    """
+
+    def __init__(self, hub: Hub, ws: web.WebSocketResponse, request: web.Request, batch: bool = False) -> None:
         self.hub = hub
         self.ws = ws
-        self.queue: deque[bytes] = deque()
+        self.batch = batch
+        self.pending: list[EncodedEvent] = []
         self.closed = False
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._transport = request.transport
+        self._protocol = request.protocol
+        self._marked = False
+        self._drainer: asyncio.Task[None] | None = None
 
     # Outbound.
 
-    def deliver(self, payload: bytes, message: Any = None) -> None:
-        """Queue one encoded frame (never blocks; called inside the fan-out loop)."""
+    def deliver(self, event: EncodedEvent) -> None:
+        """Queue one encoded event (never blocks; called inside the fan-out loop)."""
         if self.closed:
             return
-        self.queue.append(payload)
-        self._wake.set()
+        self.pending.append(event)
+        if not self._marked:
+            self._marked = True
+            self.hub.write_scheduler.mark(self)
 
-    async def _write_loop(self) -> None:
-        ws = self.ws
-        queue = self.queue
+    def flush(self) -> None:
+        """Write every pending frame in one ``transport.write`` (called by the
+        :class:`WriteScheduler`). While the transport's buffer is above its high-water mark
+        the frames stay pending and a drain task flushes them when it has room."""
+        self._marked = False
+        pending = self.pending
+        if not pending or self._drainer is not None:
+            return
+        transport = self._transport
+        if self.closed or self.ws.closed or transport is None or transport.is_closing():
+            self._stop_writing()
+            return
+        if self._protocol.writing_paused:
+            self._drainer = asyncio.create_task(self._drain(), name="ws-drain")
+            return
+        if self.batch:
+            data = batch_frames([event.payload for event in pending])
+        elif len(pending) == 1:
+            data = pending[0].frame
+        else:
+            data = b"".join([event.frame for event in pending])
+        pending.clear()
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while queue:
-                    await ws.send_frame(queue.popleft(), WSMsgType.TEXT)
-        except (ConnectionResetError, RuntimeError) as exc:
-            log.debug("writer stopped: %s", exc)  # the peer is gone; the reader sees it too
-        except Exception:
-            log.exception("writer failed; closing the connection")
-            self.closed = True
-            queue.clear()
-            await ws.close(code=1011, message=b"internal error")
+            transport.write(data)
+        except Exception:  # the transport broke under us; the reader sees the close
+            log.debug("write failed; dropping the connection's output", exc_info=True)
+            self._stop_writing()
+
+    async def _drain(self) -> None:
+        try:
+            # The same wait aiohttp's own writers use (StreamWriter.drain): it returns when
+            # the transport calls resume_writing() or the connection is lost.
+            await self._protocol._drain_helper()
+        except (ConnectionResetError, ConnectionError):
+            self._stop_writing()
+            return
         finally:
-            self.closed = True
-            queue.clear()
+            self._drainer = None
+        self.flush()
+
+    def _stop_writing(self) -> None:
+        self.closed = True
+        self.pending.clear()
 
     # Inbound.
 
     async def serve(self) -> None:
         """Read client frames until the socket closes, then drop every subscription."""
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -106,11 +179,11 @@ class WebSocketConnection:
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:
-            self.closed = True
+            self._stop_writing()
             self.hub.multiplexer.remove(self)
-            if self._writer is not None:
-                self._writer.cancel()
-                await asyncio.gather(self._writer, return_exceptions=True)
+            if self._drainer is not None:
+                self._drainer.cancel()
+                await asyncio.gather(self._drainer, return_exceptions=True)
 
     def handle(self, data: str | bytes) -> None:
         """Handle one client message; errors are answered, never raised."""
@@ -135,13 +208,13 @@ class WebSocketConnection:
     def send_error(self, error: HubError, completion_id: str | None = None) -> None:
         """Answer a client message with an ``error`` (no ``seq``: not part of a stream)."""
         info = ErrorInfo(error.code, error.message, error.retryable, error.status)
-        self.deliver(encode(ErrorMessage(info, completion_id)))
+        self.deliver(EncodedEvent.of(ErrorMessage(info, completion_id)))
 
     def _start_completion(self, message: Completion) -> None:
         manager = self.hub.completions
         run = manager.create(message)
         manager.subscribe(self, run)
-        self.deliver(encode(Subscribed(channels=[run.channel.name], completion_id=run.id)))
+        self.deliver(EncodedEvent.of(Subscribed(channels=[run.channel.name], completion_id=run.id)))
         run.start()
 
     def _subscribe(self, message: Subscribe) -> None:
@@ -162,7 +235,7 @@ class WebSocketConnection:
         streams = self._check_streams(message.streams)
         if not accepted and not streams:
             return
-        self.deliver(encode(Subscribed(channels=accepted, streams=streams)))
+        self.deliver(EncodedEvent.of(Subscribed(channels=accepted, streams=streams)))
         for stream in streams:
             self.hub.multiplexer.subscribe_type(self, stream)
         for run in runs:  # after the acknowledgement: replayed history follows it
@@ -174,7 +247,7 @@ class WebSocketConnection:
         streams = self._check_streams(message.streams)
         for stream in streams:
             multiplexer.unsubscribe_type(self, stream)
-        self.deliver(encode(Unsubscribed(channels=removed, streams=streams)))
+        self.deliver(EncodedEvent.of(Unsubscribed(channels=removed, streams=streams)))
 
     def _check_streams(self, streams: list[str]) -> list[str]:
         valid = []
@@ -199,13 +272,14 @@ class WebSocketConnection:
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    """aiohttp handler of ``GET /ws/stream``."""
+    """aiohttp handler of ``GET /ws/stream`` (query ``batch=1``: several messages per frame)."""
     hub: Hub = request.app[HUB_KEY]
     # compress=False: permessage-deflate would compress each frame once per subscriber,
     # which defeats encoding each event once.
     ws = web.WebSocketResponse(compress=False, max_msg_size=hub.config.max_message_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    connection = WebSocketConnection(hub, ws)
+    batch = request.query.get("batch", "").lower() in _TRUE
+    connection = WebSocketConnection(hub, ws, request, batch=batch)
     hub.connections.add(connection)
     try:
         await connection.serve()

@@ -8,8 +8,10 @@ gap and no duplicate: subscribing and publishing both run on the event loop with
 awaiting, so nothing can slip between the replay and the first live event.
 
 Fan-out (DESIGN.md decision 4): :meth:`StreamMultiplexer.publish` is given the event already
-encoded and hands the *same bytes* to every subscriber's :meth:`Subscriber.deliver`, which
-only appends to that connection's queue. No subscriber is awaited inside the loop.
+encoded (an :class:`EncodedEvent`: the JSON bytes, the message, and the WebSocket frame built
+from them at most once) and hands the *same object* to every subscriber's
+:meth:`Subscriber.deliver`, which only appends it to that connection's pending list. No
+subscriber is awaited inside the loop.
 """
 
 from __future__ import annotations
@@ -18,17 +20,49 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Subscriber", "Channel", "StreamMultiplexer", "stream_type_of"]
+from protocol.messages import encode
+from protocol.wsframe import text_frame
+
+__all__ = ["EncodedEvent", "Subscriber", "Channel", "StreamMultiplexer", "stream_type_of"]
+
+
+class EncodedEvent:
+    """One hub message, encoded once for every subscriber.
+
+    Attributes:
+        payload: the message as UTF-8 JSON bytes (protocol.messages.encode).
+        message: the message Struct itself (for subscribers that re-encode, e.g. the
+            OpenAI-compatible SSE endpoint).
+        frame: the WebSocket text frame carrying ``payload`` (RFC 6455 §5.2), built on
+            first use and then shared by every WebSocket subscriber.
+    """
+
+    __slots__ = ("payload", "message", "_frame")
+
+    def __init__(self, payload: bytes, message: Any) -> None:
+        self.payload = payload
+        self.message = message
+        self._frame: bytes | None = None
+
+    @classmethod
+    def of(cls, message: Any) -> EncodedEvent:
+        """Encode ``message`` (a protocol.messages Struct)."""
+        return cls(encode(message), message)
+
+    @property
+    def frame(self) -> bytes:
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = text_frame(self.payload)
+        return frame
 
 
 class Subscriber(Protocol):
     """Anything that can receive events: a WebSocket connection, an SSE response."""
 
-    def deliver(self, payload: bytes, message: Any) -> None:
-        """Queue one encoded event (``payload``, UTF-8 JSON) and its message object.
-
-        Must not block or await: it is called inside the fan-out loop.
-        """
+    def deliver(self, event: EncodedEvent) -> None:
+        """Queue one encoded event. Must not block or await: it is called inside the
+        fan-out loop, once per subscriber per event."""
 
 
 def stream_type_of(channel: str) -> str:
@@ -53,7 +87,7 @@ class Channel:
         self.name = name
         self.stream_type = stream_type_of(name)
         self.subscribers: set[Subscriber] = set()
-        self.history: deque[tuple[bytes, Any]] = deque(maxlen=history_max_events)
+        self.history: deque[EncodedEvent] = deque(maxlen=history_max_events)
         self.on_idle = on_idle
         # The multiplexer-wide publish count at this channel's latest event: it tells whether
         # a type-level subscriber has already received some of it live (see subscribe()).
@@ -112,8 +146,8 @@ class StreamMultiplexer:
             # A type-level subscription already delivered this channel live (all of it, or
             # from some seq on): replaying would repeat frames or break the order.
             return channel
-        for payload, message in channel.history:
-            subscriber.deliver(payload, message)
+        for event in channel.history:
+            subscriber.deliver(event)
         return channel
 
     def is_subscribed(self, subscriber: Subscriber, name: str) -> bool:
@@ -161,17 +195,17 @@ class StreamMultiplexer:
 
     # Fan-out.
 
-    def publish(self, channel: Channel, payload: bytes, message: Any) -> None:
-        """Record one encoded event in the channel's history and hand the same bytes to
+    def publish(self, channel: Channel, event: EncodedEvent) -> None:
+        """Record one encoded event in the channel's history and hand the same object to
         every channel subscriber and every subscriber of its stream type (once each)."""
-        channel.history.append((payload, message))
+        channel.history.append(event)
         self._published += 1
         channel.last_publish = self._published
         subscribers = channel.subscribers
         for subscriber in subscribers:
-            subscriber.deliver(payload, message)
+            subscriber.deliver(event)
         watchers = self.type_subscribers.get(channel.stream_type)
         if watchers:
             for subscriber in watchers:
                 if subscriber not in subscribers:
-                    subscriber.deliver(payload, message)
+                    subscriber.deliver(event)

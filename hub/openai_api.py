@@ -23,6 +23,7 @@ import msgspec
 from aiohttp import web
 
 from hub.appkeys import HUB_KEY
+from hub.multiplexer import EncodedEvent
 
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import ChatMessage, Completed, ErrorMessage
@@ -65,8 +66,8 @@ class _ResponseSubscriber:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
 
-    def deliver(self, payload: bytes, message: Any) -> None:
-        self.queue.put_nowait(message)
+    def deliver(self, event: EncodedEvent) -> None:
+        self.queue.put_nowait(event.message)
 
 
 def _json_error(code: str, message: str, status: int | None) -> web.Response:

@@ -79,12 +79,13 @@ class WSClient:
 
 @pytest.fixture
 async def ws_factory() -> AsyncIterator[Any]:
-    """Factory ``await ws_factory(hub)`` of connected :class:`WSClient` objects; all are
-    closed at teardown."""
+    """Factory ``await ws_factory(hub, query="", **websockets_connect_options)`` of connected
+    :class:`WSClient` objects; all are closed at teardown."""
     opened: list[websockets.asyncio.client.ClientConnection] = []
 
-    async def connect(hub: Hub) -> WSClient:
-        connection = await websockets.connect(hub.url.replace("http", "ws", 1) + "/ws/stream", compression=None)
+    async def connect(hub: Hub, query: str = "", **options: Any) -> WSClient:
+        url = hub.url.replace("http", "ws", 1) + "/ws/stream" + (f"?{query}" if query else "")
+        connection = await websockets.connect(url, compression=None, **options)
         opened.append(connection)
         return WSClient(connection)
 

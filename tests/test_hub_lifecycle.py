@@ -25,8 +25,8 @@ class Collector:
     def __init__(self) -> None:
         self.messages: list[Any] = []
 
-    def deliver(self, payload: bytes, message: Any) -> None:
-        self.messages.append(message)
+    def deliver(self, event: Any) -> None:
+        self.messages.append(event.message)
 
 
 @pytest.fixture

@@ -1,0 +1,127 @@
+"""The hub's write path: frames built once, pending frames written together, opt-in batched
+frames, and a slow reader that fills its socket without losing or reordering anything.
+Real sockets on 127.0.0.1, the ``websockets`` client; nothing here measures time."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from hub.app import run_hub
+from hub.connection import WebSocketConnection
+from hub.multiplexer import EncodedEvent
+from protocol.messages import HUB_DECODER, Completed, ContentChunk, Pong, Subscribed
+from protocol.wsframe import batch_frames, text_frame
+from tests.conftest import RECV_TIMEOUT_S, hub_config
+from tools.mock_provider import expected_text
+
+
+def parse_frames(data: bytes) -> list[Frame]:
+    """Parse server-to-client frames with the ``websockets`` package's own frame parser."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=False)
+        try:
+            while True:
+                next(parser)
+        except StopIteration as done:
+            frames.append(done.value)
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frame_lengths_follow_rfc6455(size):
+    payload = b"x" * size
+    frame = text_frame(payload)
+    [parsed] = parse_frames(frame)
+    assert parsed.opcode is Opcode.TEXT and parsed.fin and parsed.data == payload
+    header = len(frame) - size
+    assert header == (2 if size < 126 else 4 if size < 65536 else 10)
+    if 126 <= size < 65536:
+        assert frame[1] == 126 and struct.unpack("!H", frame[2:4])[0] == size
+
+
+def test_batch_frames_split_at_the_limit_and_keep_order():
+    payloads = [f'{{"n":{i}}}'.encode() for i in range(50)]
+    frames = parse_frames(batch_frames(payloads, limit=40))
+    assert len(frames) > 1
+    assert all(len(frame.data) <= 40 for frame in frames)
+    assert [line for frame in frames for line in frame.data.split(b"\n")] == payloads
+    # One payload bigger than the limit still goes out, alone and whole.
+    big = b'"' + b"y" * 100 + b'"'
+    assert [f.data for f in parse_frames(batch_frames([b"1", big, b"2"], limit=40))] == [b"1", big, b"2"]
+
+
+def test_an_encoded_event_builds_its_frame_once():
+    event = EncodedEvent.of(Pong())
+    assert event.frame is event.frame
+    assert parse_frames(event.frame)[0].data == event.payload == b'{"type":"pong"}'
+
+
+async def test_batched_client_gets_the_same_messages_as_a_plain_one(hub, ws_factory):
+    plain = await ws_factory(hub)
+    await plain.send({"type": "completion", "id": "b1", "model": "gpt-4o-mini", "coalesce": False,
+                      "messages": [{"role": "user", "content": "[[mock tokens=60]]"}]})
+    plain_messages = await plain.until_terminal("b1")
+    # Subscribing after the end replays the whole history in one loop iteration, so the
+    # batched client's pending messages are written together, several per frame.
+    batched = await ws_factory(hub, query="batch=1")
+    await batched.send({"type": "subscribe", "channels": ["completion:b1"]})
+    lines: list[str] = []
+    frames = 0
+    while not lines or '"type":"completed"' not in lines[-1]:
+        frame = await asyncio.wait_for(batched.connection.recv(), RECV_TIMEOUT_S)
+        frames += 1
+        lines.extend(frame.split("\n"))
+    messages = [HUB_DECODER.decode(line) for line in lines]
+    assert isinstance(messages[0], Subscribed)
+    assert messages[1:] == plain_messages
+    assert frames < len(lines)  # some frame carried several messages
+    assert "".join(m.content for m in messages if isinstance(m, ContentChunk)) == expected_text(60)
+
+
+async def test_plain_client_gets_one_message_per_frame(hub, ws_connect):
+    client = await ws_connect()
+    await client.send({"type": "completion", "id": "p1", "model": "gpt-4o-mini", "coalesce": False,
+                       "messages": [{"role": "user", "content": "[[mock tokens=30]]"}]})
+    messages = await client.until_terminal("p1")
+    assert all("\n" not in frame for frame in client.frames)
+    assert [m.seq for m in messages] == list(range(1, 32))
+
+
+async def test_slow_reader_waits_for_drain_and_loses_nothing(mock, ws_factory, monkeypatch):
+    drains = 0
+    original = WebSocketConnection._drain
+
+    async def counting_drain(self: WebSocketConnection) -> None:
+        nonlocal drains
+        drains += 1
+        await original(self)
+
+    monkeypatch.setattr(WebSocketConnection, "_drain", counting_drain)
+    tokens = 6000
+    async with run_hub(hub_config(mock)) as hub:
+        # max_queue=1: the client stops reading its socket as soon as one frame waits unread.
+        slow = await ws_factory(hub, max_queue=1)
+        [slow_side] = hub.connections
+        # A fixed small kernel send buffer on the hub's side (no autotuning): the hub's
+        # transport buffer fills within a few thousand frames.
+        slow_side._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        fast = await ws_factory(hub)
+        await fast.send({"type": "completion", "id": "s1", "model": "gpt-4o-mini", "coalesce": False,
+                         "messages": [{"role": "user", "content": f"[[mock tokens={tokens}]]"}]})
+        await slow.send({"type": "subscribe", "channels": ["completion:s1"]})
+        fast_messages = await fast.until_terminal("s1")  # the fast reader is not held up
+        assert isinstance(fast_messages[-1], Completed)
+        slow_messages = await slow.until_terminal("s1")
+    assert [m.seq for m in slow_messages] == list(range(1, tokens + 2))
+    assert slow_messages == fast_messages
+    assert drains >= 1  # the slow reader's transport did fill up and wait
