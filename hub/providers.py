@@ -44,7 +44,7 @@ from protocol.normalizers.gemini import GeminiNormalizer
 from protocol.normalizers.ollama import OllamaChatNormalizer
 from protocol.normalizers.openai import OpenAIChatNormalizer
 
-__all__ = ["PROVIDERS", "resolve_model", "UpstreamRequest", "build_request", "ProviderClient"]
+__all__ = ["PROVIDERS", "resolve_model", "UpstreamRequest", "build_request", "IdleDeadline", "ProviderClient"]
 
 PROVIDERS = ("openai", "anthropic", "google", "ollama")
 
@@ -443,6 +443,51 @@ def _status_code(status: int) -> str:
     return "provider_error"
 
 
+class IdleDeadline:
+    """The idle timeout of one upstream body: closes the response when no bytes arrived for
+    ``idle_s`` seconds.
+
+    aiohttp's own ``sock_read`` timeout cancels and re-creates a timer for every chunk it
+    receives, which was the largest single cost of the hub at 1000 paced streams
+    (docs/BENCHMARKS.md). Here each chunk only records the loop time (:meth:`touch`); the one
+    timer, when it fires, re-arms itself for ``last chunk + idle_s`` until a gap really is
+    that long.
+
+    Args:
+        idle_s: the longest allowed gap between reads, in seconds.
+        response: the response to close when the gap is exceeded (its reader then ends).
+    """
+
+    __slots__ = ("idle_s", "expired", "_loop", "_last", "_response", "_handle")
+
+    def __init__(self, idle_s: float, response: aiohttp.ClientResponse) -> None:
+        self.idle_s = idle_s
+        self.expired = False
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._response = response
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._last + idle_s, self._check)
+
+    def touch(self) -> None:
+        """Bytes arrived now."""
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self._last + self.idle_s
+        if self._loop.time() >= due:
+            self._handle = None
+            self.expired = True
+            self._response.close()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        """Stop watching (the body ended)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class ProviderClient:
     """Streams completions from providers over one shared aiohttp ClientSession.
 
@@ -454,9 +499,8 @@ class ProviderClient:
     def __init__(self, session: aiohttp.ClientSession, config: HubConfig) -> None:
         self.session = session
         self.config = config
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=config.connect_timeout_s, sock_read=config.idle_timeout_s
-        )
+        # The idle timeout is not aiohttp's sock_read: see IdleDeadline.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s)
 
     async def stream(self, upstream: UpstreamRequest) -> AsyncIterator[StreamEvent]:
         """POST the request and yield unified events as the body arrives.
@@ -472,11 +516,13 @@ class ProviderClient:
         """
         secrets = self.config.secrets()
         response: aiohttp.ClientResponse | None = None
+        idle: IdleDeadline | None = None
         finished = False
         try:
-            response = await self.session.post(
-                upstream.url, data=_encode(upstream.body), headers=upstream.headers, timeout=self._timeout
-            )
+            async with asyncio.timeout(self.config.connect_timeout_s + self.config.idle_timeout_s):
+                response = await self.session.post(
+                    upstream.url, data=_encode(upstream.body), headers=upstream.headers, timeout=self._timeout
+                )
             if response.status != 200:
                 body = b""
                 while len(body) < _ERROR_BODY_LIMIT:
@@ -493,17 +539,24 @@ class ProviderClient:
                 )
             normalizer = upstream.make_normalizer()
             cut = False
+            idle = IdleDeadline(self.config.idle_timeout_s, response)
+            touch = idle.touch
             try:
                 async for chunk in response.content.iter_any():
+                    touch()
                     for event in normalizer.feed(chunk):
                         yield event
                     if normalizer.done:
                         break
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
+                if idle.expired:
+                    raise asyncio.TimeoutError from None
                 # The connection ended mid-body: what arrived is parsed, and the normalizer
                 # reports the missing terminal marker as a truncated stream.
                 log.info("%s body cut short: %s", upstream.provider, exc)
                 cut = True
+            if idle.expired:
+                raise asyncio.TimeoutError
             events = normalizer.close()
             if cut and events and isinstance(events[-1], StreamEnd):
                 # Gemini SSE has no terminal marker but EOF, and says STOP on every chunk:
@@ -521,6 +574,8 @@ class ProviderClient:
                 redact(f"could not reach {upstream.provider}: {exc}", secrets), "upstream_unreachable", retryable=True
             ) from None
         finally:
+            if idle is not None:
+                idle.cancel()
             if response is not None:
                 if finished:
                     response.release()

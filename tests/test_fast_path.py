@@ -15,7 +15,7 @@ from websockets.streams import StreamReader
 from hub.app import run_hub
 from hub.connection import WebSocketConnection
 from hub.multiplexer import EncodedEvent
-from protocol.messages import HUB_DECODER, Completed, ContentChunk, Pong, Subscribed
+from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Pong, Subscribed
 from protocol.wsframe import batch_frames, text_frame
 from tests.conftest import RECV_TIMEOUT_S, hub_config
 from tools.mock_provider import expected_text
@@ -125,3 +125,34 @@ async def test_slow_reader_waits_for_drain_and_loses_nothing(mock, ws_factory, m
     assert [m.seq for m in slow_messages] == list(range(1, tokens + 2))
     assert slow_messages == fast_messages
     assert drains >= 1  # the slow reader's transport did fill up and wait
+
+
+@pytest.mark.parametrize("gap_tokens", [0, 2])
+async def test_idle_timeout_between_chunks_ends_the_stream_with_upstream_timeout(mock, ws_factory, gap_tokens):
+    """The idle deadline (hub/providers.py IdleDeadline) re-arms lazily; a gap longer than
+    idle_timeout_s still ends the completion with ``upstream_timeout`` after what arrived."""
+    async with run_hub(hub_config(mock, idle_timeout_s=0.3)) as hub:
+        client = await ws_factory(hub)
+        # Fast tokens (each well inside the timeout), then a 5 s wait before the next one:
+        # tps=0.2 paces every token 5 s apart, ttft_ms=0 lets the first one out at once.
+        directive = f"[[mock tokens={gap_tokens + 1} tps=0.2]]" if gap_tokens else "[[mock tokens=3 ttft_ms=5000]]"
+        await client.send({"type": "completion", "id": "idle", "model": "gpt-4o-mini", "coalesce": False,
+                           "messages": [{"role": "user", "content": directive}]})
+        messages = await client.until_terminal("idle")
+    assert isinstance(messages[-1], ErrorMessage) and messages[-1].error.code == "upstream_timeout"
+    assert messages[-1].error.retryable
+    content = "".join(m.content for m in messages if isinstance(m, ContentChunk))
+    assert content == (expected_text(gap_tokens + 1)[: len(content)] if gap_tokens else "")
+    if gap_tokens:
+        assert content  # the token before the gap was forwarded before the error
+
+
+async def test_idle_deadline_does_not_fire_while_chunks_keep_coming(mock, ws_factory):
+    async with run_hub(hub_config(mock, idle_timeout_s=0.3)) as hub:
+        client = await ws_factory(hub)
+        # 12 tokens at 20/s: 0.6 s in all, twice the idle timeout, but no gap near it.
+        await client.send({"type": "completion", "id": "busy", "model": "gpt-4o-mini", "coalesce": False,
+                           "messages": [{"role": "user", "content": "[[mock tokens=12 tps=20]]"}]})
+        messages = await client.until_terminal("busy")
+    assert isinstance(messages[-1], Completed)
+    assert "".join(m.content for m in messages if isinstance(m, ContentChunk)) == expected_text(12)

@@ -744,3 +744,14 @@ def test_main_reports_a_port_in_use(capsys):
         sock.listen()
         assert main(["--port", str(sock.getsockname()[1])]) == 1
     assert "cannot listen" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_burst_writes_several_tokens_per_write_with_the_same_text(mock, session, fmt):
+    reply = await call(session, mock, fmt, "[[mock tokens=10 burst=4 tps=200]]")
+    assert READERS[fmt](reply.body)["text"] == expected_text(10)
+    plain = await call(session, mock, fmt, "[[mock tokens=10 tps=200]]")
+    assert plain.body.count(b"\n") == reply.body.count(b"\n")  # same chunks, fewer writes
+    # 10 tokens in writes of 4: pacing steps at 0, 4 and 8 tokens -> 2 intervals of 5 ms,
+    # where one token per write takes 9.
+    assert reply.elapsed < plain.elapsed

@@ -111,6 +111,10 @@ optional (defaults from the server's options):
                       of the hub subtracts it from its own receive time: the latency the hub
                       adds, measured end to end (``cbhub bench``). :data:`STAMP_PATTERN` finds
                       the stamps in coalesced text.
+``burst=N``           streamed answers: write N tokens per write (one pacing step per write,
+                      so ``tps`` counts writes of N tokens); default 1. A fast provider's
+                      chunks often share a TCP segment; this makes the hub read several
+                      chunks per read, as it then does.
 ``gate=NAME``         streamed answers: send the status line and headers, then wait until
                       ``POST /_mock/release?gate=NAME``; the pace (``ttft_ms``, ``tps``) counts
                       from the release. Lets a benchmark start many streams at one instant.
@@ -275,6 +279,7 @@ _DIRECTIVE_KEYS: dict[str, Callable[[str], Any]] = {
     "seed": int,
     "stamp": lambda value: bool(int(value)),
     "gate": str,
+    "burst": lambda value: max(1, int(value)),
 }
 
 STAMP_PATTERN = re.compile(r"@(\d+) ")
@@ -299,6 +304,7 @@ class Directive:
         seed: seed of words, ids, signatures and replay pieces.
         stamp: answer tokens carry their send time instead of words.
         gate: name of the gate a streamed answer waits at, or None.
+        burst: tokens per write of a streamed answer.
     """
 
     tokens: int = 20
@@ -314,6 +320,7 @@ class Directive:
     seed: int = 0
     stamp: bool = False
     gate: str | None = None
+    burst: int = 1
 
     @classmethod
     def parse(cls, body: bytes | str, defaults: Directive | None = None) -> Directive:
@@ -1240,21 +1247,38 @@ class MockProvider:
         pacer = _Pacer(started, d)
         cut = d.cut()
         sent = 0
+        response_buffer: list[bytes] = []
         try:
             await _write(request, response, fmt.head())
+            in_burst = 0
             for kind, produce in _script(fmt, d):
                 if cut is not None and kind != "marker" and sent == cut[1]:
                     break
-                if kind != "marker":
+                if kind != "marker" and in_burst == 0:
                     await pacer.wait()
-                await _write(request, response, produce())
+                data = produce()
+                if kind == "token" and d.burst > 1:
+                    # Up to `burst` tokens go out in one write (one TCP segment, usually).
+                    in_burst = (in_burst + 1) % d.burst
+                    if in_burst:
+                        response_buffer.append(data)
+                        sent += 1
+                        continue
+                if response_buffer:
+                    data = b"".join(response_buffer) + data
+                    response_buffer.clear()
+                await _write(request, response, data)
                 if kind == "token":
                     sent += 1
             else:
+                if response_buffer:
+                    await _write(request, response, b"".join(response_buffer))
                 if cut is None:
                     await _write(request, response, fmt.finish())
                     return response
             # error_after / truncate_after (a cut past the last token lands here too).
+            if response_buffer:
+                await _write(request, response, b"".join(response_buffer))
             if cut[0] == "error":
                 await _write(request, response, fmt.error())
             else:
@@ -1398,6 +1422,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ttft-ms", type=_non_negative(float), default=0.0,
                         help="default delay before the first token in ms (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="default seed (default %(default)s)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop (uvloop: less CPU per written chunk, for benchmarks)")
     return parser
 
 
@@ -1435,7 +1461,12 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        asyncio.run(_serve(args))
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(_serve(args))
+        else:
+            asyncio.run(_serve(args))
     except OSError as exc:
         print(f"mock-provider: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -63,6 +63,8 @@ class Reporter:
         self.columns = columns
         self.rows: list[dict[str, Any]] = []
         self.console = Console(stderr=True)
+        if not self.console.is_terminal:
+            self.console = Console(stderr=True, width=240)  # a log file keeps whole columns
         self.quiet = quiet
 
     def emit(self, row: dict[str, Any]) -> None:
