@@ -164,14 +164,18 @@ class CompletionRun:
     # The stream.
 
     async def _run(self, upstream: UpstreamRequest) -> None:
-        started = self._loop.time()
+        loop = self._loop
+        started = loop.time()
+        push = self._buffer.push
         try:
-            async for event in self.manager.provider_client.stream(upstream):
-                if event.__class__ in _FIRST_OUTPUT and self.ttft_ms is None:
-                    self.ttft_ms = round((self._loop.time() - started) * 1000.0, 3)
-                if getattr(event, "choice", 0):
-                    continue  # the hub's protocol carries choice 0 only
-                self._emit(self._buffer.push(event, self._loop.time() * 1000.0))
+            async for events in self.manager.provider_client.stream(upstream):
+                now = loop.time()
+                for event in events:
+                    if self.ttft_ms is None and event.__class__ in _FIRST_OUTPUT:
+                        self.ttft_ms = round((now - started) * 1000.0, 3)
+                    if getattr(event, "choice", 0):
+                        continue  # the hub's protocol carries choice 0 only
+                    self._emit(push(event, now * 1000.0))
                 self._arm_timer()
         except asyncio.CancelledError:
             self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")

@@ -502,8 +502,10 @@ class ProviderClient:
         # The idle timeout is not aiohttp's sock_read: see IdleDeadline.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s)
 
-    async def stream(self, upstream: UpstreamRequest) -> AsyncIterator[StreamEvent]:
-        """POST the request and yield unified events as the body arrives.
+    async def stream(self, upstream: UpstreamRequest) -> AsyncIterator[list[StreamEvent]]:
+        """POST the request and yield unified events as the body arrives: one list per read
+        of the body (never empty), so a read that carried several provider chunks costs one
+        step of the consumer, not one per event.
 
         The last event is ``StreamEnd`` or ``StreamFailed`` (from the normalizer). If the
         consumer stops early (cancel), the upstream connection is closed, not reused, so the
@@ -544,8 +546,9 @@ class ProviderClient:
             try:
                 async for chunk in response.content.iter_any():
                     touch()
-                    for event in normalizer.feed(chunk):
-                        yield event
+                    events = normalizer.feed(chunk)
+                    if events:
+                        yield events
                     if normalizer.done:
                         break
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
@@ -562,8 +565,8 @@ class ProviderClient:
                 # Gemini SSE has no terminal marker but EOF, and says STOP on every chunk:
                 # a connection we saw break is a truncation whatever the last chunk said.
                 events[-1] = truncated(upstream.provider, events[-1].usage)
-            for event in events:
-                yield event
+            if events:
+                yield events
             finished = True
         except asyncio.TimeoutError:
             raise ProviderError(

@@ -15,6 +15,7 @@ import struct
 __all__ = ["text_frame", "MAX_BATCH_BYTES", "batch_frames"]
 
 _FIN_TEXT = 0x81  # FIN=1, RSV=0, opcode=0x1 (text), §5.2
+_SHORT = [bytes((_FIN_TEXT, length)) for length in range(126)]  # headers of 0-125 byte payloads
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
 
@@ -31,7 +32,7 @@ def text_frame(payload: bytes) -> bytes:
     """
     length = len(payload)
     if length < 126:
-        return bytes((_FIN_TEXT, length)) + payload
+        return _SHORT[length] + payload
     if length < 65536:
         return _LEN16(_FIN_TEXT, 126, length) + payload
     return _LEN64(_FIN_TEXT, 127, length) + payload
