@@ -41,9 +41,9 @@ class Hub:
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
-        self.multiplexer = StreamMultiplexer()
-        self.connections: set[WebSocketConnection] = set()
         self.write_scheduler = WriteScheduler()
+        self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
+        self.connections: set[WebSocketConnection] = set()
         self.session: aiohttp.ClientSession | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
         self.url = ""

@@ -167,6 +167,7 @@ class CompletionRun:
         loop = self._loop
         started = loop.time()
         push = self._buffer.push
+        flush = self.manager.multiplexer.flush
         try:
             async for events in self.manager.provider_client.stream(upstream):
                 now = loop.time()
@@ -177,6 +178,7 @@ class CompletionRun:
                         continue  # the hub's protocol carries choice 0 only
                     self._emit(push(event, now * 1000.0))
                 self._arm_timer()
+                flush()  # write this read's events now rather than one loop iteration later
         except asyncio.CancelledError:
             self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")
         except ProviderError as exc:
@@ -208,6 +210,7 @@ class CompletionRun:
             return
         self._emit(self._buffer.poll(self._loop.time() * 1000.0))
         self._arm_timer()
+        self.manager.multiplexer.flush()
 
     # Turning events into numbered, encoded messages.
 

@@ -65,6 +65,10 @@ class Subscriber(Protocol):
         fan-out loop, once per subscriber per event."""
 
 
+def _nothing() -> None:
+    pass
+
+
 def stream_type_of(channel: str) -> str:
     """The type-level stream a channel belongs to (``completion:c1`` → ``completion``,
     ``agent:a1`` → ``agent_status``, ``system`` → ``system``)."""
@@ -97,7 +101,10 @@ class Channel:
 class StreamMultiplexer:
     """Maps channels and stream types to subscribers and fans events out to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, flush: Callable[[], None] | None = None) -> None:
+        #: Hands what subscribers queued to their transports now (the hub's
+        #: WriteScheduler.run); publishers call :meth:`flush` after a batch of events.
+        self.flush: Callable[[], None] = flush or _nothing
         self.channels: dict[str, Channel] = {}
         self.type_subscribers: dict[str, set[Subscriber]] = {}
         self._subscriptions: dict[Subscriber, set[str]] = {}

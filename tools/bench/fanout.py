@@ -5,7 +5,8 @@ connections) at R tokens/s per stream (0: as fast as the upstream can write), T 
 stream:
 
 - ``hub``: the mock provider (its own process) streams T stamped tokens per completion
-  (``[[mock tokens=T tps=R stamp=1 gate=...]]``); the hub (its own process, ``cbhub serve``)
+  (``[[mock tokens=T tps=R stamp=1 gate=...]]``; paced streams start spread evenly over one
+  token interval, as independent streams would be, unless ``--aligned``); the hub (its own process, ``cbhub serve``)
   reads, normalizes, optionally coalesces and fans out; load-generator processes
   (:mod:`tools.bench.loadgen`) hold the S*K connections. One connection per stream starts the
   completion, the others subscribe; all streams start together when the mock's gate opens.
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="tokens/s per stream, 0 = as fast as possible (repeatable; default 0)")
     parser.add_argument("--burst", type=int, default=1,
                         help="upstream tokens per write (mock provider burst=N; default 1: one chunk per write)")
+    parser.add_argument("--aligned", action="store_true",
+                        help="paced streams all start at the same instant, so their tokens arrive in bursts of S "
+                             "(worst case); by default stream i starts i/S of a token interval late")
     parser.add_argument("--coalesce", choices=("off", "on", "both"), default="off",
                         help="hub content coalescing (default off)")
     parser.add_argument("--flush-interval-ms", type=float, default=25.0, help="hub coalescing flush interval")
@@ -113,7 +117,7 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
                     advance()
                     continue  # the reference server does not coalesce; its coalesce=off row is the reference
                 row = await run_shape(server, streams, subscribers, tokens, rate, coalesce, procs=procs,
-                                      batch=args.batch, burst=args.burst, loop=args.loop, flush_interval_ms=args.flush_interval_ms,
+                                      batch=args.batch, burst=args.burst, aligned=args.aligned, loop=args.loop, flush_interval_ms=args.flush_interval_ms,
                                       timeout=args.timeout)
                 reporter.emit(row)
                 failures += not row["ok"]
@@ -123,7 +127,8 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 async def run_shape(server: str, streams: int, subscribers: int, tokens: int, rate: float, coalesce: bool, *,
-                    procs: int = 2, batch: bool = False, burst: int = 1, loop: str = "asyncio", flush_interval_ms: float = 25.0,
+                    procs: int = 2, batch: bool = False, burst: int = 1, aligned: bool = False,
+                    loop: str = "asyncio", flush_interval_ms: float = 25.0,
                     timeout: float = 300.0) -> dict[str, Any]:
     """Measure one configuration in fresh server processes; returns the result row."""
     connections = streams * subscribers
@@ -137,14 +142,16 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
             processes.append(target)
             ws_url = target.url.replace("http", "ws", 1) + "/ws/stream" + ("?batch=1" if batch else "")
             gate = f"bench-{uuid.uuid4().hex[:8]}"
-            prompt = f"bench [[mock tokens={tokens} tps={rate:g} burst={burst} stamp=1 gate={gate}]]"
+            prompt = f"bench [[mock tokens={tokens} tps={rate:g} burst={burst} ttft_ms={{offset_ms}} stamp=1 gate={gate}]]"
         else:
             target = await ServerProcess("limit", [sys.executable, "-m", "tools.bench.limit_server", "--port", "0",
                                                    "--loop", loop]).start()
             processes.append(target)
             ws_url = target.url.replace("http", "ws", 1) + "/ws"
             prompt = ""
-        plans = [Plan(ws_url, server, indexes, streams, prompt, coalesce) for indexes in split(connections, procs)]
+        stagger_ms = 1000.0 / rate if rate and not aligned else 0.0
+        plans = [Plan(ws_url, server, indexes, streams, prompt, coalesce, stagger_ms=stagger_ms)
+                 for indexes in split(connections, procs)]
         workers = Workers(plans)
         try:
             await workers.phase("connect")
@@ -157,13 +164,16 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
                     await _wait_gate(session, mock.url, gate, streams)
                     release_url, params = f"{mock.url}/_mock/release", {"gate": gate}
                 else:
-                    release_url, params = f"{target.url}/release", {"tokens": tokens, "rate": f"{rate:g}"}
+                    release_url = f"{target.url}/release"
+                    params = {"tokens": tokens, "rate": f"{rate:g}", "stagger_ms": f"{stagger_ms:g}"}
                 mock_cpu_before = mock.cpu_s() if server == "hub" else 0.0
                 cpu_before = target.cpu_s()
+                system_before = target.cpu_system_s()
                 started = time.monotonic_ns()
                 await session.post(release_url, params=params)
             results: list[WorkerResult] = await asyncio.wait_for(measuring, timeout)
             cpu_used = target.cpu_s() - cpu_before
+            system_used = target.cpu_system_s() - system_before
             mock_cpu = mock.cpu_s() - mock_cpu_before if server == "hub" else None
             peak = target.peak_rss_bytes()
         finally:
@@ -172,7 +182,9 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
                    peak, rss_before)
         row["upstream_cpu_s"] = round(mock_cpu, 3) if mock_cpu is not None else None
         row["burst"] = burst if server == "hub" else None
+        row["cpu_system_share"] = round(system_used / cpu_used, 3) if cpu_used else None
         row["loop"] = loop
+        row["aligned"] = aligned or not rate
         return row
     finally:
         for process in reversed(processes):

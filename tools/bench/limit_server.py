@@ -2,14 +2,15 @@
 as aiohttp allows, so the hub's figures can be read as a ratio to this library's limit on
 this machine.
 
-No provider, no parsing, no history: on ``POST /release?tokens=T&rate=R`` one producer task
+No provider, no parsing, no history: on ``POST /release?tokens=T&rate=R&stagger_ms=X`` one producer task
 per channel that has subscribers makes ``T`` content events (then one ``completed``), each
 encoded once as the hub would encode it (``content_chunk`` JSON with ``completionId``,
 ``seq``, ``content``), and for each event awaits ``ws.send_str`` for every subscriber in
 turn. The content of event *i* is ``@<ns> `` with ``time.monotonic_ns()`` taken when the
 event is made, like the mock provider's ``stamp=1`` tokens, so clients measure latency the
 same way. ``rate`` is events per second per channel on an absolute schedule (0: as fast as
-possible, yielding to the loop after each event).
+possible, yielding to the loop after each event); channel *i* of *n* starts ``i / n *
+stagger_ms`` ms late, as the hub run's streams do.
 
 WebSocket ``/ws``: the client sends ``{"type":"subscribe","channels":["completion:ID"]}`` and
 gets ``{"type":"subscribed","channels":[...]}``.
@@ -51,10 +52,11 @@ def make_app() -> web.Application:
                 subscribers.remove(ws)
         return ws
 
-    async def produce(channel: str, subscribers: list[web.WebSocketResponse], tokens: int, rate: float) -> None:
+    async def produce(channel: str, subscribers: list[web.WebSocketResponse], tokens: int, rate: float,
+                      offset_s: float) -> None:
         loop = asyncio.get_running_loop()
         interval = 1.0 / rate if rate else 0.0
-        due = loop.time()
+        due = loop.time() + offset_s
         for seq in range(1, tokens + 2):
             if interval:
                 delay = due - loop.time()
@@ -76,10 +78,13 @@ def make_app() -> web.Application:
     async def release(request: web.Request) -> web.Response:
         tokens = int(request.query.get("tokens", "100"))
         rate = float(request.query.get("rate", "0"))
+        stagger_s = float(request.query.get("stagger_ms", "0")) / 1000
         started = 0
-        for channel, subscribers in channels.items():
+        live = [(channel, subscribers) for channel, subscribers in channels.items() if subscribers]
+        for index, (channel, subscribers) in enumerate(live):
             if subscribers:
-                task = asyncio.create_task(produce(channel, list(subscribers), tokens, rate))
+                offset_s = index / len(live) * stagger_s
+                task = asyncio.create_task(produce(channel, list(subscribers), tokens, rate, offset_s))
                 producers.add(task)
                 task.add_done_callback(producers.discard)
                 started += 1

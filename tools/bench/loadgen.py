@@ -50,7 +50,10 @@ class Plan:
         connections: the global indexes of this worker's connections; connection ``c``
             watches stream ``c % streams`` and owns it when ``c < streams``.
         streams: number of streams in the run.
-        prompt: the user message of each hub completion (carries the mock directive).
+        prompt: the user message of each hub completion (carries the mock directive);
+            ``{offset_ms}`` in it becomes the stream's start offset (see ``stagger_ms``).
+        stagger_ms: stream ``i`` starts ``i / streams * stagger_ms`` ms after the gate opens
+            (0: all at once).
         coalesce: the hub completion's ``coalesce`` option.
         model: the model name the hub routes to the mock provider.
     """
@@ -62,6 +65,7 @@ class Plan:
     prompt: str = ""
     coalesce: bool = False
     model: str = "gpt-4o-mini"
+    stagger_ms: float = 0.0
 
 
 @dataclasses.dataclass
@@ -134,7 +138,8 @@ async def _worker_main(plan: Plan, pipe: multiprocessing.connection.Connection) 
             if plan.server == "hub":
                 await client.ws.send_str(orjson.dumps({
                     "type": "completion", "id": channel, "model": plan.model, "coalesce": plan.coalesce,
-                    "messages": [{"role": "user", "content": plan.prompt}],
+                    "messages": [{"role": "user", "content": plan.prompt.replace(
+                        "{offset_ms}", f"{client.stream / plan.streams * plan.stagger_ms:.3f}")}],
                 }).decode())
             else:
                 await client.ws.send_str(orjson.dumps({"type": "subscribe", "channels": [f"completion:{channel}"]}).decode())

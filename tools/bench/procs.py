@@ -82,6 +82,12 @@ class ServerProcess:
         times = self._ps.cpu_times()
         return times.user + times.system
 
+    def cpu_system_s(self) -> float:
+        """System (kernel) CPU time the process has used so far, in seconds: system calls,
+        socket work and wake-ups done on its behalf."""
+        assert self._ps is not None
+        return self._ps.cpu_times().system
+
     def rss_bytes(self) -> int:
         """Current resident set size, in bytes."""
         assert self._ps is not None
