@@ -63,7 +63,7 @@ class Hub:
         writers flush, close WebSockets with 1001 (going away), close the session."""
         self.ready = False
         await self.completions.close()
-        await asyncio.sleep(0)  # let writer tasks send the final errors
+        self.write_scheduler.run()  # the final errors go to the transports before the close frames
         for connection in list(self.connections):
             with contextlib.suppress(Exception):
                 await connection.ws.close(code=1001, message=b"hub shutting down")

@@ -70,7 +70,7 @@ async def _measure(count: int, procs: int, loop: str) -> dict[str, Any]:
         rss_before = hub.rss_bytes()
         workers = Workers([Plan(ws_url, "hub", indexes, 1, prompt) for indexes in split(count, procs)])
         try:
-            connected = await workers.phase("connect")
+            await workers.phase("connect")
             await workers.phase("own")
             await workers.phase("subscribe")
             rss_after = hub.rss_bytes()
@@ -85,9 +85,8 @@ async def _measure(count: int, procs: int, loop: str) -> dict[str, Any]:
     for result in results:
         latencies.frombytes(result.latencies_ns)
     ordered = sorted(latencies)
-    accept_s = max(reply.connect_s for reply in [r for r in results]) if results else None
+    accept_s = max(result.connect_s for result in results) if results else None
     ok = len(ordered) == count and not any(r.errors or r.gaps for r in results)
-    del connected
     return {
         "scenario": "connections",
         "connections": count,
