@@ -59,14 +59,21 @@ class Hub:
         self.ready = True
 
     async def shutdown(self, app: web.Application) -> None:
-        """Cancel completions (their clients get ``error`` code ``shutting_down``), let the
-        writers flush, close WebSockets with 1001 (going away), close the session."""
+        """Cancel completions (their clients get ``error`` code ``shutting_down``), write
+        every connection's pending frames, close WebSockets with 1001 (going away; a client
+        that does not take the close within 1 s is dropped), close the session."""
         self.ready = False
         await self.completions.close()
-        self.write_scheduler.run()  # the final errors go to the transports before the close frames
         for connection in list(self.connections):
-            with contextlib.suppress(Exception):
-                await connection.ws.close(code=1001, message=b"hub shutting down")
+            # Pending frames, the final errors among them, go out before the close frame,
+            # also to a client whose socket buffer is full.
+            connection.flush(force=True)
+        for connection in list(self.connections):
+            try:
+                async with asyncio.timeout(1.0):
+                    await connection.ws.close(code=1001, message=b"hub shutting down")
+            except Exception:
+                connection.abort()
         if self.session is not None:
             await self.session.close()
 

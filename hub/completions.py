@@ -19,6 +19,7 @@ Lifecycle of a :class:`CompletionRun` (the rules live here, in the manner of h11
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -169,16 +170,17 @@ class CompletionRun:
         push = self._buffer.push
         flush = self.manager.multiplexer.flush
         try:
-            async for events in self.manager.provider_client.stream(upstream):
-                now = loop.time()
-                for event in events:
-                    if self.ttft_ms is None and event.__class__ in _FIRST_OUTPUT:
-                        self.ttft_ms = round((now - started) * 1000.0, 3)
-                    if getattr(event, "choice", 0):
-                        continue  # the hub's protocol carries choice 0 only
-                    self._emit(push(event, now * 1000.0))
-                self._arm_timer()
-                flush()  # write this read's events now rather than one loop iteration later
+            async with contextlib.aclosing(self.manager.provider_client.stream(upstream)) as stream:
+                async for events in stream:
+                    now = loop.time()
+                    for event in events:
+                        if self.ttft_ms is None and event.__class__ in _FIRST_OUTPUT:
+                            self.ttft_ms = round((now - started) * 1000.0, 3)
+                        if getattr(event, "choice", 0):
+                            continue  # the hub's protocol carries choice 0 only
+                        self._emit(push(event, now * 1000.0))
+                    self._arm_timer()
+                    flush()  # write this read's events now rather than one loop iteration later
         except asyncio.CancelledError:
             self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")
         except ProviderError as exc:

@@ -10,7 +10,7 @@ host, port                     CBHUB_HOST, CBHUB_PORT          127.0.0.1, 8765
 content_chunk_size (chars)     CBHUB_CONTENT_CHUNK_SIZE        100
 flush_interval_ms              CBHUB_FLUSH_INTERVAL_MS         25
 connect_timeout_s              CBHUB_CONNECT_TIMEOUT_S         10
-idle_timeout_s                 CBHUB_IDLE_TIMEOUT_S            120 (max gap between upstream reads)
+idle_timeout_s                 CBHUB_IDLE_TIMEOUT_S            120 (max gap between upstream reads; 0 = none)
 grace_period_s                 CBHUB_GRACE_PERIOD_S            30 (run on with no subscriber)
 retention_s                    CBHUB_RETENTION_S               300 (keep a finished completion)
 history_max_events             CBHUB_HISTORY_MAX_EVENTS        10000 (per completion)

@@ -91,7 +91,11 @@ class WriteScheduler:
             self._handle = None
         marked, self._marked = self._marked, []
         for connection in marked:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception:  # a bug of ours must not hold up the other connections
+                log.exception("flushing a connection failed; closing it")
+                connection.abort()
 
 
 class WebSocketConnection:
@@ -126,45 +130,69 @@ class WebSocketConnection:
             self._marked = True
             self.hub.write_scheduler.mark(self)
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         """Write every pending frame in one ``transport.write`` (called by the
         :class:`WriteScheduler`). While the transport's buffer is above its high-water mark
-        the frames stay pending and a drain task flushes them when it has room."""
+        the frames stay pending and a drain task flushes them when it has room.
+
+        Args:
+            force: write even to a full transport buffer (shutdown: the last frames must go
+                out before the close frame).
+        """
         self._marked = False
         pending = self.pending
-        if not pending or self._drainer is not None:
+        if not pending or (self._drainer is not None and not force):
             return
         transport = self._transport
         if self.closed or self.ws.closed or transport is None or transport.is_closing():
             self._stop_writing()
             return
-        if self._protocol.writing_paused:
+        if self._protocol.writing_paused and not force:
             self._drainer = asyncio.create_task(self._drain(), name="ws-drain")
             return
-        if self.batch:
-            data = batch_frames([event.payload for event in pending])
-        elif len(pending) == 1:
+        if len(pending) == 1:
             data = pending[0].frame
+        elif self.batch:
+            data = batch_frames([event.payload for event in pending])
         else:
             data = b"".join([event.frame for event in pending])
         pending.clear()
         try:
             transport.write(data)
-        except Exception:  # the transport broke under us; the reader sees the close
-            log.debug("write failed; dropping the connection's output", exc_info=True)
-            self._stop_writing()
+        except Exception:
+            log.debug("write failed; closing the connection", exc_info=True)
+            self.abort()
 
     async def _drain(self) -> None:
+        protocol = self._protocol
         try:
-            # The same wait aiohttp's own writers use (StreamWriter.drain): it returns when
-            # the transport calls resume_writing() or the connection is lost.
-            await self._protocol._drain_helper()
-        except (ConnectionResetError, ConnectionError):
+            while protocol.writing_paused and not self.closed:
+                try:
+                    # The wait aiohttp's own writers use: it ends when the transport calls
+                    # resume_writing() or the connection is lost. Shielded, because the
+                    # future is shared with aiohttp's writer (cancelling this task must not
+                    # cancel theirs).
+                    await asyncio.shield(protocol._drain_helper())
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    # Someone else's wait on the shared future was cancelled, which cancels
+                    # the future for every waiter; it stays cancelled until resume_writing(),
+                    # so wait a little and look again.
+                    await asyncio.sleep(0.01)
+        except ConnectionError:
             self._stop_writing()
             return
         finally:
             self._drainer = None
         self.flush()
+
+    def abort(self) -> None:
+        """Stop writing and drop the TCP connection (the reader then ends and cleans up)."""
+        self._stop_writing()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _stop_writing(self) -> None:
         self.closed = True

@@ -449,16 +449,19 @@ class IdleDeadline:
 
     aiohttp's own ``sock_read`` timeout cancels and re-creates a timer for every chunk it
     receives, which was the largest single cost of the hub at 1000 paced streams
-    (docs/BENCHMARKS.md). Here each chunk only records the loop time (:meth:`touch`); the one
-    timer, when it fires, re-arms itself for ``last chunk + idle_s`` until a gap really is
-    that long.
+    (docs/BENCHMARKS.md). Here each chunk the consumer takes only records the loop time
+    (:meth:`touch`); the one timer, when it fires, re-arms itself for ``last chunk + idle_s``
+    until a gap really is that long. Bytes that reached the response's buffer but were not
+    taken yet (they arrived in the same loop iteration as the timer) count as activity, so
+    data that did arrive is never reported as a timeout.
 
     Args:
-        idle_s: the longest allowed gap between reads, in seconds.
+        idle_s: the longest allowed gap between reads, in seconds; 0 or less disables the
+            deadline (as aiohttp's ``sock_read=0`` did).
         response: the response to close when the gap is exceeded (its reader then ends).
     """
 
-    __slots__ = ("idle_s", "expired", "_loop", "_last", "_response", "_handle")
+    __slots__ = ("idle_s", "expired", "_loop", "_last", "_seen", "_response", "_handle")
 
     def __init__(self, idle_s: float, response: aiohttp.ClientResponse) -> None:
         self.idle_s = idle_s
@@ -466,15 +469,24 @@ class IdleDeadline:
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
         self._response = response
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(self._last + idle_s, self._check)
+        self._seen = response.content.total_bytes
+        self._handle: asyncio.TimerHandle | None = None
+        if idle_s > 0:
+            self._handle = self._loop.call_at(self._last + idle_s, self._check)
 
     def touch(self) -> None:
-        """Bytes arrived now."""
+        """The consumer took bytes now."""
         self._last = self._loop.time()
+        self._seen = self._response.content.total_bytes
 
     def _check(self) -> None:
+        now = self._loop.time()
+        received = self._response.content.total_bytes
+        if received != self._seen:  # bytes arrived that the consumer has not taken yet
+            self._seen = received
+            self._last = now
         due = self._last + self.idle_s
-        if self._loop.time() >= due:
+        if now >= due:
             self._handle = None
             self.expired = True
             self._response.close()
@@ -520,18 +532,28 @@ class ProviderClient:
         response: aiohttp.ClientResponse | None = None
         idle: IdleDeadline | None = None
         finished = False
+        idle_s = self.config.idle_timeout_s
         try:
-            async with asyncio.timeout(self.config.connect_timeout_s + self.config.idle_timeout_s):
+            # Until the status line and headers: connect + idle (no limit when idle is 0).
+            async with asyncio.timeout(self.config.connect_timeout_s + idle_s if idle_s > 0 else None):
                 response = await self.session.post(
                     upstream.url, data=_encode(upstream.body), headers=upstream.headers, timeout=self._timeout
                 )
+            idle = IdleDeadline(idle_s, response)  # the body, error bodies included
             if response.status != 200:
                 body = b""
-                while len(body) < _ERROR_BODY_LIMIT:
-                    piece = await response.content.read(_ERROR_BODY_LIMIT - len(body))
-                    if not piece:
-                        break
-                    body += piece
+                try:
+                    while len(body) < _ERROR_BODY_LIMIT:
+                        piece = await response.content.read(_ERROR_BODY_LIMIT - len(body))
+                        if not piece:
+                            break
+                        body += piece
+                        idle.touch()
+                except aiohttp.ClientError:
+                    if not idle.expired:
+                        raise
+                if idle.expired:
+                    raise asyncio.TimeoutError
                 message = _error_message(body)
                 raise ProviderError(
                     redact(f"{upstream.provider} answered HTTP {response.status}: {message}", secrets),
@@ -541,7 +563,6 @@ class ProviderClient:
                 )
             normalizer = upstream.make_normalizer()
             cut = False
-            idle = IdleDeadline(self.config.idle_timeout_s, response)
             touch = idle.touch
             try:
                 async for chunk in response.content.iter_any():

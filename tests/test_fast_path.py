@@ -9,6 +9,7 @@ import socket
 import struct
 
 import pytest
+import websockets
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -156,3 +157,31 @@ async def test_idle_deadline_does_not_fire_while_chunks_keep_coming(mock, ws_fac
         messages = await client.until_terminal("busy")
     assert isinstance(messages[-1], Completed)
     assert "".join(m.content for m in messages if isinstance(m, ContentChunk)) == expected_text(12)
+
+
+async def test_shutdown_sends_a_slow_readers_pending_frames_and_final_error_before_closing(mock, ws_factory):
+    hub_context = run_hub(hub_config(mock))
+    hub = await hub_context.__aenter__()
+    try:
+        slow = await ws_factory(hub, max_queue=1)
+        [slow_side] = hub.connections
+        slow_side._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await slow.send({"type": "completion", "id": "sd", "model": "gpt-4o-mini", "coalesce": False,
+                         "messages": [{"role": "user", "content": "[[mock tokens=100000 tps=20000]]"}]})
+        for _ in range(500):  # until the hub holds frames for it (its socket buffer is full)
+            if slow_side._protocol.writing_paused and slow_side.pending:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the slow reader's transport never filled up")
+    finally:
+        await hub_context.__aexit__(None, None, None)
+    messages = []
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            messages.append(await slow.recv())
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    seqs = [m.seq for m in messages if getattr(m, "seq", None) is not None]
+    assert seqs == list(range(1, len(seqs) + 1))  # nothing lost before the end
+    last = messages[-1]
+    assert isinstance(last, ErrorMessage) and last.error.code == "shutting_down" and last.seq == seqs[-1]

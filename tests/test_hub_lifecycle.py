@@ -15,6 +15,7 @@ from hub.app import Hub, run_hub
 from hub.config import HubConfig
 from protocol.messages import ChatMessage, Completed, Completion, ContentChunk, ErrorMessage, Subscribed
 from tests.conftest import hub_config
+from tools.mock_provider import expected_text
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -180,3 +181,28 @@ async def test_openai_reasoning_models_get_max_completion_tokens(ws_connect, moc
     body = mock.requests[-1]["body"]
     assert body[key] == 50
     assert ({"max_tokens", "max_completion_tokens"} - {key}).isdisjoint(body)
+
+
+async def test_an_error_body_that_stalls_ends_in_upstream_timeout(raw_upstream) -> None:
+    async def stalled_503(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=503, headers={"Content-Type": "application/json"})
+        response.content_length = 100
+        await response.prepare(request)
+        await response.write(b'{"error":')  # 9 of the 100 bytes announced, then nothing
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.02)  # until the hub gives up and closes the connection
+        return response
+
+    url = await raw_upstream(stalled_503)
+    config = HubConfig(port=0, openai_base_url=url, openai_api_key="sk-test", idle_timeout_s=0.3)
+    async with run_hub(config) as hub:
+        messages = await asyncio.wait_for(run_one(hub, completion("openai/gpt-4o-mini")), 10)
+    [error] = messages
+    assert isinstance(error, ErrorMessage) and error.error.code == "upstream_timeout"
+
+
+async def test_idle_timeout_zero_means_no_idle_timeout(mock) -> None:
+    async with run_hub(hub_config(mock, idle_timeout_s=0)) as hub:
+        messages = await run_one(hub, completion("openai/gpt-4o-mini", "[[mock tokens=3 tps=20]]"))
+    assert isinstance(messages[-1], Completed)
+    assert "".join(m.content for m in messages if isinstance(m, ContentChunk)) == expected_text(3)
