@@ -27,6 +27,7 @@ ollama_host                    OLLAMA_HOST                     http://127.0.0.1:
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -71,6 +72,41 @@ class HubConfig(msgspec.Struct, kw_only=True):
     gemini_api_key: str | None = None
     gemini_base_url: str = DEFAULT_BASE_URLS["google"]
     ollama_host: str = DEFAULT_BASE_URLS["ollama"]
+    # Retries and fallbacks (before the first content is forwarded).
+    retry_max_attempts: int = 3
+    retry_base_delay_ms: float = 250.0
+    retry_max_delay_ms: float = 8000.0
+    retry_after_max_s: float = 30.0
+    fallbacks: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    # Timeouts beyond connect/idle: first body byte after the request, whole request (0 = none).
+    first_byte_timeout_s: float = 60.0
+    total_timeout_s: float = 0.0
+    # Circuit breaker per provider and base URL.
+    breaker_failure_rate: float = 0.5
+    breaker_window_s: float = 60.0
+    breaker_min_requests: int = 10
+    breaker_cooldown_s: float = 30.0
+    breaker_half_open_probes: int = 1
+    # Dead-letter log of invalid upstream responses ("" = off).
+    dead_letter_path: str = msgspec.field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "cbhub", "dead-letter.jsonl"))
+    dead_letter_max_bytes: int = 10 << 20
+    dead_letter_backups: int = 3
+    # Limits.
+    max_connections: int = 10_000
+    max_completions: int = 5_000
+    max_completions_per_connection: int = 100
+    completion_max_buffered_bytes: int = 8 << 20
+    memory_budget_bytes: int = 1 << 30
+    outbound_soft_limit_bytes: int = 1 << 20
+    outbound_hard_limit_bytes: int = 8 << 20
+    # Keepalive and shutdown.
+    ws_ping_interval_s: float = 30.0
+    ws_pong_timeout_s: float = 15.0
+    sse_keepalive_interval_s: float = 15.0
+    shutdown_drain_timeout_s: float = 30.0
+    # Monitoring and performance.
+    log_level: str = "INFO"
+    loop: str = "asyncio"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> HubConfig:
