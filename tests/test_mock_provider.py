@@ -755,3 +755,43 @@ async def test_burst_writes_several_tokens_per_write_with_the_same_text(mock, se
     # 10 tokens in writes of 4: pacing steps at 0, 4 and 8 tokens -> 2 intervals of 5 ms,
     # where one token per write takes 9.
     assert reply.elapsed < plain.elapsed
+
+
+async def test_script_steps_through_faults_per_request(mock, session):
+    text = "[[mock tokens=2 script=503,429,garbage,ok retry_after_ms=1500 script_id=s1]]"
+    first = await call(session, mock, "openai", text)
+    assert first.status == 503 and first.headers["retry-after-ms"] == "1500"
+    assert (await call(session, mock, "openai", text)).status == 429
+    garbage = await call(session, mock, "openai", text)
+    assert garbage.status == 200 and garbage.headers["Content-Type"].startswith("text/html")
+    ok = await call(session, mock, "openai", text)
+    assert ok.status == 200 and READERS["openai"](ok.body)["text"] == expected_text(2)
+    # past the end of the script: ok; another script_id has its own counter
+    assert (await call(session, mock, "openai", text)).status == 200
+    other = text.replace("s1", "s2")
+    assert (await call(session, mock, "openai", other)).status == 503
+    async with session.get(mock.url + "/_mock/scripts") as resp:
+        assert await resp.json() == {"s1": 5, "s2": 1}
+    mock.reset()
+    assert (await call(session, mock, "openai", text)).status == 503
+
+
+async def test_script_drop_and_stall(mock, session):
+    path, query, make_body = FORMATS["anthropic"]
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with session.post(mock.url + path, json=make_body("[[mock script=drop script_id=d]]")) as resp:
+            await resp.read()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            async with session.post(mock.url + path, json=make_body("[[mock script=stall script_id=t]]")) as resp:
+                await resp.read()
+    for _ in range(100):  # the stalled handler notices the client left
+        if mock.stats["active"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert mock.stats["active"] == 0
+
+
+def test_script_rejects_unknown_steps():
+    with pytest.raises(DirectiveError, match="script step 'boom'"):
+        Directive.parse("[[mock script=503,boom]]")

@@ -87,6 +87,18 @@ optional (defaults from the server's options):
 ``status=CODE``       answer HTTP CODE (400-599) at once with the provider's error body
                       (formats.md §6). With ``replay``, the file is the body instead.
 ``retry_after=S``     with ``status``: add a ``retry-after: S`` header (seconds).
+``retry_after_ms=X``  with ``status``: add a ``retry-after-ms: X`` header (milliseconds, as
+                      OpenAI's and Anthropic's APIs send).
+``script=S1,S2,...``  per-request scripted faults: the k-th request carrying the same script
+                      (and ``script_id``) does step k; after the last step, ``ok``. Steps:
+                      ``ok`` (answer as the rest of the directive says), an HTTP status
+                      400-599 (the provider's error body, with ``retry_after``/``retry_after_ms``
+                      headers when given), ``drop`` (close the connection without answering),
+                      ``stall`` (answer nothing until the client gives up), ``garbage`` (HTTP
+                      200 with ``text/html`` and an HTML body instead of a stream). Lets a test
+                      see a hub retry: ``[[mock script=503,429,ok]]``. ``GET /_mock/scripts``
+                      shows the counters; ``POST /_mock/reset`` clears them.
+``script_id=NAME``    separates the counters of requests that share a script text.
 ``error_after=N``     after N tokens (reasoning and answer tokens, in the order sent), an in-band
                       error: OpenAI a chunk with a top-level ``error`` (then ``[DONE]``, as
                       OpenRouter does); Anthropic ``event: error`` ``overloaded_error``; Gemini an
@@ -241,6 +253,17 @@ class DirectiveError(ValueError):
     """A ``[[mock …]]`` directive with an unknown key or an invalid value."""
 
 
+_SCRIPT_WORDS = ("ok", "drop", "stall", "garbage")
+
+
+def _script_steps(value: str) -> tuple[str, ...]:
+    steps = tuple(step.strip() for step in value.split(",") if step.strip())
+    for step in steps:
+        if step not in _SCRIPT_WORDS and not (step.isdigit() and 400 <= int(step) <= 599):
+            raise ValueError(f"script step {step!r} is not one of {', '.join(_SCRIPT_WORDS)} or 400-599")
+    return steps
+
+
 _DIRECTIVE = re.compile(r"\[\[mock(?=[\s\]])([^\]]*)\]\]")
 
 
@@ -280,6 +303,9 @@ _DIRECTIVE_KEYS: dict[str, Callable[[str], Any]] = {
     "stamp": lambda value: bool(int(value)),
     "gate": str,
     "burst": lambda value: max(1, int(value)),
+    "retry_after_ms": _non_negative_float,
+    "script": lambda value: _script_steps(value),
+    "script_id": str,
 }
 
 STAMP_PATTERN = re.compile(r"@(\d+) ")
@@ -305,6 +331,9 @@ class Directive:
         stamp: answer tokens carry their send time instead of words.
         gate: name of the gate a streamed answer waits at, or None.
         burst: tokens per write of a streamed answer.
+        retry_after_ms: ``retry-after-ms`` header value for ``status`` answers, or None.
+        script: scripted steps per request (see the module docstring), or None.
+        script_id: name separating script counters, or None.
     """
 
     tokens: int = 20
@@ -321,6 +350,9 @@ class Directive:
     stamp: bool = False
     gate: str | None = None
     burst: int = 1
+    retry_after_ms: float | None = None
+    script: tuple[str, ...] | None = None
+    script_id: str | None = None
 
     @classmethod
     def parse(cls, body: bytes | str, defaults: Directive | None = None) -> Directive:
@@ -997,6 +1029,7 @@ class MockProvider:
         self._log: collections.deque[dict[str, Any]] = collections.deque(maxlen=_LOG_SIZE)
         self._stopping = False
         self._gates: dict[str, asyncio.Event] = {}
+        self._scripts: collections.Counter[str] = collections.Counter()
         self._waiting: collections.Counter[str] = collections.Counter()
         self.app = self._make_app()
 
@@ -1071,6 +1104,7 @@ class MockProvider:
             gate.set()  # nobody stays stuck behind a gate of an earlier run
         self._gates = {}
         self._waiting.clear()
+        self._scripts.clear()
 
     def release(self, gate: str) -> int:
         """Open ``gate``; returns how many requests were waiting at it."""
@@ -1103,6 +1137,7 @@ class MockProvider:
         app.router.add_post("/_mock/reset", self._post_reset)
         app.router.add_post("/_mock/release", self._post_release)
         app.router.add_get("/_mock/gates", self._get_gates)
+        app.router.add_get("/_mock/scripts", self._get_scripts)
         return app
 
     def _provider(
@@ -1151,6 +1186,17 @@ class MockProvider:
         if not gate:
             return web.json_response({"error": "missing ?gate=NAME"}, status=400)
         return web.json_response({"gate": gate, "released": self.release(gate)})
+
+    async def _get_scripts(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self._scripts))
+
+    def _script_step(self, directive: Directive) -> str:
+        """This request's step of its script (``ok`` after the last one)."""
+        assert directive.script is not None
+        key = directive.script_id or ",".join(directive.script)
+        index = self._scripts[key]
+        self._scripts[key] += 1
+        return directive.script[index] if index < len(directive.script) else "ok"
 
     async def _get_gates(self, request: web.Request) -> web.Response:
         closed = {name: self._waiting.get(name, 0) for name, event in self._gates.items() if not event.is_set()}
@@ -1209,11 +1255,26 @@ class MockProvider:
             return _error_response(fmt_class, 400, "request body must be a JSON object")
         context = {"model": str(body.get("model") or _MODELS[0]), **options(body)}
         fmt = fmt_class(_Context(directive, prompt_tokens=_prompt_tokens(body, fmt_class.roots), **context))
+        status = directive.status
+        if directive.script is not None:
+            step = self._script_step(directive)
+            if step == "drop":
+                _close_transport(request)
+                return web.Response()
+            if step == "stall":
+                while request.transport is not None and not request.transport.is_closing():
+                    await asyncio.sleep(0.02)
+                return web.Response()
+            if step == "garbage":
+                return web.Response(status=200, body=b"<html><body>502 Bad Gateway</body></html>\n",
+                                    content_type="text/html")
+            if step != "ok":
+                status = int(step)
         if directive.replay is not None:
             return await self._replay(request, call, fmt, headers)
-        if directive.status is not None:
-            message = f"mock status {directive.status}"
-            return _error_response(fmt_class, directive.status, message, directive.retry_after)
+        if status is not None:
+            message = f"mock status {status}"
+            return _error_response(fmt_class, status, message, directive.retry_after, directive.retry_after_ms)
         if fmt.ctx.stream:
             return await self._stream(request, call, fmt, headers)
         return await self._complete(request, call, fmt, headers)
@@ -1371,9 +1432,12 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _error_response(
-    fmt: type[_Format], status: int, message: str, retry_after: float | None = None
+    fmt: type[_Format], status: int, message: str, retry_after: float | None = None,
+    retry_after_ms: float | None = None,
 ) -> web.Response:
-    headers = {"retry-after": _format_seconds(retry_after)} if retry_after is not None else None
+    headers = {"retry-after": _format_seconds(retry_after)} if retry_after is not None else {}
+    if retry_after_ms is not None:
+        headers["retry-after-ms"] = _format_seconds(retry_after_ms)
     body = fmt.error_body(status, message)
     return web.Response(status=status, body=body, headers=headers, content_type="application/json")
 
