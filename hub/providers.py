@@ -29,14 +29,15 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import msgspec
 
 from hub.config import HubConfig
+from hub.resilience import DeadLetterLog, retry_after_s
 from protocol.errors import ProviderError, redact, retryable_status
-from protocol.events import StreamEnd, StreamEvent
+from protocol.events import StreamEnd, StreamEvent, StreamFailed
 from protocol.messages import ChatMessage, Completion
 from protocol.normalizers.anthropic import AnthropicNormalizer
 from protocol.normalizers.base import Normalizer, truncated
@@ -93,6 +94,17 @@ class UpstreamRequest(msgspec.Struct, kw_only=True):
     headers: dict[str, str]
     body: dict[str, Any]
     make_normalizer: Callable[[], Normalizer]
+
+    @property
+    def endpoint(self) -> str:
+        """``scheme://host:port`` of :attr:`url`: the circuit breaker's key with the provider."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def stream_framing(self) -> str:
+        """``sse`` or ``ndjson`` (Ollama): which content types a streamed answer may have."""
+        return "ndjson" if self.provider == "ollama" else "sse"
 
 
 def _text_of(content: Any) -> str:
@@ -459,35 +471,62 @@ class IdleDeadline:
         idle_s: the longest allowed gap between reads, in seconds; 0 or less disables the
             deadline (as aiohttp's ``sock_read=0`` did).
         response: the response to close when the gap is exceeded (its reader then ends).
+        first_byte_s: the longest wait for the body's first bytes, in seconds (the time to
+            first byte of a provider that thinks before it writes); default ``idle_s``.
     """
 
-    __slots__ = ("idle_s", "expired", "_loop", "_last", "_seen", "_response", "_handle")
+    __slots__ = ("idle_s", "expired", "_loop", "_last", "_seen", "_response", "_handle", "_waiting_first",
+                 "_first_due")
 
-    def __init__(self, idle_s: float, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, idle_s: float, response: aiohttp.ClientResponse, first_byte_s: float | None = None) -> None:
         self.idle_s = idle_s
         self.expired = False
         self._loop = asyncio.get_running_loop()
         self._last = self._loop.time()
         self._response = response
         self._seen = response.content.total_bytes
+        self._waiting_first = True
+        first_s = idle_s if first_byte_s is None else first_byte_s
+        self._first_due = self._last + first_s if first_s > 0 else None
         self._handle: asyncio.TimerHandle | None = None
-        if idle_s > 0:
-            self._handle = self._loop.call_at(self._last + idle_s, self._check)
+        if self._first_due is not None:
+            self._handle = self._loop.call_at(self._first_due, self._check)
 
     def touch(self) -> None:
         """The consumer took bytes now."""
         self._last = self._loop.time()
         self._seen = self._response.content.total_bytes
+        if self._waiting_first:
+            self._first_bytes()
+
+    def _first_bytes(self) -> None:
+        # From the first bytes on, the idle deadline applies: the timer armed for the
+        # first-byte deadline is moved, once.
+        self._waiting_first = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self.idle_s > 0:
+            self._handle = self._loop.call_at(self._last + self.idle_s, self._check)
 
     def _check(self) -> None:
+        self._handle = None
         now = self._loop.time()
         received = self._response.content.total_bytes
         if received != self._seen:  # bytes arrived that the consumer has not taken yet
             self._seen = received
             self._last = now
-        due = self._last + self.idle_s
+            if self._waiting_first:
+                self._first_bytes()
+                return
+        if self._waiting_first:
+            due = self._first_due
+        elif self.idle_s > 0:
+            due = self._last + self.idle_s
+        else:
+            return
+        assert due is not None
         if now >= due:
-            self._handle = None
             self.expired = True
             self._response.close()
         else:
@@ -508,13 +547,15 @@ class ProviderClient:
         config: provider URLs, keys and timeouts.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, config: HubConfig) -> None:
+    def __init__(self, session: aiohttp.ClientSession, config: HubConfig,
+                 dead_letters: DeadLetterLog | None = None) -> None:
         self.session = session
         self.config = config
+        self.dead_letters = dead_letters
         # The idle timeout is not aiohttp's sock_read: see IdleDeadline.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s)
 
-    async def stream(self, upstream: UpstreamRequest) -> AsyncIterator[list[StreamEvent]]:
+    async def stream(self, upstream: UpstreamRequest, request_id: str = "") -> AsyncIterator[list[StreamEvent]]:
         """POST the request and yield unified events as the body arrives: one list per read
         of the body (never empty), so a read that carried several provider chunks costs one
         step of the consumer, not one per event.
@@ -523,23 +564,37 @@ class ProviderClient:
         consumer stops early (cancel), the upstream connection is closed, not reused, so the
         provider sees the request end at once.
 
+        Timeouts (HubConfig): ``connect_timeout_s`` to connect; ``first_byte_timeout_s`` from
+        the request to the response headers and again to the body's first bytes;
+        ``idle_timeout_s`` between reads after that. ``total_timeout_s`` is the caller's.
+
+        Args:
+            request_id: the hub's id of this request (the completion id), written to the
+                dead-letter log.
+
         Raises:
             ProviderError: HTTP status other than 200 (``auth_failed``, ``model_not_found``,
-                ``rate_limited``, ``provider_error``, with ``status``), network failure
-                (``upstream_unreachable``), or a read timeout (``upstream_timeout``).
+                ``rate_limited``, ``provider_error``, with ``status`` and the provider's
+                ``retry_after_s``), network failure (``upstream_unreachable``), a timeout
+                (``upstream_timeout``), or a 200 answer that is not a stream
+                (``invalid_upstream_response``; also written to the dead-letter log).
         """
-        secrets = self.config.secrets()
+        config = self.config
+        secrets = config.secrets()
         response: aiohttp.ClientResponse | None = None
         idle: IdleDeadline | None = None
         finished = False
-        idle_s = self.config.idle_timeout_s
+        idle_s = config.idle_timeout_s
+        first_s = config.first_byte_timeout_s if config.first_byte_timeout_s > 0 else idle_s
         try:
-            # Until the status line and headers: connect + idle (no limit when idle is 0).
-            async with asyncio.timeout(self.config.connect_timeout_s + idle_s if idle_s > 0 else None):
+            # Until the status line and headers: connect + first byte (no limit when both are 0).
+            wait_s = config.connect_timeout_s + first_s if first_s > 0 else None
+            async with asyncio.timeout(wait_s):
                 response = await self.session.post(
                     upstream.url, data=_encode(upstream.body), headers=upstream.headers, timeout=self._timeout
                 )
-            idle = IdleDeadline(idle_s, response)  # the body, error bodies included
+            # The body, error bodies included: first bytes within first_s, then idle_s gaps.
+            idle = IdleDeadline(idle_s, response, first_byte_s=first_s)
             if response.status != 200:
                 body = b""
                 try:
@@ -560,15 +615,32 @@ class ProviderClient:
                     _status_code(response.status),
                     retryable=retryable_status(response.status),
                     status=response.status,
+                    retry_after_s=retry_after_s(response.headers, config.retry_after_max_s),
                 )
+            content_type = response.headers.get("Content-Type", "")
+            if not _stream_content_type(content_type, upstream.stream_framing):
+                excerpt = await _read_excerpt(response, self._excerpt_bytes)
+                error = ProviderError(
+                    f"{upstream.provider} answered HTTP 200 with {content_type or 'no content type'}, not a stream",
+                    "invalid_upstream_response", status=200,
+                )
+                self._dead_letter(upstream, request_id, response, error, excerpt)
+                raise error
             normalizer = upstream.make_normalizer()
             cut = False
             touch = idle.touch
+            head = bytearray()  # the body's first bytes, for the dead-letter log
+            last = b""
             try:
                 async for chunk in response.content.iter_any():
                     touch()
+                    if len(head) < self._excerpt_bytes:
+                        head += chunk[: self._excerpt_bytes - len(head)]
+                    last = chunk
                     events = normalizer.feed(chunk)
                     if events:
+                        if events[-1].__class__ is StreamFailed:
+                            self._dead_letter_failed(upstream, request_id, response, events[-1], head, last)
                         yield events
                     if normalizer.done:
                         break
@@ -587,6 +659,8 @@ class ProviderClient:
                 # a connection we saw break is a truncation whatever the last chunk said.
                 events[-1] = truncated(upstream.provider, events[-1].usage)
             if events:
+                if events[-1].__class__ is StreamFailed:
+                    self._dead_letter_failed(upstream, request_id, response, events[-1], head, last)
                 yield events
             finished = True
         except asyncio.TimeoutError:
@@ -605,3 +679,57 @@ class ProviderClient:
                     response.release()
                 else:
                     response.close()  # drop the connection: the provider sees the request end
+
+    _excerpt_bytes = 2048
+
+    def _dead_letter_failed(self, upstream: UpstreamRequest, request_id: str, response: aiohttp.ClientResponse,
+                            failed: StreamFailed, head: bytes, last: bytes) -> None:
+        if failed.code != "invalid_upstream_response":
+            return
+        excerpt = bytes(head) if last and bytes(head).endswith(last) else bytes(head) + b" ... " + last[-512:]
+        error = ProviderError(failed.message, failed.code, status=failed.status)
+        self._dead_letter(upstream, request_id, response, error, excerpt)
+
+    def _dead_letter(self, upstream: UpstreamRequest, request_id: str, response: aiohttp.ClientResponse,
+                     error: ProviderError, excerpt: bytes) -> None:
+        """Record an invalid upstream response (keys redacted) in the dead-letter log."""
+        if self.dead_letters is None:
+            return
+        secrets = self.config.secrets()
+        provider_request_id = next(
+            (response.headers[name] for name in ("x-request-id", "request-id", "x-goog-request-id")
+             if name in response.headers), None)
+        self.dead_letters.write({
+            "requestId": request_id,
+            "providerRequestId": provider_request_id,
+            "provider": upstream.provider,
+            "model": upstream.model,
+            "url": redact(upstream.url, secrets),
+            "status": response.status,
+            "contentType": response.headers.get("Content-Type"),
+            "code": error.code,
+            "message": redact(error.message, secrets),
+            "excerpt": redact(excerpt.decode("utf-8", "replace"), secrets),
+        })
+
+
+_SSE_TYPES = ("text/event-stream",)
+_NDJSON_TYPES = ("application/x-ndjson", "application/json", "application/jsonl", "text/plain")
+
+
+def _stream_content_type(content_type: str, framing: str) -> bool:
+    """Whether a 200 answer's content type can carry the stream: SSE providers must answer
+    ``text/event-stream``; Ollama ``application/x-ndjson`` (or JSON, as some versions do). A
+    missing content type is accepted: the framing decides."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if not mime:
+        return True
+    return mime in (_SSE_TYPES if framing == "sse" else _NDJSON_TYPES)
+
+
+async def _read_excerpt(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the body (best effort: an error ends the excerpt)."""
+    try:
+        return await response.content.read(limit)
+    except aiohttp.ClientError:
+        return b""

@@ -118,6 +118,16 @@ class FramingError(HubError):
 
 
 class ProviderError(HubError):
-    """An upstream provider failed: HTTP error, in-band error, truncation, network."""
+    """An upstream provider failed: HTTP error, in-band error, truncation, network.
+
+    Attributes:
+        retry_after_s: the wait the provider asked for (``retry-after`` / ``retry-after-ms``),
+            in seconds, already capped; None when it asked none.
+    """
 
     default_code = "provider_error"
+
+    def __init__(self, message: str, code: str | None = None, *, retryable: bool = False,
+                 status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, code, retryable=retryable, status=status)
+        self.retry_after_s = retry_after_s

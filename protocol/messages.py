@@ -37,6 +37,8 @@ __all__ = [
     "Completed",
     "ErrorMessage",
     "Pong",
+    "Attempt",
+    "CircuitState",
     "HubMessage",
     "encode",
     "STREAM_TYPES",
@@ -92,6 +94,9 @@ class Completion(_ClientMessage, tag="completion"):
         reasoning: OpenAI-style reasoning options, ``{"effort": "low"}`` or ``"low"``.
         thinking: Anthropic-style ``{"type": "enabled", "budget_tokens": 1024}``.
         coalesce: False sends every provider delta as its own frame (no StreamBuffer).
+        fallbacks: models to try in order when the primary fails before any content was
+            forwarded (``["anthropic/claude-3-haiku-20240307", ...]``); tried before the
+            hub's configured chain for the model.
     """
 
     model: str
@@ -105,6 +110,7 @@ class Completion(_ClientMessage, tag="completion"):
     reasoning: Union[str, dict[str, Any], None] = None
     thinking: Union[dict[str, Any], None] = None
     coalesce: bool = True
+    fallbacks: list[str] = []
 
 
 class Subscribe(_ClientMessage, tag="subscribe"):
@@ -213,6 +219,17 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True, gc=False):
     status: Union[int, None] = None
 
 
+class Attempt(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
+    """One upstream attempt of a completion, in the order made: ``{"provider": "openai",
+    "model": "gpt-4o-mini", "error": "rate_limited", "status": 429}``. The attempt that
+    served the completion has no ``error``."""
+
+    provider: str
+    model: str
+    error: Union[str, None] = None
+    status: Union[int, None] = None
+
+
 class _HubMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True, gc=False):
     """Base of hub messages (tagged on ``type``; camelCase fields; None fields omitted)."""
 
@@ -295,6 +312,7 @@ class Completed(_HubMessage, tag="completed"):
     model: str
     usage: Union[UsageInfo, None] = None
     ttft_ms: Union[float, None] = None
+    attempts: list[Attempt] = []
 
 
 class ErrorMessage(_HubMessage, tag="error"):
@@ -306,10 +324,27 @@ class ErrorMessage(_HubMessage, tag="error"):
     completion_id: Union[str, None] = None
     seq: Union[int, None] = None
     usage: Union[UsageInfo, None] = None
+    attempts: list[Attempt] = []
 
 
 class Pong(_HubMessage, tag="pong"):
     """Answer to ``ping``."""
+
+
+class CircuitState(_HubMessage, tag="circuit_state"):
+    """A provider's circuit breaker changed state; published on the ``system`` channel:
+    ``{"type":"circuit_state","seq":3,"provider":"openai","baseUrl":"https://api.openai.com/v1",
+    "state":"open","previous":"closed","failureRate":0.6,"requests":10}``. ``state`` is
+    ``closed`` (requests flow), ``open`` (requests fail over at once) or ``half_open``
+    (probe requests test the provider)."""
+
+    seq: int
+    provider: str
+    base_url: str
+    state: str
+    previous: str
+    failure_rate: Union[float, None] = None
+    requests: Union[int, None] = None
 
 
 HubMessage = Union[
@@ -323,6 +358,7 @@ HubMessage = Union[
     Completed,
     ErrorMessage,
     Pong,
+    CircuitState,
 ]
 
 _ENCODER = msgspec.json.Encoder()
