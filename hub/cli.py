@@ -2,7 +2,11 @@
 
 Commands::
 
-    cbhub serve [--host H] [--port P]       run the hub (configuration from the environment)
+    cbhub serve [--config FILE] [--preset NAME] [--host H] [--port P] [--log-level L] [--loop L]
+                                            run the hub; configuration: defaults < preset < file
+                                            < environment < these flags (hub/config.py)
+    cbhub config [--config FILE] [--preset NAME]
+                                            check the configuration and print it as YAML
     cbhub demo [--live]                     mock provider + hub in one process, four providers
                                             streamed concurrently over one WebSocket
     cbhub mock-provider [--port 9100] ...   the mock LLM provider (tools/mock_provider.py)
@@ -15,6 +19,10 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hub.config import HubConfig
 
 __all__ = ["main"]
 
@@ -24,11 +32,16 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the hub")
-    serve.add_argument("--host", help="address to listen on (default CBHUB_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default CBHUB_PORT or 8765)")
-    serve.add_argument("--log-level", default="INFO")
-    serve.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                       help="event loop: asyncio (default) or uvloop (pip install 'circuit-breaker-hub[uvloop]')")
+    _add_config_arguments(serve)
+    serve.add_argument("--host", help="address to listen on (overrides server.host; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (overrides server.port; default 8765)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, ... (overrides monitoring.log_level; default INFO)")
+    serve.add_argument("--loop", choices=("asyncio", "uvloop"),
+                       help="event loop (overrides performance.loop; default asyncio); uvloop needs "
+                            "pip install 'circuit-breaker-hub[uvloop]'")
+
+    config = commands.add_parser("config", help="check the configuration and print it as YAML (API keys hidden)")
+    _add_config_arguments(config)
 
     demo = commands.add_parser("demo", help="stream from all four provider formats over one WebSocket")
     demo.add_argument("--live", action="store_true", help="use the real providers whose keys are in the environment")
@@ -40,6 +53,23 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("mock-provider", help="run the mock LLM provider", add_help=False)
     commands.add_parser("bench", help="run a benchmark scenario (cbhub bench --help)", add_help=False)
     return parser
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (every key: docs/hub.example.yaml)")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="high_performance, high_efficiency or debug (hub/presets); the file overrides it")
+
+
+def _load_config(args: argparse.Namespace, **overrides: object) -> HubConfig | None:
+    """The effective config, or None after printing the config error to stderr."""
+    from hub.config import ConfigError, HubConfig
+
+    try:
+        return HubConfig.load(args.config, args.preset, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        print(f"cbhub: {exc}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,23 +84,30 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = _build_parser().parse_args(argv)
-    if args.command == "serve":
-        from hub.app import serve_forever
-        from hub.config import HubConfig
-
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        try:
-            config = HubConfig.from_env(**overrides)
-        except ValueError as exc:
-            print(f"cbhub: {exc}", file=sys.stderr)
+    if args.command == "config":
+        config = _load_config(args)
+        if config is None:
             return 2
-        if args.loop == "uvloop":
+        layers = ["defaults", *([f"preset {args.preset}"] if args.preset else []),
+                  *([args.config] if args.config else []), "environment"]
+        print(f"# effective configuration of circuit-breaker-hub: {' < '.join(layers)}; API keys shown as ***")
+        sys.stdout.write(config.to_yaml())
+        return 0
+    if args.command == "serve":
+        config = _load_config(args, host=args.host, port=args.port, log_level=args.log_level, loop=args.loop)
+        if config is None:
+            return 2
+        if config.loop == "uvloop":
             try:
                 import uvloop
             except ImportError:
-                print("cbhub: --loop uvloop needs uvloop: pip install 'circuit-breaker-hub[uvloop]'", file=sys.stderr)
+                print("cbhub: the uvloop event loop (performance.loop, --loop) needs uvloop: "
+                      "pip install 'circuit-breaker-hub[uvloop]'", file=sys.stderr)
                 return 2
+        from hub.app import serve_forever
+
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if config.loop == "uvloop":
             uvloop.run(serve_forever(config))
         else:
             asyncio.run(serve_forever(config))

@@ -1,39 +1,58 @@
-"""The hub's one configuration object, read from the environment.
+"""The hub's one configuration object: defaults, a preset, a YAML file, the environment.
 
-Units are in the names (``flush_interval_ms``, ``connect_timeout_s``). A config file may come
-later (DESIGN.md decision 8); every field already has its environment variable:
+``HubConfig`` is a flat msgspec Struct; code and tests build it with keyword arguments
+(``HubConfig(port=0, idle_timeout_s=0.3)``). ``HubConfig.load`` builds it from up to five
+layers, each one overriding the one before, key by key::
 
-=============================  ==============================  =========================================
-field                          environment variable            default
-=============================  ==============================  =========================================
-host, port                     CBHUB_HOST, CBHUB_PORT          127.0.0.1, 8765
-content_chunk_size (chars)     CBHUB_CONTENT_CHUNK_SIZE        100
-flush_interval_ms              CBHUB_FLUSH_INTERVAL_MS         25
-connect_timeout_s              CBHUB_CONNECT_TIMEOUT_S         10
-idle_timeout_s                 CBHUB_IDLE_TIMEOUT_S            120 (max gap between upstream reads; 0 = none)
-grace_period_s                 CBHUB_GRACE_PERIOD_S            30 (run on with no subscriber)
-retention_s                    CBHUB_RETENTION_S               300 (keep a finished completion)
-history_max_events             CBHUB_HISTORY_MAX_EVENTS        10000 (per completion)
-max_message_bytes              CBHUB_MAX_MESSAGE_BYTES         1048576 (client frame)
-openai_api_key / base_url      OPENAI_API_KEY, OPENAI_BASE_URL https://api.openai.com/v1
-anthropic_api_key / base_url   ANTHROPIC_API_KEY,              https://api.anthropic.com
-                               ANTHROPIC_BASE_URL
-gemini_api_key / base_url      GEMINI_API_KEY or               https://generativelanguage.googleapis.com
-                               GOOGLE_API_KEY, GEMINI_BASE_URL
-ollama_host                    OLLAMA_HOST                     http://127.0.0.1:11434
-=============================  ==============================  =========================================
+    defaults  <  --preset NAME (hub/presets/NAME.yaml)  <  --config FILE  <  environment  <  overrides
+
+Overrides are keyword arguments named like the fields; ``cbhub serve`` passes its ``--host``,
+``--port``, ``--log-level`` and ``--loop`` flags this way. ``HubConfig.from_env`` is
+``load`` without a file or preset. Only ``load`` checks values; a ``HubConfig`` built
+directly is taken as given.
+
+The file groups the fields into sections (``server``, ``protocols``, ``buffering``,
+``performance``, ``error_handling``, ``monitoring``, ``providers``, ``fallbacks``, ``limits``,
+``lifecycle``). Units are in the names (``flush_interval_ms``, ``connect_s``,
+``memory_budget_bytes``). :data:`KEYS` is the one table of every key: its path in the file,
+its field, its environment variables, its check and its description. The documentation is
+rendered from it and tests compare the two::
+
+    python -m hub.config example  > docs/hub.example.yaml   # every key, its default, a comment
+    python -m hub.config env-table                          # the table in README.md
+
+Every value is checked when the config is loaded. An unknown key, a value of the wrong type
+or out of range raises :class:`ConfigError` (a ``ValueError``) whose message names the key
+and where the value came from, for example::
+
+    config error: error_handling.retries.max_attempts: expected int, got "three" [in hub.yaml]
+    config error: limits.max_conections: unknown key (did you mean max_connections?) [in hub.yaml]
+    config error: server.port: expected int, got 'eighty' [from CBHUB_PORT]
+
+An environment variable that is set but empty is ignored (except ``CBHUB_DEAD_LETTER_PATH``,
+where empty turns the dead-letter log off). ``fallbacks`` has no variable.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
+import math
 import os
+import sys
 import tempfile
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+import yaml
 
-__all__ = ["HubConfig", "DEFAULT_BASE_URLS"]
+__all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "PRESETS_DIR", "preset_names"]
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -41,6 +60,15 @@ DEFAULT_BASE_URLS = {
     "google": "https://generativelanguage.googleapis.com",
     "ollama": "http://127.0.0.1:11434",
 }
+
+#: Where the presets live: one partial config file per preset, ``NAME.yaml``.
+PRESETS_DIR = Path(__file__).with_name("presets")
+
+LOOPS = ("asyncio", "uvloop")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message starts with ``config error:`` and names the key."""
 
 
 def _ollama_url(host: str) -> str:
@@ -52,8 +80,14 @@ def _ollama_url(host: str) -> str:
     return url if urlsplit(url).port is not None else url.rstrip("/") + ":11434"
 
 
+def preset_names() -> list[str]:
+    """The names ``--preset`` accepts, sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 class HubConfig(msgspec.Struct, kw_only=True):
-    """Everything the hub can be told. See the module docstring for variables and defaults."""
+    """Everything the hub can be told. :data:`KEYS` gives each field its key in the config file,
+    its environment variables and its check; build one with :meth:`load` to have it checked."""
 
     host: str = "127.0.0.1"
     port: int = 8765
@@ -109,51 +143,70 @@ class HubConfig(msgspec.Struct, kw_only=True):
     loop: str = "asyncio"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> HubConfig:
-        """Build a config from environment variables (``os.environ`` by default).
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        preset: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> HubConfig:
+        """Build the config from its layers: defaults < ``preset`` < the file at ``path`` <
+        environment variables (``environ``, ``os.environ`` by default) < ``overrides``.
+
+        Args:
+            path: a YAML file in the schema of :data:`KEYS` (docs/hub.example.yaml).
+            preset: the name of a preset in hub/presets (:func:`preset_names`).
+            environ: the environment variables to read.
+            overrides: field values that win over everything (``port=0``).
 
         Raises:
-            ValueError: a numeric variable that does not parse, naming the variable.
+            ConfigError: an unreadable file, an unknown preset or key, a value of the wrong
+                type or out of range; the message names the key and the value's source.
+            TypeError: an override that is not a field.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-
-        def number(name: str, field: str, kind: type) -> None:
-            raw = env.get(name)
-            if raw:
-                try:
-                    values[field] = kind(raw)
-                except ValueError:
-                    raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-
-        number("CBHUB_PORT", "port", int)
-        number("CBHUB_CONTENT_CHUNK_SIZE", "content_chunk_size", int)
-        number("CBHUB_FLUSH_INTERVAL_MS", "flush_interval_ms", float)
-        number("CBHUB_CONNECT_TIMEOUT_S", "connect_timeout_s", float)
-        number("CBHUB_IDLE_TIMEOUT_S", "idle_timeout_s", float)
-        number("CBHUB_GRACE_PERIOD_S", "grace_period_s", float)
-        number("CBHUB_RETENTION_S", "retention_s", float)
-        number("CBHUB_HISTORY_MAX_EVENTS", "history_max_events", int)
-        number("CBHUB_MAX_MESSAGE_BYTES", "max_message_bytes", int)
-        text_vars = {
-            "CBHUB_HOST": "host",
-            "OPENAI_API_KEY": "openai_api_key",
-            "OPENAI_BASE_URL": "openai_base_url",
-            "ANTHROPIC_API_KEY": "anthropic_api_key",
-            "ANTHROPIC_BASE_URL": "anthropic_base_url",
-            "GEMINI_BASE_URL": "gemini_base_url",
-            "OLLAMA_HOST": "ollama_host",
-        }
-        for name, field in text_vars.items():
-            if env.get(name):
-                values[field] = env[name]
-        gemini_key = env.get("GEMINI_API_KEY") or env.get("GOOGLE_API_KEY")
-        if gemini_key:
-            values["gemini_api_key"] = gemini_key
-        values.update(overrides)
-        config = cls(**values)  # type: ignore[arg-type]
-        config.ollama_host = _ollama_url(config.ollama_host)
+        values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        if preset is not None:
+            _apply(values, origins, _preset_document(preset), f"in preset {preset}")
+        if path is not None:
+            _apply(values, origins, _read_document(os.fspath(path)), f"in {os.fspath(path)}")
+        _apply_environ(values, origins, os.environ if environ is None else environ)
+        for field, value in overrides.items():
+            if field not in cls.__struct_fields__:
+                raise TypeError(f"HubConfig.load() got an unexpected keyword argument {field!r}")
+            key = _BY_FIELD.get(field)
+            values[field] = value if key is None else _convert(key, value, "override")
+            origins[field] = "override"
+        config = cls(**values)
+        _normalize_and_check(config, origins)
         return config
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
+        """Build a config from environment variables (``os.environ`` by default) and
+        ``overrides``: :meth:`load` without a file or preset.
+
+        Raises:
+            ConfigError: a variable that does not parse or is out of range, naming the variable.
+        """
+        return cls.load(environ=environ, **overrides)
+
+    def to_yaml(self, *, redact: bool = True) -> str:
+        """This config as a YAML file in the schema of :data:`KEYS` (every key), which
+        :meth:`load` reads back. With ``redact``, API keys are shown as ``"***"``."""
+        document: dict[str, Any] = {}
+        for key in KEYS:
+            value = getattr(self, key.field)
+            if key.secret and redact and value:
+                value = "***"
+            elif isinstance(value, dict):
+                value = {k: list(v) for k, v in value.items()}
+            node = document
+            *sections, leaf = key.path.split(".")
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[leaf] = value
+        return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
     def provider_configured(self, provider: str) -> bool:
         """Whether ``provider`` (``openai``, ``anthropic``, ``google``, ``ollama``) can be
@@ -170,3 +223,517 @@ class HubConfig(msgspec.Struct, kw_only=True):
     def secrets(self) -> tuple[str, ...]:
         """The configured API keys, for redaction."""
         return tuple(k for k in (self.openai_api_key, self.anthropic_api_key, self.gemini_api_key) if k)
+
+
+# The table of keys.
+
+Check = Callable[[Any], "str | None"]
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}, got {_show(v)}"
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}, got {_show(v)}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {_show(v)}"
+
+
+def _rate(v: float) -> str | None:
+    return None if 0 < v <= 1 else f"must be > 0 and <= 1, got {_show(v)}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {_show(v)}"
+
+
+def _not_empty(v: str) -> str | None:
+    return None if v else "must not be empty"
+
+
+def _http_url(v: str) -> str | None:
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError as exc:
+        return f"not a valid URL ({exc}), got {_show(v)}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL, got {_show(v)}"
+    return None
+
+
+def _log_level(v: str) -> str | None:
+    names = logging.getLevelNamesMapping()
+    if v.upper() in names:
+        return None
+    return f"must be a logging level ({', '.join(n for n in names if n not in ('WARN', 'FATAL'))}), got {_show(v)}"
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the config file.
+
+    Attributes:
+        path: dotted path in the YAML file (``error_handling.retries.max_attempts``).
+        field: the ``HubConfig`` field it sets.
+        env: environment variables that set it, the first one set wins.
+        help: one line for the docs.
+        check: ``value -> problem or None``, run on the effective value.
+        secret: an API key: redacted in ``cbhub config`` and in messages.
+        doc_default: the default as the docs show it, where it depends on the machine.
+        example: the value docs/hub.example.yaml shows, where the default depends on the machine.
+        empty_env: a variable set to the empty string is a value, not "unset".
+        notes: comment lines after the key in docs/hub.example.yaml.
+        more: said after ``help`` in README.md only.
+    """
+
+    path: str
+    field: str
+    env: tuple[str, ...] = ()
+    help: str = ""
+    check: Check | None = None
+    secret: bool = False
+    doc_default: str | None = None
+    example: Any = None
+    empty_env: bool = False
+    notes: tuple[str, ...] = ()
+    more: str = ""
+
+
+def _key(path: str, field: str, env: str | tuple[str, ...] | None, help: str, check: Check | None = None,
+         **more: Any) -> Key:
+    names = (env,) if isinstance(env, str) else (env or ())
+    return Key(path, field, names, help, check, **more)
+
+
+_NON_NEGATIVE = _at_least(0)
+_POSITIVE_INT = _at_least(1)
+
+#: Every key of the config file, in the order of docs/hub.example.yaml.
+KEYS: tuple[Key, ...] = (
+    _key("server.host", "host", "CBHUB_HOST", "address to listen on (`--host`)", _not_empty),
+    _key("server.port", "port", "CBHUB_PORT", "port to listen on, 0 for any free port (`--port`)", _between(0, 65535)),
+    _key("protocols.websocket.max_message_bytes", "max_message_bytes", "CBHUB_MAX_MESSAGE_BYTES",
+         "largest client WebSocket message and HTTP request body", _POSITIVE_INT),
+    _key("protocols.websocket.ping_interval_s", "ws_ping_interval_s", "CBHUB_WS_PING_INTERVAL_S",
+         "how often the hub pings each WebSocket client", _NON_NEGATIVE),
+    _key("protocols.websocket.pong_timeout_s", "ws_pong_timeout_s", "CBHUB_WS_PONG_TIMEOUT_S",
+         "how long a WebSocket client has to answer a ping", _NON_NEGATIVE),
+    _key("protocols.sse.keepalive_interval_s", "sse_keepalive_interval_s", "CBHUB_SSE_KEEPALIVE_INTERVAL_S",
+         "how often an idle SSE stream gets a keepalive comment", _NON_NEGATIVE),
+    _key("buffering.content_chunk_size_chars", "content_chunk_size", "CBHUB_CONTENT_CHUNK_SIZE",
+         "coalescing: send merged text once it reaches this many characters", _POSITIVE_INT),
+    _key("buffering.flush_interval_ms", "flush_interval_ms", "CBHUB_FLUSH_INTERVAL_MS",
+         "coalescing: send merged text once its oldest piece is this old", _NON_NEGATIVE),
+    _key("buffering.history_max_events", "history_max_events", "CBHUB_HISTORY_MAX_EVENTS",
+         "events kept per completion for late subscribers", _NON_NEGATIVE),
+    _key("buffering.completion_max_buffered_bytes", "completion_max_buffered_bytes",
+         "CBHUB_COMPLETION_MAX_BUFFERED_BYTES", "most bytes buffered for one completion", _POSITIVE_INT),
+    _key("performance.loop", "loop", "CBHUB_LOOP",
+         "event loop: `asyncio` or `uvloop` (pip install 'circuit-breaker-hub[uvloop]'; `--loop`)",
+         _one_of(*LOOPS)),
+    _key("error_handling.retries.max_attempts", "retry_max_attempts", "CBHUB_RETRY_MAX_ATTEMPTS",
+         "attempts per provider request, the first included (1 = no retries)", _POSITIVE_INT,
+         more="Retries and fallbacks happen only before any content was forwarded to the client."),
+    _key("error_handling.retries.base_delay_ms", "retry_base_delay_ms", "CBHUB_RETRY_BASE_DELAY_MS",
+         "backoff before the first retry, growing exponentially", _NON_NEGATIVE),
+    _key("error_handling.retries.max_delay_ms", "retry_max_delay_ms", "CBHUB_RETRY_MAX_DELAY_MS",
+         "longest backoff between two attempts (at least `base_delay_ms`)", _NON_NEGATIVE),
+    _key("error_handling.retries.retry_after_max_s", "retry_after_max_s", "CBHUB_RETRY_AFTER_MAX_S",
+         "longest `Retry-After` of a provider that the hub waits for", _NON_NEGATIVE),
+    _key("error_handling.timeouts.connect_s", "connect_timeout_s", "CBHUB_CONNECT_TIMEOUT_S",
+         "connecting to a provider", _NON_NEGATIVE),
+    _key("error_handling.timeouts.first_byte_s", "first_byte_timeout_s", "CBHUB_FIRST_BYTE_TIMEOUT_S",
+         "longest wait for the first byte of a provider's response body; 0 = none", _NON_NEGATIVE),
+    _key("error_handling.timeouts.idle_s", "idle_timeout_s", "CBHUB_IDLE_TIMEOUT_S",
+         "longest wait for a provider's response headers and longest gap between two reads of its body; "
+         "0 = none", _NON_NEGATIVE,
+         more="The headers are waited for after connecting; error bodies are included (`upstream_timeout`)."),
+    _key("error_handling.timeouts.total_s", "total_timeout_s", "CBHUB_TOTAL_TIMEOUT_S",
+         "longest a whole provider request may take; 0 = none", _NON_NEGATIVE),
+    _key("error_handling.circuit_breaker.failure_rate", "breaker_failure_rate", "CBHUB_BREAKER_FAILURE_RATE",
+         "share of failed requests in the window that opens the breaker (0 < rate <= 1)", _rate,
+         more="There is one breaker per provider and base URL."),
+    _key("error_handling.circuit_breaker.window_s", "breaker_window_s", "CBHUB_BREAKER_WINDOW_S",
+         "the window the failure rate is measured over", _positive),
+    _key("error_handling.circuit_breaker.min_requests", "breaker_min_requests", "CBHUB_BREAKER_MIN_REQUESTS",
+         "requests in the window before the breaker may open", _POSITIVE_INT),
+    _key("error_handling.circuit_breaker.cooldown_s", "breaker_cooldown_s", "CBHUB_BREAKER_COOLDOWN_S",
+         "how long an open breaker rejects requests before it lets probes through", _NON_NEGATIVE),
+    _key("error_handling.circuit_breaker.half_open_probes", "breaker_half_open_probes",
+         "CBHUB_BREAKER_HALF_OPEN_PROBES", "trial requests a half-open breaker lets through", _POSITIVE_INT),
+    _key("error_handling.dead_letter.path", "dead_letter_path", "CBHUB_DEAD_LETTER_PATH",
+         "JSON-lines log of invalid upstream responses; \"\" turns it off",
+         more="A set but empty `CBHUB_DEAD_LETTER_PATH` turns it off too.",
+         doc_default="`<temp dir>/cbhub/dead-letter.jsonl`", example="/tmp/cbhub/dead-letter.jsonl",
+         empty_env=True),
+    _key("error_handling.dead_letter.max_bytes", "dead_letter_max_bytes", "CBHUB_DEAD_LETTER_MAX_BYTES",
+         "size at which the dead-letter log is rotated", _POSITIVE_INT),
+    _key("error_handling.dead_letter.backups", "dead_letter_backups", "CBHUB_DEAD_LETTER_BACKUPS",
+         "rotated dead-letter logs kept", _NON_NEGATIVE),
+    _key("monitoring.log_level", "log_level", "CBHUB_LOG_LEVEL",
+         "DEBUG, INFO, WARNING, ERROR or CRITICAL (`--log-level`)", _log_level),
+    _key("providers.openai.api_key", "openai_api_key", "OPENAI_API_KEY", "sent as `Authorization: Bearer`",
+         secret=True),
+    _key("providers.openai.base_url", "openai_base_url", "OPENAI_BASE_URL",
+         "OpenAI or any OpenAI-compatible server", _http_url),
+    _key("providers.anthropic.api_key", "anthropic_api_key", "ANTHROPIC_API_KEY", "sent as `x-api-key`",
+         secret=True),
+    _key("providers.anthropic.base_url", "anthropic_base_url", "ANTHROPIC_BASE_URL",
+         "Anthropic or an Anthropic-compatible server", _http_url),
+    _key("providers.google.api_key", "gemini_api_key", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+         "sent as `x-goog-api-key`", secret=True),
+    _key("providers.google.base_url", "gemini_base_url", "GEMINI_BASE_URL", "Gemini API", _http_url),
+    _key("providers.ollama.host", "ollama_host", "OLLAMA_HOST",
+         "Ollama; `host` or `host:port` get `http://` and port 11434, as with Ollama itself", _http_url),
+    _key("fallbacks", "fallbacks", None,
+         "model -> models to try in order when it fails before any content was forwarded",
+         notes=("fallbacks:", "  openai/gpt-4o-mini: [anthropic/claude-3-5-haiku-latest, ollama/llama3.2]")),
+    _key("limits.max_connections", "max_connections", "CBHUB_MAX_CONNECTIONS",
+         "open client connections (WebSocket and SSE)", _POSITIVE_INT),
+    _key("limits.max_completions", "max_completions", "CBHUB_MAX_COMPLETIONS",
+         "completions the hub holds at once", _POSITIVE_INT),
+    _key("limits.max_completions_per_connection", "max_completions_per_connection",
+         "CBHUB_MAX_COMPLETIONS_PER_CONNECTION", "completions one WebSocket connection may start and hold at once",
+         _POSITIVE_INT),
+    _key("limits.memory_budget_bytes", "memory_budget_bytes", "CBHUB_MEMORY_BUDGET_BYTES",
+         "bytes the hub may buffer in all", _POSITIVE_INT),
+    _key("limits.outbound_soft_limit_bytes", "outbound_soft_limit_bytes", "CBHUB_OUTBOUND_SOFT_LIMIT_BYTES",
+         "soft limit of bytes queued for one client, at most the hard limit", _POSITIVE_INT),
+    _key("limits.outbound_hard_limit_bytes", "outbound_hard_limit_bytes", "CBHUB_OUTBOUND_HARD_LIMIT_BYTES",
+         "hard limit of bytes queued for one client", _POSITIVE_INT),
+    _key("lifecycle.grace_period_s", "grace_period_s", "CBHUB_GRACE_PERIOD_S",
+         "how long a completion runs on after its last subscriber leaves", _NON_NEGATIVE),
+    _key("lifecycle.retention_s", "retention_s", "CBHUB_RETENTION_S",
+         "how long a finished completion stays subscribable (with its history)", _NON_NEGATIVE),
+    _key("lifecycle.shutdown_drain_timeout_s", "shutdown_drain_timeout_s", "CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S",
+         "on SIGINT or SIGTERM, how long running completions get to finish", _NON_NEGATIVE),
+)
+
+_SECTION_HELP = {
+    "server": "Where the hub listens.",
+    "protocols": "The client protocols: WebSocket (/ws/stream) and server-sent events.",
+    "buffering": "Coalescing of text deltas and what each completion keeps.",
+    "performance": "The event loop.",
+    "error_handling": "Retries, timeouts, the circuit breaker and the dead-letter log, per provider request.",
+    "monitoring": "Logging.",
+    "providers": "The LLM providers. OpenAI, Anthropic and Gemini need a key while their base URL is the\n"
+                 "public default; with another base URL (a local server) none is needed. Ollama needs none.",
+    "fallbacks": "Model fallbacks (no environment variable).",
+    "limits": "Limits that protect the hub.",
+    "lifecycle": "Completion lifetimes and shutdown.",
+}
+
+_BY_FIELD = {key.field: key for key in KEYS}
+_FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(HubConfig)}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML output without anchors and aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _tree() -> dict[str, Any]:
+    """The sections of KEYS as nested dicts, leaves being the Keys."""
+    root: dict[str, Any] = {}
+    for key in KEYS:
+        node = root
+        *sections, leaf = key.path.split(".")
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[leaf] = key
+    return root
+
+
+_TREE = _tree()
+
+
+# Reading and checking.
+
+
+def _show(value: Any) -> str:
+    """A value as the messages quote it: YAML-ish scalars, strings in double quotes."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _fail(path: str, problem: str, where: str | None) -> ConfigError:
+    return ConfigError(f"config error: {path}: {problem}" + (f" [{where}]" if where else ""))
+
+
+def _convert(key: Key, value: Any, where: str, path: str | None = None) -> Any:
+    """``value`` (from YAML or an override) as the type of ``key.field``, or ConfigError."""
+    path = path or key.path
+    kind = _FIELD_TYPES[key.field]
+    shown = _show(value)
+    if key.secret and isinstance(value, (int, float)):  # never echo what may be a key
+        shown = "a boolean" if isinstance(value, bool) else "a number"
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _fail(path, f"expected int, got {shown}", where)
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _fail(path, f"expected a finite number, got {shown}", where)
+            return float(value)
+        raise _fail(path, f"expected a number, got {shown}", where)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise _fail(path, f"expected a string, got {shown}", where)
+    if isinstance(kind, types.UnionType):  # str | None: the API keys
+        if value is None or isinstance(value, str):
+            return value
+        raise _fail(path, f"expected a string or null, got {shown}", where)
+    return _convert_fallbacks(value, path, where)
+
+
+def _convert_fallbacks(value: Any, path: str, where: str) -> dict[str, list[str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(path, f"expected a mapping of model to a list of models, got {_show(value)}", where)
+    result: dict[str, list[str]] = {}
+    for model, chain in value.items():
+        if not isinstance(model, str) or not model:
+            raise _fail(path, f"expected model names as keys, got {_show(model)}", where)
+        entry = f"{path}[{json.dumps(model)}]"
+        if not isinstance(chain, list):
+            raise _fail(entry, f"expected a list of models, got {_show(chain)}", where)
+        for i, item in enumerate(chain):
+            if not isinstance(item, str) or not item:
+                raise _fail(f"{entry}[{i}]", f"expected a model name, got {_show(item)}", where)
+        result[model] = list(chain)
+    return result
+
+
+def _unknown(path: str, name: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"expected one of: {', '.join(known)}"
+    return _fail(path, f"unknown key ({hint})", where)
+
+
+def _apply(values: dict[str, Any], origins: dict[str, str], document: Any, where: str) -> None:
+    """Check a parsed YAML document against :data:`KEYS` and set the values it gives."""
+    if document is None:
+        return
+    if not isinstance(document, Mapping):
+        raise ConfigError(f"config error: expected a mapping of sections at the top, got {_show(document)} [{where}]")
+
+    def walk(node: Mapping[Any, Any], tree: dict[str, Any], prefix: str) -> None:
+        for name, value in node.items():
+            name = name if isinstance(name, str) else _show(name)
+            path = prefix + name
+            entry = tree.get(name)
+            if entry is None:
+                raise _unknown(path, name, list(tree), where)
+            if isinstance(entry, Key):
+                values[entry.field] = _convert(entry, value, where)
+                origins[entry.field] = where
+            elif value is None:  # a section with every key commented out
+                continue
+            elif isinstance(value, Mapping):
+                walk(value, entry, path + ".")
+            else:
+                raise _fail(path, f"expected a section (a mapping of {', '.join(entry)}), got {_show(value)}", where)
+
+    walk(document, _TREE, "")
+
+
+def _read_document(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise ConfigError(f"config error: {path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config error: {path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config error: {path}: invalid YAML{at}: {problem}") from None
+
+
+def _preset_document(name: str) -> Any:
+    names = preset_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"config error: unknown preset {_show(name)} ({hint}available: {', '.join(names)})")
+    return _read_document(str(PRESETS_DIR / f"{name}.yaml"))
+
+
+def _apply_environ(values: dict[str, Any], origins: dict[str, str], env: Mapping[str, str]) -> None:
+    for key in KEYS:
+        for name in key.env:
+            raw = env.get(name)
+            if raw is None or (raw == "" and not key.empty_env):
+                continue
+            kind = _FIELD_TYPES[key.field]
+            if kind is int or kind is float:
+                try:
+                    number = kind(raw)
+                except ValueError:
+                    expected = "int" if kind is int else "a number"
+                    raise _fail(key.path, f"expected {expected}, got {raw!r}", f"from {name}") from None
+                values[key.field] = _convert(key, number, f"from {name}")
+            else:
+                values[key.field] = raw
+            origins[key.field] = f"from {name}"
+            break
+
+
+def _normalize_and_check(config: HubConfig, origins: dict[str, str]) -> None:
+    """Normalize the Ollama host to a URL, run every check, then write the log level in capitals."""
+    if "://" not in config.ollama_host:  # another scheme than http(s) fails the URL check below
+        try:
+            config.ollama_host = _ollama_url(config.ollama_host)
+        except ValueError:
+            pass  # a port that is not a number: the URL check below names the key
+    for key in KEYS:
+        if key.check is not None:
+            problem = key.check(getattr(config, key.field))
+            if problem:
+                raise _fail(key.path, problem, origins.get(key.field))
+    pairs = (("retry_base_delay_ms", "retry_max_delay_ms"), ("outbound_soft_limit_bytes", "outbound_hard_limit_bytes"))
+    for low, high in pairs:
+        if getattr(config, low) > getattr(config, high):
+            low_key, high_key = _BY_FIELD[low], _BY_FIELD[high]
+            raise _fail(low_key.path, f"must be <= {high_key.path} ({_show(getattr(config, high))}), "
+                                      f"got {_show(getattr(config, low))}", origins.get(low) or origins.get(high))
+    _check_fallbacks(config.fallbacks, origins.get("fallbacks"))
+    config.log_level = config.log_level.upper()
+
+
+def _check_fallbacks(fallbacks: dict[str, list[str]], where: str | None) -> None:
+    if not fallbacks:
+        return
+    from hub.providers import resolve_model  # hub.providers imports this module
+    from protocol.errors import ProviderError
+
+    for model, chain in fallbacks.items():
+        entry = f"fallbacks[{json.dumps(model)}]"
+        for path, name in ((entry, model), *((f"{entry}[{i}]", item) for i, item in enumerate(chain))):
+            try:
+                resolve_model(name)
+            except ProviderError:
+                raise _fail(path, f"no provider serves model {_show(name)} (use openai/, anthropic/, google/ or "
+                                  "ollama/ followed by the provider's model name)", where) from None
+        if model in chain:
+            raise _fail(entry, "a model cannot be its own fallback", where)
+
+
+# Documentation rendered from KEYS.
+
+
+def _yaml_scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
+    return text.removesuffix("...").strip()
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def _doc_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return f"`{int(value)}`" if value.is_integer() else f"`{value!r}`"
+    if isinstance(value, dict):
+        return "none" if not value else f"`{json.dumps(value)}`"
+    return f"`{value}`"
+
+
+def example_yaml() -> str:
+    """docs/hub.example.yaml: every key with its default and a comment."""
+    defaults = HubConfig()
+    lines = [
+        "# circuit-breaker-hub configuration: every key, with its default.",
+        "#",
+        "#   cbhub serve --config hub.yaml [--preset high_performance|high_efficiency|debug]",
+        "#   cbhub config --config hub.yaml      # check it and print the effective configuration",
+        "#",
+        "# Precedence, key by key: defaults < --preset < this file < environment variables",
+        "# < --host/--port/--log-level/--loop. A file only needs the keys it changes.",
+        "# The comment after a value names its environment variable. Units are in the key names.",
+        "#",
+        "# Generated from the table in hub/config.py: python -m hub.config example",
+    ]
+    printed: list[str] = []
+    for key in KEYS:
+        *sections, leaf = key.path.split(".")
+        common = 0
+        while common < min(len(sections), len(printed)) and sections[common] == printed[common]:
+            common += 1
+        for depth in range(common, len(sections)):
+            if depth == 0:
+                lines.append("")
+                lines.extend(f"# {line}" for line in _SECTION_HELP[sections[0]].splitlines())
+            lines.append("  " * depth + sections[depth] + ":")
+        printed = sections
+        indent = "  " * len(sections)
+        value = key.example if key.example is not None else getattr(defaults, key.field)
+        note = key.help.replace("`", "")
+        if key.doc_default:
+            note += f"; default {key.doc_default.replace('`', '')}"
+        elif key.field.endswith("_bytes"):
+            note += f" ({_size(value)})"
+        if not sections:
+            lines.append("")
+            lines.append(f"# {_SECTION_HELP[leaf]}")
+        lines.append(f"{indent}# {note}")
+        env = f"  # {' or '.join(key.env)}" if key.env else ""
+        lines.append(f"{indent}{leaf}: {_yaml_scalar(value)}{env}")
+        lines.extend(f"{indent}# {note_line}" for note_line in key.notes)
+    return "\n".join(lines) + "\n"
+
+
+def env_table_markdown() -> str:
+    """The table of environment variables in README.md."""
+    defaults = HubConfig()
+    rows = ["| variable | key in the file | default | meaning |", "|---|---|---|---|"]
+    for key in KEYS:
+        if not key.env:
+            continue
+        names = f"`{key.env[0]}`" + "".join(f" (or `{name}`)" for name in key.env[1:])
+        value = getattr(defaults, key.field)
+        default = key.doc_default or _doc_value(value)
+        if key.field.endswith("_bytes"):
+            default += f" ({_size(value)})"
+        meaning = f"{key.help}. {key.more}" if key.more else key.help
+        rows.append(f"| {names} | `{key.path}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    what = sys.argv[1:] or ["example"]
+    if what == ["example"]:
+        sys.stdout.write(example_yaml())
+    elif what == ["env-table"]:
+        sys.stdout.write(env_table_markdown())
+    else:
+        sys.exit("usage: python -m hub.config example|env-table")
