@@ -25,6 +25,7 @@ from hub.connection import WebSocketConnection, WriteScheduler, websocket_handle
 from hub.multiplexer import StreamMultiplexer
 from hub.openai_api import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.providers import ProviderClient
+from hub.resilience import DeadLetterLog
 
 __all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
 
@@ -45,6 +46,7 @@ class Hub:
         self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
         self.connections: set[WebSocketConnection] = set()
         self.session: aiohttp.ClientSession | None = None
+        self.dead_letters: DeadLetterLog | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
         self.url = ""
         self.ready = False
@@ -55,7 +57,10 @@ class Hub:
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             auto_decompress=True,
         )
-        self.completions = CompletionManager(self.config, self.multiplexer, ProviderClient(self.session, self.config))
+        config = self.config
+        self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes, config.dead_letter_backups)
+        client = ProviderClient(self.session, config, self.dead_letters)
+        self.completions = CompletionManager(config, self.multiplexer, client)
         self.ready = True
 
     async def shutdown(self, app: web.Application) -> None:
@@ -76,6 +81,8 @@ class Hub:
                 connection.abort()
         if self.session is not None:
             await self.session.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()
 
 
 async def healthz_handler(request: web.Request) -> web.Response:

@@ -25,9 +25,12 @@ import logging
 import os
 from typing import Any
 
+import msgspec
+
 from hub.config import HubConfig
 from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
 from hub.providers import ProviderClient, UpstreamRequest, build_request
+from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
 from protocol.errors import HubError, ProtocolError, ProviderError, redact
 from protocol.events import (
@@ -43,6 +46,8 @@ from protocol.events import (
     Usage,
 )
 from protocol.messages import (
+    Attempt,
+    CircuitState,
     CitationMessage,
     Completed,
     Completion,
@@ -56,7 +61,7 @@ from protocol.messages import (
     encode,
 )
 
-__all__ = ["CompletionRun", "CompletionManager"]
+__all__ = ["CompletionRun", "CompletionManager", "retry_delay_s"]
 
 log = logging.getLogger("cbhub.completions")
 
@@ -89,10 +94,15 @@ class CompletionRun:
         self._timer: asyncio.TimerHandle | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._cancel_error: HubError | None = None
+        self._attempts: list[Attempt] = []  # attempts that ended, in order
+        self._current: tuple[str, str] | None = None  # (provider, model) of the attempt under way
+        self._started = 0.0
         config = manager.config
-        self._buffer = StreamBuffer(
-            config.content_chunk_size, config.flush_interval_ms, enabled=request.coalesce, release_first=True
-        )
+        self._buffer_settings: dict[str, Any] = {
+            "chunk_size": config.content_chunk_size, "flush_interval_ms": config.flush_interval_ms,
+            "enabled": request.coalesce, "release_first": True,
+        }
+        self._buffer = StreamBuffer(**self._buffer_settings)
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -103,23 +113,40 @@ class CompletionRun:
     # Lifecycle.
 
     def start(self) -> None:
-        """Resolve the model and start streaming; an error is published at once if the
-        model is unknown, its provider is not configured, or the request cannot be
-        translated for it."""
-        try:
-            upstream = build_request(self.request, self.manager.config)
-        except HubError as exc:
-            self._fail(exc)
+        """Resolve the model (and its fallbacks) and start streaming. An error is published
+        at once when no candidate can be called: every model is unknown, its provider is
+        not configured, or the request cannot be translated for it."""
+        candidates: list[tuple[str, UpstreamRequest | HubError]] = []
+        for model in self._candidate_models():
+            try:
+                candidates.append((model, build_request(self._with_model(model), self.manager.config)))
+            except HubError as exc:
+                candidates.append((model, exc))
+            except Exception as exc:  # a bug of ours: the completion fails, the connection lives
+                log.exception("building the upstream request of %s failed", self.id)
+                candidates.append((model, HubError(f"internal error: {type(exc).__name__}", "internal_error")))
+        if not any(isinstance(target, UpstreamRequest) for _, target in candidates):
+            error = candidates[0][1]
+            assert isinstance(error, HubError)
+            self._attempts = [Attempt(_provider_of(model), model, error.code) for model, _ in candidates]
+            self._fail(error)
             return
-        except Exception as exc:  # a bug of ours: the completion fails, the connection lives
-            log.exception("building the upstream request of %s failed", self.id)
-            self._fail(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
-            return
-        self.provider = upstream.provider
-        self.model = upstream.model
+        first = next(target for _, target in candidates if isinstance(target, UpstreamRequest))
+        assert isinstance(first, UpstreamRequest)
+        self.provider = first.provider
+        self.model = first.model
         self.state = "streaming"
-        self._task = asyncio.create_task(self._run(upstream), name=f"completion:{self.id}")
+        self._task = asyncio.create_task(self._run(candidates), name=f"completion:{self.id}")
         self._task.add_done_callback(self._on_task_done)
+
+    def _candidate_models(self) -> list[str]:
+        """The model, then the request's fallbacks, then the configured chain (no repeats)."""
+        models = [self.request.model, *self.request.fallbacks,
+                  *self.manager.config.fallbacks.get(self.request.model, [])]
+        return list(dict.fromkeys(models))
+
+    def _with_model(self, model: str) -> Completion:
+        return self.request if model == self.request.model else msgspec.structs.replace(self.request, model=model)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never enters _run, so its except clauses
@@ -164,35 +191,99 @@ class CompletionRun:
 
     # The stream.
 
-    async def _run(self, upstream: UpstreamRequest) -> None:
-        loop = self._loop
-        started = loop.time()
-        push = self._buffer.push
-        flush = self.manager.multiplexer.flush
+    async def _run(self, candidates: list[tuple[str, UpstreamRequest | HubError]]) -> None:
+        """Try the candidates in order, each up to ``retry_max_attempts`` times, until one
+        streams to its end or fails after content was forwarded (docs/PROTOCOL.md,
+        "Retries and fallbacks")."""
+        manager = self.manager
+        config = manager.config
+        self._started = self._loop.time()
+        error: HubError | None = None
         try:
-            async with contextlib.aclosing(self.manager.provider_client.stream(upstream)) as stream:
-                async for events in stream:
-                    now = loop.time()
-                    for event in events:
-                        if self.ttft_ms is None and event.__class__ in _FIRST_OUTPUT:
-                            self.ttft_ms = round((now - started) * 1000.0, 3)
-                        if getattr(event, "choice", 0):
-                            continue  # the hub's protocol carries choice 0 only
-                        self._emit(push(event, now * 1000.0))
-                    self._arm_timer()
-                    flush()  # write this read's events now rather than one loop iteration later
+            for model, target in candidates:
+                if isinstance(target, HubError):
+                    self._attempts.append(Attempt(_provider_of(model), model, target.code))
+                    error = error or target
+                    continue
+                breaker = manager.breakers.get(target.provider, target.endpoint)
+                for attempt in range(max(1, config.retry_max_attempts)):
+                    if not breaker.allow(self._loop.time()):
+                        self._attempts.append(Attempt(target.provider, target.model, "provider_unavailable"))
+                        error = HubError(
+                            f"{target.provider} at {target.endpoint} is failing; its circuit breaker is open",
+                            "provider_unavailable", retryable=True, status=503)
+                        break
+                    self.provider, self.model = target.provider, target.model
+                    self._current = (target.provider, target.model)
+                    failure = await self._attempt(target)
+                    if failure is None:  # served, or failed after content was forwarded
+                        breaker.record(self._loop.time(), ok=self.state == "completed")
+                        return
+                    self._close_attempt(failure)
+                    error = failure
+                    if _counts_against_provider(failure):
+                        breaker.record(self._loop.time(), ok=False)
+                    if failure.code == "auth_failed" or not _may_fail_over(failure):
+                        self._fail(failure)  # the request itself is at fault: no retry, no fallback
+                        return
+                    if not failure.retryable or attempt + 1 >= config.retry_max_attempts:
+                        break  # next candidate
+                    await asyncio.sleep(retry_delay_s(failure, attempt, config))
+            self._fail(error or HubError("no model could be tried", "internal_error"))
         except asyncio.CancelledError:
             self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")
-        except ProviderError as exc:
-            self._fail(exc)
         except Exception as exc:  # a bug of ours must still end the stream for its clients
             log.exception("completion %s failed", self.id)
             self._fail(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
+        finally:
+            self._disarm_timer()
+
+    async def _attempt(self, upstream: UpstreamRequest) -> ProviderError | None:
+        """One upstream request. Returns None when the completion ended (completed, or an
+        error after content was forwarded, both published), or the error when the request
+        failed before anything was forwarded (nothing published: the caller may retry).
+
+        Raises:
+            asyncio.CancelledError: the completion was cancelled.
+        """
+        loop = self._loop
+        flush = self.manager.multiplexer.flush
+        total_s = self.manager.config.total_timeout_s
+        self._buffer = StreamBuffer(**self._buffer_settings)  # nothing of a failed attempt carries over
+        push = self._buffer.push
+        try:
+            async with asyncio.timeout(total_s if total_s > 0 else None):
+                stream = self.manager.provider_client.stream(upstream, request_id=self.id)
+                async with contextlib.aclosing(stream):
+                    async for events in stream:
+                        now = loop.time()
+                        if self._seq == 0 and events[-1].__class__ is StreamFailed:
+                            # Failed before anything reached a client: a retry can still serve it.
+                            failed = events[-1]
+                            if not any(e.__class__ in _FIRST_OUTPUT for e in events):
+                                return ProviderError(failed.message, failed.code, retryable=failed.retryable,
+                                                     status=failed.status)
+                        for event in events:
+                            if self.ttft_ms is None and event.__class__ in _FIRST_OUTPUT:
+                                self.ttft_ms = round((now - self._started) * 1000.0, 3)
+                            if getattr(event, "choice", 0):
+                                continue  # the hub's protocol carries choice 0 only
+                            self._emit(push(event, now * 1000.0))
+                        self._arm_timer()
+                        flush()  # write this read's events now rather than one loop iteration later
+        except TimeoutError:
+            failure = ProviderError(f"{upstream.provider} did not finish within {total_s:g} s",
+                                    "upstream_timeout", retryable=True)
+        except ProviderError as exc:
+            failure = exc
         else:
             if not self.finished:  # the normalizer always ends with a terminal event
                 self._fail(HubError("the provider stream ended without a terminal event", "internal_error"))
-        finally:
-            self._disarm_timer()
+            return None
+        if self._seq == 0:
+            return failure
+        self._fail(failure)  # content was forwarded: the client gets an error, never a silent cut
+        return None
 
     def _arm_timer(self) -> None:
         deadline = self._buffer.deadline_ms
@@ -240,6 +331,7 @@ class CompletionRun:
             elif cls is StreamEnd:
                 self._end_reasoning()
                 self.state = "completed"
+                self._close_attempt(None)
                 self._publish(Completed(
                     self.id,
                     self._next_seq(),
@@ -248,6 +340,7 @@ class CompletionRun:
                     event.model or self.model,
                     _usage_info(event.usage),
                     self.ttft_ms,
+                    self._attempts,
                 ))
                 self.manager.finished(self)
             elif cls is StreamFailed:
@@ -266,11 +359,21 @@ class CompletionRun:
         if self.finished:
             return
         self.state = state
+        self._close_attempt(error)
         message = redact(error.message, self.manager.config.secrets())
         self._publish(ErrorMessage(
-            ErrorInfo(error.code, message, error.retryable, error.status), self.id, self._next_seq(), _usage_info(usage)
+            ErrorInfo(error.code, message, error.retryable, error.status), self.id, self._next_seq(), _usage_info(usage),
+            self._attempts,
         ))
         self.manager.finished(self)
+
+    def _close_attempt(self, error: HubError | None) -> None:
+        """Record the attempt under way (if any) as ended, with ``error`` or as the one that served."""
+        if self._current is not None:
+            provider, model = self._current
+            self._current = None
+            self._attempts.append(Attempt(provider, model, error.code if error else None,
+                                          error.status if error else None))
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -280,30 +383,81 @@ class CompletionRun:
         self.manager.multiplexer.publish(self.channel, EncodedEvent(encode(message), message))
 
 
+def retry_delay_s(failure: HubError, attempt: int, config: HubConfig) -> float:
+    """Seconds to wait before retry ``attempt`` (0 = the first retry): the provider's own
+    ``retry-after`` / ``retry-after-ms`` when it sent one (already capped at
+    ``retry_after_max_s``), else exponential backoff with full jitter."""
+    asked = getattr(failure, "retry_after_s", None)
+    if asked is not None:
+        return asked
+    return backoff_delay_s(attempt, config.retry_base_delay_ms, config.retry_max_delay_ms)
+
+
+def _provider_of(model: str) -> str:
+    """The provider prefix of a model name (``openai/gpt-4o`` → ``openai``), or ""."""
+    return model.partition("/")[0] if "/" in model else ""
+
+
+def _may_fail_over(error: HubError) -> bool:
+    """Whether another attempt (a retry or the next fallback) may serve the request after
+    ``error``: yes for the provider's and the network's faults, no when the request itself
+    was refused (400, 422, auth: every provider would refuse it, or the operator must act)."""
+    return error.retryable or error.code in ("model_not_found", "invalid_upstream_response",
+                                             "provider_not_configured", "provider_unavailable")
+
+
+def _counts_against_provider(error: HubError) -> bool:
+    """Whether ``error`` is a failure of the provider for its circuit breaker."""
+    return error.retryable or error.code == "invalid_upstream_response"
+
+
 def _usage_info(usage: Usage | None) -> UsageInfo | None:
     if usage is None:
         return None
     return UsageInfo(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.reasoning_tokens)
 
 
+_SYSTEM_HISTORY = 100  # system-channel events kept for late subscribers
+
+
 class CompletionManager:
     """Creates, finds and retires completions.
 
     Args:
-        config: timeouts, buffer sizes, grace and retention periods.
-        multiplexer: where completion channels are opened.
+        config: timeouts, buffer sizes, grace and retention periods, retries, breakers.
+        multiplexer: where completion channels (and the ``system`` channel) are opened.
         provider_client: the upstream client shared by all completions.
+
+    Attributes:
+        breakers: the circuit breakers of every provider endpoint; their state changes are
+            published as ``circuit_state`` on the ``system`` channel.
     """
 
     def __init__(self, config: HubConfig, multiplexer: StreamMultiplexer, provider_client: ProviderClient) -> None:
         self.config = config
         self.multiplexer = multiplexer
         self.provider_client = provider_client
+        self.system = multiplexer.channels.get("system") or multiplexer.open_channel("system", _SYSTEM_HISTORY)
+        self._system_seq = 0
+        self.breakers = BreakerRegistry(
+            {"failure_rate": config.breaker_failure_rate, "window_s": config.breaker_window_s,
+             "min_requests": config.breaker_min_requests, "cooldown_s": config.breaker_cooldown_s,
+             "half_open_probes": config.breaker_half_open_probes},
+            on_change=self._circuit_changed,
+        )
         self.runs: dict[str, CompletionRun] = {}
         self._counter = itertools.count(1)
         self._prefix = os.urandom(4).hex()
         self._retirements: dict[str, asyncio.TimerHandle] = {}
         self.closing = False
+
+    def _circuit_changed(self, provider: str, base_url: str, breaker: CircuitBreaker, previous: str) -> None:
+        rate, total = breaker.stats(asyncio.get_running_loop().time())
+        log.warning("circuit of %s at %s: %s -> %s", provider, base_url, previous, breaker.state)
+        self._system_seq += 1
+        message = CircuitState(self._system_seq, provider, base_url, breaker.state, previous,
+                               round(rate, 3) if rate is not None else None, total or None)
+        self.multiplexer.publish(self.system, EncodedEvent(encode(message), message))
 
     def create(self, request: Completion) -> CompletionRun:
         """Open ``completion:<id>`` for a new completion (not started yet: subscribe the

@@ -257,6 +257,9 @@ class WebSocketConnection:
             if not CHANNEL_PATTERN.fullmatch(name):
                 self.send_error(ProtocolError(f"{name!r} is not a channel name", "unknown_channel"))
                 continue
+            if name == "system":
+                accepted.append(name)
+                continue
             kind, _, ident = name.partition(":")
             run = completions.get(ident) if kind == "completion" else None
             if run is None:
@@ -270,6 +273,8 @@ class WebSocketConnection:
         self.deliver(EncodedEvent.of(Subscribed(channels=accepted, streams=streams)))
         for stream in streams:
             self.hub.multiplexer.subscribe_type(self, stream)
+        if "system" in accepted:
+            self.hub.multiplexer.subscribe(self, "system")
         for run in runs:  # after the acknowledgement: replayed history follows it
             completions.subscribe(self, run)
 
