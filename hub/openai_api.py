@@ -50,6 +50,7 @@ _STATUS_BY_CODE = {
     "duplicate_id": 409,
     "model_not_found": 404,
     "provider_not_configured": 503,
+    "provider_unavailable": 503,
     "auth_failed": 502,
     "rate_limited": 429,
     "upstream_timeout": 504,
