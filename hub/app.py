@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from hub.appkeys import HUB_KEY
+from protocol.errors import HubError
 
 from hub.completions import CompletionManager
 from hub.config import HubConfig
@@ -50,6 +51,24 @@ class Hub:
         self.completions: CompletionManager  # set at startup, when a loop runs
         self.url = ""
         self.ready = False
+
+    def admit_completion(self) -> None:
+        """Refuse a new completion when the hub is at a limit (docs/PROTOCOL.md "Limits").
+
+        Raises:
+            HubError: ``too_many_completions`` at ``max_completions`` running completions;
+                ``hub_overloaded`` when channel histories and pending output together pass
+                ``memory_budget_bytes``. Both retryable.
+        """
+        config = self.config
+        running = self.completions.running_count()
+        if running >= config.max_completions:
+            raise HubError(f"the hub runs {running} completions (max_completions); retry later",
+                           "too_many_completions", retryable=True)
+        used = self.multiplexer.history_bytes + sum(connection.pending_bytes for connection in self.connections)
+        if used > config.memory_budget_bytes:
+            raise HubError(f"the hub holds {used} bytes of stream data (memory_budget_bytes); retry later",
+                           "hub_overloaded", retryable=True)
 
     async def startup(self, app: web.Application) -> None:
         """Open the one ClientSession every provider request shares."""

@@ -474,11 +474,16 @@ class CompletionManager:
             raise ProtocolError(f"completion id {completion_id!r} is already in use", "duplicate_id")
         run: CompletionRun
         channel = self.multiplexer.open_channel(
-            f"completion:{completion_id}", self.config.history_max_events, on_idle=lambda: run.on_idle()
+            f"completion:{completion_id}", self.config.history_max_events, on_idle=lambda: run.on_idle(),
+            history_max_bytes=self.config.completion_max_buffered_bytes,
         )
         run = CompletionRun(self, completion_id, request, channel)
         self.runs[completion_id] = run
         return run
+
+    def running_count(self) -> int:
+        """Completions not finished yet."""
+        return sum(1 for run in self.runs.values() if not run.finished)
 
     def get(self, completion_id: str) -> CompletionRun | None:
         """The completion with that id, running or retained, or None."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import HUB_KEY
-from hub.multiplexer import EncodedEvent
+from hub.multiplexer import EncodedEvent, merge_content
 
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import (
@@ -52,10 +52,11 @@ from protocol.messages import (
     Unsubscribed,
     decode_client_message,
 )
-from protocol.wsframe import batch_frames
+from protocol.wsframe import batch_frames, close_frame
 
 if TYPE_CHECKING:
     from hub.app import Hub
+    from hub.completions import CompletionRun
 
 __all__ = ["WebSocketConnection", "WriteScheduler", "websocket_handler"]
 
@@ -113,22 +114,50 @@ class WebSocketConnection:
         self.ws = ws
         self.batch = batch
         self.pending: list[EncodedEvent] = []
+        self.pending_bytes = 0
+        self.backlog_bytes = 0  # the transport's unsent bytes at the last write
         self.closed = False
+        self.started: list[CompletionRun] = []  # completions this connection started
         self._transport = request.transport
         self._protocol = request.protocol
         self._marked = False
         self._drainer: asyncio.Task[None] | None = None
+        config = hub.config
+        self._soft_limit = config.outbound_soft_limit_bytes
+        self._hard_limit = config.outbound_hard_limit_bytes
+        self._merge_at = self._soft_limit
 
     # Outbound.
 
     def deliver(self, event: EncodedEvent) -> None:
-        """Queue one encoded event (never blocks; called inside the fan-out loop)."""
+        """Queue one encoded event (never blocks; called inside the fan-out loop).
+
+        Slow consumer policy (docs/PROTOCOL.md "Limits"): past ``outbound_soft_limit_bytes``
+        of pending payload the pending content chunks are merged; past
+        ``outbound_hard_limit_bytes`` the connection is closed with 4008 (reconnect and
+        resume). Other subscribers of the same events are not affected."""
         if self.closed:
             return
         self.pending.append(event)
+        self.pending_bytes += len(event.payload)
         if not self._marked:
             self._marked = True
             self.hub.write_scheduler.mark(self)
+        if self.pending_bytes + self.backlog_bytes > self._merge_at:
+            self._relieve()
+
+    def _relieve(self) -> None:
+        """The slow path: merge pending content, or close the connection past the hard limit."""
+        merged = merge_content(self.pending)
+        self.pending[:] = merged
+        self.pending_bytes = sum(len(event.payload) for event in merged)
+        outbound = self.pending_bytes + self.backlog_bytes
+        if outbound > self._hard_limit:
+            log.info("closing a slow consumer: %d bytes outbound", outbound)
+            self.close_now(4008, "slow consumer: reconnect and resume")
+            return
+        # Merge again only after another soft limit's worth has piled up.
+        self._merge_at = outbound + self._soft_limit
 
     def flush(self, force: bool = False) -> None:
         """Write every pending frame in one ``transport.write`` (called by the
@@ -157,11 +186,20 @@ class WebSocketConnection:
         else:
             data = b"".join([event.frame for event in pending])
         pending.clear()
+        self.pending_bytes = 0
         try:
             transport.write(data)
         except Exception:
             log.debug("write failed; closing the connection", exc_info=True)
             self.abort()
+            return
+        # What the socket has not taken yet counts against the outbound limits too.
+        backlog = self.backlog_bytes = transport.get_write_buffer_size()
+        if backlog > self._hard_limit and not force:
+            log.info("closing a slow consumer: %d bytes unsent", backlog)
+            self.close_now(4008, "slow consumer: reconnect and resume")
+            return
+        self._merge_at = backlog + self._soft_limit
 
     async def _drain(self) -> None:
         protocol = self._protocol
@@ -188,6 +226,18 @@ class WebSocketConnection:
             self._drainer = None
         self.flush()
 
+    def close_now(self, code: int, reason: str) -> None:
+        """Close without waiting: drop pending frames, queue a close frame behind what the
+        transport already holds, and drop the TCP connection if the peer has not taken it
+        within 5 s (a slow consumer may never read it)."""
+        self._stop_writing()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(close_frame(code, reason))
+        transport.close()  # after the buffered data is written
+        asyncio.get_running_loop().call_later(5.0, transport.abort)
+
     def abort(self) -> None:
         """Stop writing and drop the TCP connection (the reader then ends and cleans up)."""
         self._stop_writing()
@@ -197,6 +247,7 @@ class WebSocketConnection:
     def _stop_writing(self) -> None:
         self.closed = True
         self.pending.clear()
+        self.pending_bytes = 0
 
     # Inbound.
 
@@ -244,7 +295,15 @@ class WebSocketConnection:
 
     def _start_completion(self, message: Completion) -> None:
         manager = self.hub.completions
+        config = self.hub.config
+        self.started = [run for run in self.started if not run.finished]
+        if len(self.started) >= config.max_completions_per_connection:
+            raise HubError(f"this connection already runs {len(self.started)} completions "
+                           f"(max_completions_per_connection); wait for one to end", "too_many_completions",
+                           retryable=True)
+        self.hub.admit_completion()
         run = manager.create(message)
+        self.started.append(run)
         manager.subscribe(self, run)
         self.deliver(EncodedEvent.of(Subscribed(channels=[run.channel.name], completion_id=run.id)))
         run.start()
@@ -313,8 +372,16 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     hub: Hub = request.app[HUB_KEY]
     # compress=False: permessage-deflate would compress each frame once per subscriber,
     # which defeats encoding each event once.
-    ws = web.WebSocketResponse(compress=False, max_msg_size=hub.config.max_message_bytes, heartbeat=30.0)
+    config = hub.config
+    ws = web.WebSocketResponse(compress=False, max_msg_size=config.max_message_bytes,
+                               heartbeat=config.ws_ping_interval_s or None)
+    if config.ws_ping_interval_s and hasattr(ws, "_pong_heartbeat"):
+        ws._pong_heartbeat = config.ws_pong_timeout_s  # aiohttp waits heartbeat/2 by default
     await ws.prepare(request)
+    if len(hub.connections) >= config.max_connections:
+        # 1013 Try Again Later (RFC 6455 §7.4.2, IANA registry): the hub is full.
+        await ws.close(code=1013, message=b"too many connections; try again later")
+        return ws
     batch = request.query.get("batch", "").lower() in _TRUE
     connection = WebSocketConnection(hub, ws, request, batch=batch)
     hub.connections.add(connection)

@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from protocol.messages import encode
+from protocol.messages import ContentChunk, encode
 from protocol.wsframe import text_frame
 
-__all__ = ["EncodedEvent", "Subscriber", "Channel", "StreamMultiplexer", "stream_type_of"]
+__all__ = ["EncodedEvent", "Subscriber", "Channel", "StreamMultiplexer", "stream_type_of", "merge_content"]
 
 
 class EncodedEvent:
@@ -65,6 +65,37 @@ class Subscriber(Protocol):
         fan-out loop, once per subscriber per event."""
 
 
+def merge_content(events: list[EncodedEvent]) -> list[EncodedEvent]:
+    """The slow-consumer merge: each run of adjacent ``content_chunk`` messages of one
+    completion in ``events`` becomes one ``content_chunk`` with the joined text, the last
+    ``seq`` and ``firstSeq`` set to the first one's (docs/PROTOCOL.md "Limits"). Being adjacent,
+    the run's seqs are consecutive, so the receiver still sees no gap. Other events keep their
+    place. Encodes the merged messages anew (once per merge: this is the slow path)."""
+    out: list[EncodedEvent] = []
+    run: list[EncodedEvent] = []
+
+    def close_run() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            first, last = run[0].message, run[-1].message
+            text = "".join(event.message.content for event in run)
+            out.append(EncodedEvent.of(ContentChunk(last.completion_id, last.seq, text, first.first_seq or first.seq)))
+        run.clear()
+
+    for event in events:
+        message = event.message
+        if message.__class__ is ContentChunk:
+            if run and run[-1].message.completion_id != message.completion_id:
+                close_run()
+            run.append(event)
+        else:
+            close_run()
+            out.append(event)
+    close_run()
+    return out
+
+
 def _nothing() -> None:
     pass
 
@@ -83,15 +114,25 @@ class Channel:
         name: the channel name.
         history_max_events: how many of the latest events are kept for late subscribers.
         on_idle: called when the last subscriber leaves.
+        history_max_bytes: the most payload bytes the history keeps (the oldest events go
+            first; the latest event is always kept); None for no byte bound.
+
+    Attributes:
+        history_bytes: payload bytes the history holds now.
     """
 
-    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle", "last_publish")
+    __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle", "last_publish", "history_bytes",
+                 "history_max_events", "history_max_bytes")
 
-    def __init__(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None) -> None:
+    def __init__(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None,
+                 history_max_bytes: int | None = None) -> None:
         self.name = name
         self.stream_type = stream_type_of(name)
         self.subscribers: set[Subscriber] = set()
-        self.history: deque[EncodedEvent] = deque(maxlen=history_max_events)
+        self.history: deque[EncodedEvent] = deque()
+        self.history_bytes = 0
+        self.history_max_events = max(1, history_max_events)
+        self.history_max_bytes = history_max_bytes
         self.on_idle = on_idle
         # The multiplexer-wide publish count at this channel's latest event: it tells whether
         # a type-level subscriber has already received some of it live (see subscribe()).
@@ -100,6 +141,9 @@ class Channel:
 
 class StreamMultiplexer:
     """Maps channels and stream types to subscribers and fans events out to them."""
+
+    #: Payload bytes held by all channel histories together (for the hub's memory budget).
+    history_bytes = 0
 
     def __init__(self, flush: Callable[[], None] | None = None) -> None:
         #: Hands what subscribers queued to their transports now (the hub's
@@ -113,11 +157,12 @@ class StreamMultiplexer:
 
     # Channels.
 
-    def open_channel(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None) -> Channel:
+    def open_channel(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None,
+                     history_max_bytes: int | None = None) -> Channel:
         """Create a channel. Raises ValueError if one of that name is open."""
         if name in self.channels:
             raise ValueError(f"channel {name} is already open")
-        channel = Channel(name, history_max_events, on_idle)
+        channel = Channel(name, history_max_events, on_idle, history_max_bytes)
         self.channels[name] = channel
         return channel
 
@@ -126,6 +171,9 @@ class StreamMultiplexer:
         channel = self.channels.pop(name, None)
         if channel is None:
             return
+        self.history_bytes -= channel.history_bytes
+        channel.history.clear()
+        channel.history_bytes = 0
         for subscriber in channel.subscribers:
             names = self._subscriptions.get(subscriber)
             if names is not None:
@@ -205,7 +253,17 @@ class StreamMultiplexer:
     def publish(self, channel: Channel, event: EncodedEvent) -> None:
         """Record one encoded event in the channel's history and hand the same object to
         every channel subscriber and every subscriber of its stream type (once each)."""
-        channel.history.append(event)
+        history = channel.history
+        history.append(event)
+        size = len(event.payload)
+        channel.history_bytes += size
+        self.history_bytes += size
+        max_bytes = channel.history_max_bytes
+        while len(history) > channel.history_max_events or (
+                max_bytes is not None and channel.history_bytes > max_bytes and len(history) > 1):
+            dropped = len(history.popleft().payload)
+            channel.history_bytes -= dropped
+            self.history_bytes -= dropped
         self._published += 1
         channel.last_publish = self._published
         subscribers = channel.subscribers

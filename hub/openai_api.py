@@ -51,6 +51,8 @@ _STATUS_BY_CODE = {
     "model_not_found": 404,
     "provider_not_configured": 503,
     "provider_unavailable": 503,
+    "too_many_completions": 429,
+    "hub_overloaded": 503,
     "auth_failed": 502,
     "rate_limited": 429,
     "upstream_timeout": 504,
@@ -84,6 +86,7 @@ async def _serve(
     hub: Hub, request: web.Request, chat: ChatCompletionRequest, *, tag_events: bool = False
 ) -> web.StreamResponse:
     try:
+        hub.admit_completion()
         run = hub.completions.create(chat.to_completion())
     except HubError as exc:
         return _json_error(exc.code, exc.message, exc.status)

@@ -155,9 +155,10 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         One of :data:`ClientMessage`.
 
     Raises:
-        ProtocolError: code ``invalid_json`` (not JSON), ``unknown_type`` (no known
-            ``type``), or ``invalid_message`` (a field missing, of the wrong type, unknown, or
-            out of range); the message names the offending field.
+        ProtocolError: code ``invalid_json`` (not JSON, or JSON beyond the decoder's limits:
+            a number out of range, nesting deeper than it recurses), ``unknown_type`` (no
+            known ``type``), or ``invalid_message`` (a field missing, of the wrong type,
+            unknown, or out of range); the message names the offending field.
     """
     try:
         message = _CLIENT_DECODER.decode(data)
@@ -165,6 +166,8 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         raise _classify(data, exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bytes: invalid UTF-8 in a string
         raise ProtocolError(f"message is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:  # msgspec recurses per nesting level (even to skip unknown fields)
+        raise _too_deep() from None
     if isinstance(message, Completion):
         if not message.messages:
             raise ProtocolError("`messages` must hold at least one message", "invalid_message")
@@ -185,6 +188,8 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
         raw = _ANY_DECODER.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as bad:
         return ProtocolError(f"message is not valid JSON: {bad}", "invalid_json")
+    except RecursionError:
+        return _too_deep()
     if not isinstance(raw, dict):
         return ProtocolError("a message must be a JSON object", "invalid_message")
     kind = raw.get("type")
@@ -195,6 +200,12 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
             f"unknown message type {kind!r}; expected one of {sorted(_CLIENT_TAGS)}", "unknown_type"
         )
     return ProtocolError(f"invalid {kind} message: {exc}", "invalid_message")
+
+
+def _too_deep() -> ProtocolError:
+    # JSON nested deeper than the decoder can recurse (``[`` 10 000 times fits in 20 KB). Like
+    # a number out of range, a limit of the JSON parser (RFC 8259 §9), hence invalid_json.
+    return ProtocolError("message is not valid JSON: nested too deeply", "invalid_json")
 
 
 # Hub → client.
@@ -250,11 +261,16 @@ class Unsubscribed(_HubMessage, tag="unsubscribed"):
 
 
 class ContentChunk(_HubMessage, tag="content_chunk"):
-    """Answer text: ``{"type":"content_chunk","completionId":"c1","seq":4,"content":"Hel"}``."""
+    """Answer text: ``{"type":"content_chunk","completionId":"c1","seq":4,"content":"Hel"}``.
+
+    ``firstSeq`` appears only on a chunk the hub merged for a slow consumer (docs/PROTOCOL.md,
+    "Limits"): it stands for the content chunks ``firstSeq`` to ``seq``, so the receiver's
+    sequence stays gap-free."""
 
     completion_id: str
     seq: int
     content: str
+    first_seq: Union[int, None] = None
 
 
 class ThinkingStatus(_HubMessage, tag="thinking_status"):

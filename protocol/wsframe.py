@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["text_frame", "MAX_BATCH_BYTES", "batch_frames"]
+__all__ = ["text_frame", "close_frame", "MAX_BATCH_BYTES", "batch_frames"]
 
 _FIN_TEXT = 0x81  # FIN=1, RSV=0, opcode=0x1 (text), §5.2
 _SHORT = [bytes((_FIN_TEXT, length)) for length in range(126)]  # headers of 0-125 byte payloads
@@ -36,6 +36,13 @@ def text_frame(payload: bytes) -> bytes:
     if length < 65536:
         return _LEN16(_FIN_TEXT, 126, length) + payload
     return _LEN64(_FIN_TEXT, 127, length) + payload
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A server Close frame (RFC 6455 §5.5.1): opcode 0x8, a 2-byte status code, then the
+    UTF-8 reason, cut to the 123 bytes a control frame's payload leaves for it."""
+    payload = struct.pack("!H", code) + reason.encode()[:123]
+    return bytes((0x88, len(payload))) + payload
 
 
 def batch_frames(payloads: list[bytes], limit: int = MAX_BATCH_BYTES) -> bytes:
