@@ -82,10 +82,24 @@ class Hub:
         self.completions = CompletionManager(config, self.multiplexer, client)
         self.ready = True
 
+    async def drain(self) -> None:
+        """The first step of a graceful shutdown, once the listening socket is closed:
+        refuse new completions (``shutting_down``) and let running ones finish for up to
+        ``shutdown_drain_timeout_s``. Connections stay fully served meanwhile."""
+        self.ready = False
+        manager = self.completions
+        manager.closing = True
+        drain_s = self.config.shutdown_drain_timeout_s
+        running = [run.task for run in manager.runs.values() if not run.finished and run.task is not None]
+        if running and drain_s > 0:
+            log.info("shutting down: waiting up to %g s for %d running completions", drain_s, len(running))
+            await asyncio.wait(running, timeout=drain_s)
+
     async def shutdown(self, app: web.Application) -> None:
-        """Cancel completions (their clients get ``error`` code ``shutting_down``), write
-        every connection's pending frames, close WebSockets with 1001 (going away; a client
-        that does not take the close within 1 s is dropped), close the session."""
+        """After :meth:`drain`: end the remaining completions with ``error`` code
+        ``shutting_down`` (retryable), write every connection's pending frames, close
+        WebSockets with 1012 (service restart: reconnect; a client that does not take the
+        close within 1 s is dropped), close the provider session."""
         self.ready = False
         await self.completions.close()
         for connection in list(self.connections):
@@ -95,7 +109,7 @@ class Hub:
         for connection in list(self.connections):
             try:
                 async with asyncio.timeout(1.0):
-                    await connection.ws.close(code=1001, message=b"hub shutting down")
+                    await connection.ws.close(code=1012, message=b"hub restarting; reconnect")
             except Exception:
                 connection.abort()
         if self.session is not None:
@@ -149,6 +163,8 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
     try:
         yield hub
     finally:
+        await site.stop()  # no new connection from here on
+        await hub.drain()  # while aiohttp still serves the open connections
         await runner.cleanup()
 
 

@@ -106,6 +106,12 @@ class CompletionRun:
         self._loop = asyncio.get_running_loop()
 
     @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task streaming this completion (None before :meth:`start`, or when it failed
+        at once)."""
+        return self._task
+
+    @property
     def finished(self) -> bool:
         """True once the terminal message was published."""
         return self.state in ("completed", "failed", "cancelled")

@@ -78,6 +78,21 @@ def _json_error(code: str, message: str, status: int | None) -> web.Response:
     return web.Response(body=error_body(code, message, http_status), status=http_status, content_type="application/json")
 
 
+_KEEPALIVE = b": keepalive\n\n"
+
+
+async def _next(queue: asyncio.Queue[Any], timeout_s: float) -> Any:
+    """The next message, or None when none came within ``timeout_s`` seconds (0: wait as
+    long as it takes)."""
+    if not queue.empty() or timeout_s <= 0:
+        return await queue.get()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await queue.get()
+    except TimeoutError:
+        return None
+
+
 def _is_terminal(message: Any) -> bool:
     return isinstance(message, (Completed, ErrorMessage)) and message.completion_id is not None
 
@@ -95,14 +110,19 @@ async def _serve(
     run.start()
     created = int(time.time())
     response_id = f"chatcmpl-{run.id}"
+    keepalive_s = hub.config.sse_keepalive_interval_s if chat.stream else 0.0
+    queue = subscriber.queue
     try:
-        first = await subscriber.queue.get()
+        first = await _next(queue, keepalive_s)
+        # None: no answer within keepalive_s; the headers go out now, and an error that
+        # comes later is sent as an SSE event.
         if isinstance(first, ErrorMessage):
             return _json_error(first.error.code, first.error.message, first.error.status)
         if not chat.stream:
+            assert first is not None
             messages = [first]
             while not _is_terminal(messages[-1]):
-                messages.append(await subscriber.queue.get())
+                messages.append(await queue.get())
             last = messages[-1]
             if isinstance(last, ErrorMessage):
                 return _json_error(last.error.code, last.error.message, last.error.status)
@@ -124,12 +144,22 @@ async def _serve(
         message = first
         try:
             while True:
-                data = encoder.encode(message)
-                if data:
-                    await response.write(data)
-                if _is_terminal(message):
-                    break
-                message = await subscriber.queue.get()
+                if message is None:
+                    # Nothing for keepalive_s (a model thinking before its first token, a long
+                    # gap): an SSE comment keeps proxies from cutting the idle connection.
+                    await response.write(_KEEPALIVE)
+                else:
+                    # Everything already queued goes out in one write.
+                    parts = [encoder.encode(message)]
+                    while not _is_terminal(message) and not queue.empty():
+                        message = queue.get_nowait()
+                        parts.append(encoder.encode(message))
+                    data = b"".join(parts)
+                    if data:
+                        await response.write(data)
+                    if _is_terminal(message):
+                        break
+                message = await _next(queue, keepalive_s)
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away; `finally` cancels the upstream request

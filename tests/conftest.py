@@ -31,6 +31,7 @@ def hub_config(mock: MockProvider, **overrides: Any) -> HubConfig:
     """A hub config whose four providers all point at ``mock``."""
     values: dict[str, Any] = {
         "port": 0,
+        "shutdown_drain_timeout_s": 0.0,  # tests that want a drain set it
         "openai_base_url": mock.url + "/v1",
         "anthropic_base_url": mock.url,
         "gemini_base_url": mock.url,

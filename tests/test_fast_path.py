@@ -180,7 +180,7 @@ async def test_shutdown_sends_a_slow_readers_pending_frames_and_final_error_befo
     with pytest.raises(websockets.ConnectionClosed) as closed:
         while True:
             messages.append(await slow.recv())
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
     seqs = [m.seq for m in messages if getattr(m, "seq", None) is not None]
     assert seqs == list(range(1, len(seqs) + 1))  # nothing lost before the end
     last = messages[-1]
