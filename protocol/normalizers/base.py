@@ -47,8 +47,10 @@ __all__ = ["Normalizer", "make_tool_call", "parse_tool_arguments", "truncated"]
 _json_decoder = msgspec.json.Decoder()
 
 # What a bad item raises: msgspec errors (DecodeError, and ValidationError, its subclass, are
-# ValueErrors) and the framing's own errors. Anything else is a bug and propagates.
-_UNPARSEABLE = (msgspec.DecodeError, ValueError, FramingError)
+# ValueErrors), the framing's own errors, and RecursionError, which msgspec raises for JSON
+# nested deeper than it recurses (``[`` 5 000 times is a 5 KB item). Anything else is a bug
+# and propagates.
+_UNPARSEABLE = (msgspec.DecodeError, ValueError, FramingError, RecursionError)
 
 
 class Normalizer:
@@ -165,11 +167,17 @@ class Normalizer:
 
 
 def _is_json(text: str | bytes) -> bool:
-    """True if ``text`` is one well-formed JSON value (used only at EOF, off the hot path)."""
+    """True if ``text`` is one well-formed JSON value (used only at EOF, off the hot path).
+
+    Also True for text nested too deeply to decode: no provider chunk nests that deep, so it
+    is garbage whether or not it was cut, as it is when it is not the last item.
+    """
     try:
         _json_decoder.decode(text)
     except msgspec.DecodeError:
         return False
+    except RecursionError:
+        return True
     return True
 
 
@@ -198,7 +206,8 @@ def parse_tool_arguments(raw: str | Any) -> tuple[Any, str, bool]:
     Returns:
         ``(arguments, arguments_raw, valid)``: the parsed value (``{}`` for an empty string,
         as a no-argument Anthropic tool sends only ``""``, formats.md §2.4), or the raw string
-        when it is not valid JSON; the raw JSON text; whether it parsed.
+        when it is not valid JSON (or nests too deeply to decode); the raw JSON text; whether
+        it parsed.
     """
     if not isinstance(raw, str):
         return raw, msgspec.json.encode(raw).decode(), True
@@ -206,7 +215,7 @@ def parse_tool_arguments(raw: str | Any) -> tuple[Any, str, bool]:
         return {}, raw, True
     try:
         return _json_decoder.decode(raw), raw, True
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return raw, raw, False
 
 
