@@ -163,3 +163,29 @@ async def test_openai_sdk_reads_through_keepalive_comments(mock):
         text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
         await client.close()
     assert text == expected_text(4)
+
+
+async def test_grace_period_keeps_a_left_completion_then_cancels_it_upstream(mock, ws_factory):
+    async with run_hub(hub_config(mock, grace_period_s=0.3)) as hub:
+        leaver = await ws_factory(hub)
+        for cid, directive in (("orphan", "[[mock tokens=1000 tps=50]]"), ("adopted", "[[mock tokens=30 tps=50]]")):
+            await leaver.send({"type": "completion", "id": cid, "model": OPENAI, "coalesce": False,
+                               "messages": [{"role": "user", "content": directive}]})
+        await leaver.recv()
+        await leaver.connection.close()
+        # A subscriber within the grace period keeps "adopted" alive to its end.
+        adopter = await ws_factory(hub)
+        await adopter.send({"type": "subscribe", "channels": ["completion:adopted"]})
+        adopted = await adopter.until_terminal("adopted")
+        assert isinstance(adopted[-1], Completed)
+        assert "".join(m.content for m in adopted if isinstance(m, ContentChunk)) == expected_text(30)
+        # Nobody came back for "orphan": cancelled upstream after the grace period.
+        for _ in range(300):
+            if mock.stats["disconnected"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert mock.stats["disconnected"] == 1 and hub.completions.get("orphan").state == "cancelled"
+        late = await ws_factory(hub)  # retention: the end is still there to read
+        await late.send({"type": "subscribe", "channels": ["completion:orphan"]})
+        orphan = await late.until_terminal("orphan")
+        assert isinstance(orphan[-1], ErrorMessage) and orphan[-1].error.code == "cancelled"
