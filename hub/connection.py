@@ -373,7 +373,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     # compress=False: permessage-deflate would compress each frame once per subscriber,
     # which defeats encoding each event once.
     config = hub.config
-    ws = web.WebSocketResponse(compress=False, max_msg_size=config.max_message_bytes,
+    # +1: aiohttp refuses a message of max_msg_size bytes; the protocol allows "at most".
+    ws = web.WebSocketResponse(compress=False, max_msg_size=config.max_message_bytes + 1,
                                heartbeat=config.ws_ping_interval_s or None)
     if config.ws_ping_interval_s and hasattr(ws, "_pong_heartbeat"):
         ws._pong_heartbeat = config.ws_pong_timeout_s  # aiohttp waits heartbeat/2 by default

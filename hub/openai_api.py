@@ -204,6 +204,8 @@ async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
         messages = _MESSAGES_DECODER.decode(raw_messages)
     except msgspec.DecodeError as exc:
         return _json_error("invalid_message", f"`messages` must be a JSON array of chat messages: {exc}", 400)
+    except RecursionError:  # msgspec gives up on JSON nested about 1000 levels deep
+        return _json_error("invalid_message", "`messages` is nested too deeply", 400)
     if not messages:
         return _json_error("invalid_message", "`messages` must hold at least one message", 400)
     max_tokens = query.get("max_tokens")

@@ -101,6 +101,8 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
         raise ProtocolError(f"invalid chat completion request: {exc}", "invalid_message") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string
         raise ProtocolError(f"request body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:  # msgspec gives up on JSON nested about 1000 levels deep
+        raise ProtocolError("request body is nested too deeply", "invalid_json") from None
     if not request.messages:
         raise ProtocolError("`messages` must hold at least one message", "invalid_message")
     return request

@@ -366,10 +366,6 @@ async def test_message_larger_than_max_message_bytes_closes_with_1009(
     await second.assert_idle()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hub/connection.py passes max_msg_size=max_message_bytes to aiohttp, whose reader rejects a "
-    "message of exactly max_msg_size bytes (payload >= limit); PROTOCOL.md allows 'at most "
-    "max_message_bytes', so a message of exactly the limit is closed with 1009"))
 async def test_message_of_exactly_max_message_bytes_is_accepted(connect: Any, small_hub: Hub) -> None:
     session = await connect(small_hub)
     frame = _ping_of_size(_LIMIT)
@@ -390,9 +386,6 @@ async def test_message_one_byte_under_the_limit_is_handled(connect: Any, small_h
 # status (docs/PROTOCOL.md, "Errors"), never a bare 500.
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "protocol/openai_compat.py decode_chat_request lets msgspec's RecursionError escape for a "
-    "deeply nested body: aiohttp answers a plain-text 500 instead of 400 with an OpenAI error body"))
 async def test_http_body_nested_too_deeply_is_a_400(hub: Hub) -> None:
     body = ('{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"x":'
             + "[" * _TOO_DEEP + "]" * _TOO_DEEP + "}")
@@ -402,10 +395,6 @@ async def test_http_body_nested_too_deeply_is_a_400(hub: Hub) -> None:
         assert error["code"] in ("invalid_json", "invalid_message") and error["type"] == "invalid_request_error"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hub/openai_api.py chat_stream_get_handler decodes `messages` with a msgspec decoder whose "
-    "RecursionError escapes for deep nesting: aiohttp answers a plain-text 500 instead of 400 "
-    "invalid_message"))
 async def test_http_get_messages_nested_too_deeply_is_not_a_500(hub: Hub) -> None:
     # 1 200 levels still fit aiohttp's 8 KB request line once URL-encoded. An interpreter that
     # can decode them ignores the unknown field and streams the answer (200).
