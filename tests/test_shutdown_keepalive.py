@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from hub.app import run_hub
-from protocol.messages import Completed, ContentChunk, ErrorMessage, Subscribed
+from protocol.messages import Completed, ContentChunk, ErrorMessage, Pong, Subscribed
 from tests.conftest import RECV_TIMEOUT_S, WSClient, hub_config
 from tools.bench.procs import hub_env
 from tools.mock_provider import expected_text
@@ -189,3 +189,22 @@ async def test_grace_period_keeps_a_left_completion_then_cancels_it_upstream(moc
         await late.send({"type": "subscribe", "channels": ["completion:orphan"]})
         orphan = await late.until_terminal("orphan")
         assert isinstance(orphan[-1], ErrorMessage) and orphan[-1].error.code == "cancelled"
+
+
+async def test_a_peer_that_never_answers_pings_is_dropped(mock, ws_factory):
+    config = hub_config(mock, ws_ping_interval_s=0.1, ws_pong_timeout_s=0.1)
+    async with run_hub(config) as hub, aiohttp.ClientSession() as session:
+        # autoping=False: the client hands the Pings to us and never answers them.
+        silent = await session.ws_connect(hub.url + "/ws/stream", autoping=False)
+        answering = await ws_factory(hub)  # the websockets client answers Pings in the background
+        message = await asyncio.wait_for(silent.receive(), RECV_TIMEOUT_S)
+        assert message.type == aiohttp.WSMsgType.PING
+        for _ in range(200):
+            if len(hub.connections) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert len(hub.connections) == 1  # the silent one is gone, the answering one stays
+        await asyncio.sleep(0.3)  # several ping intervals more
+        await answering.send({"type": "ping"})
+        assert isinstance(await answering.recv(), Pong)
+        await silent.close()
