@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from hub.config import HubConfig
-from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
+from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber, covers
 from hub.providers import ProviderClient, UpstreamRequest, build_request
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
@@ -48,6 +48,8 @@ from protocol.events import (
 from protocol.messages import (
     Attempt,
     CircuitState,
+    Cursor,
+    Snapshot,
     CitationMessage,
     Completed,
     Completion,
@@ -94,6 +96,12 @@ class CompletionRun:
         self._timer: asyncio.TimerHandle | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._cancel_error: HubError | None = None
+        self._text: list[str] = []  # the state so far, for snapshots
+        self._reasoning: list[str] = []
+        self._tool_calls: list[ToolCallMessage] = []
+        self._refusal: list[str] = []
+        self._citations: list[dict[str, Any]] = []
+        self._state_seq = 0
         self._attempts: list[Attempt] = []  # attempts that ended, in order
         self._current: tuple[str, str] | None = None  # (provider, model) of the attempt under way
         self._started = 0.0
@@ -387,6 +395,33 @@ class CompletionRun:
 
     def _publish(self, message: Any) -> None:
         self.manager.multiplexer.publish(self.channel, EncodedEvent(encode(message), message))
+        # The state so far, for snapshots (docs/PROTOCOL.md "Resuming").
+        cls = message.__class__
+        if cls is ContentChunk:
+            self._text.append(message.content)
+        elif cls is ThinkingStatus:
+            if message.content:
+                self._reasoning.append(message.content)
+        elif cls is ToolCallMessage:
+            self._tool_calls.append(message)
+        elif cls is RefusalChunk:
+            self._refusal.append(message.content)
+        elif cls is CitationMessage:
+            self._citations.append(message.citation)
+        if cls is not Completed and cls is not ErrorMessage:
+            self._state_seq = message.seq
+
+    def can_replay(self, since: Cursor | None) -> bool:
+        """Whether the channel's history holds every event after ``since`` (from seq 1
+        without it) and ``since`` names this channel instance's epoch."""
+        self.manager.multiplexer.trim_old(self.channel)
+        return covers(self.channel, since.seq if since else 0, since.epoch if since else None)
+
+    def snapshot(self) -> Snapshot:
+        """The state after every non-terminal event published so far."""
+        return Snapshot(self.id, self.channel.name, self.channel.epoch, self._state_seq, "".join(self._text),
+                        "".join(self._reasoning), list(self._tool_calls), "".join(self._refusal),
+                        list(self._citations))
 
 
 def retry_delay_s(failure: HubError, attempt: int, config: HubConfig) -> float:
@@ -482,6 +517,7 @@ class CompletionManager:
         channel = self.multiplexer.open_channel(
             f"completion:{completion_id}", self.config.history_max_events, on_idle=lambda: run.on_idle(),
             history_max_bytes=self.config.completion_max_buffered_bytes,
+            history_max_age_s=self.config.history_max_age_s or None,
         )
         run = CompletionRun(self, completion_id, request, channel)
         self.runs[completion_id] = run
@@ -495,10 +531,27 @@ class CompletionManager:
         """The completion with that id, running or retained, or None."""
         return self.runs.get(completion_id)
 
-    def subscribe(self, subscriber: Subscriber, run: CompletionRun) -> None:
-        """Subscribe to a completion's channel (replaying its history)."""
+    def subscribe(self, subscriber: Subscriber, run: CompletionRun, since: Cursor | None = None) -> bool:
+        """Subscribe to a completion's channel and bring the subscriber up to date
+        (docs/PROTOCOL.md "Resuming"): every event after ``since`` (or from seq 1 without
+        it) when the history holds them all and the epoch matches; otherwise one ``snapshot``
+        of the state so far, then the history after the snapshot's seq. Live events follow
+        either way, with no gap and no duplicate.
+
+        Returns:
+            ``recovered``: True for a complete replay, False when a snapshot was sent.
+        """
         run.on_subscribe()
-        self.multiplexer.subscribe(subscriber, run.channel.name)
+        recovered = run.can_replay(since)
+        multiplexer = self.multiplexer
+        multiplexer.trim_old(run.channel)
+        if recovered:
+            multiplexer.subscribe(subscriber, run.channel.name, after_seq=since.seq if since else 0)
+        else:
+            snapshot = run.snapshot()
+            multiplexer.subscribe(subscriber, run.channel.name, after_seq=snapshot.seq,
+                                  before=[EncodedEvent(encode(snapshot), snapshot)])
+        return recovered
 
     def finished(self, run: CompletionRun) -> None:
         """Called once by a run when its terminal message is out: retain, then forget it."""

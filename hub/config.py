@@ -130,6 +130,7 @@ class HubConfig(msgspec.Struct, kw_only=True):
     max_completions: int = 5_000
     max_completions_per_connection: int = 100
     completion_max_buffered_bytes: int = 8 << 20
+    history_max_age_s: float = 3600.0
     memory_budget_bytes: int = 1 << 30
     outbound_soft_limit_bytes: int = 1 << 20
     outbound_hard_limit_bytes: int = 8 << 20
@@ -331,7 +332,10 @@ KEYS: tuple[Key, ...] = (
     _key("buffering.history_max_events", "history_max_events", "CBHUB_HISTORY_MAX_EVENTS",
          "events kept per completion for late subscribers", _NON_NEGATIVE),
     _key("buffering.completion_max_buffered_bytes", "completion_max_buffered_bytes",
-         "CBHUB_COMPLETION_MAX_BUFFERED_BYTES", "most bytes buffered for one completion", _POSITIVE_INT),
+         "CBHUB_COMPLETION_MAX_BUFFERED_BYTES", "most payload bytes of one completion's history (resume replays it)",
+         _POSITIVE_INT),
+    _key("buffering.history_max_age_s", "history_max_age_s", "CBHUB_HISTORY_MAX_AGE_S",
+         "events older than this leave a channel's history (0 = no age limit)", _NON_NEGATIVE),
     _key("performance.loop", "loop", "CBHUB_LOOP",
          "event loop: `asyncio` or `uvloop` (pip install 'circuit-breaker-hub[uvloop]'; `--loop`)",
          _one_of(*LOOPS)),

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import HUB_KEY
-from hub.multiplexer import EncodedEvent, merge_content
+from hub.multiplexer import EncodedEvent, covers, merge_content
 
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import (
@@ -305,7 +305,9 @@ class WebSocketConnection:
         run = manager.create(message)
         self.started.append(run)
         manager.subscribe(self, run)
-        self.deliver(EncodedEvent.of(Subscribed(channels=[run.channel.name], completion_id=run.id)))
+        name = run.channel.name
+        self.deliver(EncodedEvent.of(Subscribed(channels=[name], completion_id=run.id, epochs={name: run.channel.epoch},
+                                                seqs={name: 0}, recovered={name: True})))
         run.start()
 
     def _subscribe(self, message: Subscribe) -> None:
@@ -329,13 +331,30 @@ class WebSocketConnection:
         streams = self._check_streams(message.streams)
         if not accepted and not streams:
             return
-        self.deliver(EncodedEvent.of(Subscribed(channels=accepted, streams=streams)))
+        multiplexer = self.hub.multiplexer
+        since = message.since
+        epochs: dict[str, str] = {}
+        seqs: dict[str, int] = {}
+        recovered: dict[str, bool] = {}
+        for name in accepted:
+            channel = multiplexer.channels[name]
+            cursor = since.get(name)
+            multiplexer.trim_old(channel)
+            epochs[name] = channel.epoch
+            seqs[name] = channel.last_seq
+            recovered[name] = covers(channel, cursor.seq if cursor else 0, cursor.epoch if cursor else None)
+        self.deliver(EncodedEvent.of(Subscribed(channels=accepted, streams=streams, epochs=epochs, seqs=seqs,
+                                                recovered=recovered)))
         for stream in streams:
-            self.hub.multiplexer.subscribe_type(self, stream)
+            multiplexer.subscribe_type(self, stream)
+        # After the acknowledgement: the replay (or snapshot) follows it, then live events.
         if "system" in accepted:
-            self.hub.multiplexer.subscribe(self, "system")
-        for run in runs:  # after the acknowledgement: replayed history follows it
-            completions.subscribe(self, run)
+            cursor = since.get("system")
+            # No snapshot for the system channel: an incomplete replay is flagged recovered=false.
+            after = cursor.seq if cursor and recovered["system"] else 0
+            multiplexer.subscribe(self, "system", after_seq=after)
+        for run in runs:
+            completions.subscribe(self, run, since.get(run.channel.name))
 
     def _unsubscribe(self, message: Unsubscribe) -> None:
         multiplexer = self.hub.multiplexer

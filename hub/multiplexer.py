@@ -16,6 +16,8 @@ subscriber is awaited inside the loop.
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 from protocol.messages import ContentChunk, encode
 from protocol.wsframe import text_frame
 
-__all__ = ["EncodedEvent", "Subscriber", "Channel", "StreamMultiplexer", "stream_type_of", "merge_content"]
+__all__ = ["EncodedEvent", "Subscriber", "Channel", "StreamMultiplexer", "stream_type_of", "merge_content", "covers"]
 
 
 class EncodedEvent:
@@ -37,12 +39,18 @@ class EncodedEvent:
             first use and then shared by every WebSocket subscriber.
     """
 
-    __slots__ = ("payload", "message", "_frame")
+    __slots__ = ("payload", "message", "_frame", "published_at")
 
     def __init__(self, payload: bytes, message: Any) -> None:
         self.payload = payload
         self.message = message
         self._frame: bytes | None = None
+        self.published_at = 0.0  # loop time of publish (history age), set by publish()
+
+    @property
+    def seq(self) -> int:
+        """The message's ``seq`` (0 for a message without one)."""
+        return getattr(self.message, "seq", None) or 0
 
     @classmethod
     def of(cls, message: Any) -> EncodedEvent:
@@ -117,16 +125,25 @@ class Channel:
         history_max_bytes: the most payload bytes the history keeps (the oldest events go
             first; the latest event is always kept); None for no byte bound.
 
+        history_max_age_s: events older than this leave the history (checked when an event
+            is published and when someone subscribes); None for no age bound.
+
     Attributes:
         history_bytes: payload bytes the history holds now.
+        epoch: random string fixed for the life of this channel instance: a client's cursor
+            from another instance of the same name is not valid here.
+        last_seq: the ``seq`` of the latest event published (0 before any).
     """
 
     __slots__ = ("name", "stream_type", "subscribers", "history", "on_idle", "last_publish", "history_bytes",
-                 "history_max_events", "history_max_bytes")
+                 "history_max_events", "history_max_bytes", "history_max_age_s", "epoch", "last_seq")
 
     def __init__(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None,
-                 history_max_bytes: int | None = None) -> None:
+                 history_max_bytes: int | None = None, history_max_age_s: float | None = None) -> None:
         self.name = name
+        self.epoch = secrets.token_urlsafe(6)
+        self.last_seq = 0
+        self.history_max_age_s = history_max_age_s
         self.stream_type = stream_type_of(name)
         self.subscribers: set[Subscriber] = set()
         self.history: deque[EncodedEvent] = deque()
@@ -139,13 +156,37 @@ class Channel:
         self.last_publish: int | None = None
 
 
+def covers(channel: Channel, after_seq: int, epoch: str | None) -> bool:
+    """Whether ``channel``'s history holds every event after ``after_seq`` and ``epoch``
+    (when given) is this channel instance's: a replay from there would be complete."""
+    if epoch is not None and epoch != channel.epoch:
+        return False
+    if after_seq >= channel.last_seq:
+        return True  # nothing to replay
+    history = channel.history
+    return bool(history) and history[0].seq <= after_seq + 1
+
+
 class StreamMultiplexer:
     """Maps channels and stream types to subscribers and fans events out to them."""
 
     #: Payload bytes held by all channel histories together (for the hub's memory budget).
     history_bytes = 0
 
-    def __init__(self, flush: Callable[[], None] | None = None) -> None:
+    def trim_old(self, channel: Channel, now: float | None = None) -> None:
+        """Drop history events older than the channel's age bound (the latest is kept)."""
+        max_age = channel.history_max_age_s
+        if max_age is None:
+            return
+        horizon = (self._clock() if now is None else now) - max_age
+        history = channel.history
+        while len(history) > 1 and history[0].published_at < horizon:
+            dropped = len(history.popleft().payload)
+            channel.history_bytes -= dropped
+            self.history_bytes -= dropped
+
+    def __init__(self, flush: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         #: Hands what subscribers queued to their transports now (the hub's
         #: WriteScheduler.run); publishers call :meth:`flush` after a batch of events.
         self.flush: Callable[[], None] = flush or _nothing
@@ -158,11 +199,11 @@ class StreamMultiplexer:
     # Channels.
 
     def open_channel(self, name: str, history_max_events: int, on_idle: Callable[[], None] | None = None,
-                     history_max_bytes: int | None = None) -> Channel:
+                     history_max_bytes: int | None = None, history_max_age_s: float | None = None) -> Channel:
         """Create a channel. Raises ValueError if one of that name is open."""
         if name in self.channels:
             raise ValueError(f"channel {name} is already open")
-        channel = Channel(name, history_max_events, on_idle, history_max_bytes)
+        channel = Channel(name, history_max_events, on_idle, history_max_bytes, history_max_age_s)
         self.channels[name] = channel
         return channel
 
@@ -182,11 +223,14 @@ class StreamMultiplexer:
 
     # Subscriptions.
 
-    def subscribe(self, subscriber: Subscriber, name: str) -> Channel:
-        """Add ``subscriber`` to an open channel and replay its history to it, unless a
-        type-level subscription has already delivered events of that channel to it live
-        (then replaying would repeat frames; events published before that type-level
-        subscription began are not filled in).
+    def subscribe(self, subscriber: Subscriber, name: str, after_seq: int = 0,
+                  before: list[EncodedEvent] | None = None) -> Channel:
+        """Add ``subscriber`` to an open channel and replay its history after ``after_seq``
+        (preceded by ``before``, e.g. a snapshot), unless a type-level subscription has
+        already delivered events of that channel to it live (then replaying would repeat
+        frames; events published before that type-level subscription began are not filled
+        in). Subscribing and replaying happen without an await, so no event can slip in
+        between: the replay and the live events meet with no gap and no duplicate.
 
         Raises:
             KeyError: no open channel has that name.
@@ -201,8 +245,11 @@ class StreamMultiplexer:
             # A type-level subscription already delivered this channel live (all of it, or
             # from some seq on): replaying would repeat frames or break the order.
             return channel
-        for event in channel.history:
+        for event in before or ():
             subscriber.deliver(event)
+        for event in channel.history:
+            if event.seq > after_seq:
+                subscriber.deliver(event)
         return channel
 
     def is_subscribed(self, subscriber: Subscriber, name: str) -> bool:
@@ -255,6 +302,9 @@ class StreamMultiplexer:
         every channel subscriber and every subscriber of its stream type (once each)."""
         history = channel.history
         history.append(event)
+        seq = event.seq
+        if seq:
+            channel.last_seq = seq
         size = len(event.payload)
         channel.history_bytes += size
         self.history_bytes += size
@@ -264,6 +314,9 @@ class StreamMultiplexer:
             dropped = len(history.popleft().payload)
             channel.history_bytes -= dropped
             self.history_bytes -= dropped
+        if channel.history_max_age_s is not None:
+            event.published_at = now = self._clock()
+            self.trim_old(channel, now)
         self._published += 1
         channel.last_publish = self._published
         subscribers = channel.subscribers

@@ -37,6 +37,8 @@ __all__ = [
     "Completed",
     "ErrorMessage",
     "Pong",
+    "Snapshot",
+    "Cursor",
     "Attempt",
     "CircuitState",
     "HubMessage",
@@ -113,12 +115,22 @@ class Completion(_ClientMessage, tag="completion"):
     fallbacks: list[str] = []
 
 
+class Cursor(msgspec.Struct, gc=False):
+    """Where a client stopped in a channel: the last ``seq`` it has and the channel's
+    ``epoch`` it saw (``{"seq": 50, "epoch": "k3J9"}``)."""
+
+    seq: int
+    epoch: str
+
+
 class Subscribe(_ClientMessage, tag="subscribe"):
     """Watch channels (``{"channels": ["completion:comp-123"]}``) and/or every event of some
-    types (``{"streams": ["completion", "workflow", "agent_status"]}``)."""
+    types (``{"streams": ["completion", "workflow", "agent_status"]}``). ``since`` resumes a
+    channel after the given cursor (``{"completion:c1": {"seq": 50, "epoch": "k3J9"}}``)."""
 
     channels: list[str] = []
     streams: list[str] = []
+    since: dict[str, Cursor] = {}
 
 
 class Unsubscribe(_ClientMessage, tag="unsubscribe"):
@@ -246,11 +258,18 @@ class _HubMessage(msgspec.Struct, tag_field="type", rename="camel", omit_default
 
 
 class Subscribed(_HubMessage, tag="subscribed"):
-    """Acknowledges a subscribe, or a completion start (then ``completionId`` says which id)."""
+    """Acknowledges a subscribe, or a completion start (then ``completionId`` says which id).
+
+    Per channel: ``epochs`` (the channel instance's epoch), ``seqs`` (its latest ``seq`` when
+    subscribed), ``recovered`` (true: every event after the cursor, or from seq 1, follows;
+    false: a ``snapshot`` follows instead, docs/PROTOCOL.md "Resuming")."""
 
     channels: list[str] = []
     streams: list[str] = []
     completion_id: Union[str, None] = None
+    epochs: dict[str, str] = {}
+    seqs: dict[str, int] = {}
+    recovered: dict[str, bool] = {}
 
 
 class Unsubscribed(_HubMessage, tag="unsubscribed"):
@@ -347,6 +366,24 @@ class Pong(_HubMessage, tag="pong"):
     """Answer to ``ping``."""
 
 
+class Snapshot(_HubMessage, tag="snapshot"):
+    """A completion's state so far, sent instead of a replay the history cannot give
+    (``recovered: false``): everything up to and including ``seq`` (never the terminal
+    message; events after ``seq`` follow it). ``content`` is all the answer text, ``reasoning``
+    all the reasoning text, ``toolCalls`` the ``tool_call`` messages as sent, ``refusal`` and
+    ``citations`` likewise."""
+
+    completion_id: str
+    channel: str
+    epoch: str
+    seq: int
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallMessage] = []
+    refusal: str = ""
+    citations: list[dict[str, Any]] = []
+
+
 class CircuitState(_HubMessage, tag="circuit_state"):
     """A provider's circuit breaker changed state; published on the ``system`` channel:
     ``{"type":"circuit_state","seq":3,"provider":"openai","baseUrl":"https://api.openai.com/v1",
@@ -375,6 +412,7 @@ HubMessage = Union[
     ErrorMessage,
     Pong,
     CircuitState,
+    Snapshot,
 ]
 
 _ENCODER = msgspec.json.Encoder()
