@@ -43,3 +43,11 @@ def test_connections_quick_reaches_every_connection(tmp_path):
     assert row["ok"] and row["connections"] == 50
     assert row["rss_after_mb"] >= row["rss_before_mb"] > 0
     assert 0 <= row["broadcast_p50_ms"] <= row["broadcast_last_ms"]
+
+
+def test_resume_quick_continues_every_stream_exactly(tmp_path):
+    rows = _run(tmp_path, "resume")
+    measures = {row["measure"]: row["value"] for row in rows[1:]}
+    assert set(measures) == {"resume_ms_p50", "resume_ms_p99", "replay_msgs_per_s", "bytes_per_history_entry"}
+    assert 0 < measures["resume_ms_p50"] <= measures["resume_ms_p99"]
+    assert measures["replay_msgs_per_s"] > 0

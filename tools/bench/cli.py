@@ -8,6 +8,7 @@ Scenarios (``cbhub bench SCENARIO --help`` for each one's options)::
     connections  N idle subscribed WebSockets: RSS per connection, accept time, one event to all
     ingest       protocol/ alone: framing + normalizer throughput per provider format
     sse          the OpenAI-compatible SSE endpoint, hub vs the LiteLLM proxy (when installed)
+    resume       resume time after reconnect, replay throughput, memory per history entry
 
 Every scenario takes ``--out FILE`` (JSON lines appended there instead of stdout) and
 ``--quiet`` (no table or progress bar).
@@ -31,6 +32,7 @@ SCENARIOS = {
     "connections": ("connections", "idle subscribed connections: RSS per connection, accept time, broadcast"),
     "ingest": ("ingest", "framing + normalizer throughput per provider format (no network)"),
     "sse": ("sse", "OpenAI-compatible SSE endpoint: hub vs the LiteLLM proxy"),
+    "resume": ("resume", "resume time after reconnect, replay throughput, memory per history entry"),
 }
 
 
