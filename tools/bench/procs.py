@@ -163,4 +163,5 @@ def start_hub(mock_url: str, loop: str = "asyncio", **config: Any) -> ServerProc
         loop: ``asyncio`` or ``uvloop`` (``cbhub serve --loop``).
     """
     argv = [sys.executable, "-m", "hub.cli", "serve", "--port", "0", "--log-level", "WARNING", "--loop", loop]
+    config.setdefault("shutdown_drain_timeout_s", 0)  # a benchmark's leftovers need no graceful drain
     return ServerProcess("hub", argv, hub_env(mock_url, **config))
