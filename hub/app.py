@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -127,6 +128,28 @@ async def healthz_handler(request: web.Request) -> web.Response:
     return web.json_response({"status": "starting"}, status=503)
 
 
+#: The web page (``GET /``, ``/static/...``); installed with the package.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The JavaScript SDK's sources (``/sdk/...``), which the page imports. They are outside the
+#: Python package: served when the hub runs from a checkout (an editable install), else absent.
+SDK_DIR = Path(__file__).resolve().parent.parent / "sdk_js" / "src"
+
+
+async def index_handler(request: web.Request) -> web.FileResponse:
+    """``GET /``: the web page (``hub/static/index.html``)."""
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def add_page_routes(app: web.Application) -> None:
+    """``GET /``, ``/static/...`` (hub/static) and ``/sdk/...`` (sdk_js/src, when present):
+    read-only files; aiohttp's static resources refuse paths that resolve outside their
+    directory and list no directories."""
+    app.router.add_get("/", index_handler)
+    app.router.add_static("/static/", STATIC_DIR)
+    if SDK_DIR.is_dir():
+        app.router.add_static("/sdk/", SDK_DIR)
+
+
 def create_app(config: HubConfig | None = None) -> web.Application:
     """The aiohttp application with every route of the hub on it."""
     hub = Hub(config or HubConfig.from_env())
@@ -139,6 +162,7 @@ def create_app(config: HubConfig | None = None) -> web.Application:
     app.router.add_get("/v1/chat/completions/stream", chat_stream_get_handler)
     app.router.add_get("/v1/models", models_handler)
     app.router.add_get("/healthz", healthz_handler)
+    add_page_routes(app)
     return app
 
 

@@ -1,0 +1,254 @@
+// The hub's web page: every "Send" starts one completion on the page's one WebSocket (the JS
+// SDK, served by the hub at /sdk/) and adds a panel that shows it as it streams: the answer,
+// the reasoning apart from it, tool calls, then usage and time to first token. "Drop
+// connection" closes the socket abruptly; the SDK reconnects and resumes every open stream.
+
+import { createClient } from '../sdk/index.js';
+
+const GET_WEATHER = {
+  type: 'function',
+  function: {
+    name: 'get_weather',
+    description: 'The current weather in a city.',
+    parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+  },
+};
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $('connection-status'),
+  reconnects: $('reconnects'),
+  drop: $('drop'),
+  form: $('composer'),
+  model: $('model'),
+  prompt: $('prompt'),
+  tools: $('opt-tools'),
+  reasoning: $('opt-reasoning'),
+  clear: $('clear'),
+  panels: $('panels'),
+  template: $('panel-template'),
+};
+
+/** Panels of completions still running, by channel name (`completion:<id>`). */
+const running = new Map();
+let reconnectCount = 0;
+
+const client = createClient({
+  batch: true,
+  reconnect: { baseDelayMs: 250, maxDelayMs: 4000 },
+  onStatus: showConnectionStatus,
+  onReconnect(info) {
+    reconnectCount += 1;
+    const resumed = info.channels.filter((name) => running.has(name));
+    ui.reconnects.dataset.count = String(reconnectCount);
+    ui.reconnects.textContent =
+      `reconnected ${reconnectCount}× · last after close ${info.code}, ` +
+      `${plural(resumed.length, 'stream')} resumed`;
+    for (const name of resumed) running.get(name).resumed();
+  },
+});
+showConnectionStatus(client.status);
+globalThis.cbhub = { client };
+
+function showConnectionStatus(status) {
+  ui.status.dataset.status = status;
+  ui.status.textContent = status === 'closed' ? 'closed (reload the page)' : status;
+  ui.drop.disabled = status !== 'open';
+}
+
+ui.drop.addEventListener('click', () => client.dropConnection());
+
+ui.form.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const prompt = ui.prompt.value.trim();
+  if (!prompt) {
+    ui.prompt.focus();
+    return;
+  }
+  start(ui.model.value, prompt, { tools: ui.tools.checked, reasoning: ui.reasoning.checked });
+});
+
+ui.prompt.addEventListener('keydown', (event) => {
+  if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) ui.form.requestSubmit();
+});
+
+ui.clear.addEventListener('click', () => {
+  for (const panel of ui.panels.querySelectorAll('.panel:not([aria-busy="true"])')) panel.remove();
+});
+
+/** Start one completion and add its panel. */
+function start(model, prompt, options) {
+  const panel = new Panel(model, prompt);
+  const request = { model, messages: [{ role: 'user', content: prompt }] };
+  if (options.tools) request.tools = [GET_WEATHER];
+  if (options.reasoning) request.reasoning = 'low';
+  const sentAt = performance.now();
+  let firstAt = null;
+  const first = () => {
+    if (firstAt == null) firstAt = performance.now() - sentAt;
+  };
+  const stream = client.completion(request, {
+    onThinking(delta, message) {
+      first();
+      if (delta) panel.addReasoning(delta);
+      if (message.redacted) panel.addReasoning('[redacted reasoning] ');
+      if (!panel.hasText) panel.setStatus('thinking');
+    },
+    onContent(delta) {
+      first();
+      panel.addText(delta);
+      panel.setStatus('streaming');
+    },
+    onToolCall(call) {
+      first();
+      panel.addToolCall(call);
+    },
+    onEvent(message) {
+      if (message.type === 'refusal' && message.content) panel.addRefusal(message.content);
+    },
+    // (the SDK may call these before completion() returns: a closed client)
+    onComplete(result) {
+      running.delete(panel.channel);
+      panel.complete(result, firstAt);
+    },
+    onError(error) {
+      running.delete(panel.channel);
+      panel.fail(error, firstAt);
+    },
+  });
+  panel.bind(stream);
+  if (panel.busy) running.set(stream.channel, panel);
+}
+
+class Panel {
+  constructor(model, prompt) {
+    const root = ui.template.content.firstElementChild.cloneNode(true);
+    const part = (id) => root.querySelector(`[data-testid="${id}"]`);
+    this.root = root;
+    this.el = {
+      model: part('panel-model'),
+      status: part('panel-status'),
+      prompt: part('panel-prompt'),
+      reasoningBox: part('panel-reasoning-box'),
+      reasoning: part('panel-reasoning'),
+      text: part('panel-text'),
+      refusal: part('panel-refusal'),
+      tools: part('panel-tools'),
+      error: part('panel-error'),
+      ttft: part('panel-ttft'),
+      usage: part('panel-usage'),
+      resumed: part('panel-resumed'),
+      cancel: part('panel-cancel'),
+    };
+    this.busy = true;
+    this.hasText = false;
+    this.resumes = 0;
+    root.setAttribute('aria-busy', 'true');
+    this.el.model.textContent = model;
+    this.el.prompt.textContent = prompt;
+    this.el.prompt.title = prompt;
+    ui.panels.append(root);
+    root.scrollIntoView({ block: 'nearest', inline: 'nearest' });
+  }
+
+  bind(stream) {
+    this.channel = stream.channel;
+    this.root.dataset.completionId = stream.id;
+    this.el.cancel.addEventListener('click', () => {
+      this.el.cancel.disabled = true;
+      stream.cancel().catch((error) => this.showError(error));
+    });
+  }
+
+  setStatus(status, label = status) {
+    this.el.status.dataset.status = status;
+    this.el.status.textContent = label;
+  }
+
+  addText(delta) {
+    this.hasText = true;
+    this.el.text.append(delta);
+  }
+
+  addReasoning(delta) {
+    this.el.reasoningBox.hidden = false;
+    this.el.reasoning.append(delta);
+  }
+
+  addRefusal(delta) {
+    this.el.refusal.hidden = false;
+    this.el.refusal.append(delta);
+  }
+
+  addToolCall(call) {
+    const item = document.createElement('li');
+    item.dataset.testid = 'panel-tool-call';
+    const name = document.createElement('code');
+    name.textContent = call.tool;
+    const args = typeof call.arguments === 'string' ? call.arguments : JSON.stringify(call.arguments);
+    item.append('🔧 ', name, `(${args})`);
+    if (call.serverTool) item.append(' · run by the provider');
+    item.title = call.id ?? '';
+    this.el.tools.hidden = false;
+    this.el.tools.append(item);
+  }
+
+  resumed() {
+    this.resumes += 1;
+    this.el.resumed.hidden = false;
+    this.el.resumed.textContent = `resumed ×${this.resumes}`;
+  }
+
+  #finish() {
+    this.busy = false;
+    this.root.removeAttribute('aria-busy');
+    this.el.cancel.hidden = true;
+  }
+
+  complete(result, pageTtftMs) {
+    this.#finish();
+    this.setStatus('done', `done · ${result.finishReason}`);
+    if (result.provider || result.model) this.el.model.title = `served by ${result.provider} ${result.model}`;
+    if (result.refusal) {
+      this.el.refusal.hidden = false;
+      this.el.refusal.textContent = result.refusal;
+    }
+    this.showTiming(result.ttftMs, pageTtftMs);
+    const usage = result.usage;
+    if (usage) {
+      let text = `${usage.promptTokens} in · ${usage.completionTokens} out`;
+      if (usage.reasoningTokens) text += ` (${usage.reasoningTokens} reasoning)`;
+      this.el.usage.textContent = `${text} · ${usage.totalTokens} tokens`;
+    }
+    const attempts = result.attempts ?? [];
+    if (attempts.length > 1) this.el.usage.textContent += ` · ${plural(attempts.length, 'attempt')}`;
+  }
+
+  fail(error, pageTtftMs) {
+    this.#finish();
+    if (error.code === 'cancelled') this.setStatus('cancelled');
+    else this.setStatus('error', `error · ${error.code ?? 'failed'}`);
+    this.showError(error);
+    this.showTiming(null, pageTtftMs);
+  }
+
+  showError(error) {
+    this.el.error.hidden = false;
+    this.el.error.textContent = error.code ? `${error.code}: ${error.message}` : String(error.message ?? error);
+  }
+
+  showTiming(hubTtftMs, pageTtftMs) {
+    const parts = [];
+    if (hubTtftMs != null) parts.push(`TTFT ${formatMs(hubTtftMs)} (hub)`);
+    if (pageTtftMs != null) parts.push(`${formatMs(pageTtftMs)} (page)`);
+    this.el.ttft.textContent = parts.join(' · ');
+  }
+}
+
+function formatMs(ms) {
+  return ms >= 100 ? `${Math.round(ms)} ms` : `${ms.toFixed(1)} ms`;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
