@@ -239,9 +239,9 @@ class Panel {
 
   showTiming(hubTtftMs, pageTtftMs) {
     const parts = [];
-    if (hubTtftMs != null) parts.push(`TTFT ${formatMs(hubTtftMs)} (hub)`);
+    if (hubTtftMs != null) parts.push(`${formatMs(hubTtftMs)} (hub)`);
     if (pageTtftMs != null) parts.push(`${formatMs(pageTtftMs)} (page)`);
-    this.el.ttft.textContent = parts.join(' · ');
+    this.el.ttft.textContent = parts.length ? `TTFT ${parts.join(' · ')}` : '';
   }
 }
 
