@@ -1,0 +1,684 @@
+// circuit-breaker-hub JavaScript SDK: one WebSocket to the hub, many completions and channel
+// subscriptions over it, reconnect with backoff and resume of every open stream.
+//
+// Plain ES module with no dependencies: browsers load it as it is (the hub serves sdk_js/src/);
+// Node passes a WebSocket implementation (the `ws` package). The wire protocol is
+// docs/PROTOCOL.md; the message types and codes are in ./protocol.js, generated from the hub.
+//
+// Theory of operation
+// - The client owns one socket at a time. Everything it must re-establish after a reconnect
+//   is derived from its channels (one per `completion:<id>`, `system`, `workflow:<id>`, ...):
+//   on every open it sends, per channel, either the `completion` that starts it (not sent
+//   yet) or a `subscribe` with `since` (the channel's epoch and last seq).
+// - Answers that carry no channel (`subscribed`, `unsubscribed`, `pong`, an `error` without
+//   `completionId`) are matched to the requests in the order they were sent: the hub handles
+//   a connection's messages one at a time and answers in order. A `cancel` has no answer when
+//   it works, so the client sends a `ping` after it: the `pong` closes it.
+// - Channel messages go through ChannelState (./channel.js), which drops replayed duplicates
+//   and turns a `snapshot` into just the missing text, then to the channel's listeners.
+//   Reconnect and resume behave as in the Python SDK (hub/client.py).
+
+import { ChannelState, ResumeError } from './channel.js';
+import { CHANNEL_PATTERN, CLOSE_CODES, HUB_CLOSE_CODE_RANGE } from './protocol.js';
+
+export * from './protocol.js';
+
+/** Reconnect settings when `createClient` is given none. */
+export const DEFAULT_RECONNECT = Object.freeze({ baseDelayMs: 100, maxDelayMs: 5000, maxAttempts: Infinity });
+
+/** The socket is open this long without a message and the backoff starts from 0 again. */
+const STABLE_AFTER_MS = 5000;
+const OPEN = 1;
+/** A stream's Listener (kept off the stream's public properties). */
+const LISTENER = Symbol('listener');
+
+/**
+ * An error reported by the hub (`error.code` of docs/PROTOCOL.md "Error codes"), or by the SDK
+ * itself: `connection_closed` (the client was closed, or the socket closed with a code that does
+ * not mean "reconnect"), `reconnect_failed` (`reconnect.maxAttempts` reached), `resume_failed`
+ * (a snapshot did not continue the text already delivered), `stream_gap` (messages of a
+ * completion never arrived).
+ */
+export class HubError extends Error {
+  constructor({ code, message, retryable = false, status, usage, attempts, completionId, event } = {}) {
+    super(message ?? code);
+    this.name = 'HubError';
+    this.code = code;
+    this.retryable = retryable;
+    if (status != null) this.status = status;
+    if (usage != null) this.usage = usage;
+    if (attempts != null) this.attempts = attempts;
+    if (completionId != null) this.completionId = completionId;
+    if (event != null) this.event = event;
+  }
+
+  /** The HubError of a hub `error` message. */
+  static fromMessage(message) {
+    const error = message.error ?? {};
+    return new HubError({
+      ...error,
+      usage: message.usage,
+      attempts: message.attempts,
+      completionId: message.completionId,
+      event: message,
+    });
+  }
+}
+
+/** Whether a close code means "reconnect and resume" (docs/PROTOCOL.md "Close codes"). */
+export function shouldReconnect(code) {
+  const known = CLOSE_CODES[String(code)];
+  if (known) return known.reconnect;
+  return code >= HUB_CLOSE_CODE_RANGE[0] && code <= HUB_CLOSE_CODE_RANGE[1];
+}
+
+/**
+ * Exponential backoff with full jitter: uniform in [0, min(maxDelayMs, baseDelayMs · 2^attempt)].
+ * @param {number} attempt 0 for the first reconnect.
+ */
+export function backoffDelay(attempt, { baseDelayMs, maxDelayMs } = DEFAULT_RECONNECT, random = Math.random) {
+  const cap = Math.min(maxDelayMs, baseDelayMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * cap);
+}
+
+/** Create a client; it connects at once (see docs in index.d.ts and README.md). */
+export function createClient(options) {
+  return new HubClient(options);
+}
+
+let idCounter = 0;
+const idPrefix = randomHex(4);
+
+function randomHex(bytes) {
+  const values = new Uint8Array(bytes);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(values);
+  else for (let i = 0; i < bytes; i += 1) values[i] = Math.floor(Math.random() * 256);
+  return Array.from(values, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function resolveUrl(url, batch) {
+  const location = globalThis.location;
+  let resolved;
+  if (url == null) {
+    if (!location) throw new TypeError('createClient: `url` is required outside a browser');
+    resolved = new URL('/ws/stream', location.href);
+  } else {
+    resolved = new URL(String(url), location?.href);
+  }
+  if (resolved.protocol === 'http:') resolved.protocol = 'ws:';
+  else if (resolved.protocol === 'https:') resolved.protocol = 'wss:';
+  if (batch) resolved.searchParams.set('batch', '1');
+  return resolved.toString();
+}
+
+function channelOf(message) {
+  if (typeof message.channel === 'string') return message.channel;
+  if (message.completionId != null) return `completion:${message.completionId}`;
+  if (message.workflowId != null) return `workflow:${message.workflowId}`;
+  if (message.agentId != null) return `agent:${message.agentId}`;
+  if (message.type === 'circuit_state') return 'system';
+  return null;
+}
+
+/** Call a user callback; an exception in it is re-thrown outside the SDK's own code. */
+function invoke(callback, ...args) {
+  if (typeof callback !== 'function') return;
+  try {
+    callback(...args);
+  } catch (error) {
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+}
+
+function resultOf(state, completed, id) {
+  return {
+    id,
+    text: state.content,
+    reasoning: state.reasoning,
+    refusal: state.refusal,
+    toolCalls: state.toolCalls,
+    citations: state.citations,
+    usage: completed.usage ?? null,
+    finishReason: completed.finishReason,
+    provider: completed.provider,
+    model: completed.model,
+    ttftMs: completed.ttftMs ?? null,
+    attempts: completed.attempts ?? [],
+  };
+}
+
+// One local subscriber of a channel: a `client.subscribe` handler set or a completion stream.
+class Listener {
+  constructor(handlers, onDone) {
+    this.handlers = handlers ?? {};
+    this.onDone = onDone;
+    this.done = false;
+  }
+
+  deliver(message, channel) {
+    if (this.done) return;
+    const h = this.handlers;
+    invoke(h.onEvent, message);
+    switch (message.type) {
+      case 'content_chunk':
+        invoke(h.onContent, message.content, message);
+        break;
+      case 'thinking_status':
+        invoke(h.onThinking, message.content ?? '', message);
+        break;
+      case 'tool_call':
+        invoke(h.onToolCall, message);
+        break;
+      case 'completed':
+        this.finish(null, resultOf(channel.state, message, channel.id));
+        break;
+      case 'error':
+        if (message.completionId != null) this.finish(HubError.fromMessage(message), null);
+        break;
+      default:
+        break;
+    }
+  }
+
+  finish(error, result) {
+    if (this.done) return;
+    this.done = true;
+    if (error) invoke(this.handlers.onError, error);
+    else invoke(this.handlers.onComplete, result);
+    this.onDone?.(error, result);
+  }
+}
+
+// A channel the client watches: its state, its local listeners and the messages delivered so
+// far (a listener added later gets them first).
+class Channel {
+  constructor(name, start) {
+    this.name = name;
+    this.id = name.startsWith('completion:') ? name.slice('completion:'.length) : null;
+    this.state = new ChannelState(name);
+    this.listeners = new Set();
+    this.delivered = [];
+    /** The `completion` message that starts this channel, until the hub acknowledged it. */
+    this.start = start ?? null;
+    this.startSent = false;
+    /** The socket on which the hub has (or will have) this channel subscribed. */
+    this.socket = null;
+  }
+}
+
+class CompletionStream {
+  constructor(client, channel, handlers) {
+    this.id = channel.id;
+    this.channel = channel.name;
+    this.#client = client;
+    this.#events = [];
+    this.#waiters = [];
+    this.#error = null;
+    this.#ended = false;
+    this.result = new Promise((resolve, reject) => {
+      this.#settle = { resolve, reject };
+    });
+    this.result.catch(() => {}); // a stream nobody awaits must not be an unhandled rejection
+    const wrapped = { ...handlers };
+    const userEvent = handlers?.onEvent;
+    wrapped.onEvent = (message) => {
+      if (!(message.type === 'error' && message.completionId != null)) this.#push(message);
+      invoke(userEvent, message);
+    };
+    this[LISTENER] = new Listener(wrapped, (error, result) => {
+      if (error) {
+        this.#error = error;
+        this.#settle.reject(error);
+      } else {
+        this.#settle.resolve(result);
+      }
+      this.#ended = true;
+      this.#wake();
+    });
+  }
+
+  #client;
+  #events;
+  #waiters;
+  #error;
+  #ended;
+  #settle;
+
+  /** Cancel this completion (see `client.cancel`). */
+  cancel() {
+    return this.#client.cancel(this.id);
+  }
+
+  #push(message) {
+    this.#events.push(message);
+    this.#wake();
+  }
+
+  #wake() {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  async *[Symbol.asyncIterator]() {
+    let index = 0;
+    for (;;) {
+      if (index < this.#events.length) {
+        yield this.#events[index];
+        index += 1;
+        continue;
+      }
+      if (this.#ended) {
+        if (this.#error) throw this.#error;
+        return;
+      }
+      await new Promise((resolve) => this.#waiters.push(resolve));
+    }
+  }
+}
+
+class HubClient {
+  constructor(options = {}) {
+    const WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof WebSocketImpl !== 'function') {
+      throw new TypeError('createClient: no WebSocket implementation; pass {WebSocket} (in Node: the `ws` package)');
+    }
+    this.#WebSocket = WebSocketImpl;
+    this.#url = resolveUrl(options.url, options.batch);
+    this.#batch = Boolean(options.batch);
+    this.#reconnect = options.reconnect === false ? null : { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
+    this.#onReconnect = options.onReconnect;
+    this.#onStatus = options.onStatus;
+    this.#connect();
+  }
+
+  #WebSocket;
+  #url;
+  #batch;
+  #reconnect;
+  #onReconnect;
+  #onStatus;
+  #status = 'connecting';
+  #ws = null;
+  #closed = false;
+  #channels = new Map();
+  #expected = []; // answers awaited on the current socket, in the order the requests went out
+  #outbox = []; // cancels waiting for a socket
+  #attempt = 0;
+  #timer = null;
+  #stableTimer = null;
+  #lastClose = null;
+
+  /** `connecting`, `open`, `reconnecting` (waiting to reconnect) or `closed`. */
+  get status() {
+    return this.#status;
+  }
+
+  /** The WebSocket URL in use (with `batch=1` when batching). */
+  get url() {
+    return this.#url;
+  }
+
+  // Public API.
+
+  completion(request, handlers = {}) {
+    if (request == null || typeof request !== 'object') throw new TypeError('completion(request): request must be an object');
+    const id = request.id ?? `js-${idPrefix}-${(idCounter += 1)}`;
+    const name = `completion:${id}`;
+    const start = { type: 'completion', ...request, id };
+    const channel = new Channel(name, start);
+    const stream = new CompletionStream(this, channel, handlers);
+    if (this.#closed) {
+      stream[LISTENER].finish(new HubError({ code: 'connection_closed', message: 'the client is closed' }), null);
+      return stream;
+    }
+    if (this.#channels.has(name)) {
+      stream[LISTENER].finish(new HubError({ code: 'duplicate_id', message: `completion id '${id}' is already in use by this client` }), null);
+      return stream;
+    }
+    this.#addListener(channel, stream[LISTENER]);
+    return stream;
+  }
+
+  subscribe(channelName, handlers = {}) {
+    if (typeof channelName !== 'string' || !CHANNEL_PATTERN.test(channelName)) {
+      throw new TypeError(`subscribe: '${channelName}' is not a channel name (completion:<id>, workflow:<id>, agent:<id> or system)`);
+    }
+    if (this.#closed) {
+      new Listener(handlers).finish(new HubError({ code: 'connection_closed', message: 'the client is closed' }), null);
+      return () => {};
+    }
+    let channel = this.#channels.get(channelName);
+    const listener = new Listener(handlers, () => this.#removeListener(channel, listener));
+    if (channel) {
+      channel.listeners.add(listener);
+      const replay = channel.delivered.slice();
+      queueMicrotask(() => {
+        for (const message of replay) listener.deliver(message, channel);
+      });
+    } else {
+      channel = new Channel(channelName, null);
+      this.#addListener(channel, listener);
+    }
+    return () => {
+      if (listener.done) return;
+      listener.done = true;
+      this.#removeListener(channel, listener);
+    };
+  }
+
+  subscribeWorkflow(workflowId, handlers = {}) {
+    return this.subscribe(`workflow:${workflowId}`, handlers);
+  }
+
+  cancel(completionId) {
+    return new Promise((resolve, reject) => {
+      if (this.#closed) {
+        reject(new HubError({ code: 'connection_closed', message: 'the client is closed' }));
+        return;
+      }
+      const request = { completionId, resolve, reject };
+      if (this.#isOpen()) this.#sendCancel(request);
+      else this.#outbox.push(request);
+    });
+  }
+
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    clearTimeout(this.#stableTimer);
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      try {
+        ws.close(1000, 'client closed');
+      } catch {
+        // already closing
+      }
+    }
+    this.#failAll(new HubError({ code: 'connection_closed', message: 'the client was closed' }));
+    this.#setStatus('closed');
+  }
+
+  dropConnection() {
+    const ws = this.#ws;
+    if (!ws) return;
+    if (typeof ws.terminate === 'function') {
+      ws.terminate(); // Node's `ws`: drop the TCP connection, as a network failure would
+    } else {
+      try {
+        ws.close(4000, 'dropped by the client'); // browsers cannot drop a socket abruptly
+      } catch {
+        // already closing
+      }
+    }
+    this.#handleClose(ws, 1006, 'dropped by dropConnection()');
+  }
+
+  // Channels and listeners.
+
+  #addListener(channel, listener) {
+    channel.listeners.add(listener);
+    this.#channels.set(channel.name, channel);
+    if (this.#isOpen()) this.#sync(channel);
+  }
+
+  #removeListener(channel, listener) {
+    channel.listeners.delete(listener);
+    if (channel.listeners.size > 0 || this.#channels.get(channel.name) !== channel) return;
+    this.#channels.delete(channel.name);
+    if (channel.socket && channel.socket === this.#ws && this.#isOpen()) {
+      this.#send({ type: 'unsubscribe', channels: [channel.name] }, { kind: 'unsubscribe' });
+    }
+  }
+
+  /** Start or resubscribe one channel on the current (open) socket. */
+  #sync(channel) {
+    channel.socket = this.#ws;
+    if (channel.start && !channel.startSent) {
+      channel.startSent = true;
+      this.#send(channel.start, { kind: 'start', channel });
+      return;
+    }
+    const message = { type: 'subscribe', channels: [channel.name] };
+    const cursor = channel.state.cursor();
+    if (cursor) message.since = { [channel.name]: cursor };
+    this.#send(message, { kind: 'subscribe', channel });
+  }
+
+  #failChannel(channel, error) {
+    if (this.#channels.get(channel.name) === channel) this.#channels.delete(channel.name);
+    for (const listener of [...channel.listeners]) listener.finish(error, null);
+    channel.listeners.clear();
+  }
+
+  #failAll(error) {
+    for (const channel of [...this.#channels.values()]) this.#failChannel(channel, error);
+    for (const request of this.#outbox) request.reject(error);
+    this.#outbox = [];
+    for (const expected of this.#expected) if (expected.kind === 'cancel') expected.request.reject(error);
+    this.#expected = [];
+  }
+
+  // Sending.
+
+  #isOpen() {
+    return this.#ws != null && this.#ws.readyState === OPEN;
+  }
+
+  #send(message, expected) {
+    this.#ws.send(JSON.stringify(message));
+    if (expected) this.#expected.push(expected);
+  }
+
+  #sendCancel(request) {
+    this.#send({ type: 'cancel', completionId: request.completionId }, null);
+    this.#send({ type: 'ping' }, { kind: 'cancel', request, error: null });
+  }
+
+  // The socket.
+
+  #setStatus(status) {
+    if (this.#status === status) return;
+    this.#status = status;
+    invoke(this.#onStatus, status);
+  }
+
+  #connect() {
+    this.#setStatus('connecting');
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#url);
+    } catch (error) {
+      this.#ws = null;
+      this.#afterClose(1006, String(error?.message ?? error));
+      return;
+    }
+    this.#ws = ws;
+    this.#expected = [];
+    ws.onopen = () => {
+      if (ws === this.#ws) this.#handleOpen();
+    };
+    ws.onmessage = (event) => {
+      if (ws === this.#ws) this.#handleFrame(event.data);
+    };
+    ws.onclose = (event) => this.#handleClose(ws, event.code, event.reason);
+    ws.onerror = () => {}; // a close event follows
+  }
+
+  #handleOpen() {
+    const reconnected = this.#lastClose;
+    this.#setStatus('open');
+    clearTimeout(this.#stableTimer);
+    this.#stableTimer = setTimeout(() => {
+      this.#attempt = 0;
+    }, STABLE_AFTER_MS);
+    const names = [];
+    for (const channel of this.#channels.values()) {
+      names.push(channel.name);
+      this.#sync(channel);
+    }
+    const outbox = this.#outbox;
+    this.#outbox = [];
+    for (const request of outbox) this.#sendCancel(request);
+    if (reconnected) {
+      this.#lastClose = null;
+      invoke(this.#onReconnect, { ...reconnected, channels: names });
+    }
+  }
+
+  #handleClose(ws, code, reason) {
+    if (ws !== this.#ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onerror = () => {};
+    this.#ws = null;
+    clearTimeout(this.#stableTimer);
+    // Cancels whose answer did not come are sent again on the next socket.
+    const lost = this.#expected;
+    this.#expected = [];
+    for (const expected of lost) if (expected.kind === 'cancel') this.#outbox.push(expected.request);
+    for (const channel of this.#channels.values()) channel.socket = null;
+    this.#afterClose(code, reason);
+  }
+
+  #afterClose(code, reason) {
+    if (this.#closed) return;
+    const policy = this.#reconnect;
+    if (!policy || !shouldReconnect(code)) {
+      this.#closed = true;
+      this.#failAll(new HubError({ code: 'connection_closed', message: `the connection closed with ${code}${reason ? ` (${reason})` : ''}` }));
+      this.#setStatus('closed');
+      return;
+    }
+    if (this.#attempt >= policy.maxAttempts) {
+      this.#closed = true;
+      this.#failAll(new HubError({ code: 'reconnect_failed', message: `gave up after ${this.#attempt} reconnect attempts (last close ${code})`, retryable: true }));
+      this.#setStatus('closed');
+      return;
+    }
+    const delayMs = backoffDelay(this.#attempt, policy);
+    this.#attempt += 1;
+    this.#lastClose = { attempt: this.#attempt, code, reason: reason ?? '', delayMs };
+    this.#setStatus('reconnecting');
+    this.#timer = setTimeout(() => this.#connect(), delayMs);
+  }
+
+  // Receiving.
+
+  #handleFrame(data) {
+    const text = typeof data === 'string' ? data : new TextDecoder().decode(data);
+    if (this.#batch) {
+      for (const line of text.split('\n')) if (line) this.#handleText(line);
+    } else {
+      this.#handleText(text);
+    }
+  }
+
+  #handleText(text) {
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (message == null || typeof message !== 'object') return;
+    clearTimeout(this.#stableTimer);
+    this.#attempt = 0;
+    switch (message.type) {
+      case 'subscribed':
+        this.#answer(message, (expected) => expected.kind === 'start' || expected.kind === 'subscribe');
+        this.#acknowledged(message);
+        return;
+      case 'unsubscribed':
+        this.#answer(message, (expected) => expected.kind === 'unsubscribe');
+        return;
+      case 'pong':
+        this.#answer(message, (expected) => expected.kind === 'cancel' || expected.kind === 'ping');
+        return;
+      case 'error':
+        if (message.completionId == null) {
+          this.#answer(message, () => true);
+          return;
+        }
+        break;
+      default:
+        break;
+    }
+    const name = channelOf(message);
+    const channel = name == null ? undefined : this.#channels.get(name);
+    if (channel) this.#deliver(channel, message);
+  }
+
+  /** Give an answer to the oldest request still waiting for one. */
+  #answer(message, accepts) {
+    const expected = this.#expected[0];
+    if (!expected || !accepts(expected)) return; // not ours (should not happen)
+    switch (expected.kind) {
+      case 'cancel':
+        if (message.type === 'error') {
+          expected.error = HubError.fromMessage(message);
+          return; // the pong still comes
+        }
+        this.#expected.shift();
+        if (expected.error) expected.request.reject(expected.error);
+        else expected.request.resolve();
+        return;
+      case 'start':
+      case 'subscribe':
+        this.#expected.shift();
+        if (message.type === 'error') this.#refused(expected, message);
+        return;
+      default:
+        this.#expected.shift();
+    }
+  }
+
+  #refused(expected, message) {
+    const channel = expected.channel;
+    if (this.#channels.get(channel.name) !== channel) return;
+    const code = message.error?.code;
+    // A `completion` whose fate was unknown (the socket dropped before its answer) and whose
+    // channel the hub does not have: it never arrived, so send it again.
+    if (expected.kind === 'subscribe' && code === 'unknown_channel' && channel.start) {
+      channel.startSent = false;
+      if (this.#isOpen()) this.#sync(channel);
+      return;
+    }
+    this.#failChannel(channel, HubError.fromMessage(message));
+  }
+
+  #acknowledged(message) {
+    for (const name of message.channels ?? []) {
+      const channel = this.#channels.get(name);
+      if (!channel) continue;
+      channel.start = null;
+      channel.state.acknowledge(message.epochs?.[name]);
+    }
+  }
+
+  #deliver(channel, message) {
+    let messages;
+    try {
+      messages = channel.state.apply(message);
+    } catch (error) {
+      if (!(error instanceof ResumeError)) throw error;
+      const retryable = error.code === 'stream_gap';
+      this.#failChannel(channel, new HubError({ code: error.code, message: error.message, retryable, completionId: channel.id }));
+      return;
+    }
+    for (const delivered of messages) {
+      channel.delivered.push(delivered);
+      for (const listener of [...channel.listeners]) listener.deliver(delivered, channel);
+    }
+    if (channel.state.terminal && this.#channels.get(channel.name) === channel) {
+      for (const listener of [...channel.listeners]) listener.finish(null, null);
+      this.#channels.delete(channel.name);
+      if (channel.socket === this.#ws && this.#isOpen()) {
+        this.#send({ type: 'unsubscribe', channels: [channel.name] }, { kind: 'unsubscribe' });
+      }
+    }
+  }
+}

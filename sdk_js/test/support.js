@@ -1,0 +1,210 @@
+// Test support: a real hub and mock provider as child processes, the mock's expected text,
+// a fake WebSocket for tests that script the hub's side, and a small JSON Schema check.
+//
+// The Python is $CBHUB_PYTHON (default python3) and must have the hub installed (CI sets it to
+// the virtualenv's). Servers run on 127.0.0.1 with port 0 and print `listening on http://...`.
+
+import { execFileSync, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { SCHEMA } from '../src/protocol.js';
+
+export const PYTHON = process.env.CBHUB_PYTHON || 'python3';
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const MODEL = 'openai/gpt-4o-mini';
+/** Upper bound for anything a test waits on: a safety net, never a measured timing. */
+export const TIMEOUT_MS = 10_000;
+
+const LISTENING = /listening on (http:\/\/[0-9.]+:\d+)/;
+
+/** Start `python -m <module> ...args`; resolves once it printed its URL. */
+export function startServer(name, args, env = {}) {
+  const child = spawn(PYTHON, ['-m', ...args], {
+    cwd: ROOT,
+    env: { ...process.env, PYTHONUNBUFFERED: '1', ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
+  return new Promise((resolve, reject) => {
+    let output = '';
+    const timer = setTimeout(() => {
+      stop();
+      reject(new Error(`${name} did not start within 20 s: ${output}`));
+    }, 20_000);
+    const onData = (chunk) => {
+      output += chunk;
+      const match = LISTENING.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        child.stdout.off('data', onData);
+        child.stdout.resume(); // keep draining
+        resolve({ url: match[1], stop, child });
+      }
+    };
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', onData);
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      reject(new Error(`${name}: cannot run ${PYTHON}: ${error.message}`));
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited with ${code} before listening: ${output}`));
+    });
+  });
+}
+
+/** The environment of a hub whose providers all point at the mock (tools/bench/procs.py hub_env). */
+export function hubEnv(mockUrl, config = {}) {
+  const env = {
+    OPENAI_API_KEY: 'test-key',
+    OPENAI_BASE_URL: `${mockUrl}/v1`,
+    ANTHROPIC_API_KEY: 'test-key',
+    ANTHROPIC_BASE_URL: mockUrl,
+    GEMINI_API_KEY: 'test-key',
+    GEMINI_BASE_URL: mockUrl,
+    OLLAMA_HOST: mockUrl,
+    CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S: '0',
+    CBHUB_DEAD_LETTER_PATH: '',
+  };
+  for (const [key, value] of Object.entries(config)) env[`CBHUB_${key.toUpperCase()}`] = String(value);
+  return env;
+}
+
+export function startMock() {
+  return startServer('mock provider', ['tools.mock_provider', '--port', '0']);
+}
+
+/** A hub against the mock at `mockUrl`; `config` adds CBHUB_<KEY> settings. */
+export async function startHub(mockUrl, config = {}) {
+  const hub = await startServer('hub', ['hub.cli', 'serve', '--port', '0', '--log-level', 'WARNING'], hubEnv(mockUrl, config));
+  return { ...hub, wsUrl: `${hub.url.replace('http', 'ws')}/ws/stream` };
+}
+
+const expectedCache = new Map();
+
+/** The answer text of `[[mock tokens=N seed=S]]` (tools/mock_provider.py expected_text). */
+export function expectedText(tokens, seed = 0) {
+  const key = `${tokens}:${seed}`;
+  if (!expectedCache.has(key)) {
+    const code = `import sys; from tools.mock_provider import expected_text; sys.stdout.write(expected_text(${tokens}, ${seed}))`;
+    expectedCache.set(key, execFileSync(PYTHON, ['-c', code], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' } }));
+  }
+  return expectedCache.get(key);
+}
+
+/** A user message carrying a mock directive. */
+export function ask(directive, text = 'Hi') {
+  return [{ role: 'user', content: `${text} [[mock ${directive}]]` }];
+}
+
+/** Resolve when `predicate()` holds (checked every 5 ms), reject after TIMEOUT_MS. */
+export async function waitFor(predicate, what = 'condition') {
+  const deadline = Date.now() + TIMEOUT_MS;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Reject after TIMEOUT_MS unless `promise` settles first. */
+export function withTimeout(promise, what = 'promise') {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), TIMEOUT_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+// A minimal JSON Schema check covering what msgspec's schemas use: $ref, anyOf, enum, type,
+// properties, required, additionalProperties, items. Returns a list of problems (empty: valid).
+export function validate(value, schema = SCHEMA.HubMessage, path = '$') {
+  if (schema.$ref) return validate(value, SCHEMA.$defs[schema.$ref.split('/').pop()], path);
+  if (schema.anyOf) {
+    if (schema.discriminator && value && typeof value === 'object') {
+      const ref = schema.discriminator.mapping[value[schema.discriminator.propertyName]];
+      if (!ref) return [`${path}: unknown ${schema.discriminator.propertyName} ${JSON.stringify(value.type)}`];
+      return validate(value, { $ref: ref }, path);
+    }
+    const results = schema.anyOf.map((option) => validate(value, option, path));
+    return results.some((problems) => problems.length === 0) ? [] : [`${path}: matches none of ${JSON.stringify(schema.anyOf)}`];
+  }
+  if (schema.enum) return schema.enum.includes(value) ? [] : [`${path}: ${JSON.stringify(value)} not in ${schema.enum}`];
+  const type = schema.type;
+  const typeOk = {
+    undefined: () => true,
+    string: () => typeof value === 'string',
+    integer: () => Number.isInteger(value),
+    number: () => typeof value === 'number',
+    boolean: () => typeof value === 'boolean',
+    null: () => value === null,
+    array: () => Array.isArray(value),
+    object: () => value !== null && typeof value === 'object' && !Array.isArray(value),
+  }[type];
+  if (!typeOk()) return [`${path}: expected ${type}, got ${JSON.stringify(value)}`];
+  const problems = [];
+  if (type === 'array' && schema.items) value.forEach((item, i) => problems.push(...validate(item, schema.items, `${path}[${i}]`)));
+  if (type === 'object') {
+    for (const key of schema.required ?? []) if (!(key in value)) problems.push(`${path}: missing ${key}`);
+    for (const [key, item] of Object.entries(value)) {
+      const property = schema.properties?.[key];
+      if (property) problems.push(...validate(item, property, `${path}.${key}`));
+      else if (schema.additionalProperties === false) problems.push(`${path}: unknown field ${key}`);
+      else if (typeof schema.additionalProperties === 'object') problems.push(...validate(item, schema.additionalProperties, `${path}.${key}`));
+    }
+  }
+  return problems;
+}
+
+/**
+ * A WebSocket whose hub side the test plays: `FakeSocket.last` is the newest instance;
+ * `sent` holds the parsed client messages; `open()`, `receive(message)`, `serverClose(code)`.
+ */
+export class FakeSocket {
+  static instances = [];
+
+  static get last() {
+    return FakeSocket.instances.at(-1);
+  }
+
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    FakeSocket.instances.push(this);
+  }
+
+  send(data) {
+    if (this.readyState !== 1) throw new Error('send on a socket that is not open');
+    this.sent.push(JSON.parse(data));
+  }
+
+  close(code = 1000, reason = '') {
+    if (this.readyState >= 2) return;
+    this.readyState = 2;
+    queueMicrotask(() => this.serverClose(1000, reason));
+  }
+
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+
+  receive(...messages) {
+    for (const message of messages) this.onmessage?.({ data: typeof message === 'string' ? message : JSON.stringify(message) });
+  }
+
+  serverClose(code, reason = '') {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+}

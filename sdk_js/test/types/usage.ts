@@ -1,0 +1,77 @@
+// Compiled (never run) by test/types.test.js with `tsc --noEmit --strict`: the API of the
+// README, typed through src/index.d.ts and the generated src/protocol.d.ts. `WebSocket` is the
+// browser's (lib.dom); Node code passes the `ws` package's in the same place.
+import {
+  CLOSE_CODES,
+  ERROR_CODES,
+  HubError,
+  createClient,
+  type CompletionEvent,
+  type CompletionResult,
+  type ErrorCode,
+  type HubMessageOf,
+} from '../../src/index.js';
+
+const client = createClient({
+  url: 'ws://127.0.0.1:8765/ws/stream',
+  WebSocket,
+  batch: true,
+  reconnect: { baseDelayMs: 100, maxDelayMs: 5000 },
+  onReconnect(info) {
+    const channels: string[] = info.channels;
+    console.log(info.attempt, info.code, channels);
+  },
+  onStatus(status) {
+    const s: 'connecting' | 'open' | 'reconnecting' | 'closed' = status;
+    console.log(s);
+  },
+});
+
+async function main(): Promise<void> {
+  const stream = client.completion(
+    { model: 'openai/gpt-4o-mini', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 10 },
+    {
+      onContent(delta: string, message) {
+        console.log(delta, message.seq);
+      },
+      onThinking(delta) {
+        console.log(delta);
+      },
+      onToolCall(call) {
+        console.log(call.tool, call.arguments);
+      },
+      onComplete(result: CompletionResult) {
+        console.log(result.text);
+      },
+      onError(error: HubError) {
+        console.log(error.code, error.retryable, error.status);
+      },
+    },
+  );
+  const id: string = stream.id;
+  for await (const event of stream) {
+    const e: CompletionEvent = event;
+    if (e.type === 'content_chunk') console.log(e.content, e.firstSeq);
+    if (e.type === 'snapshot') console.log(e.content, e.epoch);
+  }
+  try {
+    const result = await stream.result;
+    const usage = result.usage?.totalTokens;
+    console.log(id, result.text, result.reasoning, result.toolCalls, usage, result.finishReason, result.provider, result.model, result.ttftMs);
+  } catch (error) {
+    if (error instanceof HubError) console.log(error.code satisfies string);
+  }
+  const dispose: () => void = client.subscribe('completion:c1', { onEvent: (m) => console.log(m.type) });
+  dispose();
+  client.subscribeWorkflow('w1', { onError: (e) => console.log(e.code) });
+  await client.cancel(id);
+  client.dropConnection();
+  client.close();
+
+  const code: ErrorCode = 'rate_limited';
+  console.log(ERROR_CODES[code].retryable, CLOSE_CODES[4008].reconnect);
+  const chunk: HubMessageOf<'content_chunk'> = { type: 'content_chunk', completionId: 'c', seq: 1, content: 'x' };
+  console.log(chunk);
+}
+
+void main();
