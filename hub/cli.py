@@ -9,6 +9,10 @@ Commands::
                                             check the configuration and print it as YAML
     cbhub demo [--live]                     mock provider + hub in one process, four providers
                                             streamed concurrently over one WebSocket
+    cbhub chat [--url URL] [--model M] [PROMPT]
+                                            one completion from a running hub through the Python
+                                            SDK (hub/client.py): tokens as they arrive, then TTFT
+                                            and tokens/s; the prompt from stdin when not given
     cbhub mock-provider [--port 9100] ...   the mock LLM provider (tools/mock_provider.py)
     cbhub bench SCENARIO [...]              the benchmark suite (tools/bench, docs/BENCHMARKS.md)
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from typing import TYPE_CHECKING
@@ -49,6 +54,20 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tokens", type=int, default=40, help="mock answer length in tokens")
     demo.add_argument("--tps", type=float, default=40.0, help="mock tokens per second")
     demo.add_argument("--prompt", default="Tell me, briefly, why streaming matters.")
+
+    chat = commands.add_parser(
+        "chat", help="stream one completion from a running hub (the Python SDK, hub/client.py)",
+        description="Send PROMPT (or stdin) to a running hub and print the answer as it streams. "
+                    "stdout gets the answer text; stderr gets the reasoning (dimmed on a terminal, "
+                    "else prefixed 'thinking:'), tool calls, and a last line with the time to first "
+                    "token and tokens/s. Exit status 1 on a hub error or when the hub cannot be reached.")
+    chat.add_argument("prompt", nargs="?", help="the user message; read from stdin when absent or '-'")
+    chat.add_argument("--url", default="ws://127.0.0.1:8765/ws/stream", help="the hub's WebSocket URL")
+    chat.add_argument("--model", default="openai/gpt-4o-mini", help="provider/model (default openai/gpt-4o-mini)")
+    chat.add_argument("--system", help="a system message before the prompt")
+    chat.add_argument("--max-tokens", type=int, help="output token limit")
+    chat.add_argument("--temperature", type=float, help="sampling temperature")
+    chat.add_argument("--reasoning", metavar="EFFORT", help="reasoning effort: minimal, low, medium or high")
 
     commands.add_parser("mock-provider", help="run the mock LLM provider", add_help=False)
     commands.add_parser("bench", help="run a benchmark scenario (cbhub bench --help)", add_help=False)
@@ -116,7 +135,94 @@ def main(argv: list[str] | None = None) -> int:
         from hub.demo import run_demo
 
         return asyncio.run(run_demo(live=args.live, port=args.port, tokens=args.tokens, tps=args.tps, prompt=args.prompt))
+    if args.command == "chat":
+        prompt = args.prompt if args.prompt not in (None, "-") else sys.stdin.read()
+        if not prompt.strip():
+            print("cbhub chat: no prompt (give it as an argument or on stdin)", file=sys.stderr)
+            return 2
+        try:
+            return asyncio.run(_chat(args, prompt))
+        except KeyboardInterrupt:
+            return 130
     return 2
+
+
+async def _chat(args: argparse.Namespace, prompt: str) -> int:
+    """``cbhub chat``: one completion through :class:`hub.client.HubClient`.
+
+    The statistics line: TTFT is measured here, from sending the request to the first token
+    (answer, reasoning, refusal or tool call) in ms, with the hub's own upstream TTFT beside it;
+    tokens/s is the usage's completion tokens (reasoning included) divided by the time from
+    the first token to ``completed``."""
+    import os
+
+    from hub.client import HubClient, HubClientError, HubStreamError, Reconnect
+    from protocol.messages import ContentChunk, RefusalChunk, ThinkingStatus, ToolCallMessage
+
+    err = sys.stderr
+    dim = err.isatty() and not os.environ.get("NO_COLOR")
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": prompt}]
+    options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "reasoning": args.reasoning}
+
+    def reconnected(info: Reconnect) -> None:
+        err.write(f"\n[reconnected after close {info.close_code} in {info.downtime_s * 1000:.0f} ms; resuming]\n")
+
+    wrote_text = thinking = False
+    try:
+        async with HubClient(args.url, on_reconnect=reconnected) as client:
+            stream = client.completion(model=args.model, messages=messages, **options)
+            try:
+                async for event in stream:
+                    if isinstance(event, ThinkingStatus):
+                        if event.content:
+                            if not thinking:
+                                err.write("\x1b[2m" if dim else "thinking: ")
+                                thinking = True
+                            err.write(event.content)
+                            err.flush()
+                        continue
+                    if thinking:
+                        err.write("\x1b[0m\n" if dim else "\n")
+                        thinking = False
+                    if isinstance(event, (ContentChunk, RefusalChunk)):
+                        sys.stdout.write(event.content)
+                        sys.stdout.flush()
+                        wrote_text = True
+                    elif isinstance(event, ToolCallMessage):
+                        err.write(f"tool call {event.id}: {event.tool}({event.arguments})\n")
+            except asyncio.CancelledError:  # Ctrl-C: stop the completion upstream too
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.cancel(stream.id), 1.0)
+                raise
+    except HubStreamError as exc:
+        if thinking:
+            err.write("\x1b[0m\n" if dim else "\n")
+        if wrote_text:
+            sys.stdout.write("\n")
+        status = f" (HTTP {exc.error.status})" if exc.error.status else ""
+        print(f"cbhub chat: {exc.code}{status}: {exc.error.message}", file=err)
+        return 1
+    except HubClientError as exc:
+        print(f"cbhub chat: {exc}", file=err)
+        return 1
+    if thinking:
+        err.write("\x1b[0m\n" if dim else "\n")
+    if wrote_text:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    result = stream.result
+    assert result is not None
+    parts = [f"TTFT {result.client_ttft_ms:.1f} ms" if result.client_ttft_ms is not None else "TTFT n/a (no token)"]
+    if result.ttft_ms is not None:
+        parts[0] += f" (hub upstream {result.ttft_ms:.1f} ms)"
+    if result.tokens_per_s is not None and result.usage is not None:
+        parts.append(f"{result.tokens_per_s:.1f} tokens/s ({result.usage.completion_tokens} completion tokens "
+                     f"from usage / {result.generation_s:.3f} s from first token to completed)")
+    else:
+        parts.append("tokens/s n/a (no usage reported)")
+    parts.append(f"{result.provider}/{result.model}, finish {result.finish_reason}")
+    print(" · ".join(parts), file=err)
+    return 0
 
 
 if __name__ == "__main__":
