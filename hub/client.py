@@ -846,7 +846,8 @@ class HubClient:
         """Cancel a completion this client watches (started with :meth:`completion` or
         subscribed to with :meth:`subscribe`). Its stream then raises
         :class:`HubStreamError` code ``cancelled``. Cancelling one that already ended does
-        nothing.
+        nothing (but after a reconnect the client no longer watches streams that had ended,
+        so the hub answers ``not_subscribed`` for them).
 
         Raises:
             HubRequestError: ``unknown_completion``, or ``not_subscribed`` (this client does
