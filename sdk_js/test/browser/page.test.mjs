@@ -1,0 +1,215 @@
+// Browser test of the hub's web page (hub/static, served at `/`; it imports the SDK from /sdk/).
+//
+// Starts the mock provider and the hub as child processes, drives Debian's Chromium
+// (/usr/bin/chromium) with playwright-core, sends one completion per provider format from the
+// page, drops the WebSocket mid-stream with the page's button, and checks that every panel
+// ends with exactly the mock's text and reasoning and that the page shows the reconnect.
+// Saves a screenshot: to $CBHUB_SCREENSHOT when set (`CBHUB_SCREENSHOT=../docs/page.png npm
+// run test:browser` updates the one in docs/), else to a temporary file whose path it prints.
+//
+// Environment: CBHUB_PYTHON, a Python with the hub installed (default: ../.venv/bin/python
+// when it exists, else python3); CBHUB_CHROMIUM, the browser (default /usr/bin/chromium).
+// Never `npx playwright install`: playwright-core drives the system's Chromium.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
+const VENV_PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+const PYTHON = process.env.CBHUB_PYTHON || (existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
+const CHROMIUM = process.env.CBHUB_CHROMIUM || '/usr/bin/chromium';
+const SCREENSHOT = process.env.CBHUB_SCREENSHOT
+  ? path.resolve(process.env.CBHUB_SCREENSHOT)
+  : path.join(tmpdir(), `cbhub-page-${process.pid}.png`);
+// The flags that work on this project's machines: no GPU, no network beyond localhost.
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+/** Upper bound for anything the test waits on: a safety net, never a measured timing. */
+const TIMEOUT_MS = 20_000;
+
+// One panel per provider format; each answer is 80 tokens at 30 tokens/s after 5 reasoning
+// tokens (about 2.8 s), so the drop below lands while every panel is still streaming.
+const TOKENS = 80;
+const REASONING = 5;
+const SENDS = [
+  { model: 'openai/gpt-4o-mini', seed: 1, tool: true },
+  { model: 'anthropic/claude-3-5-haiku-latest', seed: 2 },
+  { model: 'google/gemini-2.0-flash', seed: 3 },
+  { model: 'ollama/llama3.2', seed: 4 },
+];
+const promptOf = ({ seed, tool }) =>
+  `Why does streaming matter? [[mock tokens=${TOKENS} tps=30 reasoning=${REASONING} seed=${seed}${tool ? ' tool=get_weather' : ''}]]`;
+
+/** Run Python code in the checkout and parse what it prints as JSON. */
+function python(code, ...args) {
+  const out = execFileSync(PYTHON, ['-c', code, ...args], {
+    cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' },
+  });
+  return JSON.parse(out);
+}
+
+/** Start `python -m ...args`; resolves with its URL once it printed `listening on http://...`. */
+function startServer(name, args, env = {}) {
+  const child = spawn(PYTHON, ['-m', ...args], {
+    cwd: ROOT,
+    env: { ...process.env, PYTHONUNBUFFERED: '1', ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
+  };
+  return new Promise((resolve, reject) => {
+    let output = '';
+    const fail = (message) => {
+      clearTimeout(timer);
+      stop();
+      reject(new Error(`${name}: ${message}; output: ${output}`));
+    };
+    const timer = setTimeout(() => fail('no `listening on` line within 20 s'), TIMEOUT_MS);
+    const onData = (chunk) => {
+      output += chunk;
+      const match = /listening on (http:\/\/[0-9.]+:\d+)/.exec(output);
+      if (!match) return;
+      clearTimeout(timer);
+      child.stdout.off('data', onData);
+      child.stdout.resume(); // keep draining
+      resolve({ url: match[1], stop });
+    };
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', onData);
+    child.once('error', (error) => fail(`cannot run ${PYTHON}: ${error.message}`));
+    child.once('exit', (code) => fail(`exited with ${code} before listening`));
+  });
+}
+
+let mock;
+let hub;
+let context;
+let userDataDir;
+
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium`);
+  mock = await startServer('mock provider', ['tools.mock_provider', '--port', '0']);
+  // Every provider of the hub points at the mock (tools/bench/procs.py hub_env).
+  const env = python(
+    'import json, sys; from tools.bench.procs import hub_env; '
+      + 'print(json.dumps(hub_env(sys.argv[1], shutdown_drain_timeout_s=0)))',
+    mock.url,
+  );
+  hub = await startServer('hub', ['hub.cli', 'serve', '--port', '0', '--log-level', 'WARNING'], env);
+  userDataDir = mkdtempSync(path.join(tmpdir(), 'cbhub-chromium-'));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1360, height: 860 },
+    timeout: TIMEOUT_MS,
+  });
+  context.setDefaultTimeout(TIMEOUT_MS);
+});
+
+after(async () => {
+  await context?.close();
+  await hub?.stop();
+  await mock?.stop();
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+});
+
+test('the page streams completions side by side, survives a dropped connection, and shows everything', { timeout: 90_000 }, async () => {
+  const expected = python(
+    'import json, sys; from tools.mock_provider import expected_text, expected_reasoning; '
+      + 'n, r = int(sys.argv[1]), int(sys.argv[2]); '
+      + 'print(json.dumps({s: [expected_text(n, int(s)), expected_reasoning(r, int(s))] for s in sys.argv[3:]}))',
+    String(TOKENS), String(REASONING), ...SENDS.map(({ seed }) => String(seed)),
+  );
+
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems = [];
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+  });
+
+  await page.goto(`${hub.url}/`);
+  assert.equal(await page.title(), 'circuit-breaker-hub');
+  const status = page.getByTestId('connection-status');
+  await page.waitForSelector('[data-testid="connection-status"][data-status="open"]');
+  assert.equal(await status.textContent(), 'open');
+
+  // Send one completion per model from the page, each with its own seed.
+  for (const send of SENDS) {
+    await page.getByTestId('model').selectOption(send.model);
+    await page.getByTestId('opt-tools').setChecked(Boolean(send.tool));
+    await page.getByTestId('prompt').fill(promptOf(send));
+    await page.getByTestId('send').click();
+  }
+  const panels = page.getByTestId('panel');
+  assert.equal(await panels.count(), SENDS.length);
+  for (const [i, send] of SENDS.entries()) {
+    assert.equal(await panels.nth(i).getByTestId('panel-model').textContent(), send.model);
+  }
+
+  // Mid-stream: the last panel has some text, none has all of it. Drop the connection.
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('[data-testid="panel-text"]')].every((el) => el.textContent.split(' ').length > 10),
+  );
+  await page.getByTestId('drop-connection').click();
+  const atDrop = await page.$$eval('[data-testid="panel-text"]', (els) => els.map((el) => el.textContent));
+  for (const [i, send] of SENDS.entries()) {
+    const full = expected[send.seed][0];
+    assert.ok(atDrop[i].length > 0 && atDrop[i].length < full.length, `panel ${i} was mid-stream at the drop (${atDrop[i].length} of ${full.length} chars)`);
+    assert.ok(full.startsWith(atDrop[i]), `panel ${i} text so far is a prefix of the answer`);
+  }
+
+  // The SDK reconnects and resumes every stream; the page says so.
+  await page.waitForSelector('[data-testid="reconnects"][data-count="1"]');
+  await page.waitForSelector('[data-testid="connection-status"][data-status="open"]');
+  assert.match(await page.getByTestId('reconnects').textContent(), /reconnected 1× .*4 streams resumed/);
+
+  // Every panel finishes with exactly the mock's text and reasoning, once each.
+  await page.waitForFunction(
+    (n) => document.querySelectorAll('[data-testid="panel-status"][data-status="done"]').length === n,
+    SENDS.length,
+  );
+  for (const [i, send] of SENDS.entries()) {
+    const panel = panels.nth(i);
+    const [text, reasoning] = expected[send.seed];
+    assert.equal(await panel.getByTestId('panel-text').textContent(), text, `panel ${i} answer`);
+    assert.equal(await panel.getByTestId('panel-reasoning').textContent(), reasoning, `panel ${i} reasoning`);
+    assert.equal(await panel.getByTestId('panel-status').textContent(), send.tool ? 'done · tool_calls' : 'done · stop');
+    assert.equal(await panel.getByTestId('panel-resumed').textContent(), 'resumed ×1');
+    assert.match(await panel.getByTestId('panel-ttft').textContent(), /^TTFT \d+(\.\d)? ms \(hub\) · \d+(\.\d)? ms \(page\)$/);
+    assert.match(await panel.getByTestId('panel-usage').textContent(), new RegExp(`\\d+ in · ${TOKENS + REASONING} out .*· \\d+ tokens$`));
+    const calls = panel.getByTestId('panel-tool-call');
+    if (send.tool) {
+      assert.equal(await calls.count(), 1);
+      assert.equal(await calls.first().textContent(), '🔧 get_weather({"city":"Paris"})');
+    } else {
+      assert.equal(await calls.count(), 0);
+    }
+    // Reasoning is shown apart from the answer, collapsed until opened.
+    assert.equal(await panel.getByTestId('panel-reasoning-box').evaluate((el) => el.open), false);
+  }
+
+  // Open one panel's reasoning for the screenshot, then save it.
+  await panels.first().locator('summary').click();
+  assert.equal(await panels.first().getByTestId('panel-reasoning-box').evaluate((el) => el.open), true);
+  mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  console.log(`# screenshot: ${SCREENSHOT}`);
+
+  assert.deepEqual(problems, []);
+});
