@@ -28,6 +28,7 @@ from hub.multiplexer import StreamMultiplexer
 from hub.openai_api import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.providers import ProviderClient
 from hub.resilience import DeadLetterLog
+from hub.workflows import WorkflowManager
 
 __all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
 
@@ -81,6 +82,7 @@ class Hub:
         self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes, config.dead_letter_backups)
         client = ProviderClient(self.session, config, self.dead_letters)
         self.completions = CompletionManager(config, self.multiplexer, client)
+        self.workflows = WorkflowManager(config, self.multiplexer, self.completions)
         self.ready = True
 
     async def drain(self) -> None:
@@ -92,6 +94,7 @@ class Hub:
         manager.closing = True
         drain_s = self.config.shutdown_drain_timeout_s
         running = [run.task for run in manager.runs.values() if not run.finished and run.task is not None]
+        running += [run.task for run in self.workflows.runs.values() if not run.finished and run.task is not None]
         if running and drain_s > 0:
             log.info("shutting down: waiting up to %g s for %d running completions", drain_s, len(running))
             await asyncio.wait(running, timeout=drain_s)
@@ -102,6 +105,7 @@ class Hub:
         WebSockets with 1012 (service restart: reconnect; a client that does not take the
         close within 1 s is dropped), close the provider session."""
         self.ready = False
+        await self.workflows.close()
         await self.completions.close()
         for connection in list(self.connections):
             # Pending frames, the final errors among them, go out before the close frame,

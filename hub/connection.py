@@ -41,13 +41,16 @@ from protocol.messages import (
     CHANNEL_PATTERN,
     STREAM_TYPES,
     Cancel,
+    CancelWorkflow,
     Completion,
+    CreateWorkflow,
     ErrorInfo,
     ErrorMessage,
     Ping,
     Pong,
     Subscribe,
     Subscribed,
+    SubscribeWorkflow,
     Unsubscribe,
     Unsubscribed,
     decode_client_message,
@@ -282,6 +285,14 @@ class WebSocketConnection:
                 self._cancel(message)
             elif isinstance(message, Ping):
                 self.deliver(_PONG)
+            elif isinstance(message, CreateWorkflow):
+                self._create_workflow(message)
+            elif isinstance(message, SubscribeWorkflow):
+                name = f"workflow:{message.workflow_id}"
+                since = {name: message.since} if message.since is not None else {}
+                self._subscribe(Subscribe(channels=[name], since=since))
+            elif isinstance(message, CancelWorkflow):
+                self._cancel_workflow(message)
         except HubError as exc:
             self.send_error(exc)
         except Exception as exc:  # a bug of ours must not drop the connection's other streams
@@ -310,24 +321,46 @@ class WebSocketConnection:
                                                 seqs={name: 0}, recovered={name: True})))
         run.start()
 
+    def _create_workflow(self, message: CreateWorkflow) -> None:
+        self.hub.admit_completion()
+        run = self.hub.workflows.create(message.workflow_id, message.definition, message.definition_name,
+                                        message.input)
+        name = run.channel.name
+        self.hub.workflows.subscribe(self, run)
+        self.deliver(EncodedEvent.of(Subscribed(channels=[name], workflow_id=run.id, epochs={name: run.channel.epoch},
+                                                seqs={name: 0}, recovered={name: True})))
+        run.start()
+
+    def _cancel_workflow(self, message: CancelWorkflow) -> None:
+        run = self.hub.workflows.get(message.workflow_id)
+        if run is None:
+            raise ProtocolError(f"no workflow {message.workflow_id!r}", "unknown_workflow")
+        if not self.hub.multiplexer.is_subscribed(self, run.channel.name):
+            raise ProtocolError(f"subscribe to workflow {message.workflow_id!r} before cancelling it", "not_subscribed")
+        run.cancel()
+
     def _subscribe(self, message: Subscribe) -> None:
         completions = self.hub.completions
+        workflows = self.hub.workflows
         accepted: list[str] = []
         runs = []
         for name in message.channels:
             if not CHANNEL_PATTERN.fullmatch(name):
                 self.send_error(ProtocolError(f"{name!r} is not a channel name", "unknown_channel"))
                 continue
-            if name == "system":
-                accepted.append(name)
-                continue
             kind, _, ident = name.partition(":")
-            run = completions.get(ident) if kind == "completion" else None
-            if run is None:
+            if kind == "completion":
+                run = completions.get(ident)
+            elif kind == "workflow":
+                run = workflows.get(ident)
+            else:  # system, agent:<workflowId>.<agentId>: plain channels
+                run = None
+            if run is None and name not in self.hub.multiplexer.channels:
                 self.send_error(ProtocolError(f"no channel {name!r} is open", "unknown_channel"))
                 continue
             accepted.append(name)
-            runs.append(run)
+            if run is not None:
+                runs.append(run)
         streams = self._check_streams(message.streams)
         if not accepted and not streams:
             return
@@ -348,13 +381,17 @@ class WebSocketConnection:
         for stream in streams:
             multiplexer.subscribe_type(self, stream)
         # After the acknowledgement: the replay (or snapshot) follows it, then live events.
-        if "system" in accepted:
-            cursor = since.get("system")
-            # No snapshot for the system channel: an incomplete replay is flagged recovered=false.
-            after = cursor.seq if cursor and recovered["system"] else 0
-            multiplexer.subscribe(self, "system", after_seq=after)
+        with_state = {run.channel.name for run in runs}
+        for name in accepted:
+            if name not in with_state:
+                cursor = since.get(name)
+                # No snapshot for plain channels (system, agent:…): an incomplete replay is
+                # flagged recovered=false.
+                after = cursor.seq if cursor and recovered[name] else 0
+                multiplexer.subscribe(self, name, after_seq=after)
         for run in runs:
-            completions.subscribe(self, run, since.get(run.channel.name))
+            manager = completions if run.channel.name.startswith("completion:") else workflows
+            manager.subscribe(self, run, since.get(run.channel.name))
 
     def _unsubscribe(self, message: Unsubscribe) -> None:
         multiplexer = self.hub.multiplexer

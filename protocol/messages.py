@@ -39,6 +39,17 @@ __all__ = [
     "Pong",
     "Snapshot",
     "Cursor",
+    "CreateWorkflow",
+    "SubscribeWorkflow",
+    "CancelWorkflow",
+    "TokenCreated",
+    "WorkflowTransition",
+    "AgentStarted",
+    "AgentProgress",
+    "FunctionExecuted",
+    "AgentCompleted",
+    "WorkflowCompleted",
+    "WorkflowSnapshot",
     "Attempt",
     "CircuitState",
     "HubMessage",
@@ -146,14 +157,40 @@ class Cancel(_ClientMessage, tag="cancel"):
     completion_id: str = msgspec.field(name="completionId")
 
 
+class CreateWorkflow(_ClientMessage, tag="create_workflow"):
+    """Start a workflow run: ``{"type":"create_workflow","workflowId":"w1",
+    "definitionName":"content_creation","input":{"topic":"..."}}`` or with an inline
+    ``definition`` (docs/PROTOCOL.md "Workflows"). The sender is subscribed to ``workflow:<id>``."""
+
+    workflow_id: Union[str, None] = msgspec.field(default=None, name="workflowId")
+    definition: Union[dict[str, Any], None] = None
+    definition_name: Union[str, None] = msgspec.field(default=None, name="definitionName")
+    input: dict[str, Any] = {}
+
+
+class SubscribeWorkflow(_ClientMessage, tag="subscribe_workflow"):
+    """Watch a workflow run (the original design's message): the same as subscribing to
+    ``workflow:<id>``, with an optional ``since`` cursor."""
+
+    workflow_id: str = msgspec.field(name="workflowId")
+    since: Union[Cursor, None] = None
+
+
+class CancelWorkflow(_ClientMessage, tag="cancel_workflow"):
+    """Cancel a workflow run and every completion it is running."""
+
+    workflow_id: str = msgspec.field(name="workflowId")
+
+
 class Ping(_ClientMessage, tag="ping"):
     """Liveness check; answered with ``{"type": "pong"}``."""
 
 
-ClientMessage = Union[Completion, Subscribe, Unsubscribe, Cancel, Ping]
+ClientMessage = Union[Completion, Subscribe, Unsubscribe, Cancel, Ping, CreateWorkflow, SubscribeWorkflow, CancelWorkflow]
 
 _CLIENT_DECODER = msgspec.json.Decoder(ClientMessage)
-_CLIENT_TAGS = frozenset(("completion", "subscribe", "unsubscribe", "cancel", "ping"))
+_CLIENT_TAGS = frozenset(("completion", "subscribe", "unsubscribe", "cancel", "ping", "create_workflow",
+                          "subscribe_workflow", "cancel_workflow"))
 _ANY_DECODER = msgspec.json.Decoder()
 
 
@@ -180,6 +217,12 @@ def decode_client_message(data: bytes | str) -> ClientMessage:
         raise ProtocolError(f"message is not valid JSON: {exc}", "invalid_json") from None
     except RecursionError:  # msgspec recurses per nesting level (even to skip unknown fields)
         raise _too_deep() from None
+    if isinstance(message, (CreateWorkflow, SubscribeWorkflow, CancelWorkflow)):
+        workflow_id = message.workflow_id
+        if workflow_id is not None and not COMPLETION_ID_PATTERN.fullmatch(workflow_id):
+            raise ProtocolError("`workflowId` must be 1-128 characters from A-Z a-z 0-9 _ . : -", "invalid_message")
+        if isinstance(message, CreateWorkflow) and (message.definition is None) == (message.definition_name is None):
+            raise ProtocolError("give exactly one of `definition` and `definitionName`", "invalid_message")
     if isinstance(message, Completion):
         if not message.messages:
             raise ProtocolError("`messages` must hold at least one message", "invalid_message")
@@ -267,6 +310,7 @@ class Subscribed(_HubMessage, tag="subscribed"):
     channels: list[str] = []
     streams: list[str] = []
     completion_id: Union[str, None] = None
+    workflow_id: Union[str, None] = None
     epochs: dict[str, str] = {}
     seqs: dict[str, int] = {}
     recovered: dict[str, bool] = {}
@@ -360,10 +404,111 @@ class ErrorMessage(_HubMessage, tag="error"):
     seq: Union[int, None] = None
     usage: Union[UsageInfo, None] = None
     attempts: list[Attempt] = []
+    workflow_id: Union[str, None] = None
 
 
 class Pong(_HubMessage, tag="pong"):
     """Answer to ``ping``."""
+
+
+class TokenCreated(_HubMessage, tag="token_created"):
+    """A workflow run's token was put on its initial place, carrying the run's input."""
+
+    workflow_id: str
+    seq: int
+    token_id: str
+    place: str
+    data: dict[str, Any]
+
+
+class WorkflowTransition(_HubMessage, tag="workflow_transition"):
+    """The token moved: ``transitionId`` fired from ``fromPlace`` to ``toPlace``; ``data`` is
+    the token's data after it (input and the agents' results so far)."""
+
+    workflow_id: str
+    seq: int
+    token_id: str
+    transition_id: str
+    from_place: str
+    to_place: str
+    data: dict[str, Any]
+
+
+class AgentStarted(_HubMessage, tag="agent_started"):
+    """An agent began its work for a transition; ``completionId`` is its LLM completion."""
+
+    workflow_id: str
+    seq: int
+    agent_id: str
+    place: str
+    completion_id: str
+    model: str
+
+
+class AgentProgress(_HubMessage, tag="agent_progress"):
+    """An agent's tokens as they stream: ``content`` (answer) or ``reasoning`` delta, and
+    ``progress`` from 0 to 1 (the share of its ``maxTokens`` written, estimated at 4 characters
+    a token; 1 only at ``agent_completed``)."""
+
+    workflow_id: str
+    seq: int
+    agent_id: str
+    progress: float
+    content: str = ""
+    reasoning: str = ""
+
+
+class FunctionExecuted(_HubMessage, tag="function_executed"):
+    """The hub ran a registered function for an agent's tool call: ``result`` is what it
+    returned (JSON), or ``error`` when it failed."""
+
+    workflow_id: str
+    seq: int
+    agent_id: str
+    call_id: str
+    name: str
+    arguments: Any
+    result: Any = None
+    error: Union[str, None] = None
+
+
+class AgentCompleted(_HubMessage, tag="agent_completed"):
+    """An agent finished: ``result`` is its answer text."""
+
+    workflow_id: str
+    seq: int
+    agent_id: str
+    result: str
+    usage: Union[UsageInfo, None] = None
+    provider: Union[str, None] = None
+    model: Union[str, None] = None
+
+
+class WorkflowCompleted(_HubMessage, tag="workflow_completed"):
+    """The token reached a final place: ``result`` is the token's data (input and every
+    agent's result); ``usage`` sums the agents' usage."""
+
+    workflow_id: str
+    seq: int
+    place: str
+    result: dict[str, Any]
+    usage: Union[UsageInfo, None] = None
+
+
+class WorkflowSnapshot(_HubMessage, tag="workflow_snapshot"):
+    """A workflow run's state so far, sent instead of a replay the history cannot give
+    (``recovered: false``), like a completion's ``snapshot``: where the token is, its data,
+    the agents' results and the partial output of the agent at work."""
+
+    workflow_id: str
+    channel: str
+    epoch: str
+    seq: int
+    status: str
+    place: str
+    data: dict[str, Any]
+    agent_id: Union[str, None] = None
+    agent_content: str = ""
 
 
 class Snapshot(_HubMessage, tag="snapshot"):
@@ -413,6 +558,14 @@ HubMessage = Union[
     Pong,
     CircuitState,
     Snapshot,
+    TokenCreated,
+    WorkflowTransition,
+    AgentStarted,
+    AgentProgress,
+    FunctionExecuted,
+    AgentCompleted,
+    WorkflowCompleted,
+    WorkflowSnapshot,
 ]
 
 _ENCODER = msgspec.json.Encoder()

@@ -102,6 +102,37 @@ export interface Ping {
 }
 
 /**
+ * Start a workflow run: `{"type":"create_workflow","workflowId":"w1",
+ * "definitionName":"content_creation","input":{"topic":"..."}}` or with an inline
+ * `definition` (docs/PROTOCOL.md "Workflows"). The sender is subscribed to `workflow:<id>`.
+ */
+export interface CreateWorkflow {
+  type: "create_workflow";
+  workflowId?: string | null;
+  definition?: Record<string, unknown> | null;
+  definitionName?: string | null;
+  input?: Record<string, unknown>;
+}
+
+/**
+ * Watch a workflow run (the original design's message): the same as subscribing to
+ * `workflow:<id>`, with an optional `since` cursor.
+ */
+export interface SubscribeWorkflow {
+  type: "subscribe_workflow";
+  workflowId: string;
+  since?: Cursor | null;
+}
+
+/**
+ * Cancel a workflow run and every completion it is running.
+ */
+export interface CancelWorkflow {
+  type: "cancel_workflow";
+  workflowId: string;
+}
+
+/**
  * Acknowledges a subscribe, or a completion start (then `completionId` says which id).
  *
  * Per channel: `epochs` (the channel instance's epoch), `seqs` (its latest `seq` when
@@ -113,6 +144,7 @@ export interface Subscribed {
   channels?: string[];
   streams?: string[];
   completionId?: string;
+  workflowId?: string;
   epochs?: Record<string, string>;
   seqs?: Record<string, number>;
   recovered?: Record<string, boolean>;
@@ -245,6 +277,7 @@ export interface ErrorMessage {
   seq?: number;
   usage?: UsageInfo;
   attempts?: Attempt[];
+  workflowId?: string;
 }
 
 /**
@@ -302,17 +335,133 @@ export interface Snapshot {
   citations?: Record<string, unknown>[];
 }
 
+/**
+ * A workflow run's token was put on its initial place, carrying the run's input.
+ */
+export interface TokenCreated {
+  type: "token_created";
+  workflowId: string;
+  seq: number;
+  tokenId: string;
+  place: string;
+  data: Record<string, unknown>;
+}
+
+/**
+ * The token moved: `transitionId` fired from `fromPlace` to `toPlace`; `data` is
+ * the token's data after it (input and the agents' results so far).
+ */
+export interface WorkflowTransition {
+  type: "workflow_transition";
+  workflowId: string;
+  seq: number;
+  tokenId: string;
+  transitionId: string;
+  fromPlace: string;
+  toPlace: string;
+  data: Record<string, unknown>;
+}
+
+/**
+ * An agent began its work for a transition; `completionId` is its LLM completion.
+ */
+export interface AgentStarted {
+  type: "agent_started";
+  workflowId: string;
+  seq: number;
+  agentId: string;
+  place: string;
+  completionId: string;
+  model: string;
+}
+
+/**
+ * An agent's tokens as they stream: `content` (answer) or `reasoning` delta, and
+ * `progress` from 0 to 1 (the share of its `maxTokens` written, estimated at 4 characters
+ * a token; 1 only at `agent_completed`).
+ */
+export interface AgentProgress {
+  type: "agent_progress";
+  workflowId: string;
+  seq: number;
+  agentId: string;
+  progress: number;
+  content?: string;
+  reasoning?: string;
+}
+
+/**
+ * The hub ran a registered function for an agent's tool call: `result` is what it
+ * returned (JSON), or `error` when it failed.
+ */
+export interface FunctionExecuted {
+  type: "function_executed";
+  workflowId: string;
+  seq: number;
+  agentId: string;
+  callId: string;
+  name: string;
+  arguments: unknown;
+  result?: unknown;
+  error?: string;
+}
+
+/**
+ * An agent finished: `result` is its answer text.
+ */
+export interface AgentCompleted {
+  type: "agent_completed";
+  workflowId: string;
+  seq: number;
+  agentId: string;
+  result: string;
+  usage?: UsageInfo;
+  provider?: string;
+  model?: string;
+}
+
+/**
+ * The token reached a final place: `result` is the token's data (input and every
+ * agent's result); `usage` sums the agents' usage.
+ */
+export interface WorkflowCompleted {
+  type: "workflow_completed";
+  workflowId: string;
+  seq: number;
+  place: string;
+  result: Record<string, unknown>;
+  usage?: UsageInfo;
+}
+
+/**
+ * A workflow run's state so far, sent instead of a replay the history cannot give
+ * (`recovered: false`), like a completion's `snapshot`: where the token is, its data,
+ * the agents' results and the partial output of the agent at work.
+ */
+export interface WorkflowSnapshot {
+  type: "workflow_snapshot";
+  workflowId: string;
+  channel: string;
+  epoch: string;
+  seq: number;
+  status: string;
+  place: string;
+  data: Record<string, unknown>;
+  agentId?: string;
+  agentContent?: string;
+}
+
 /** Any client → hub message. */
-export type ClientMessage = Completion | Subscribe | Unsubscribe | Cancel | Ping;
+export type ClientMessage = Completion | Subscribe | Unsubscribe | Cancel | Ping | CreateWorkflow | SubscribeWorkflow | CancelWorkflow;
 
 /** Any hub → client message. */
-export type HubMessage = Subscribed | Unsubscribed | ContentChunk | ThinkingStatus | RefusalChunk | ToolCallMessage | CitationMessage | Completed | ErrorMessage | Pong | CircuitState | Snapshot;
+export type HubMessage = Subscribed | Unsubscribed | ContentChunk | ThinkingStatus | RefusalChunk | ToolCallMessage | CitationMessage | Completed | ErrorMessage | Pong | CircuitState | Snapshot | TokenCreated | WorkflowTransition | AgentStarted | AgentProgress | FunctionExecuted | AgentCompleted | WorkflowCompleted | WorkflowSnapshot;
 
 /** The `type` of a client message. */
-export type ClientMessageType = "completion" | "subscribe" | "unsubscribe" | "cancel" | "ping";
+export type ClientMessageType = "completion" | "subscribe" | "unsubscribe" | "cancel" | "ping" | "create_workflow" | "subscribe_workflow" | "cancel_workflow";
 
 /** The `type` of a hub message. */
-export type HubMessageType = "subscribed" | "unsubscribed" | "content_chunk" | "thinking_status" | "refusal" | "tool_call" | "citation" | "completed" | "error" | "pong" | "circuit_state" | "snapshot";
+export type HubMessageType = "subscribed" | "unsubscribed" | "content_chunk" | "thinking_status" | "refusal" | "tool_call" | "citation" | "completed" | "error" | "pong" | "circuit_state" | "snapshot" | "token_created" | "workflow_transition" | "agent_started" | "agent_progress" | "function_executed" | "agent_completed" | "workflow_completed" | "workflow_snapshot";
 
 /** The hub message of a given `type`. */
 export type HubMessageOf<T extends HubMessageType> = Extract<HubMessage, { type: T }>;

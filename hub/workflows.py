@@ -1,0 +1,601 @@
+"""Workflow runs: agents that work in turn on one token, every step streamed on
+``workflow:<id>`` (and each agent's work on ``agent:<workflowId>.<agentId>``).
+
+The definition is a small Petri net (the original design's terms; docs/PROTOCOL.md
+"Workflows"): ``places``, an ``initialPlace``, ``finalPlaces`` (default: places no transition
+leaves), ``transitions`` (``id``, ``from``, ``to``, an optional ``agent`` that must complete for
+the transition to fire, an optional ``condition`` on the token's data) and ``agents`` (``id``,
+``model``, a ``prompt`` template, optional ``tools``, ``fallbacks``, ``maxTokens``).
+
+A run has one token. From the token's place, the first transition (in definition order) whose
+condition holds fires: its agent, if any, runs first (an LLM completion like any other: same
+providers, retries, fallbacks, coalescing); the agent's answer is stored in the token's data
+under ``results.<agentId>``; then the token moves. The run completes when the token reaches a
+final place, and fails (``error``) when an agent fails or no transition can fire.
+
+Token data: ``{"input": {...the run's input...}, "results": {agentId: answer text}}``.
+Templates read it with ``{input.topic}`` and ``{results.researcher}``; conditions with a
+dotted ``path`` (``{"path": "results.editor", "op": "contains", "value": "APPROVED"}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+import pathlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import yaml
+
+from hub.config import HubConfig
+from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber, covers
+from protocol.errors import HubError, ProtocolError
+from protocol.messages import (
+    AgentCompleted,
+    AgentProgress,
+    AgentStarted,
+    Completed,
+    Completion,
+    ContentChunk,
+    Cursor,
+    ErrorInfo,
+    ErrorMessage,
+    FunctionExecuted,
+    ThinkingStatus,
+    TokenCreated,
+    ToolCallMessage,
+    UsageInfo,
+    WorkflowCompleted,
+    WorkflowSnapshot,
+    WorkflowTransition,
+    encode,
+)
+
+__all__ = ["Condition", "AgentSpec", "TransitionSpec", "WorkflowDefinition", "DefinitionError", "load_definition",
+           "named_definition", "DEFINITIONS_DIR", "register_function", "FUNCTIONS", "WorkflowRun", "WorkflowManager"]
+
+log = logging.getLogger("cbhub.workflows")
+
+DEFINITIONS_DIR = pathlib.Path(__file__).with_name("workflow_defs")
+"""Where ``definitionName`` finds ``<name>.yaml`` (shipped: ``content_creation``)."""
+
+_MAX_TOOL_ROUNDS = 4
+
+
+class DefinitionError(ProtocolError):
+    """An invalid workflow definition; the message names the offending key
+    (``transitions[2].to: unknown place 'edtied'``). Code ``invalid_workflow``."""
+
+    default_code = "invalid_workflow"
+
+
+class Condition(msgspec.Struct, forbid_unknown_fields=True):
+    """A test on the token's data: ``op`` is ``exists``, ``==``, ``!=``, ``contains``,
+    ``not_contains``, ``>``, ``<``; ``path`` is dotted (``results.editor``)."""
+
+    path: str
+    op: str = "exists"
+    value: Any = None
+
+
+class AgentSpec(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """An agent: its model, its prompt template, the registered functions it may call."""
+
+    id: str
+    model: str
+    prompt: str
+    tools: list[str] = []
+    fallbacks: list[str] = []
+    max_tokens: int | None = None
+    system: str | None = None
+
+
+class TransitionSpec(msgspec.Struct, forbid_unknown_fields=True):
+    """A transition from one place to another, optionally run by an agent, optionally guarded."""
+
+    id: str
+    from_: str = msgspec.field(name="from")
+    to: str = ""
+    agent: str | None = None
+    condition: Condition | None = None
+
+
+class WorkflowDefinition(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """A workflow definition (see the module docstring)."""
+
+    places: list[str]
+    initial_place: str
+    transitions: list[TransitionSpec]
+    agents: list[AgentSpec] = []
+    final_places: list[str] | None = None
+    name: str = ""
+    description: str = ""
+
+    def finals(self) -> set[str]:
+        """The final places (given, or the places no transition leaves)."""
+        if self.final_places is not None:
+            return set(self.final_places)
+        leaving = {t.from_ for t in self.transitions}
+        return {place for place in self.places if place not in leaving}
+
+    def agent(self, agent_id: str) -> AgentSpec:
+        return next(agent for agent in self.agents if agent.id == agent_id)
+
+
+_OPS = ("exists", "==", "!=", "contains", "not_contains", ">", "<")
+
+
+def load_definition(raw: Any) -> WorkflowDefinition:
+    """Validate a definition (a dict from JSON or YAML).
+
+    Raises:
+        DefinitionError: naming the offending key (msgspec's ``$.transitions[2].to`` path, or
+            a reference to an unknown place, agent or function).
+    """
+    try:
+        definition = msgspec.convert(raw, WorkflowDefinition)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        where = text.rsplit(" - at `$.", 1)
+        message = f"{where[1].rstrip('`')}: {where[0]}" if len(where) == 2 else text
+        raise DefinitionError(f"invalid workflow definition: {message}") from None
+    places = set(definition.places)
+    if len(places) != len(definition.places):
+        raise DefinitionError("invalid workflow definition: places: a place is listed twice")
+    if definition.initial_place not in places:
+        raise DefinitionError(f"invalid workflow definition: initialPlace: unknown place {definition.initial_place!r}")
+    agents = {agent.id for agent in definition.agents}
+    for index, agent in enumerate(definition.agents):
+        for tool in agent.tools:
+            if tool not in FUNCTIONS:
+                raise DefinitionError(f"invalid workflow definition: agents[{index}].tools: no registered function "
+                                      f"{tool!r} (registered: {', '.join(sorted(FUNCTIONS))})")
+    seen: set[str] = set()
+    for index, transition in enumerate(definition.transitions):
+        key = f"transitions[{index}]"
+        if transition.id in seen:
+            raise DefinitionError(f"invalid workflow definition: {key}.id: {transition.id!r} is used twice")
+        seen.add(transition.id)
+        for field, place in (("from", transition.from_), ("to", transition.to)):
+            if place not in places:
+                raise DefinitionError(f"invalid workflow definition: {key}.{field}: unknown place {place!r}")
+        if transition.agent is not None and transition.agent not in agents:
+            raise DefinitionError(f"invalid workflow definition: {key}.agent: unknown agent {transition.agent!r}")
+        if transition.condition is not None and transition.condition.op not in _OPS:
+            raise DefinitionError(f"invalid workflow definition: {key}.condition.op: {transition.condition.op!r} "
+                                  f"is not one of {', '.join(_OPS)}")
+    if definition.final_places is not None:
+        for place in definition.final_places:
+            if place not in places:
+                raise DefinitionError(f"invalid workflow definition: finalPlaces: unknown place {place!r}")
+    if not definition.finals():
+        raise DefinitionError("invalid workflow definition: finalPlaces: the net has no final place")
+    return definition
+
+
+def named_definition(name: str, directory: pathlib.Path = DEFINITIONS_DIR) -> WorkflowDefinition:
+    """Load ``<directory>/<name>.yaml`` (or ``.json``).
+
+    Raises:
+        DefinitionError: no such definition (``unknown_workflow_definition``) or an invalid one.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
+        raise DefinitionError(f"no workflow definition named {name!r}", "unknown_workflow_definition")
+    for suffix in (".yaml", ".yml", ".json"):
+        path = directory / f"{name}{suffix}"
+        if path.is_file():
+            return load_definition(yaml.safe_load(path.read_text(encoding="utf-8")))
+    names = sorted(p.stem for p in directory.glob("*.y*ml"))
+    raise DefinitionError(f"no workflow definition named {name!r} (available: {', '.join(names)})",
+                          "unknown_workflow_definition")
+
+
+# Registered functions (the tools agents may call).
+
+FUNCTIONS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+
+
+def register_function(name: str, description: str, parameters: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: make a Python function callable by agents as the tool ``name``.
+
+    The function gets the call's arguments as keyword arguments and returns a JSON value (it
+    may be async). ``parameters`` is the tool's JSON Schema, sent to the model.
+    """
+
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        FUNCTIONS[name] = (function, {"type": "function", "function": {
+            "name": name, "description": description, "parameters": parameters}})
+        return function
+
+    return register
+
+
+@register_function("get_weather", "Current weather in a city (a demo function with made-up data).",
+                   {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+def get_weather(city: str) -> dict[str, Any]:
+    """Made-up, deterministic weather for the demo."""
+    return {"city": city, "temperature_c": 11 + len(city) % 9, "conditions": "light rain" if len(city) % 2 else "clear"}
+
+
+@register_function("word_count", "Count the words of a text.",
+                   {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]})
+def word_count(text: str) -> dict[str, Any]:
+    """Words in ``text``."""
+    return {"words": len(text.split())}
+
+
+# Token data helpers.
+
+
+def lookup(data: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of the token's data, or None."""
+    value: Any = data
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return None
+    return value
+
+
+_FIELD = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+
+
+def render(template: str, data: dict[str, Any]) -> str:
+    """The template with every ``{dotted.path}`` replaced by that value of the token's data
+    (JSON for non-strings; empty when absent)."""
+
+    def value(match: re.Match[str]) -> str:
+        found = lookup(data, match.group(1))
+        if found is None:
+            return ""
+        return found if isinstance(found, str) else msgspec.json.encode(found).decode()
+
+    return _FIELD.sub(value, template)
+
+
+def holds(condition: Condition | None, data: dict[str, Any]) -> bool:
+    """Whether the transition's condition holds for the token's data (no condition: yes)."""
+    if condition is None:
+        return True
+    found = lookup(data, condition.path)
+    op, value = condition.op, condition.value
+    try:
+        if op == "exists":
+            return found is not None
+        if op == "==":
+            return found == value
+        if op == "!=":
+            return found != value
+        if op == "contains":
+            return found is not None and str(value) in (found if isinstance(found, str) else str(found))
+        if op == "not_contains":
+            return found is None or str(value) not in (found if isinstance(found, str) else str(found))
+        if op == ">":
+            return found is not None and found > value
+        if op == "<":
+            return found is not None and found < value
+    except TypeError:
+        return False
+    return False
+
+
+def _add_usage(total: UsageInfo | None, usage: UsageInfo | None) -> UsageInfo | None:
+    if usage is None:
+        return total
+    if total is None:
+        return msgspec.structs.replace(usage)
+    return UsageInfo(total.prompt_tokens + usage.prompt_tokens, total.completion_tokens + usage.completion_tokens,
+                     total.total_tokens + usage.total_tokens,
+                     (total.reasoning_tokens or 0) + (usage.reasoning_tokens or 0) or None)
+
+
+class _AgentListener:
+    """Subscribes to an agent's completion channel: turns its content into ``agent_progress``
+    and resolves when the completion ends."""
+
+    def __init__(self, run: WorkflowRun, agent: AgentSpec) -> None:
+        self.run = run
+        self.agent = agent
+        self.text: list[str] = []
+        self.tool_calls: list[ToolCallMessage] = []
+        self.done: asyncio.Future[Completed | ErrorMessage] = asyncio.get_running_loop().create_future()
+        self.chars = 0
+
+    def deliver(self, event: EncodedEvent) -> None:
+        message = event.message
+        cls = message.__class__
+        if cls is ContentChunk:
+            self.text.append(message.content)
+            self.run.current_text.append(message.content)
+            self._progress(content=message.content)
+        elif cls is ThinkingStatus and message.content:
+            self._progress(reasoning=message.content)
+        elif cls is ToolCallMessage:
+            self.tool_calls.append(message)
+        elif (cls is Completed or cls is ErrorMessage) and message.seq is not None and not self.done.done():
+            self.done.set_result(message)
+
+    def _progress(self, content: str = "", reasoning: str = "") -> None:
+        self.chars += len(content) + len(reasoning)
+        budget = 4 * (self.agent.max_tokens or 512)
+        progress = round(min(0.99, self.chars / budget), 3)
+        self.run.publish_agent(self.agent.id, lambda seq, channel: AgentProgress(
+            self.run.id, seq, self.agent.id, progress, content, reasoning))
+
+
+class WorkflowRun:
+    """One run of a definition: its token, its channels, its task (see the module docstring).
+
+    Attributes:
+        status: ``running``, ``completed``, ``failed`` or ``cancelled``.
+        place: where the token is.
+        data: the token's data (``input``, ``results``).
+    """
+
+    def __init__(self, manager: WorkflowManager, workflow_id: str, definition: WorkflowDefinition,
+                 run_input: dict[str, Any], channel: Channel) -> None:
+        self.manager = manager
+        self.id = workflow_id
+        self.definition = definition
+        self.channel = channel
+        self.token_id = f"{workflow_id}.token"
+        self.place = definition.initial_place
+        self.data: dict[str, Any] = {"input": run_input, "results": {}}
+        self.status = "running"
+        self.usage: UsageInfo | None = None
+        self.current_agent: str | None = None
+        self.current_text: list[str] = []
+        self.completions: list[Any] = []  # every CompletionRun this run started
+        self._seq = 0
+        self._agent_channels: dict[str, Channel] = {}
+        self._agent_seq: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._cancel_error: HubError | None = None
+        self._calls = itertools.count(1)  # numbers the agents' completions within the run
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "running"
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    # Publishing.
+
+    def _publish(self, build: Callable[[int], Any]) -> None:
+        self._seq += 1
+        message = build(self._seq)
+        self.manager.multiplexer.publish(self.channel, EncodedEvent(encode(message), message))
+
+    def publish_agent(self, agent_id: str, build: Callable[[int, str], Any]) -> None:
+        """Publish an agent event on ``workflow:<id>`` and on ``agent:<id>.<agentId>``, each
+        with that channel's own seq (encoded once per channel)."""
+        self._publish(lambda seq: build(seq, self.channel.name))
+        channel = self._agent_channel(agent_id)
+        seq = self._agent_seq[agent_id] = self._agent_seq.get(agent_id, 0) + 1
+        message = build(seq, channel.name)
+        self.manager.multiplexer.publish(channel, EncodedEvent(encode(message), message))
+
+    def _agent_channel(self, agent_id: str) -> Channel:
+        channel = self._agent_channels.get(agent_id)
+        if channel is None:
+            channel = self.manager.open_channel(f"agent:{self.id}.{agent_id}")
+            self._agent_channels[agent_id] = channel
+        return channel
+
+    def snapshot(self) -> WorkflowSnapshot:
+        """The run's state after every event published so far."""
+        return WorkflowSnapshot(self.id, self.channel.name, self.channel.epoch, self._seq, self.status, self.place,
+                                self.data, self.current_agent, "".join(self.current_text))
+
+    # Running.
+
+    def start(self) -> None:
+        """Put the token on the initial place and start the run's task."""
+        self._publish(lambda seq: TokenCreated(self.id, seq, self.token_id, self.place, self.data))
+        self._task = asyncio.create_task(self._run(), name=f"workflow:{self.id}")
+
+    def cancel(self, error: HubError | None = None) -> None:
+        """Stop the run and every completion it is running (upstream too)."""
+        if self.finished:
+            return
+        self._cancel_error = error or HubError("the workflow was cancelled", "cancelled")
+        for run in self.completions:
+            run.cancel(self._cancel_error)
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        finals = self.definition.finals()
+        try:
+            while self.place not in finals:
+                enabled = [t for t in self.definition.transitions if t.from_ == self.place and holds(t.condition, self.data)]
+                if not enabled:
+                    raise HubError(f"no transition can fire from place {self.place!r}", "workflow_stuck")
+                transition = enabled[0]
+                if transition.agent is not None:
+                    result = await self._run_agent(self.definition.agent(transition.agent))
+                    self.data["results"][transition.agent] = result
+                from_place, self.place = self.place, transition.to
+                self._publish(lambda seq: WorkflowTransition(self.id, seq, self.token_id, transition.id, from_place,
+                                                             self.place, self.data))
+            self.status = "completed"
+            self._publish(lambda seq: WorkflowCompleted(self.id, seq, self.place, self.data, self.usage))
+        except asyncio.CancelledError:
+            self._end_with(self._cancel_error or HubError("the workflow was cancelled", "cancelled"), "cancelled")
+        except HubError as exc:
+            self._end_with(exc, "failed")
+        except Exception as exc:  # a bug of ours still ends the run for its clients
+            log.exception("workflow %s failed", self.id)
+            self._end_with(HubError(f"internal error: {type(exc).__name__}", "internal_error"), "failed")
+        finally:
+            self.current_agent = None
+            self.manager.finished(self)
+
+    def _end_with(self, error: HubError, status: str) -> None:
+        self.status = status
+        for run in self.completions:
+            if not run.finished:
+                run.cancel(error)
+        info = ErrorInfo(error.code, error.message, error.retryable, error.status)
+        self._publish(lambda seq: ErrorMessage(info, None, seq, self.usage, workflow_id=self.id))
+
+    async def _run_agent(self, agent: AgentSpec) -> str:
+        """Run one agent to its answer: a completion, then (while it calls tools) the
+        functions and a follow-up completion with their results."""
+        self.current_agent, self.current_text = agent.id, []
+        messages: list[dict[str, Any]] = []
+        if agent.system:
+            messages.append({"role": "system", "content": render(agent.system, self.data)})
+        messages.append({"role": "user", "content": render(agent.prompt, self.data)})
+        tools = [FUNCTIONS[name][1] for name in agent.tools] or None
+        completions = self.manager.completions
+        for round_no in range(_MAX_TOOL_ROUNDS):
+            request = msgspec.convert({
+                "model": agent.model, "messages": messages, "id": f"{self.id}.{agent.id}.{next(self._calls)}",
+                "tools": tools, "fallbacks": agent.fallbacks, "max_tokens": agent.max_tokens,
+            }, Completion)
+            run = completions.create(request)
+            self.completions.append(run)
+            listener = _AgentListener(self, agent)
+            completions.subscribe(listener, run)
+            if round_no == 0:
+                self.publish_agent(agent.id, lambda seq, channel: AgentStarted(
+                    self.id, seq, agent.id, self.place, run.id, agent.model))
+            run.start()
+            try:
+                end = await listener.done
+            finally:
+                self.manager.multiplexer.unsubscribe(listener, run.channel.name)
+            if isinstance(end, ErrorMessage):
+                self.usage = _add_usage(self.usage, end.usage)
+                raise HubError(f"agent {agent.id!r} failed: {end.error.message}", end.error.code,
+                               retryable=end.error.retryable, status=end.error.status)
+            self.usage = _add_usage(self.usage, end.usage)
+            text = "".join(listener.text)
+            if not listener.tool_calls or not tools:
+                self.publish_agent(agent.id, lambda seq, channel: AgentCompleted(
+                    self.id, seq, agent.id, text, end.usage, end.provider, end.model))
+                return text
+            # The model called tools: run them, then ask again with their results.
+            messages.append({"role": "assistant", "content": text or None, "tool_calls": [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.tool, "arguments": msgspec.json.encode(call.arguments).decode()}}
+                for call in listener.tool_calls]})
+            for call in listener.tool_calls:
+                result, error = await self._execute(agent, call)
+                self.publish_agent(agent.id, lambda seq, channel, call=call, result=result, error=error: FunctionExecuted(
+                    self.id, seq, agent.id, call.id, call.tool, call.arguments, result, error))
+                content = msgspec.json.encode(result if error is None else {"error": error}).decode()
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+        raise HubError(f"agent {agent.id!r} kept calling tools after {_MAX_TOOL_ROUNDS} rounds", "workflow_stuck")
+
+    async def _execute(self, agent: AgentSpec, call: ToolCallMessage) -> tuple[Any, str | None]:
+        if call.tool not in agent.tools or call.tool not in FUNCTIONS:
+            return None, f"agent {agent.id!r} may not call {call.tool!r}"
+        if not isinstance(call.arguments, dict):
+            return None, "the arguments are not a JSON object"
+        function = FUNCTIONS[call.tool][0]
+        try:
+            result = function(**call.arguments)
+            if inspect.isawaitable(result):
+                result = await result
+            return result, None
+        except Exception as exc:  # the function's failure goes back to the model, not the run
+            return None, f"{type(exc).__name__}: {exc}"
+
+
+class WorkflowManager:
+    """Creates, finds and retires workflow runs.
+
+    Args:
+        config: history bounds and retention.
+        multiplexer: where ``workflow:`` and ``agent:`` channels are opened.
+        completions: the CompletionManager the agents' completions run in.
+        definitions_dir: where ``definitionName`` is looked up.
+    """
+
+    def __init__(self, config: HubConfig, multiplexer: StreamMultiplexer, completions: Any,
+                 definitions_dir: pathlib.Path = DEFINITIONS_DIR) -> None:
+        self.config = config
+        self.multiplexer = multiplexer
+        self.completions = completions
+        self.definitions_dir = definitions_dir
+        self.runs: dict[str, WorkflowRun] = {}
+        self._counter = itertools.count(1)
+        self._prefix = os.urandom(4).hex()
+        self._retirements: dict[str, asyncio.TimerHandle] = {}
+
+    def open_channel(self, name: str) -> Channel:
+        return self.multiplexer.open_channel(name, self.config.history_max_events,
+                                             history_max_bytes=self.config.completion_max_buffered_bytes,
+                                             history_max_age_s=self.config.history_max_age_s or None)
+
+    def create(self, workflow_id: str | None, definition: dict[str, Any] | None, definition_name: str | None,
+               run_input: dict[str, Any]) -> WorkflowRun:
+        """Validate and register a run (start it with :meth:`WorkflowRun.start`).
+
+        Raises:
+            DefinitionError: invalid or unknown definition.
+            ProtocolError: ``duplicate_id``.
+            HubError: ``shutting_down``.
+        """
+        if self.completions.closing:
+            raise HubError("the hub is shutting down; reconnect and retry", "shutting_down", retryable=True)
+        spec = load_definition(definition) if definition is not None else named_definition(
+            definition_name or "", self.definitions_dir)
+        workflow_id = workflow_id or f"wf-{self._prefix}-{next(self._counter)}"
+        if workflow_id in self.runs:
+            raise ProtocolError(f"workflow id {workflow_id!r} is already in use", "duplicate_id")
+        channel = self.open_channel(f"workflow:{workflow_id}")
+        run = WorkflowRun(self, workflow_id, spec, run_input, channel)
+        self.runs[workflow_id] = run
+        return run
+
+    def get(self, workflow_id: str) -> WorkflowRun | None:
+        return self.runs.get(workflow_id)
+
+    def subscribe(self, subscriber: Subscriber, run: WorkflowRun, since: Cursor | None = None) -> bool:
+        """Like CompletionManager.subscribe: a complete replay after ``since``, or a
+        ``workflow_snapshot`` then the rest. Returns ``recovered``."""
+        multiplexer = self.multiplexer
+        multiplexer.trim_old(run.channel)
+        recovered = covers(run.channel, since.seq if since else 0, since.epoch if since else None)
+        if recovered:
+            multiplexer.subscribe(subscriber, run.channel.name, after_seq=since.seq if since else 0)
+        else:
+            snapshot = run.snapshot()
+            multiplexer.subscribe(subscriber, run.channel.name, after_seq=snapshot.seq,
+                                  before=[EncodedEvent(encode(snapshot), snapshot)])
+        return recovered
+
+    def finished(self, run: WorkflowRun) -> None:
+        """Retain the run's channels for ``retention_s``, then forget them."""
+        loop = asyncio.get_running_loop()
+        self._retirements[run.id] = loop.call_later(self.config.retention_s, self._retire, run.id)
+
+    def _retire(self, workflow_id: str) -> None:
+        self._retirements.pop(workflow_id, None)
+        run = self.runs.pop(workflow_id, None)
+        if run is not None:
+            self.multiplexer.close_channel(run.channel.name)
+            for channel in run._agent_channels.values():
+                self.multiplexer.close_channel(channel.name)
+
+    async def close(self) -> None:
+        """Cancel every running run (hub shutdown) and wait for them."""
+        runs = [run for run in self.runs.values() if not run.finished]
+        for run in runs:
+            run.cancel(HubError("the hub is shutting down", "shutting_down", retryable=True))
+        await asyncio.gather(*(run.task for run in runs if run.task is not None), return_exceptions=True)
+        for handle in self._retirements.values():
+            handle.cancel()
+        self._retirements.clear()
