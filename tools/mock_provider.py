@@ -79,7 +79,8 @@ optional (defaults from the server's options):
                       Gemini ``thought: true`` parts, then a ``thoughtSignature`` (on the
                       functionCall part with ``tool``, else on the final empty text part);
                       Ollama ``message.thinking``.
-``tool=NAME``         end with one call to tool NAME with arguments ``{"city": "Paris"}``:
+``tool=NAME``         (ignored once the request carries a tool's result, as a model then answers)
+                      end with one call to tool NAME with arguments ``{"city": "Paris"}``:
                       OpenAI argument fragments over several chunks (``finish_reason``
                       ``tool_calls``); Anthropic a ``tool_use`` block with ``input_json_delta``
                       fragments (``stop_reason`` ``tool_use``); Gemini a ``functionCall`` part;
@@ -1254,6 +1255,9 @@ class MockProvider:
         if not isinstance(body, dict):
             return _error_response(fmt_class, 400, "request body must be a JSON object")
         context = {"model": str(body.get("model") or _MODELS[0]), **options(body)}
+        if directive.tool is not None and _has_tool_result(body):
+            # Like a real model: once the conversation carries a tool's result, it answers.
+            directive = dataclasses.replace(directive, tool=None)
         fmt = fmt_class(_Context(directive, prompt_tokens=_prompt_tokens(body, fmt_class.roots), **context))
         status = directive.status
         if directive.script is not None:
@@ -1440,6 +1444,24 @@ def _error_response(
         headers["retry-after-ms"] = _format_seconds(retry_after_ms)
     body = fmt.error_body(status, message)
     return web.Response(status=status, body=body, headers=headers, content_type="application/json")
+
+
+def _has_tool_result(body: dict[str, Any]) -> bool:
+    """Whether a request carries a tool's result: an OpenAI or Ollama ``role: tool`` message,
+    an Anthropic ``tool_result`` block, a Gemini ``functionResponse`` part."""
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "tool":
+            return True
+        content = message.get("content")
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+            return True
+    for content in body.get("contents") or []:
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts):
+            return True
+    return False
 
 
 def _decode_body(raw: bytes) -> Any:
