@@ -126,6 +126,34 @@ export const ERROR_CODES = deepFreeze({
     "when": "the provider endpoint's circuit breaker is open and no fallback could serve",
     "http": 503
   },
+  "invalid_workflow": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "a `create_workflow` definition is invalid; the message names the key (`transitions[2].to: unknown place 'x'`)",
+    "http": 400
+  },
+  "unknown_workflow_definition": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "no shipped definition has that `definitionName` (the message lists them)",
+    "http": 404
+  },
+  "unknown_workflow": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "`cancel_workflow` names no workflow run",
+    "http": 404
+  },
+  "workflow_stuck": {
+    "fault": "hub operator",
+    "retryable": false,
+    "sentAs": "terminal (workflow)",
+    "when": "no transition can fire from the token's place, or an agent kept calling tools",
+    "http": 500
+  },
   "too_many_completions": {
     "fault": "client",
     "retryable": true,
