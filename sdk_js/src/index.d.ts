@@ -2,6 +2,9 @@
 // ./protocol.d.ts, which is generated from the hub's msgspec Structs.
 
 import type {
+  AgentCompleted,
+  AgentProgress,
+  AgentStarted,
   Attempt,
   ChatMessage,
   CitationMessage,
@@ -9,12 +12,17 @@ import type {
   Completion,
   ContentChunk,
   ErrorMessage,
+  FunctionExecuted,
   HubMessage,
   RefusalChunk,
   Snapshot,
   ThinkingStatus,
+  TokenCreated,
   ToolCallMessage,
   UsageInfo,
+  WorkflowCompleted,
+  WorkflowSnapshot,
+  WorkflowTransition,
 } from './protocol.js';
 
 export * from './protocol.js';
@@ -52,14 +60,15 @@ export interface CompletionResult {
 }
 
 /** SDK error codes that the hub never sends (see `HubError`). */
-export type SdkErrorCode = 'connection_closed' | 'reconnect_failed' | 'resume_failed' | 'stream_gap';
+export type SdkErrorCode = 'connection_closed' | 'reconnect_failed' | 'resume_failed' | 'stream_gap' | 'workflow_failed';
 
 /**
  * An error from the hub (`code` from docs/PROTOCOL.md "Error codes") or from the SDK:
  * `connection_closed` (the client was closed, or the socket closed with a code that does not
  * mean "reconnect"), `reconnect_failed` (`reconnect.maxAttempts` reached), `resume_failed`
  * (a snapshot did not continue the text already delivered), `stream_gap` (messages of a
- * completion never arrived; retryable).
+ * completion or workflow never arrived; retryable), `workflow_failed` (a workflow failed while
+ * the client was away and the hub's `workflow_snapshot` does not say why).
  */
 export declare class HubError extends Error {
   constructor(init?: {
@@ -70,6 +79,7 @@ export declare class HubError extends Error {
     usage?: UsageInfo;
     attempts?: Attempt[];
     completionId?: string;
+    workflowId?: string;
     event?: ErrorMessage;
   });
   readonly name: 'HubError';
@@ -81,6 +91,8 @@ export declare class HubError extends Error {
   usage?: UsageInfo;
   attempts?: Attempt[];
   completionId?: string;
+  /** The workflow run that failed (its terminal `error`, or an SDK error of its channel). */
+  workflowId?: string;
   /** The hub's `error` message, when the hub sent one. */
   event?: ErrorMessage;
   static fromMessage(message: ErrorMessage): HubError;
@@ -114,6 +126,88 @@ export interface CompletionStream extends AsyncIterable<CompletionEvent> {
   /** Every message of the completion from the start, then the live ones; ends after
    * `completed`, throws the HubError of a terminal `error` or of a lost connection. */
   [Symbol.asyncIterator](): AsyncIterator<CompletionEvent>;
+}
+
+/** The `create_workflow` message without `type`: exactly one of `definitionName` (a definition
+ * shipped with the hub, e.g. `content_creation`) and `definition` (an inline one); `workflowId`
+ * is optional (the SDK makes one up, so that the run can be resumed before the hub answered). */
+export interface WorkflowRequest {
+  definitionName?: string;
+  definition?: Record<string, unknown>;
+  /** The run's input, read by the agents' prompt templates (`{input.topic}`). */
+  input?: Record<string, unknown>;
+  workflowId?: string;
+}
+
+/** A message of a workflow's channel, as the stream yields them. */
+export type WorkflowEvent =
+  | TokenCreated
+  | WorkflowTransition
+  | AgentStarted
+  | AgentProgress
+  | FunctionExecuted
+  | AgentCompleted
+  | WorkflowSnapshot
+  | WorkflowCompleted;
+
+/** The token's data: the run's input and the agents' results. */
+export interface WorkflowData {
+  input?: Record<string, unknown>;
+  /** Each agent's answer text (an agent that ran twice: its latest answer). */
+  results?: Record<string, string>;
+  [key: string]: unknown;
+}
+
+/** What a workflow run produced, once it `workflow_completed`. */
+export interface WorkflowResult {
+  workflowId: string;
+  /** The final place the token reached. */
+  place: string;
+  /** The token's final data (`workflow_completed.result`). */
+  data: WorkflowData;
+  /** `data.results`: each agent's answer text. */
+  results: Record<string, string>;
+  /** The agents' usage summed; null when the hub did not say (a run that ended while the
+   * client was away and was resumed from a `workflow_snapshot`). */
+  usage: UsageInfo | null;
+}
+
+/** Callbacks of a workflow run's messages. Each is optional. */
+export interface WorkflowHandlers {
+  /** Every message of the run, in `seq` order, without duplicates (the terminal `error` too).
+   * After a `workflow_snapshot` come synthetic messages with what it adds (README "Workflows"). */
+  onEvent?(event: HubMessage): void;
+  /** The token moved (`transitionId`, `fromPlace`, `toPlace`, `data`). */
+  onTransition?(message: WorkflowTransition): void;
+  /** An agent began a pass (its LLM completion is `message.completionId`). */
+  onAgentStarted?(agentId: string, message: AgentStarted): void;
+  /** New answer text of an agent (`message.reasoning`: new reasoning text; after a resume:
+   * only what was missing). */
+  onAgentProgress?(agentId: string, delta: string, message: AgentProgress): void;
+  /** The hub ran a registered function for an agent's tool call. */
+  onFunction?(message: FunctionExecuted): void;
+  /** An agent finished a pass: `result` is its answer text. */
+  onAgentCompleted?(agentId: string, result: string, message: AgentCompleted): void;
+  /** The hub sent the run's state instead of a replay it could not give (then come the
+   * synthetic messages that carry what was missed). */
+  onSnapshot?(snapshot: WorkflowSnapshot): void;
+  onComplete?(result: WorkflowResult): void;
+  onError?(error: HubError): void;
+}
+
+/** A running workflow: an async iterable of its messages, and its result. */
+export interface WorkflowStream extends AsyncIterable<WorkflowEvent> {
+  /** The workflow id (the request's, or one the SDK made up). */
+  readonly id: string;
+  /** `workflow:<id>`. */
+  readonly channel: string;
+  /** Resolves when the run `workflow_completed`; rejects with a HubError otherwise. */
+  readonly result: Promise<WorkflowResult>;
+  /** `client.cancelWorkflow(this.id)`. */
+  cancel(): Promise<void>;
+  /** Every message of the run from the start, then the live ones; ends after
+   * `workflow_completed`, throws the HubError of a terminal `error` or of a lost connection. */
+  [Symbol.asyncIterator](): AsyncIterator<WorkflowEvent>;
 }
 
 export type ClientStatus = 'connecting' | 'open' | 'reconnecting' | 'closed';
@@ -176,14 +270,23 @@ export interface HubClient {
   readonly url: string;
   /** Start a completion; it is resumed across reconnects until it ends. */
   completion(request: CompletionRequest, handlers?: StreamHandlers): CompletionStream;
-  /** Watch a channel (`completion:<id>`, `system`, `workflow:<id>`, `agent:<id>`): the
-   * handlers get its history, then the live messages, across reconnects. Returns dispose. */
-  subscribe(channel: string, handlers?: StreamHandlers): () => void;
-  /** `subscribe('workflow:' + workflowId, handlers)`. */
-  subscribeWorkflow(workflowId: string, handlers?: StreamHandlers): () => void;
+  /** Watch a channel (`completion:<id>`, `system`, `workflow:<id>`,
+   * `agent:<workflowId>.<agentId>`): the handlers get its history, then the live messages,
+   * across reconnects. Returns dispose. */
+  subscribe(channel: string, handlers?: StreamHandlers & Omit<WorkflowHandlers, 'onComplete'>): () => void;
+  /** Start a workflow run (`create_workflow`); it is resumed across reconnects until it ends. */
+  workflow(request: WorkflowRequest, handlers?: WorkflowHandlers): WorkflowStream;
+  /** Watch a workflow run (`subscribe_workflow`): the handlers get its history (or a
+   * `workflow_snapshot` and what it adds), then the live messages, across reconnects.
+   * Returns dispose. */
+  subscribeWorkflow(workflowId: string, handlers?: WorkflowHandlers): () => void;
   /** Cancel a completion this client watches. Resolves once the hub accepted it (the stream
    * then ends with HubError `cancelled`); rejects with `unknown_completion`, `not_subscribed`. */
   cancel(completionId: string): Promise<void>;
+  /** Cancel a workflow run this client watches, and the completion its agent is running.
+   * Resolves once the hub accepted it (the run then ends with HubError `cancelled`); rejects
+   * with `unknown_workflow`, `not_subscribed`. */
+  cancelWorkflow(workflowId: string): Promise<void>;
   /** Close the socket for good; streams still open fail with `connection_closed`. */
   close(): void;
   /** Drop the socket abruptly, as a network failure would, and reconnect (tests, demos). */

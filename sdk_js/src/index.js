@@ -1,5 +1,5 @@
-// circuit-breaker-hub JavaScript SDK: one WebSocket to the hub, many completions and channel
-// subscriptions over it, reconnect with backoff and resume of every open stream.
+// circuit-breaker-hub JavaScript SDK: one WebSocket to the hub, many completions, workflow runs
+// and channel subscriptions over it, reconnect with backoff and resume of every open stream.
 //
 // Plain ES module with no dependencies: browsers load it as it is (the hub serves sdk_js/src/);
 // Node passes a WebSocket implementation (the `ws` package). The wire protocol is
@@ -8,14 +8,17 @@
 // Theory of operation
 // - The client owns one socket at a time. Everything it must re-establish after a reconnect
 //   is derived from its channels (one per `completion:<id>`, `system`, `workflow:<id>`, ...):
-//   on every open it sends, per channel, either the `completion` that starts it (not sent
-//   yet) or a `subscribe` with `since` (the channel's epoch and last seq).
+//   on every open it sends, per channel, either the `completion` or `create_workflow` that
+//   starts it (not acknowledged yet) or a `subscribe` (`subscribe_workflow` for a workflow)
+//   with `since` (the channel's epoch and last seq).
 // - Answers that carry no channel (`subscribed`, `unsubscribed`, `pong`, an `error` without
-//   `completionId`) are matched to the requests in the order they were sent: the hub handles
-//   a connection's messages one at a time and answers in order. A `cancel` has no answer when
-//   it works, so the client sends a `ping` after it: the `pong` closes it.
+//   `completionId` or `workflowId`) are matched to the requests in the order they were sent:
+//   the hub handles a connection's messages one at a time and answers in order. A `cancel` or
+//   `cancel_workflow` has no answer when it works, so the client sends a `ping` after it: the
+//   `pong` closes it.
 // - Channel messages go through ChannelState (./channel.js), which drops replayed duplicates
-//   and turns a `snapshot` into just the missing text, then to the channel's listeners.
+//   and turns a `snapshot` or `workflow_snapshot` into just what is missing, then to the
+//   channel's listeners.
 //   Reconnect and resume behave as in the Python SDK (hub/client.py).
 
 import { ChannelState, ResumeError } from './channel.js';
@@ -37,10 +40,11 @@ const LISTENER = Symbol('listener');
  * itself: `connection_closed` (the client was closed, or the socket closed with a code that does
  * not mean "reconnect"), `reconnect_failed` (`reconnect.maxAttempts` reached), `resume_failed`
  * (a snapshot did not continue the text already delivered), `stream_gap` (messages of a
- * completion never arrived).
+ * completion or workflow never arrived), `workflow_failed` (a workflow failed while the client
+ * was away and the hub's snapshot does not say why).
  */
 export class HubError extends Error {
-  constructor({ code, message, retryable = false, status, usage, attempts, completionId, event } = {}) {
+  constructor({ code, message, retryable = false, status, usage, attempts, completionId, workflowId, event } = {}) {
     super(message ?? code);
     this.name = 'HubError';
     this.code = code;
@@ -49,6 +53,7 @@ export class HubError extends Error {
     if (usage != null) this.usage = usage;
     if (attempts != null) this.attempts = attempts;
     if (completionId != null) this.completionId = completionId;
+    if (workflowId != null) this.workflowId = workflowId;
     if (event != null) this.event = event;
   }
 
@@ -60,6 +65,7 @@ export class HubError extends Error {
       usage: message.usage,
       attempts: message.attempts,
       completionId: message.completionId,
+      workflowId: message.workflowId,
       event: message,
     });
   }
@@ -111,11 +117,20 @@ function resolveUrl(url, batch) {
   return resolved.toString();
 }
 
-function channelOf(message) {
+/**
+ * The channel a hub message belongs to. The agent events of a workflow are published on
+ * `workflow:<id>` and on `agent:<id>.<agentId>` alike, without a channel name: they go to the
+ * agent channel when the client watches it and not the workflow's (README "Workflows").
+ */
+function channelOf(message, channels) {
   if (typeof message.channel === 'string') return message.channel;
+  if (message.workflowId != null) {
+    // (before completionId: an `agent_started` carries its agent's completion id)
+    const workflow = `workflow:${message.workflowId}`;
+    if (message.agentId != null && !channels.has(workflow)) return `agent:${message.workflowId}.${message.agentId}`;
+    return workflow;
+  }
   if (message.completionId != null) return `completion:${message.completionId}`;
-  if (message.workflowId != null) return `workflow:${message.workflowId}`;
-  if (message.agentId != null) return `agent:${message.agentId}`;
   if (message.type === 'circuit_state') return 'system';
   return null;
 }
@@ -130,6 +145,18 @@ function invoke(callback, ...args) {
       throw error;
     });
   }
+}
+
+/** What a workflow run produced, from its `workflow_completed`. */
+function workflowResultOf(completed) {
+  const data = completed.result ?? {};
+  return {
+    workflowId: completed.workflowId,
+    place: completed.place,
+    data,
+    results: data.results ?? {},
+    usage: completed.usage ?? null,
+  };
 }
 
 function resultOf(state, completed, id) {
@@ -149,7 +176,13 @@ function resultOf(state, completed, id) {
   };
 }
 
-// One local subscriber of a channel: a `client.subscribe` handler set or a completion stream.
+/** Whether a hub message ends its channel with an error (a completion's or a workflow's). */
+function isTerminalError(message) {
+  return message.type === 'error' && (message.completionId != null || (message.workflowId != null && message.seq != null));
+}
+
+// One local subscriber of a channel: a `client.subscribe` handler set, a completion stream or
+// a workflow stream.
 class Listener {
   constructor(handlers, onDone) {
     this.handlers = handlers ?? {};
@@ -175,7 +208,28 @@ class Listener {
         this.finish(null, resultOf(channel.state, message, channel.id));
         break;
       case 'error':
-        if (message.completionId != null) this.finish(HubError.fromMessage(message), null);
+        if (isTerminalError(message)) this.finish(HubError.fromMessage(message), null);
+        break;
+      case 'workflow_transition':
+        invoke(h.onTransition, message);
+        break;
+      case 'agent_started':
+        invoke(h.onAgentStarted, message.agentId, message);
+        break;
+      case 'agent_progress':
+        invoke(h.onAgentProgress, message.agentId, message.content ?? '', message);
+        break;
+      case 'function_executed':
+        invoke(h.onFunction, message);
+        break;
+      case 'agent_completed':
+        invoke(h.onAgentCompleted, message.agentId, message.result, message);
+        break;
+      case 'workflow_snapshot':
+        invoke(h.onSnapshot, message);
+        break;
+      case 'workflow_completed':
+        this.finish(null, workflowResultOf(message));
         break;
       default:
         break;
@@ -196,11 +250,12 @@ class Listener {
 class Channel {
   constructor(name, start) {
     this.name = name;
-    this.id = name.startsWith('completion:') ? name.slice('completion:'.length) : null;
+    this.id = name.startsWith('completion:') || name.startsWith('workflow:') ? name.slice(name.indexOf(':') + 1) : null;
     this.state = new ChannelState(name);
     this.listeners = new Set();
     this.delivered = [];
-    /** The `completion` message that starts this channel, until the hub acknowledged it. */
+    /** The `completion` or `create_workflow` message that starts this channel, until the hub
+     * acknowledged it. */
     this.start = start ?? null;
     this.startSent = false;
     /** The socket on which the hub has (or will have) this channel subscribed. */
@@ -208,11 +263,13 @@ class Channel {
   }
 }
 
-class CompletionStream {
-  constructor(client, channel, handlers) {
+// A stream of one channel's messages: an async iterable with a `result` promise (the base of
+// CompletionStream and WorkflowStream).
+class Stream {
+  constructor(channel, handlers, cancel) {
     this.id = channel.id;
     this.channel = channel.name;
-    this.#client = client;
+    this.#cancel = cancel;
     this.#events = [];
     this.#waiters = [];
     this.#error = null;
@@ -224,7 +281,7 @@ class CompletionStream {
     const wrapped = { ...handlers };
     const userEvent = handlers?.onEvent;
     wrapped.onEvent = (message) => {
-      if (!(message.type === 'error' && message.completionId != null)) this.#push(message);
+      if (!isTerminalError(message)) this.#push(message);
       invoke(userEvent, message);
     };
     this[LISTENER] = new Listener(wrapped, (error, result) => {
@@ -239,16 +296,16 @@ class CompletionStream {
     });
   }
 
-  #client;
+  #cancel;
   #events;
   #waiters;
   #error;
   #ended;
   #settle;
 
-  /** Cancel this completion (see `client.cancel`). */
+  /** Cancel what this stream shows (see `client.cancel` and `client.cancelWorkflow`). */
   cancel() {
-    return this.#client.cancel(this.id);
+    return this.#cancel(this.id);
   }
 
   #push(message) {
@@ -278,6 +335,10 @@ class CompletionStream {
     }
   }
 }
+
+class CompletionStream extends Stream {}
+
+class WorkflowStream extends Stream {}
 
 class HubClient {
   constructor(options = {}) {
@@ -329,7 +390,7 @@ class HubClient {
     const name = `completion:${id}`;
     const start = { type: 'completion', ...request, id };
     const channel = new Channel(name, start);
-    const stream = new CompletionStream(this, channel, handlers);
+    const stream = new CompletionStream(channel, handlers, (completionId) => this.cancel(completionId));
     if (this.#closed) {
       stream[LISTENER].finish(new HubError({ code: 'connection_closed', message: 'the client is closed' }), null);
       return stream;
@@ -369,17 +430,50 @@ class HubClient {
     };
   }
 
+  workflow(request, handlers = {}) {
+    if (request == null || typeof request !== 'object') throw new TypeError('workflow(request): request must be an object');
+    const { workflowId: given, definitionName, definition, input, ...rest } = request;
+    const workflowId = given ?? `js-wf-${idPrefix}-${(idCounter += 1)}`;
+    const name = `workflow:${workflowId}`;
+    const start = { type: 'create_workflow', workflowId, ...rest, input: input ?? {} };
+    if (definitionName != null) start.definitionName = definitionName;
+    if (definition != null) start.definition = definition;
+    const channel = new Channel(name, start);
+    const stream = new WorkflowStream(channel, handlers, (id) => this.cancelWorkflow(id));
+    if (this.#closed) {
+      stream[LISTENER].finish(new HubError({ code: 'connection_closed', message: 'the client is closed' }), null);
+      return stream;
+    }
+    if (this.#channels.has(name)) {
+      stream[LISTENER].finish(new HubError({ code: 'duplicate_id', message: `workflow id '${workflowId}' is already in use by this client` }), null);
+      return stream;
+    }
+    this.#addListener(channel, stream[LISTENER]);
+    return stream;
+  }
+
   subscribeWorkflow(workflowId, handlers = {}) {
+    if (typeof workflowId !== 'string' || !CHANNEL_PATTERN.test(`workflow:${workflowId}`)) {
+      throw new TypeError(`subscribeWorkflow: '${workflowId}' is not a workflow id (1-128 characters from A-Z a-z 0-9 _ . : -)`);
+    }
     return this.subscribe(`workflow:${workflowId}`, handlers);
   }
 
   cancel(completionId) {
+    return this.#cancelRequest({ type: 'cancel', completionId });
+  }
+
+  cancelWorkflow(workflowId) {
+    return this.#cancelRequest({ type: 'cancel_workflow', workflowId });
+  }
+
+  #cancelRequest(message) {
     return new Promise((resolve, reject) => {
       if (this.#closed) {
         reject(new HubError({ code: 'connection_closed', message: 'the client is closed' }));
         return;
       }
-      const request = { completionId, resolve, reject };
+      const request = { message, resolve, reject };
       if (this.#isOpen()) this.#sendCancel(request);
       else this.#outbox.push(request);
     });
@@ -443,9 +537,15 @@ class HubClient {
       this.#send(channel.start, { kind: 'start', channel });
       return;
     }
-    const message = { type: 'subscribe', channels: [channel.name] };
     const cursor = channel.state.cursor();
-    if (cursor) message.since = { [channel.name]: cursor };
+    let message;
+    if (channel.state.workflow) {
+      message = { type: 'subscribe_workflow', workflowId: channel.id };
+      if (cursor) message.since = cursor;
+    } else {
+      message = { type: 'subscribe', channels: [channel.name] };
+      if (cursor) message.since = { [channel.name]: cursor };
+    }
     this.#send(message, { kind: 'subscribe', channel });
   }
 
@@ -475,7 +575,7 @@ class HubClient {
   }
 
   #sendCancel(request) {
-    this.#send({ type: 'cancel', completionId: request.completionId }, null);
+    this.#send(request.message, null);
     this.#send({ type: 'ping' }, { kind: 'cancel', request, error: null });
   }
 
@@ -599,7 +699,7 @@ class HubClient {
         this.#answer(message, (expected) => expected.kind === 'cancel' || expected.kind === 'ping');
         return;
       case 'error':
-        if (message.completionId == null) {
+        if (message.completionId == null && message.workflowId == null) {
           this.#answer(message, () => true);
           return;
         }
@@ -607,7 +707,7 @@ class HubClient {
       default:
         break;
     }
-    const name = channelOf(message);
+    const name = channelOf(message, this.#channels);
     const channel = name == null ? undefined : this.#channels.get(name);
     if (channel) this.#deliver(channel, message);
   }
@@ -666,7 +766,8 @@ class HubClient {
     } catch (error) {
       if (!(error instanceof ResumeError)) throw error;
       const retryable = error.code === 'stream_gap';
-      this.#failChannel(channel, new HubError({ code: error.code, message: error.message, retryable, completionId: channel.id }));
+      const id = channel.state.workflow ? { workflowId: channel.id } : { completionId: channel.id };
+      this.#failChannel(channel, new HubError({ code: error.code, message: error.message, retryable, ...id }));
       return;
     }
     for (const delivered of messages) {

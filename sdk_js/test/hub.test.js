@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { HubError, createClient } from '../src/index.js';
-import { MODEL, ask, expectedText, startHub, startMock, validate, waitFor, withTimeout } from './support.js';
+import { MODEL, ask, expectedText, startHub, startMock, testSocket as recordingSocket, validate, waitFor, withTimeout } from './support.js';
 
 let mock;
 let hub;
@@ -19,23 +19,8 @@ after(async () => {
   await mock?.stop();
 });
 
-/**
- * A `ws` WebSocket that records what the client sends; while `gate.closed` is true it connects
- * to a closed port instead (the connection fails with 1006), which keeps the client away from
- * the hub for as long as a test needs.
- */
-function testSocket(sent = [], gate = { closed: false }) {
-  return class extends WebSocket {
-    constructor(url) {
-      super(gate.closed ? 'ws://127.0.0.1:1/' : url);
-    }
-
-    send(data) {
-      sent.push(JSON.parse(data));
-      super.send(data);
-    }
-  };
-}
+/** A recording `ws` WebSocket kept away from the hub while `gate.closed` (support.js). */
+const testSocket = (sent, gate) => recordingSocket(WebSocket, sent, gate);
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 

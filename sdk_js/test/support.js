@@ -100,6 +100,49 @@ export function expectedText(tokens, seed = 0) {
   return expectedCache.get(key);
 }
 
+/**
+ * The answer text the mock gives each agent of a workflow definition run with `input`: the
+ * directive in the agent's rendered prompt (or the mock's defaults when there is none), as
+ * `{agentId: text}`. The prompts are rendered with the input only: the mock's answers, which
+ * later prompts quote, never carry a directive.
+ */
+export function expectedAgentTexts(definitionName, input) {
+  const code = [
+    'import json, sys',
+    'from hub.workflows import named_definition, render',
+    'from tools.mock_provider import Directive, expected_text',
+    'definition = named_definition(sys.argv[1])',
+    'data = {"input": json.loads(sys.argv[2]), "results": {}}',
+    'out = {}',
+    'for agent in definition.agents:',
+    '    d = Directive.parse((agent.system or "") + render(agent.prompt, data))',
+    '    out[agent.id] = expected_text(d.tokens, d.seed)',
+    'sys.stdout.write(json.dumps(out))',
+  ].join('\n');
+  const out = execFileSync(PYTHON, ['-c', code, definitionName, JSON.stringify(input)], {
+    cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' },
+  });
+  return JSON.parse(out);
+}
+
+/**
+ * A `ws` WebSocket class that records what the client sends; while `gate.closed` is true it
+ * connects to a closed port instead (the connection fails with 1006), which keeps the client
+ * away from the hub for as long as a test needs.
+ */
+export function testSocket(WebSocket, sent = [], gate = { closed: false }) {
+  return class extends WebSocket {
+    constructor(url) {
+      super(gate.closed ? 'ws://127.0.0.1:1/' : url);
+    }
+
+    send(data) {
+      sent.push(JSON.parse(data));
+      super.send(data);
+    }
+  };
+}
+
 /** A user message carrying a mock directive. */
 export function ask(directive, text = 'Hi') {
   return [{ role: 'user', content: `${text} [[mock ${directive}]]` }];

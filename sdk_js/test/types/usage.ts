@@ -10,6 +10,8 @@ import {
   type CompletionResult,
   type ErrorCode,
   type HubMessageOf,
+  type WorkflowEvent,
+  type WorkflowResult,
 } from '../../src/index.js';
 
 const client = createClient({
@@ -65,6 +67,51 @@ async function main(): Promise<void> {
   dispose();
   client.subscribeWorkflow('w1', { onError: (e) => console.log(e.code) });
   await client.cancel(id);
+
+  const run = client.workflow(
+    { definitionName: 'content_creation', input: { topic: 'tea', audience: 'kids' } },
+    {
+      onTransition(m) {
+        console.log(m.transitionId, m.fromPlace, m.toPlace);
+      },
+      onAgentStarted(agentId: string, m) {
+        console.log(agentId, m.completionId, m.model);
+      },
+      onAgentProgress(agentId: string, delta: string, m) {
+        console.log(agentId, delta, m.progress, m.reasoning);
+      },
+      onFunction(m) {
+        console.log(m.name, m.arguments, m.result, m.error);
+      },
+      onAgentCompleted(agentId: string, result: string, m) {
+        console.log(agentId, result, m.usage?.totalTokens);
+      },
+      onSnapshot(snapshot) {
+        console.log(snapshot.place, snapshot.agentId, snapshot.agentContent);
+      },
+      onComplete(result: WorkflowResult) {
+        console.log(result.results.writer, result.usage?.totalTokens);
+      },
+      onError(error: HubError) {
+        console.log(error.code, error.workflowId);
+      },
+    },
+  );
+  for await (const event of run) {
+    const e: WorkflowEvent = event;
+    if (e.type === 'agent_progress') console.log(e.agentId, e.content);
+    if (e.type === 'workflow_transition') console.log(e.toPlace);
+  }
+  const finished: WorkflowResult = await run.result;
+  console.log(run.id, run.channel, finished.place, finished.data.input);
+  await run.cancel();
+  await client.cancelWorkflow(run.id);
+  client.workflow({ definition: { places: ['a', 'b'], initialPlace: 'a', transitions: [{ id: 't', from: 'a', to: 'b' }] } });
+  const disposeWorkflow: () => void = client.subscribeWorkflow(run.id, {
+    onAgentProgress: (agentId, delta) => console.log(agentId, delta),
+    onComplete: (result) => console.log(result.results),
+  });
+  disposeWorkflow();
   client.dropConnection();
   client.close();
 
