@@ -1,9 +1,12 @@
 // The hub's web page: every "Send" starts one completion on the page's one WebSocket (the JS
 // SDK, served by the hub at /sdk/) and adds a panel that shows it as it streams: the answer,
-// the reasoning apart from it, tool calls, then usage and time to first token. "Drop
-// connection" closes the socket abruptly; the SDK reconnects and resumes every open stream.
+// the reasoning apart from it, tool calls, then usage and time to first token. In "Workflow"
+// mode, "Run" starts a workflow run and adds a card with a panel per agent (./workflow.js).
+// "Drop connection" closes the socket abruptly; the SDK reconnects and resumes every open
+// stream, completions and workflow runs alike.
 
 import { createClient } from '../sdk/index.js';
+import { runWorkflow } from './workflow.js';
 
 const GET_WEATHER = {
   type: 'function',
@@ -24,12 +27,18 @@ const ui = {
   prompt: $('prompt'),
   tools: $('opt-tools'),
   reasoning: $('opt-reasoning'),
-  clear: $('clear'),
+  clear: [$('clear'), $('workflow-clear')],
+  modes: [$('mode-completion'), $('mode-workflow')],
+  workflowForm: $('workflow-form'),
+  workflowDefinition: $('workflow-definition'),
+  workflowTopic: $('workflow-topic'),
+  workflowAudience: $('workflow-audience'),
   panels: $('panels'),
   template: $('panel-template'),
 };
 
-/** Panels of completions still running, by channel name (`completion:<id>`). */
+/** Panels of completions and cards of workflow runs still running, by channel name
+ * (`completion:<id>`, `workflow:<id>`). */
 const running = new Map();
 let reconnectCount = 0;
 
@@ -72,8 +81,46 @@ ui.prompt.addEventListener('keydown', (event) => {
   if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) ui.form.requestSubmit();
 });
 
-ui.clear.addEventListener('click', () => {
-  for (const panel of ui.panels.querySelectorAll('.panel:not([aria-busy="true"])')) panel.remove();
+for (const button of ui.clear) {
+  button.addEventListener('click', () => {
+    for (const panel of ui.panels.querySelectorAll(':scope > :is(.panel, .run):not([aria-busy="true"])')) panel.remove();
+  });
+}
+
+// Modes: the completion composer or the workflow form (tabs).
+for (const tab of ui.modes) {
+  tab.addEventListener('click', () => selectMode(tab.dataset.mode));
+  tab.addEventListener('keydown', (event) => {
+    if (event.key !== 'ArrowLeft' && event.key !== 'ArrowRight') return;
+    const other = ui.modes.find((candidate) => candidate !== tab);
+    selectMode(other.dataset.mode);
+    other.focus();
+  });
+}
+
+function selectMode(mode) {
+  for (const tab of ui.modes) {
+    const selected = tab.dataset.mode === mode;
+    tab.setAttribute('aria-selected', String(selected));
+    tab.tabIndex = selected ? 0 : -1;
+  }
+  ui.form.hidden = mode !== 'completion';
+  ui.workflowForm.hidden = mode !== 'workflow';
+}
+
+ui.workflowForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const topic = ui.workflowTopic.value.trim();
+  if (!topic) {
+    ui.workflowTopic.focus();
+    return;
+  }
+  const input = { topic, audience: ui.workflowAudience.value.trim() || 'a general audience' };
+  const view = runWorkflow(client, { definitionName: ui.workflowDefinition.value, input }, ui.panels);
+  if (view.busy) {
+    running.set(view.channel, view);
+    view.onEnd = () => running.delete(view.channel);
+  }
 });
 
 /** Start one completion and add its panel. */

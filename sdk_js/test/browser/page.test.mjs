@@ -3,9 +3,13 @@
 // Starts the mock provider and the hub as child processes, drives Debian's Chromium
 // (/usr/bin/chromium) with playwright-core, sends one completion per provider format from the
 // page, drops the WebSocket mid-stream with the page's button, and checks that every panel
-// ends with exactly the mock's text and reasoning and that the page shows the reconnect.
-// Saves a screenshot: to $CBHUB_SCREENSHOT when set (`CBHUB_SCREENSHOT=../docs/page.png npm
-// run test:browser` updates the one in docs/), else to a temporary file whose path it prints.
+// ends with exactly the mock's text and reasoning and that the page shows the reconnect. Then,
+// in the same page, runs the content_creation workflow in "Workflow" mode, drops the WebSocket
+// while the writer streams, and checks that every agent pass's panel ends with exactly the
+// mock's text, with the places, the log, usage and the resume shown.
+// Saves a screenshot of the page with both: to $CBHUB_SCREENSHOT when set
+// (`CBHUB_SCREENSHOT=../docs/page.png npm run test:browser` updates the one in docs/), else to a
+// temporary file whose path it prints.
 //
 // Environment: CBHUB_PYTHON, a Python with the hub installed (default: ../.venv/bin/python
 // when it exists, else python3); CBHUB_CHROMIUM, the browser (default /usr/bin/chromium).
@@ -95,10 +99,19 @@ function startServer(name, args, env = {}) {
   });
 }
 
+// The workflow run: 40 tokens at 30 tokens/s for every agent whose prompt quotes the topic
+// (about 1.3 s each), so the drop below lands while the writer streams its first pass.
+const WORKFLOW_INPUT = {
+  topic: 'Why tea cools faster in a wide cup [[mock tokens=40 tps=30 seed=11]]',
+  audience: 'curious teenagers',
+};
+
 let mock;
 let hub;
 let context;
 let userDataDir;
+/** Page errors and console errors of the page, over both tests. */
+const problems = [];
 
 before(async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium`);
@@ -136,14 +149,8 @@ test('the page streams completions side by side, survives a dropped connection, 
     String(TOKENS), String(REASONING), ...SENDS.map(({ seed }) => String(seed)),
   );
 
-  const page = context.pages()[0] ?? (await context.newPage());
-  const problems = [];
-  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
-  });
+  const page = await thePage();
 
-  await page.goto(`${hub.url}/`);
   assert.equal(await page.title(), 'circuit-breaker-hub');
   const status = page.getByTestId('connection-status');
   await page.waitForSelector('[data-testid="connection-status"][data-status="open"]');
@@ -204,12 +211,111 @@ test('the page streams completions side by side, survives a dropped connection, 
     assert.equal(await panel.getByTestId('panel-reasoning-box').evaluate((el) => el.open), false);
   }
 
-  // Open one panel's reasoning for the screenshot, then save it.
+  // Open one panel's reasoning for the screenshot (taken after the workflow test).
   await panels.first().locator('summary').click();
   assert.equal(await panels.first().getByTestId('panel-reasoning-box').evaluate((el) => el.open), true);
+
+  assert.deepEqual(problems, []);
+});
+
+test('the page runs a workflow: a panel per agent pass, places, log and usage, resumed after a dropped connection', { timeout: 90_000 }, async () => {
+  // What the mock answers each agent: the directive in its rendered prompt, or the defaults.
+  const expected = python(
+    'import json, sys; from hub.workflows import named_definition, render; '
+      + 'from tools.mock_provider import Directive, expected_text; '
+      + 'd = named_definition("content_creation"); data = {"input": json.loads(sys.argv[1]), "results": {}}; '
+      + 'print(json.dumps({a.id: expected_text(*(lambda x: (x.tokens, x.seed))(Directive.parse((a.system or "") + render(a.prompt, data)))) '
+      + 'for a in d.agents}))',
+    JSON.stringify(WORKFLOW_INPUT),
+  );
+  const page = await thePage();
+  await page.waitForSelector('[data-testid="connection-status"][data-status="open"]');
+  const reconnectsBefore = Number(await page.getByTestId('reconnects').getAttribute('data-count'));
+
+  // Workflow mode: the completion composer makes way for the workflow form.
+  await page.getByTestId('mode-workflow').click();
+  assert.equal(await page.getByTestId('mode-workflow').getAttribute('aria-selected'), 'true');
+  assert.equal(await page.getByTestId('composer').isVisible(), false);
+  assert.equal(await page.getByTestId('workflow-form').isVisible(), true);
+  await page.getByTestId('workflow-definition').selectOption('content_creation');
+  await page.getByTestId('workflow-topic').fill(WORKFLOW_INPUT.topic);
+  await page.getByTestId('workflow-audience').fill(WORKFLOW_INPUT.audience);
+  await page.getByTestId('workflow-run').click();
+  const run = page.getByTestId('run');
+  assert.equal(await run.count(), 1);
+  assert.equal(await run.getByTestId('run-title').textContent(), 'content_creation');
+
+  // While the writer streams its first pass, drop the connection.
+  const writerText = '[data-testid="run"] [data-testid="agent"][data-agent-id="writer"][data-pass="1"] [data-testid="agent-text"]';
+  await page.waitForFunction((selector) => (document.querySelector(selector)?.textContent.split(' ').length ?? 0) > 5, writerText);
+  await page.getByTestId('drop-connection').click();
+  const atDrop = await page.locator(writerText).textContent();
+  assert.ok(atDrop.length > 0 && atDrop.length < expected.writer.length, `the writer was mid-stream at the drop (${atDrop.length} of ${expected.writer.length} chars)`);
+  assert.ok(expected.writer.startsWith(atDrop), 'the writer text so far is a prefix of its answer');
+  assert.equal(await run.getByTestId('run-status').getAttribute('data-status'), 'running');
+
+  // The SDK reconnects and resumes the run; the page says so.
+  await page.waitForSelector(`[data-testid="reconnects"][data-count="${reconnectsBefore + 1}"]`);
+  assert.match(await page.getByTestId('reconnects').textContent(), /, 1 stream resumed$/);
+  await page.waitForSelector('[data-testid="run-status"][data-status="done"]');
+
+  // One panel per agent pass, each with exactly the mock's text; the writer's second pass apart.
+  const agents = await run.getByTestId('agent').evaluateAll((els) => els.map((el) => ({
+    agentId: el.dataset.agentId,
+    pass: el.dataset.pass,
+    name: el.querySelector('[data-testid="agent-name"]').textContent,
+    status: el.querySelector('[data-testid="agent-status"]').textContent,
+    model: el.querySelector('[data-testid="agent-model"]').textContent,
+    text: el.querySelector('[data-testid="agent-text"]').textContent,
+    usage: el.querySelector('[data-testid="agent-usage"]').textContent,
+  })));
+  const pass = (agentId, n, model) => ({
+    agentId, pass: String(n), name: n > 1 ? `${agentId} · pass ${n}` : agentId, status: 'done', model, text: expected[agentId],
+  });
+  assert.deepEqual(agents.map(({ usage, ...rest }) => rest), [
+    pass('researcher', 1, 'openai/gpt-4o-mini'),
+    pass('writer', 1, 'anthropic/claude-3-5-haiku-latest'),
+    pass('editor', 1, 'google/gemini-2.0-flash'),
+    pass('writer', 2, 'anthropic/claude-3-5-haiku-latest'),
+  ]);
+  for (const agent of agents) assert.match(agent.usage, /^\d+ in · \d+ out$/);
+
+  // The places the token went through, the log, usage, the resume.
+  assert.deepEqual(await run.getByTestId('run-place').allTextContents(), ['start', 'researched', 'drafted', 'reviewed', 'revised', 'published']);
+  assert.equal(await run.locator('[data-testid="run-place"][aria-current="step"]').textContent(), 'published');
+  assert.deepEqual(await run.getByTestId('run-log-entry').allTextContents(), [
+    'token created at start',
+    'research: start → researched',
+    'write: researched → drafted',
+    'review: drafted → reviewed',
+    'revise: reviewed → revised',
+    'rewrite: revised → published',
+    'completed at published',
+  ]);
+  assert.equal(await run.getByTestId('run-status').textContent(), 'done · published');
+  assert.match(await run.getByTestId('run-usage').textContent(), /^\d+ in · \d+ out · \d+ tokens$/);
+  assert.equal(await run.getByTestId('run-resumed').textContent(), 'resumed ×1');
+  assert.equal(await run.getByTestId('run-cancel').isVisible(), false);
+  assert.equal(await run.getByTestId('run-error').isVisible(), false);
+
+  // Open the log for the screenshot, then save it (both tests' output on one page).
+  await run.locator('.run-log-box > summary').click();
   mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
   console.log(`# screenshot: ${SCREENSHOT}`);
 
   assert.deepEqual(problems, []);
 });
+
+/** The page of the hub (the one the first test used, so the screenshot shows both). */
+async function thePage() {
+  let page = context.pages()[0];
+  if (page && page.url().startsWith(hub.url)) return page;
+  page ??= await context.newPage();
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+  page.on('console', (message) => {
+    if (message.type() === 'error') problems.push(`console error: ${message.text()}`);
+  });
+  await page.goto(`${hub.url}/`);
+  return page;
+}
