@@ -9,6 +9,9 @@ Commands::
                                             check the configuration and print it as YAML
     cbhub demo [--live]                     mock provider + hub in one process, four providers
                                             streamed concurrently over one WebSocket
+    cbhub demo workflow [--live] [--topic T] [--model M]
+                                            the content_creation workflow in one process: every
+                                            agent's tokens live, then a summary
     cbhub chat [--url URL] [--model M] [PROMPT]
                                             one completion from a running hub through the Python
                                             SDK (hub/client.py): tokens as they arrive, then TTFT
@@ -48,12 +51,23 @@ def _build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="check the configuration and print it as YAML (API keys hidden)")
     _add_config_arguments(config)
 
-    demo = commands.add_parser("demo", help="stream from all four provider formats over one WebSocket")
+    demo = commands.add_parser(
+        "demo", help="stream from all four provider formats over one WebSocket; `demo workflow`: a workflow run",
+        description="cbhub demo: one completion per provider format, streamed at once over one WebSocket. "
+                    "cbhub demo workflow: the content_creation workflow (researcher, writer, editor), every "
+                    "agent's tokens as they arrive, then a summary.")
+    demo.add_argument("which", nargs="?", choices=("providers", "workflow"), default="providers",
+                      help="providers (default) or workflow")
     demo.add_argument("--live", action="store_true", help="use the real providers whose keys are in the environment")
     demo.add_argument("--port", type=int, default=0, help="hub port (default: any free port)")
-    demo.add_argument("--tokens", type=int, default=40, help="mock answer length in tokens")
-    demo.add_argument("--tps", type=float, default=40.0, help="mock tokens per second")
-    demo.add_argument("--prompt", default="Tell me, briefly, why streaming matters.")
+    demo.add_argument("--tokens", type=int, default=40, help="mock answer length in tokens (default 40)")
+    demo.add_argument("--tps", type=float, help="mock tokens per second (default 40; demo workflow: 60)")
+    demo.add_argument("--prompt", help="the prompt (default: 'Tell me, briefly, why streaming matters.')")
+    demo.add_argument("--topic", help="demo workflow: the article's topic (default 'tides'; against the mock a "
+                                      "[[mock tokens=N tps=X]] directive is added unless it has one)")
+    demo.add_argument("--audience", help="demo workflow: the article's audience (default 'curious readers')")
+    demo.add_argument("--model", help="demo workflow: the model of every agent (e.g. openai/smollm2 with "
+                                      "tools/real_llm.sh); default: the definition's models")
 
     chat = commands.add_parser(
         "chat", help="stream one completion from a running hub (the Python SDK, hub/client.py)",
@@ -132,9 +146,27 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve_forever(config))
         return 0
     if args.command == "demo":
+        if args.which == "workflow":
+            if args.prompt is not None:
+                print("cbhub demo workflow: --prompt is for the providers demo; give --topic", file=sys.stderr)
+                return 2
+            from hub.demo import run_workflow_demo
+
+            options = {key: value for key, value in (("topic", args.topic), ("audience", args.audience),
+                                                     ("tps", args.tps)) if value is not None}
+            try:
+                return asyncio.run(run_workflow_demo(live=args.live, port=args.port, tokens=args.tokens,
+                                                     model=args.model, **options))
+            except KeyboardInterrupt:
+                return 130
+        if args.topic is not None or args.audience is not None or args.model is not None:
+            print("cbhub demo: --topic, --audience and --model are for `cbhub demo workflow`", file=sys.stderr)
+            return 2
         from hub.demo import run_demo
 
-        return asyncio.run(run_demo(live=args.live, port=args.port, tokens=args.tokens, tps=args.tps, prompt=args.prompt))
+        return asyncio.run(run_demo(live=args.live, port=args.port, tokens=args.tokens,
+                                    tps=40.0 if args.tps is None else args.tps,
+                                    prompt=args.prompt or "Tell me, briefly, why streaming matters."))
     if args.command == "chat":
         prompt = args.prompt if args.prompt not in (None, "-") else sys.stdin.read()
         if not prompt.strip():

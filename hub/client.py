@@ -69,6 +69,54 @@ Against a hub without resumable channels (its acknowledgement has no ``epochs``)
 resubscribes without ``since``, the hub replays the channel's history, and events already
 delivered are dropped by ``seq``; a gap larger than that history is not detected there.
 
+**Workflows.** :meth:`HubClient.workflow` starts a run of a workflow definition
+(``create_workflow``; hub/workflows.py, docs/PROTOCOL.md "Workflows") and
+:meth:`HubClient.subscribe_workflow` watches one; both return a :class:`WorkflowStream` of the
+``workflow:<id>`` channel: ``TokenCreated``, then per agent turn ``AgentStarted``,
+``AgentProgress`` (its tokens), ``FunctionExecuted`` (its tool calls), ``AgentCompleted``,
+and the ``WorkflowTransition`` objects as the token moves, ending with ``WorkflowCompleted``
+(a terminal ``error`` raises :class:`HubStreamError`, with ``workflow_id``).
+:attr:`WorkflowStream.result` is a :class:`WorkflowResult`: the token's place and data, each
+agent turn (:class:`AgentRun`: its text, function calls, answer, usage) and the run's usage.
+:meth:`HubClient.cancel_workflow` cancels a run. A ``create_workflow`` whose acknowledgement
+was lost is sent again like a ``completion`` (hence the generated id, ``py-wf-<32 hex>``), and
+reconnects resume the stream with ``since`` like a completion's. When the hub answers
+``recovered: false`` with a ``workflow_snapshot`` (the token's place and data, the agent at
+work and its text so far), the stream yields, all with the snapshot's ``seq``:
+
+1. the :class:`~protocol.messages.WorkflowSnapshot` itself;
+2. for the agent turn this stream was following (started, not completed): when the
+   snapshot's agent at work is that agent at the same place and its text continues what was
+   yielded, one ``AgentProgress`` with only the missing suffix. Otherwise that turn ended
+   while the client was away: when the run went on (status ``running`` or ``completed``, so
+   the turn succeeded) and the agent's answer in the snapshot's ``data.results`` continues
+   the yielded text, an ``AgentProgress`` with the missing suffix and an ``AgentCompleted``
+   with that answer (no usage, provider or model: the snapshot has none); else nothing. The
+   turn is marked :attr:`AgentRun.ended_unseen` either way;
+3. when another turn is at work (it started while the client was away), an ``AgentProgress``
+   with all of its text so far (no ``AgentStarted``: the snapshot has neither its completion
+   id nor its model; the snapshot's ``agentId`` names it, and a new :class:`AgentRun` with
+   ``completion_id`` None stands for it in the result);
+4. when the snapshot shows the run ended (its ``seq`` is then the run's last and nothing
+   follows it): a ``WorkflowCompleted`` with the snapshot's place and data and no usage, or
+   :class:`HubStreamError` code ``cancelled`` (status ``cancelled``) or ``workflow_failed``
+   (a code of this client: status ``failed``; the snapshot does not say why).
+
+So a caller that concatenates each agent turn's ``AgentProgress.content`` never sees a piece
+twice, and the turns it followed end with their exact text; agent turns and transitions that
+began and ended entirely while the client was away are not replayed (their answers are in
+``WorkflowSnapshot.data`` and :attr:`WorkflowResult.data`), and :attr:`WorkflowResult.usage`
+is None when the end was seen only in a snapshot. (A snapshot cannot tell two turns of the
+same agent at the same place apart, nor which turn of an agent that ran twice while the
+client was away wrote its latest answer; the checks above only guarantee that nothing yielded
+is contradicted.) A snapshot of another instance of the channel (another epoch, after this
+stream delivered events) fails the stream with ``resume_failed``.
+
+The events of an agent's channel ``agent:<workflowId>.<agentId>`` repeat those of
+``workflow:<workflowId>`` with their own ``seq`` and nothing in them names the channel, so one
+client does not watch both (starting the second of the two streams raises ValueError); such a
+plain channel stream never ends by itself.
+
 **Errors.** :class:`HubStreamError` (a terminal ``error`` of a stream, a rejected ``completion``
 or ``subscribe``, or a stream that could not be resumed), :class:`HubRequestError` (a rejected
 ``cancel``), :class:`HubConnectionError` (no connection, reconnect disabled or given up, or the
@@ -100,26 +148,37 @@ from protocol.messages import (
     Attempt,
     ChatMessage,
     CircuitState,
+    AgentCompleted,
+    AgentProgress,
+    AgentStarted,
     CitationMessage,
     Completed,
     Completion,
     ContentChunk,
     ErrorInfo,
     ErrorMessage,
+    FunctionExecuted,
     Pong,
     RefusalChunk,
     Snapshot,
     Subscribed,
     ThinkingStatus,
+    TokenCreated,
     ToolCallMessage,
     Unsubscribed,
     UsageInfo,
+    WorkflowCompleted,
+    WorkflowSnapshot,
+    WorkflowTransition,
 )
 
 __all__ = [
     "HubClient",
     "HubStream",
+    "WorkflowStream",
     "CompletionResult",
+    "WorkflowResult",
+    "AgentRun",
     "Reconnect",
     "HubClientError",
     "HubRequestError",
@@ -139,6 +198,8 @@ FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
 _OPTIONS = frozenset(Completion.__struct_fields__) - {"model", "messages", "id"}
 _OUTPUT = (ContentChunk, ThinkingStatus, RefusalChunk, ToolCallMessage)
 _ANSWERS = (Subscribed, Unsubscribed, Pong)
+_SNAPSHOTS = (Snapshot, WorkflowSnapshot)
+_AGENT_EVENTS = (AgentStarted, AgentProgress, FunctionExecuted, AgentCompleted)
 _CONNECT_ERRORS = (OSError, InvalidHandshake, TimeoutError, asyncio.TimeoutError)
 _PING = '{"type":"ping"}'
 _END = object()  # queue item: the stream ended normally
@@ -186,14 +247,19 @@ class HubStreamError(HubRequestError):
 
     Attributes:
         completion_id: the completion's id (None for a non-completion channel).
-        usage: what the provider reported before failing (tokens billed), when it did.
-        result: the stream's :class:`CompletionResult` so far (``result.error`` is set).
+        workflow_id: the workflow run's id, for a :class:`WorkflowStream` (else None).
+        usage: what the provider reported before failing (tokens billed), when it did; for a
+            workflow, the usage of all its agents so far.
+        result: the stream's :class:`CompletionResult` (or :class:`WorkflowResult`) so far
+            (``result.error`` is set).
     """
 
     def __init__(self, error: ErrorInfo, completion_id: str | None = None, *,
-                 usage: UsageInfo | None = None, result: CompletionResult | None = None) -> None:
+                 usage: UsageInfo | None = None, result: CompletionResult | WorkflowResult | None = None,
+                 workflow_id: str | None = None) -> None:
         super().__init__(error)
         self.completion_id = completion_id
+        self.workflow_id = workflow_id
         self.usage = usage
         self.result = result
 
@@ -275,6 +341,145 @@ class CompletionResult:
         if self.usage is None or not self.generation_s:
             return None
         return self.usage.completion_tokens / self.generation_s
+
+
+@dataclass
+class AgentRun:
+    """One turn of an agent in a workflow run, as accumulated from its events (an agent that
+    runs twice, like content_creation's writer, has two).
+
+    Attributes:
+        agent_id: the agent's id in the definition.
+        place: the token's place while it worked (``agent_started.place``).
+        completion_id: its LLM completion (``agent_started.completionId``); None when it
+            started while the client was away (it is known from a ``workflow_snapshot``).
+        model: the model the definition gave it (``provider/model``; None, as above).
+        text: its answer text as streamed (``agent_progress`` contents, in order); when the
+            agent called tools, the text of every round.
+        reasoning: its reasoning text (``agent_progress`` reasoning).
+        progress: the latest ``agent_progress.progress`` (1.0 once completed).
+        functions: the ``function_executed`` events of its tool calls, in order.
+        result: its answer (``agent_completed.result``: the last round's text); None until
+            it completed.
+        usage: token usage of its last round (``agent_completed.usage``).
+        provider: the provider that served it.
+        served_model: the model the provider reported.
+        done: it completed, or it ended while the client was away (then see
+            :attr:`ended_unseen`), or the run ended.
+        ended_unseen: it ended while the client was away: its end is known only from a
+            ``workflow_snapshot``.
+        started_at, first_output_at, ended_at: this client's ``time.perf_counter()`` when its
+            ``agent_started``, first ``agent_progress`` and ``agent_completed`` arrived.
+    """
+
+    agent_id: str
+    place: str | None = None
+    completion_id: str | None = None
+    model: str | None = None
+    text: str = ""
+    reasoning: str = ""
+    progress: float = 0.0
+    functions: list[FunctionExecuted] = field(default_factory=list)
+    result: str | None = None
+    usage: UsageInfo | None = None
+    provider: str | None = None
+    served_model: str | None = None
+    done: bool = False
+    ended_unseen: bool = False
+    started_at: float | None = None
+    first_output_at: float | None = None
+    ended_at: float | None = None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from its ``agent_started`` to its ``agent_completed`` as this client saw
+        them; None unless it saw both."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from its ``agent_started`` to its first ``agent_progress``, as this client
+        saw them; None unless it saw both."""
+        if self.started_at is None or self.first_output_at is None:
+            return None
+        return self.first_output_at - self.started_at
+
+
+@dataclass
+class WorkflowResult:
+    """A workflow run as accumulated from its events (complete after ``workflow_completed``).
+
+    Attributes:
+        workflow_id: the run's id.
+        status: ``running``, then ``completed``, ``failed`` or ``cancelled`` (an ``error`` with
+            code ``cancelled``; any other code is ``failed``).
+        place: where the token is (``token_created.place``, ``workflow_transition.toPlace``,
+            ``workflow_completed.place``, or a snapshot's place).
+        data: the token's data, ``{"input": {...}, "results": {agentId: answer}}``: from
+            ``token_created`` and each ``workflow_transition``, an agent's answer added at its
+            ``agent_completed``, and the final data of ``workflow_completed.result``.
+        agents: one :class:`AgentRun` per agent turn, in the order they started.
+        transitions: the ``workflow_transition`` events, in order.
+        usage: the run's total token usage from ``workflow_completed`` (or the terminal
+            ``error``); while running, the sum of the ``agent_completed`` usages received.
+            None when unknown (a run whose end was seen only in a snapshot).
+        error: the terminal error, when the run failed or was cancelled.
+        done: True once ``workflow_completed`` or the terminal ``error`` arrived.
+        snapshots: ``workflow_snapshot`` messages applied (resumes the history could not cover).
+        duration_s: seconds from sending the request (or subscribing) to the terminal message.
+    """
+
+    workflow_id: str = ""
+    status: str = "running"
+    place: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    agents: list[AgentRun] = field(default_factory=list)
+    transitions: list[WorkflowTransition] = field(default_factory=list)
+    usage: UsageInfo | None = None
+    error: ErrorInfo | None = None
+    done: bool = False
+    snapshots: int = 0
+    duration_s: float | None = None
+
+    @property
+    def results(self) -> dict[str, str]:
+        """Every agent's latest answer so far, by agent id (``data["results"]``)."""
+        results = self.data.get("results")
+        return results if isinstance(results, dict) else {}
+
+    @property
+    def current(self) -> AgentRun | None:
+        """The agent turn at work (started, not done), or None."""
+        if self.agents and not self.agents[-1].done:
+            return self.agents[-1]
+        return None
+
+    @property
+    def current_agent(self) -> str | None:
+        """The id of the agent at work, or None."""
+        current = self.current
+        return current.agent_id if current is not None else None
+
+
+def _token_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a token's data that the result may update (``results``) without changing the
+    event it came from."""
+    copy = dict(data)
+    if isinstance(copy.get("results"), dict):
+        copy["results"] = dict(copy["results"])
+    return copy
+
+
+def _add_usage(total: UsageInfo | None, usage: UsageInfo | None) -> UsageInfo | None:
+    if usage is None:
+        return total
+    if total is None:
+        return usage
+    return UsageInfo(total.prompt_tokens + usage.prompt_tokens, total.completion_tokens + usage.completion_tokens,
+                     total.total_tokens + usage.total_tokens,
+                     (total.reasoning_tokens or 0) + (usage.reasoning_tokens or 0) or None)
 
 
 @dataclass(frozen=True)
@@ -412,8 +617,10 @@ class HubStream:
 
     Attributes:
         channel: the channel name (``completion:<id>``, ``system``).
-        id: the completion id, or None for a channel that is not a completion's.
-        result: the :class:`CompletionResult` so far (None for a non-completion channel).
+        id: the completion id, or None for a channel that is not a completion's (a
+            :class:`WorkflowStream`: the workflow id).
+        result: the :class:`CompletionResult` so far (None for a channel that is neither a
+            completion's nor a workflow's; a :class:`WorkflowResult` for a workflow's).
         epoch: the channel instance's epoch, once the hub sent it.
         seq: the ``seq`` of the latest event delivered (0: none yet).
     """
@@ -537,7 +744,7 @@ class HubStream:
             if kind == "subscribe" and self._sends > 1:
                 error = ErrorInfo(error.code, f"could not resume {self.channel}: {error.message}",
                                   error.retryable, error.status)
-            self._fail(HubStreamError(error, self.id, result=self.result))
+            self._fail(self._error_of(error))
         else:
             log.debug("unexpected answer to %s of %s: %r", kind, self.channel, message)
 
@@ -559,7 +766,7 @@ class HubStream:
         """One event of this stream's channel."""
         if self._done:
             return
-        if message.__class__ is Snapshot:
+        if message.__class__ in _SNAPSHOTS:
             self._on_snapshot(message)
             return
         seq = getattr(message, "seq", None)
@@ -568,16 +775,20 @@ class HubStream:
                 return  # already delivered (replayed on resume)
             first = getattr(message, "first_seq", None) or seq
             if first > self.seq + 1 and self._resumable and self.result is not None:
-                self._fail(HubStreamError(ErrorInfo(
+                self._fail(self._error_of(ErrorInfo(
                     "stream_gap", f"events {self.seq + 1} to {first - 1} of {self.channel} never arrived", True,
-                ), self.id, result=self.result))
+                )))
                 return
             self.seq = seq
         self._deliver(message)
 
+    def _error_of(self, error: ErrorInfo, usage: UsageInfo | None = None) -> HubStreamError:
+        """The :class:`HubStreamError` this stream raises for ``error``."""
+        return HubStreamError(error, self.id, usage=usage, result=self.result)
+
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         result = self.result
-        if result is None:
+        if result is None or snapshot.__class__ is not Snapshot:
             return
         if snapshot.epoch == self.epoch and snapshot.seq <= self.seq:
             self._queue.put_nowait(snapshot)  # it holds nothing this stream lacks
@@ -588,10 +799,10 @@ class HubStream:
                 and refusal.startswith(result.refusal) and len(calls) >= len(result.tool_calls)
                 and [c.id for c in calls[:len(result.tool_calls)]] == [c.id for c in result.tool_calls]
                 and len(citations) >= len(result.citations)):
-            self._fail(HubStreamError(ErrorInfo(
+            self._fail(self._error_of(ErrorInfo(
                 "resume_failed", f"the snapshot of {self.channel} (epoch {snapshot.epoch}) does not continue "
                 f"what this stream delivered (epoch {self.epoch})", False,
-            ), self.id, result=result))
+            )))
             return
         first = self.seq + 1
         seq = snapshot.seq
@@ -644,7 +855,7 @@ class HubStream:
                 result.usage = message.usage
                 result.attempts = list(message.attempts)
                 self._end_timing()
-                self._fail(HubStreamError(message.error, self.id, usage=message.usage, result=result))
+                self._fail(self._error_of(message.error, message.usage))
                 return
         self._queue.put_nowait(message)
 
@@ -673,6 +884,183 @@ class HubStream:
         self._queue.put_nowait(error)
         self._ack_event.set()
         self._client._unregister(self)
+
+
+class WorkflowStream(HubStream):
+    """The events of one workflow run (``workflow:<id>``), as an async iterator: a
+    :class:`HubStream` whose :attr:`result` is a :class:`WorkflowResult`.
+
+    Created by :meth:`HubClient.workflow` (which sends ``create_workflow``) or
+    :meth:`HubClient.subscribe_workflow`. Yields ``TokenCreated``, ``AgentStarted``,
+    ``AgentProgress``, ``FunctionExecuted``, ``AgentCompleted``, ``WorkflowTransition`` and
+    ``WorkflowSnapshot`` (after a resume the history could not cover; module docstring,
+    "Workflows"), then ``WorkflowCompleted`` as the last event; a terminal ``error`` raises
+    :class:`HubStreamError` (``workflow_id`` set) instead. Reconnects are resumed with ``since``
+    like a completion's. :attr:`result` is updated as events arrive, which may be ahead of
+    the event the caller is iterating.
+
+    Attributes:
+        id: the workflow run's id.
+        channel: ``workflow:<id>``.
+        result: the :class:`WorkflowResult` so far.
+    """
+
+    def __init__(self, client: HubClient, workflow_id: str, request: str | None) -> None:
+        super().__init__(client, f"workflow:{workflow_id}", None, request)
+        self.id = workflow_id
+        self.result: WorkflowResult = WorkflowResult(workflow_id=workflow_id)  # type: ignore[assignment]
+
+    async def collect(self) -> WorkflowResult:  # type: ignore[override]
+        """Iterate to the end and return :attr:`result`.
+
+        Raises:
+            HubStreamError, HubConnectionError: as iterating does.
+        """
+        async for _ in self:
+            pass
+        return self.result
+
+    def _error_of(self, error: ErrorInfo, usage: UsageInfo | None = None) -> HubStreamError:
+        return HubStreamError(error, None, usage=usage, result=self.result, workflow_id=self.id)
+
+    def _turn(self, agent_id: str) -> AgentRun:
+        """The turn of ``agent_id`` at work (one is made if this stream never saw it start)."""
+        current = self.result.current
+        if current is not None and current.agent_id == agent_id:
+            return current
+        turn = AgentRun(agent_id, self.result.place)
+        self.result.agents.append(turn)
+        return turn
+
+    def _deliver(self, message: Any) -> None:
+        result = self.result
+        cls = message.__class__
+        if cls is AgentProgress:
+            turn = self._turn(message.agent_id)
+            if turn.first_output_at is None and (message.content or message.reasoning):
+                turn.first_output_at = time.perf_counter()
+            turn.text += message.content
+            turn.reasoning += message.reasoning
+            turn.progress = message.progress
+        elif cls is AgentStarted:
+            current = result.current
+            if current is not None:  # cannot happen in a hub's run: one agent works at a time
+                current.done = True
+            result.agents.append(AgentRun(message.agent_id, message.place, message.completion_id, message.model,
+                                          started_at=time.perf_counter()))
+        elif cls is FunctionExecuted:
+            self._turn(message.agent_id).functions.append(message)
+        elif cls is AgentCompleted:
+            turn = self._turn(message.agent_id)
+            turn.result = message.result
+            turn.usage = message.usage
+            turn.provider = message.provider
+            turn.served_model = message.model
+            turn.progress = 1.0
+            turn.done = True
+            turn.ended_at = time.perf_counter()
+            results = result.data.setdefault("results", {})
+            if isinstance(results, dict):
+                results[message.agent_id] = message.result
+            result.usage = _add_usage(result.usage, message.usage)
+        elif cls is TokenCreated:
+            result.place = message.place
+            result.data = _token_data(message.data)
+        elif cls is WorkflowTransition:
+            result.place = message.to_place
+            result.data = _token_data(message.data)
+            result.transitions.append(message)
+        elif cls is WorkflowCompleted:
+            result.place = message.place
+            result.data = _token_data(message.result)
+            result.usage = message.usage
+            result.status = "completed"
+            self._end()
+            self._queue.put_nowait(message)
+            self._finish()
+            return
+        elif cls is ErrorMessage:
+            result.error = message.error
+            if message.usage is not None:
+                result.usage = message.usage
+            result.status = "cancelled" if message.error.code == "cancelled" else "failed"
+            self._end()
+            self._fail(self._error_of(message.error, message.usage))
+            return
+        self._queue.put_nowait(message)
+
+    def _end(self) -> None:
+        result = self.result
+        result.done = True
+        for turn in result.agents:
+            turn.done = True
+        if self._sent_at is not None:
+            result.duration_s = time.perf_counter() - self._sent_at
+
+    def _on_snapshot(self, snapshot: Any) -> None:
+        """Apply a ``workflow_snapshot`` (module docstring, "Workflows")."""
+        if snapshot.__class__ is not WorkflowSnapshot:
+            return
+        result = self.result
+        if snapshot.epoch == self.epoch and snapshot.seq <= self.seq:
+            self._queue.put_nowait(snapshot)  # it holds nothing this stream lacks
+            return
+        if snapshot.epoch != self.epoch and self.seq > 0:
+            self._fail(self._error_of(ErrorInfo(
+                "resume_failed", f"the snapshot of {self.channel} (epoch {snapshot.epoch}) is of another run than "
+                f"the one this stream delivered (epoch {self.epoch})", False,
+            )))
+            return
+        self.epoch = snapshot.epoch
+        seq = self.seq = snapshot.seq
+        wid = snapshot.workflow_id
+        result.snapshots += 1
+        result.place = snapshot.place
+        result.data = _token_data(snapshot.data)
+        if snapshot.status == "running":
+            result.status = "running"
+        self._queue.put_nowait(snapshot)
+        running = snapshot.status == "running"
+        at_work = snapshot.agent_id if running else None
+        content = snapshot.agent_content
+        followed = result.current
+        if followed is not None:
+            if (at_work == followed.agent_id and snapshot.place == followed.place
+                    and content.startswith(followed.text)):
+                # The turn this stream was following is still at work: only the text it missed.
+                if len(content) > len(followed.text):
+                    self._deliver(AgentProgress(wid, seq, followed.agent_id, followed.progress,
+                                                content[len(followed.text):]))
+                at_work = None
+            else:
+                # It ended while the client was away. When the run went on (or completed), it
+                # succeeded, and its answer is the agent's latest in the token's data, unless
+                # that does not continue what was yielded (a later turn of the same agent, or
+                # a tool round): then it is only marked ended.
+                answer = result.results.get(followed.agent_id)
+                if (snapshot.status in ("running", "completed") and isinstance(answer, str)
+                        and answer.startswith(followed.text)):
+                    if len(answer) > len(followed.text):
+                        self._deliver(AgentProgress(wid, seq, followed.agent_id, followed.progress,
+                                                    answer[len(followed.text):]))
+                    self._deliver(AgentCompleted(wid, seq, followed.agent_id, answer))
+                followed.done = followed.ended_unseen = True
+        if at_work is not None:
+            # Another turn is at work, which started while the client was away.
+            result.agents.append(AgentRun(at_work, snapshot.place))
+            if content:
+                self._deliver(AgentProgress(wid, seq, at_work, 0.0, content))
+        if snapshot.status == "completed":
+            self._deliver(WorkflowCompleted(wid, seq, snapshot.place, snapshot.data, None))
+        elif not running:
+            if snapshot.status == "cancelled":
+                info = ErrorInfo("cancelled", f"the workflow {wid!r} was cancelled (seen in a workflow_snapshot)",
+                                 False)
+            else:
+                info = ErrorInfo("workflow_failed", f"the workflow {wid!r} ended with status {snapshot.status!r} "
+                                 "while this client was away (the workflow_snapshot does not say why)", False)
+            result.usage = None
+            self._deliver(ErrorMessage(info, None, seq, None, workflow_id=wid))
 
 
 # The client.
@@ -832,7 +1220,9 @@ class HubClient:
         """Watch a channel (``completion:<id>``, ``system``) as a :class:`HubStream`: its events
         from ``seq`` 1 (what the hub still holds), then live, resumed across reconnects. A
         completion channel ends after its ``completed`` (or raises on its ``error``), and its
-        stream has a :attr:`~HubStream.result` like one from :meth:`completion`.
+        stream has a :attr:`~HubStream.result` like one from :meth:`completion`. A
+        ``workflow:<id>`` channel gives a :class:`WorkflowStream`, as
+        :meth:`subscribe_workflow` does.
 
         Raises:
             ValueError: not a channel name.
@@ -840,7 +1230,54 @@ class HubClient:
         if not CHANNEL_PATTERN.fullmatch(channel):
             raise ValueError(f"{channel!r} is not a channel name (completion:<id>, workflow:<id>, agent:<id>, system)")
         kind, _, ident = channel.partition(":")
+        if kind == "workflow":
+            return WorkflowStream(self, ident, None)
         return HubStream(self, channel, ident if kind == "completion" else None, None)
+
+    def workflow(self, definition_name: str | None = None, *, definition: Mapping[str, Any] | Any | None = None,
+                 input: Mapping[str, Any] | None = None, workflow_id: str | None = None) -> WorkflowStream:
+        """Start a workflow run (``create_workflow``) as a :class:`WorkflowStream` (the request
+        goes out on first iteration, or :meth:`HubStream.start`).
+
+        Args:
+            definition_name: a definition the hub ships (``content_creation``).
+            definition: an inline definition (a dict as docs/PROTOCOL.md "Workflows" shows, or
+                a ``hub.workflows.WorkflowDefinition``); give exactly one of the two.
+            input: the run's input, the token's ``data.input`` (``{"topic": ...}``).
+            workflow_id: the run's id (1-128 of ``A-Z a-z 0-9 _ . : -``); generated
+                (``py-wf-<32 hex>``) when None, so the run can be recovered even if the
+                connection drops before the hub answers.
+
+        Raises:
+            ValueError: both or neither of ``definition_name`` and ``definition``, or a
+                malformed id.
+        """
+        if (definition_name is None) == (definition is None):
+            raise ValueError("give exactly one of definition_name and definition")
+        if workflow_id is None:
+            workflow_id = f"py-wf-{uuid.uuid4().hex}"
+        elif not COMPLETION_ID_PATTERN.fullmatch(workflow_id):
+            raise ValueError(f"workflow id {workflow_id!r} must be 1-128 characters from A-Z a-z 0-9 _ . : -")
+        request: dict[str, Any] = {"type": "create_workflow", "workflowId": workflow_id, "input": dict(input or {})}
+        if definition_name is not None:
+            request["definitionName"] = definition_name
+        else:
+            request["definition"] = (dict(definition) if isinstance(definition, Mapping)
+                                     else msgspec.to_builtins(definition))
+        return WorkflowStream(self, workflow_id, _encode(request))
+
+    def subscribe_workflow(self, workflow_id: str) -> WorkflowStream:
+        """Watch a workflow run as a :class:`WorkflowStream`: its events from ``seq`` 1 (or a
+        ``workflow_snapshot`` when the hub no longer holds them all), then live, resumed
+        across reconnects; it ends after ``workflow_completed``. The same as
+        ``subscribe(f"workflow:{workflow_id}")``.
+
+        Raises:
+            ValueError: a malformed id.
+        """
+        if not COMPLETION_ID_PATTERN.fullmatch(workflow_id):
+            raise ValueError(f"workflow id {workflow_id!r} must be 1-128 characters from A-Z a-z 0-9 _ . : -")
+        return WorkflowStream(self, workflow_id, None)
 
     async def cancel(self, completion_id: str) -> None:
         """Cancel a completion this client watches (started with :meth:`completion` or
@@ -855,6 +1292,20 @@ class HubClient:
             HubConnectionError: no connection, and none will come.
         """
         answer = await self._request([_encode({"type": "cancel", "completionId": completion_id}), _PING])
+        if answer.error is not None:
+            raise HubRequestError(answer.error)
+
+    async def cancel_workflow(self, workflow_id: str) -> None:
+        """Cancel a workflow run this client watches (started with :meth:`workflow` or
+        watched with :meth:`subscribe_workflow`) and every completion it is running. Its
+        stream then raises :class:`HubStreamError` code ``cancelled``. Cancelling one that
+        already ended does nothing (after a reconnect, see :meth:`cancel`).
+
+        Raises:
+            HubRequestError: ``unknown_workflow``, or ``not_subscribed``.
+            HubConnectionError: no connection, and none will come.
+        """
+        answer = await self._request([_encode({"type": "cancel_workflow", "workflowId": workflow_id}), _PING])
         if answer.error is not None:
             raise HubRequestError(answer.error)
 
@@ -892,9 +1343,20 @@ class HubClient:
     # Streams.
 
     def _register(self, stream: HubStream) -> None:
-        if stream.channel in self._streams:
-            raise ValueError(f"this client already has an open stream of {stream.channel}")
-        self._streams[stream.channel] = stream
+        channel = stream.channel
+        if channel in self._streams:
+            raise ValueError(f"this client already has an open stream of {channel}")
+        # Events of agent:<workflowId>.<agentId> are those of workflow:<workflowId> (with
+        # their own seq) and nothing in them says which channel sent them: one client cannot
+        # tell them apart when it watches both.
+        if channel.startswith(("agent:", "workflow:")):
+            for other in self._streams:
+                agent, run = (channel, other) if channel.startswith("agent:") else (other, channel)
+                if (agent.startswith("agent:") and run.startswith("workflow:")
+                        and agent.startswith(f"agent:{run.partition(':')[2]}.")):
+                    raise ValueError(f"{channel} and {other} carry the same events and nothing in them says "
+                                     f"which channel sent them; watch {channel} from another HubClient")
+        self._streams[channel] = stream
 
     def _unregister(self, stream: HubStream) -> None:
         if self._streams.get(stream.channel) is stream:
@@ -1024,8 +1486,13 @@ class HubClient:
             if conn.pending[0].feed(message):
                 conn.pending.popleft()
             return
+        workflow_id = getattr(message, "workflow_id", None)
         completion_id = getattr(message, "completion_id", None)
-        if completion_id is not None:
+        if workflow_id is not None:  # before completion_id: agent_started carries both
+            stream = self._streams.get(f"workflow:{workflow_id}")
+            if stream is None and message.__class__ in _AGENT_EVENTS:
+                stream = self._streams.get(f"agent:{workflow_id}.{message.agent_id}")
+        elif completion_id is not None:
             stream = self._streams.get(f"completion:{completion_id}")
         elif message.__class__ is CircuitState:
             stream = self._streams.get("system")
