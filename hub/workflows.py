@@ -349,6 +349,7 @@ class WorkflowRun:
         self.place = definition.initial_place
         self.data: dict[str, Any] = {"input": run_input, "results": {}}
         self.status = "running"
+        self.error: ErrorInfo | None = None
         self.usage: UsageInfo | None = None
         self.current_agent: str | None = None
         self.current_text: list[str] = []
@@ -394,7 +395,7 @@ class WorkflowRun:
     def snapshot(self) -> WorkflowSnapshot:
         """The run's state after every event published so far."""
         return WorkflowSnapshot(self.id, self.channel.name, self.channel.epoch, self._seq, self.status, self.place,
-                                self.data, self.current_agent, "".join(self.current_text))
+                                self.data, self.current_agent, "".join(self.current_text), self.usage, self.error)
 
     # Running.
 
@@ -442,6 +443,7 @@ class WorkflowRun:
 
     def _end_with(self, error: HubError, status: str) -> None:
         self.status = status
+        self.error = ErrorInfo(error.code, error.message, error.retryable, error.status)
         for run in self.completions:
             if not run.finished:
                 run.cancel(error)
@@ -458,6 +460,7 @@ class WorkflowRun:
         messages.append({"role": "user", "content": render(agent.prompt, self.data)})
         tools = [FUNCTIONS[name][1] for name in agent.tools] or None
         completions = self.manager.completions
+        agent_usage: UsageInfo | None = None  # over every tool round
         for round_no in range(_MAX_TOOL_ROUNDS):
             request = msgspec.convert({
                 "model": agent.model, "messages": messages, "id": f"{self.id}.{agent.id}.{next(self._calls)}",
@@ -480,10 +483,11 @@ class WorkflowRun:
                 raise HubError(f"agent {agent.id!r} failed: {end.error.message}", end.error.code,
                                retryable=end.error.retryable, status=end.error.status)
             self.usage = _add_usage(self.usage, end.usage)
+            agent_usage = _add_usage(agent_usage, end.usage)
             text = "".join(listener.text)
             if not listener.tool_calls or not tools:
                 self.publish_agent(agent.id, lambda seq, channel: AgentCompleted(
-                    self.id, seq, agent.id, text, end.usage, end.provider, end.model))
+                    self.id, seq, agent.id, text, agent_usage, end.provider, end.model))
                 return text
             # The model called tools: run them, then ask again with their results.
             messages.append({"role": "assistant", "content": text or None, "tool_calls": [

@@ -498,7 +498,8 @@ class WorkflowCompleted(_HubMessage, tag="workflow_completed"):
 class WorkflowSnapshot(_HubMessage, tag="workflow_snapshot"):
     """A workflow run's state so far, sent instead of a replay the history cannot give
     (``recovered: false``), like a completion's ``snapshot``: where the token is, its data,
-    the agents' results and the partial output of the agent at work."""
+    the agents' results and the partial output of the agent at work; the run's summed
+    ``usage`` so far, and its ``error`` when it failed or was cancelled."""
 
     workflow_id: str
     channel: str
@@ -509,6 +510,8 @@ class WorkflowSnapshot(_HubMessage, tag="workflow_snapshot"):
     data: dict[str, Any]
     agent_id: Union[str, None] = None
     agent_content: str = ""
+    usage: Union[UsageInfo, None] = None
+    error: Union[ErrorInfo, None] = None
 
 
 class Snapshot(_HubMessage, tag="snapshot"):

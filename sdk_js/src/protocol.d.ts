@@ -436,7 +436,8 @@ export interface WorkflowCompleted {
 /**
  * A workflow run's state so far, sent instead of a replay the history cannot give
  * (`recovered: false`), like a completion's `snapshot`: where the token is, its data,
- * the agents' results and the partial output of the agent at work.
+ * the agents' results and the partial output of the agent at work; the run's summed
+ * `usage` so far, and its `error` when it failed or was cancelled.
  */
 export interface WorkflowSnapshot {
   type: "workflow_snapshot";
@@ -449,6 +450,8 @@ export interface WorkflowSnapshot {
   data: Record<string, unknown>;
   agentId?: string;
   agentContent?: string;
+  usage?: UsageInfo;
+  error?: ErrorInfo;
 }
 
 /** Any client → hub message. */
