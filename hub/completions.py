@@ -23,12 +23,13 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from hub.config import HubConfig
-from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber, covers
+from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
 from hub.providers import ProviderClient, UpstreamRequest, build_request
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
@@ -237,7 +238,7 @@ class CompletionRun:
                     error = failure
                     if _counts_against_provider(failure):
                         breaker.record(self._loop.time(), ok=False)
-                    if failure.code == "auth_failed" or not _may_fail_over(failure):
+                    if not _may_fail_over(failure):
                         self._fail(failure)  # the request itself is at fault: no retry, no fallback
                         return
                     if not failure.retryable or attempt + 1 >= config.retry_max_attempts:
@@ -411,12 +412,6 @@ class CompletionRun:
         if cls is not Completed and cls is not ErrorMessage:
             self._state_seq = message.seq
 
-    def can_replay(self, since: Cursor | None) -> bool:
-        """Whether the channel's history holds every event after ``since`` (from seq 1
-        without it) and ``since`` names this channel instance's epoch."""
-        self.manager.multiplexer.trim_old(self.channel)
-        return covers(self.channel, since.seq if since else 0, since.epoch if since else None)
-
     def snapshot(self) -> Snapshot:
         """The state after every non-terminal event published so far."""
         return Snapshot(self.id, self.channel.name, self.channel.epoch, self._state_seq, "".join(self._text),
@@ -514,14 +509,18 @@ class CompletionManager:
         if completion_id in self.runs:
             raise ProtocolError(f"completion id {completion_id!r} is already in use", "duplicate_id")
         run: CompletionRun
-        channel = self.multiplexer.open_channel(
-            f"completion:{completion_id}", self.config.history_max_events, on_idle=lambda: run.on_idle(),
-            history_max_bytes=self.config.completion_max_buffered_bytes,
-            history_max_age_s=self.config.history_max_age_s or None,
-        )
+        channel = self.open_channel(f"completion:{completion_id}", on_idle=lambda: run.on_idle())
         run = CompletionRun(self, completion_id, request, channel)
         self.runs[completion_id] = run
         return run
+
+    def open_channel(self, name: str, on_idle: Callable[[], None] | None = None) -> Channel:
+        """Open a stream channel (completion, workflow, agent) with the configured history
+        bounds: events, bytes and age."""
+        config = self.config
+        return self.multiplexer.open_channel(name, config.history_max_events, on_idle,
+                                             history_max_bytes=config.completion_max_buffered_bytes,
+                                             history_max_age_s=config.history_max_age_s or None)
 
     def running_count(self) -> int:
         """Completions not finished yet."""
@@ -542,16 +541,7 @@ class CompletionManager:
             ``recovered``: True for a complete replay, False when a snapshot was sent.
         """
         run.on_subscribe()
-        recovered = run.can_replay(since)
-        multiplexer = self.multiplexer
-        multiplexer.trim_old(run.channel)
-        if recovered:
-            multiplexer.subscribe(subscriber, run.channel.name, after_seq=since.seq if since else 0)
-        else:
-            snapshot = run.snapshot()
-            multiplexer.subscribe(subscriber, run.channel.name, after_seq=snapshot.seq,
-                                  before=[EncodedEvent(encode(snapshot), snapshot)])
-        return recovered
+        return self.multiplexer.resume(subscriber, run.channel.name, since, run.snapshot)
 
     def finished(self, run: CompletionRun) -> None:
         """Called once by a run when its terminal message is out: retain, then forget it."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from hub.appkeys import HUB_KEY
-from hub.multiplexer import EncodedEvent, covers, merge_content
+from hub.multiplexer import EncodedEvent, merge_content
 
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import (
@@ -371,11 +371,9 @@ class WebSocketConnection:
         recovered: dict[str, bool] = {}
         for name in accepted:
             channel = multiplexer.channels[name]
-            cursor = since.get(name)
-            multiplexer.trim_old(channel)
             epochs[name] = channel.epoch
             seqs[name] = channel.last_seq
-            recovered[name] = covers(channel, cursor.seq if cursor else 0, cursor.epoch if cursor else None)
+            recovered[name] = multiplexer.recoverable(name, since.get(name))
         self.deliver(EncodedEvent.of(Subscribed(channels=accepted, streams=streams, epochs=epochs, seqs=seqs,
                                                 recovered=recovered)))
         for stream in streams:
@@ -384,11 +382,9 @@ class WebSocketConnection:
         with_state = {run.channel.name for run in runs}
         for name in accepted:
             if name not in with_state:
-                cursor = since.get(name)
                 # No snapshot for plain channels (system, agent:…): an incomplete replay is
                 # flagged recovered=false.
-                after = cursor.seq if cursor and recovered[name] else 0
-                multiplexer.subscribe(self, name, after_seq=after)
+                multiplexer.resume(self, name, since.get(name))
         for run in runs:
             manager = completions if run.channel.name.startswith("completion:") else workflows
             manager.subscribe(self, run, since.get(run.channel.name))

@@ -185,6 +185,35 @@ class StreamMultiplexer:
             channel.history_bytes -= dropped
             self.history_bytes -= dropped
 
+    def recoverable(self, name: str, since: Any = None) -> bool:
+        """Whether subscribing to channel ``name`` after the cursor ``since`` (an object with
+        ``seq`` and ``epoch``, or None for "from seq 1") would be a complete replay: the
+        history, once trimmed by age, reaches back far enough and the epoch matches."""
+        channel = self.channels[name]
+        self.trim_old(channel)
+        return covers(channel, since.seq if since else 0, since.epoch if since else None)
+
+    def resume(self, subscriber: Subscriber, name: str, since: Any = None,
+               snapshot: Callable[[], Any] | None = None) -> bool:
+        """Subscribe and bring the subscriber up to date (docs/PROTOCOL.md "Resuming"): every
+        event after ``since`` when :meth:`recoverable`; otherwise the message ``snapshot()``
+        returns (it has a ``seq``: the last event it reflects), then the history after it; a
+        channel without a snapshot replays what its history holds. Live events follow either
+        way, with no gap and no duplicate.
+
+        Returns:
+            ``recovered``: True for a complete replay.
+        """
+        recovered = self.recoverable(name, since)
+        if recovered:
+            self.subscribe(subscriber, name, after_seq=since.seq if since else 0)
+        elif snapshot is not None:
+            state = snapshot()
+            self.subscribe(subscriber, name, after_seq=state.seq, before=[EncodedEvent(encode(state), state)])
+        else:
+            self.subscribe(subscriber, name)
+        return recovered
+
     def __init__(self, flush: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         #: Hands what subscribers queued to their transports now (the hub's

@@ -34,7 +34,7 @@ import msgspec
 import yaml
 
 from hub.config import HubConfig
-from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber, covers
+from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import (
     AgentCompleted,
@@ -388,7 +388,7 @@ class WorkflowRun:
     def _agent_channel(self, agent_id: str) -> Channel:
         channel = self._agent_channels.get(agent_id)
         if channel is None:
-            channel = self.manager.open_channel(f"agent:{self.id}.{agent_id}")
+            channel = self.manager.completions.open_channel(f"agent:{self.id}.{agent_id}")
             self._agent_channels[agent_id] = channel
         return channel
 
@@ -538,11 +538,6 @@ class WorkflowManager:
         self._prefix = os.urandom(4).hex()
         self._retirements: dict[str, asyncio.TimerHandle] = {}
 
-    def open_channel(self, name: str) -> Channel:
-        return self.multiplexer.open_channel(name, self.config.history_max_events,
-                                             history_max_bytes=self.config.completion_max_buffered_bytes,
-                                             history_max_age_s=self.config.history_max_age_s or None)
-
     def create(self, workflow_id: str | None, definition: dict[str, Any] | None, definition_name: str | None,
                run_input: dict[str, Any]) -> WorkflowRun:
         """Validate and register a run (start it with :meth:`WorkflowRun.start`).
@@ -559,7 +554,7 @@ class WorkflowManager:
         workflow_id = workflow_id or f"wf-{self._prefix}-{next(self._counter)}"
         if workflow_id in self.runs:
             raise ProtocolError(f"workflow id {workflow_id!r} is already in use", "duplicate_id")
-        channel = self.open_channel(f"workflow:{workflow_id}")
+        channel = self.completions.open_channel(f"workflow:{workflow_id}")
         run = WorkflowRun(self, workflow_id, spec, run_input, channel)
         self.runs[workflow_id] = run
         return run
@@ -570,16 +565,7 @@ class WorkflowManager:
     def subscribe(self, subscriber: Subscriber, run: WorkflowRun, since: Cursor | None = None) -> bool:
         """Like CompletionManager.subscribe: a complete replay after ``since``, or a
         ``workflow_snapshot`` then the rest. Returns ``recovered``."""
-        multiplexer = self.multiplexer
-        multiplexer.trim_old(run.channel)
-        recovered = covers(run.channel, since.seq if since else 0, since.epoch if since else None)
-        if recovered:
-            multiplexer.subscribe(subscriber, run.channel.name, after_seq=since.seq if since else 0)
-        else:
-            snapshot = run.snapshot()
-            multiplexer.subscribe(subscriber, run.channel.name, after_seq=snapshot.seq,
-                                  before=[EncodedEvent(encode(snapshot), snapshot)])
-        return recovered
+        return self.multiplexer.resume(subscriber, run.channel.name, since, run.snapshot)
 
     def finished(self, run: WorkflowRun) -> None:
         """Retain the run's channels for ``retention_s``, then forget them."""
