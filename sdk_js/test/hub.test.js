@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { HubError, createClient } from '../src/index.js';
-import { MODEL, ask, expectedText, startHub, startMock, testSocket as recordingSocket, validate, waitFor, withTimeout } from './support.js';
+import { MODEL, ask, assertGapFree, expectedText, startHub, startMock, testSocket as recordingSocket, validate, waitFor, withTimeout } from './support.js';
 
 let mock;
 let hub;
@@ -46,25 +46,6 @@ function recorder() {
     onError: (error) => seen.errors.push(error),
   };
   return { seen, handlers };
-}
-
-/** Every channel message follows the previous one without a gap; after a snapshot, the
- * synthetic messages that carry what it added have the snapshot's seq (or older: tool calls). */
-function assertGapFree(events) {
-  let last = 0;
-  let snapshotSeq = -1;
-  for (const event of events) {
-    if (typeof event.seq !== 'number') continue;
-    if (event.type === 'snapshot') {
-      assert.ok(event.seq > last, `snapshot at ${event.seq} after ${last}`);
-      last = snapshotSeq = event.seq;
-      continue;
-    }
-    if (event.seq <= snapshotSeq) continue;
-    const first = event.firstSeq ?? event.seq;
-    assert.equal(first, last + 1, `seq ${first}..${event.seq} after ${last}`);
-    last = event.seq;
-  }
 }
 
 describe('streaming', () => {

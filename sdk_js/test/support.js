@@ -1,15 +1,18 @@
 // Test support: a real hub and mock provider as child processes, the mock's expected text,
 // a fake WebSocket for tests that script the hub's side, and a small JSON Schema check.
 //
-// The Python is $CBHUB_PYTHON (default python3) and must have the hub installed (CI sets it to
+// The Python is $CBHUB_PYTHON (default: the checkout's .venv/bin/python, else python3) and must have the hub installed (CI sets it to
 // the virtualenv's). Servers run on 127.0.0.1 with port 0 and print `listening on http://...`.
 
+import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { SCHEMA } from '../src/protocol.js';
 
-export const PYTHON = process.env.CBHUB_PYTHON || 'python3';
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const VENV_PYTHON = `${ROOT}.venv/bin/python`;
+export const PYTHON = process.env.CBHUB_PYTHON || (existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
 export const MODEL = 'openai/gpt-4o-mini';
 /** Upper bound for anything a test waits on: a safety net, never a measured timing. */
 export const TIMEOUT_MS = 10_000;
@@ -249,5 +252,29 @@ export class FakeSocket {
     if (this.readyState === 3) return;
     this.readyState = 3;
     this.onclose?.({ code, reason });
+  }
+}
+
+/**
+ * Every channel message follows the previous one without a gap (a merged chunk covers
+ * firstSeq..seq). After a snapshot (message type `snapshotType`), the synthetic messages that
+ * carry what it added have its seq: for a completion `snapshot` they may also be older (tool
+ * calls keep theirs); for a `workflow_snapshot` they must be exactly its seq.
+ */
+export function assertGapFree(events, snapshotType = 'snapshot') {
+  const olderAllowed = snapshotType === 'snapshot';
+  let last = 0;
+  let snapshotSeq = -1;
+  for (const event of events) {
+    if (typeof event.seq !== 'number') continue;
+    if (event.type === snapshotType) {
+      assert.ok(event.seq > last, `snapshot at ${event.seq} after ${last}`);
+      last = snapshotSeq = event.seq;
+      continue;
+    }
+    if (olderAllowed ? event.seq <= snapshotSeq : event.seq === snapshotSeq) continue;
+    const first = event.firstSeq ?? event.seq;
+    assert.equal(first, last + 1, `${event.type} seq ${first}..${event.seq} after ${last}`);
+    last = event.seq;
   }
 }

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { HubError, createClient } from '../src/index.js';
-import { FakeSocket, expectedAgentTexts, expectedText, startHub, startMock, testSocket, validate, waitFor, withTimeout } from './support.js';
+import { FakeSocket, assertGapFree, expectedAgentTexts, expectedText, startHub, startMock, testSocket, validate, waitFor, withTimeout } from './support.js';
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -46,24 +46,6 @@ function recorder() {
     onError: (error) => seen.errors.push(error),
   };
   return { seen, handlers };
-}
-
-/** Every message follows the previous one without a gap; the synthetic messages after a
- * workflow_snapshot have its seq. */
-function assertGapFree(events) {
-  let last = 0;
-  let snapshotSeq = -1;
-  for (const event of events) {
-    if (typeof event.seq !== 'number') continue;
-    if (event.type === 'workflow_snapshot') {
-      assert.ok(event.seq > last, `snapshot at ${event.seq} after ${last}`);
-      last = snapshotSeq = event.seq;
-      continue;
-    }
-    if (event.seq === snapshotSeq) continue;
-    assert.equal(event.seq, last + 1, `${event.type} seq ${event.seq} after ${last}`);
-    last = event.seq;
-  }
 }
 
 /** The events without agent_progress, as `type agentId|transitionId`. */
@@ -121,7 +103,7 @@ describe('workflows against the hub', () => {
 
     assert.deepEqual(outline(iterated), CONTENT_CREATION_OUTLINE);
     assert.deepEqual(iterated, seen.events);
-    assertGapFree(iterated);
+    assertGapFree(iterated, 'workflow_snapshot');
     for (const event of iterated) assert.deepEqual(validate(event), [], JSON.stringify(event));
     // Every agent pass streams at least one piece between its start and its completion.
     let current = null;
@@ -177,7 +159,7 @@ describe('workflows against the hub', () => {
 
       assert.ok(seen.events.length > atDrop);
       assert.deepEqual(outline(seen.events), CONTENT_CREATION_OUTLINE);
-      assertGapFree(seen.events);
+      assertGapFree(seen.events, 'workflow_snapshot');
       assert.deepEqual(seen.snapshots, [], 'recovered from the history');
       assert.deepEqual(seen.passes, PASSES.map((agentId) => ({ agentId, text: expected[agentId], result: expected[agentId] })));
       assert.deepEqual(result.results, expected);
@@ -282,7 +264,7 @@ describe('workflows against the hub', () => {
     const answer = expectedText(3, 4);
     assert.deepEqual(seen.passes, [{ agentId: 'forecaster', text: answer + answer, result: answer }]);
     assert.deepEqual(result.results, { forecaster: answer });
-    assertGapFree(seen.events);
+    assertGapFree(seen.events, 'workflow_snapshot');
     for (const event of seen.events) assert.deepEqual(validate(event), [], JSON.stringify(event));
   });
 
@@ -324,7 +306,7 @@ describe('workflows against the hub', () => {
       assert.equal(seen.snapshots.length, 1);
       assert.deepEqual(validate(seen.snapshots[0]), []);
       assert.deepEqual(iterated, seen.events);
-      assertGapFree(iterated);
+      assertGapFree(iterated, 'workflow_snapshot');
       for (const event of iterated) assert.deepEqual(validate(event), [], JSON.stringify(event));
       // Each pass the client saw complete came with exactly its text; the last result of every
       // agent is the mock's answer. (A pass that ran entirely while the client was away and

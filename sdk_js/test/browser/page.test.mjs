@@ -12,21 +12,17 @@
 // temporary file whose path it prints.
 //
 // Environment: CBHUB_PYTHON, a Python with the hub installed (default: ../.venv/bin/python
-// when it exists, else python3); CBHUB_CHROMIUM, the browser (default /usr/bin/chromium).
+// when it exists, else python3; see ../support.js); CBHUB_CHROMIUM, the browser (default /usr/bin/chromium).
 // Never `npx playwright install`: playwright-core drives the system's Chromium.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-
-const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-const VENV_PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
-const PYTHON = process.env.CBHUB_PYTHON || (existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
+import { PYTHON, ROOT, expectedAgentTexts, startHub, startMock } from '../support.js';
 const CHROMIUM = process.env.CBHUB_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.CBHUB_SCREENSHOT
   ? path.resolve(process.env.CBHUB_SCREENSHOT)
@@ -60,45 +56,6 @@ function python(code, ...args) {
   return JSON.parse(out);
 }
 
-/** Start `python -m ...args`; resolves with its URL once it printed `listening on http://...`. */
-function startServer(name, args, env = {}) {
-  const child = spawn(PYTHON, ['-m', ...args], {
-    cwd: ROOT,
-    env: { ...process.env, PYTHONUNBUFFERED: '1', ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
-  };
-  return new Promise((resolve, reject) => {
-    let output = '';
-    const fail = (message) => {
-      clearTimeout(timer);
-      stop();
-      reject(new Error(`${name}: ${message}; output: ${output}`));
-    };
-    const timer = setTimeout(() => fail('no `listening on` line within 20 s'), TIMEOUT_MS);
-    const onData = (chunk) => {
-      output += chunk;
-      const match = /listening on (http:\/\/[0-9.]+:\d+)/.exec(output);
-      if (!match) return;
-      clearTimeout(timer);
-      child.stdout.off('data', onData);
-      child.stdout.resume(); // keep draining
-      resolve({ url: match[1], stop });
-    };
-    child.stdout.setEncoding('utf8');
-    child.stdout.on('data', onData);
-    child.once('error', (error) => fail(`cannot run ${PYTHON}: ${error.message}`));
-    child.once('exit', (code) => fail(`exited with ${code} before listening`));
-  });
-}
-
 // The workflow run: 40 tokens at 30 tokens/s for every agent whose prompt quotes the topic
 // (about 1.3 s each), so the drop below lands while the writer streams its first pass.
 const WORKFLOW_INPUT = {
@@ -115,14 +72,8 @@ const problems = [];
 
 before(async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium`);
-  mock = await startServer('mock provider', ['tools.mock_provider', '--port', '0']);
-  // Every provider of the hub points at the mock (tools/bench/procs.py hub_env).
-  const env = python(
-    'import json, sys; from tools.bench.procs import hub_env; '
-      + 'print(json.dumps(hub_env(sys.argv[1], shutdown_drain_timeout_s=0)))',
-    mock.url,
-  );
-  hub = await startServer('hub', ['hub.cli', 'serve', '--port', '0', '--log-level', 'WARNING'], env);
+  mock = await startMock();
+  hub = await startHub(mock.url); // every provider of the hub points at the mock
   userDataDir = mkdtempSync(path.join(tmpdir(), 'cbhub-chromium-'));
   context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
@@ -220,14 +171,7 @@ test('the page streams completions side by side, survives a dropped connection, 
 
 test('the page runs a workflow: a panel per agent pass, places, log and usage, resumed after a dropped connection', { timeout: 90_000 }, async () => {
   // What the mock answers each agent: the directive in its rendered prompt, or the defaults.
-  const expected = python(
-    'import json, sys; from hub.workflows import named_definition, render; '
-      + 'from tools.mock_provider import Directive, expected_text; '
-      + 'd = named_definition("content_creation"); data = {"input": json.loads(sys.argv[1]), "results": {}}; '
-      + 'print(json.dumps({a.id: expected_text(*(lambda x: (x.tokens, x.seed))(Directive.parse((a.system or "") + render(a.prompt, data)))) '
-      + 'for a in d.agents}))',
-    JSON.stringify(WORKFLOW_INPUT),
-  );
+  const expected = expectedAgentTexts('content_creation', WORKFLOW_INPUT);
   const page = await thePage();
   await page.waitForSelector('[data-testid="connection-status"][data-status="open"]');
   const reconnectsBefore = Number(await page.getByTestId('reconnects').getAttribute('data-count'));
