@@ -6,6 +6,7 @@
 // stream, completions and workflow runs alike.
 
 import { createClient } from '../sdk/index.js';
+import { Card } from './card.js';
 import { runWorkflow } from './workflow.js';
 
 const GET_WEATHER = {
@@ -167,49 +168,34 @@ function start(model, prompt, options) {
   if (panel.busy) running.set(stream.channel, panel);
 }
 
-class Panel {
+class Panel extends Card {
   constructor(model, prompt) {
-    const root = ui.template.content.firstElementChild.cloneNode(true);
-    const part = (id) => root.querySelector(`[data-testid="${id}"]`);
-    this.root = root;
-    this.el = {
-      model: part('panel-model'),
-      status: part('panel-status'),
-      prompt: part('panel-prompt'),
-      reasoningBox: part('panel-reasoning-box'),
-      reasoning: part('panel-reasoning'),
-      text: part('panel-text'),
-      refusal: part('panel-refusal'),
-      tools: part('panel-tools'),
-      error: part('panel-error'),
-      ttft: part('panel-ttft'),
-      usage: part('panel-usage'),
-      resumed: part('panel-resumed'),
-      cancel: part('panel-cancel'),
-    };
+    super(ui.template.content.firstElementChild, {
+      model: 'panel-model',
+      status: 'panel-status',
+      prompt: 'panel-prompt',
+      reasoningBox: 'panel-reasoning-box',
+      reasoning: 'panel-reasoning',
+      text: 'panel-text',
+      refusal: 'panel-refusal',
+      tools: 'panel-tools',
+      error: 'panel-error',
+      ttft: 'panel-ttft',
+      usage: 'panel-usage',
+      resumed: 'panel-resumed',
+      cancel: 'panel-cancel',
+    });
     this.busy = true;
     this.hasText = false;
-    this.resumes = 0;
-    root.setAttribute('aria-busy', 'true');
     this.el.model.textContent = model;
     this.el.prompt.textContent = prompt;
     this.el.prompt.title = prompt;
-    ui.panels.append(root);
-    root.scrollIntoView({ block: 'nearest', inline: 'nearest' });
+    ui.panels.append(this.root);
+    this.root.scrollIntoView({ block: 'nearest', inline: 'nearest' });
   }
 
   bind(stream) {
-    this.channel = stream.channel;
-    this.root.dataset.completionId = stream.id;
-    this.el.cancel.addEventListener('click', () => {
-      this.el.cancel.disabled = true;
-      stream.cancel().catch((error) => this.showError(error));
-    });
-  }
-
-  setStatus(status, label = status) {
-    this.el.status.dataset.status = status;
-    this.el.status.textContent = label;
+    super.bind(stream, 'completionId');
   }
 
   addText(delta) {
@@ -240,16 +226,9 @@ class Panel {
     this.el.tools.append(item);
   }
 
-  resumed() {
-    this.resumes += 1;
-    this.el.resumed.hidden = false;
-    this.el.resumed.textContent = `resumed ×${this.resumes}`;
-  }
-
   #finish() {
     this.busy = false;
-    this.root.removeAttribute('aria-busy');
-    this.el.cancel.hidden = true;
+    this.settle();
   }
 
   complete(result, pageTtftMs) {
@@ -277,11 +256,6 @@ class Panel {
     else this.setStatus('error', `error · ${error.code ?? 'failed'}`);
     this.showError(error);
     this.showTiming(null, pageTtftMs);
-  }
-
-  showError(error) {
-    this.el.error.hidden = false;
-    this.el.error.textContent = error.code ? `${error.code}: ${error.message}` : String(error.message ?? error);
   }
 
   showTiming(hubTtftMs, pageTtftMs) {

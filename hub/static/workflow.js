@@ -4,6 +4,8 @@
 // progress and function calls, a log of transitions, function calls and resumes, and the
 // run's usage at the end. The card belongs to the page's "Workflow" mode (app.js).
 
+import { Card } from './card.js';
+
 /**
  * Start a run and show it in `container`.
  * @param client the page's SDK client.
@@ -48,30 +50,26 @@ export function runWorkflow(client, request, container) {
 
 const template = (id) => document.getElementById(id).content.firstElementChild;
 
-class WorkflowView {
+class WorkflowView extends Card {
   constructor(request, container) {
-    const root = template('run-template').cloneNode(true);
-    const part = (id) => root.querySelector(`[data-testid="${id}"]`);
-    this.root = root;
-    this.el = {
-      title: part('run-title'),
-      input: part('run-input'),
-      status: part('run-status'),
-      track: part('run-track'),
-      agents: part('run-agents'),
-      log: part('run-log'),
-      error: part('run-error'),
-      usage: part('run-usage'),
-      resumed: part('run-resumed'),
-      cancel: part('run-cancel'),
-    };
+    super(template('run-template'), {
+      title: 'run-title',
+      input: 'run-input',
+      status: 'run-status',
+      track: 'run-track',
+      agents: 'run-agents',
+      log: 'run-log',
+      error: 'run-error',
+      usage: 'run-usage',
+      resumed: 'run-resumed',
+      cancel: 'run-cancel',
+    });
+    const root = this.root;
     this.busy = true;
     /** Called once when the run ends (set by the page). */
     this.onEnd = null;
-    this.resumes = 0;
     this.current = null; // the place the token is at
     this.passes = new Map(); // agentId -> its panels, in order
-    root.setAttribute('aria-busy', 'true');
     this.el.title.textContent = request.definitionName ?? 'workflow';
     const topic = request.input?.topic;
     this.el.input.textContent = typeof topic === 'string' ? topic : JSON.stringify(request.input ?? {});
@@ -81,17 +79,7 @@ class WorkflowView {
   }
 
   bind(stream) {
-    this.channel = stream.channel;
-    this.root.dataset.workflowId = stream.id;
-    this.el.cancel.addEventListener('click', () => {
-      this.el.cancel.disabled = true;
-      stream.cancel().catch((error) => this.showError(error));
-    });
-  }
-
-  setStatus(status, label = status) {
-    this.el.status.dataset.status = status;
-    this.el.status.textContent = label;
+    super.bind(stream, 'workflowId');
   }
 
   /** The token is at `place` now (shown on the track); `entry` goes to the log. */
@@ -147,17 +135,10 @@ class WorkflowView {
     this.#pass(agentId).completed(message);
   }
 
-  resumed() {
-    this.resumes += 1;
-    this.el.resumed.hidden = false;
-    this.el.resumed.textContent = `resumed ×${this.resumes}`;
-  }
-
   #finish() {
     this.busy = false;
     this.onEnd?.();
-    this.root.removeAttribute('aria-busy');
-    this.el.cancel.hidden = true;
+    this.settle();
   }
 
   complete(result) {
@@ -181,41 +162,28 @@ class WorkflowView {
     this.showError(error);
     if (error.usage) this.el.usage.textContent = `${error.usage.totalTokens} tokens`;
   }
-
-  showError(error) {
-    this.el.error.hidden = false;
-    this.el.error.textContent = error.code ? `${error.code}: ${error.message}` : String(error.message ?? error);
-  }
 }
 
-class AgentPanel {
+class AgentPanel extends Card {
   constructor(agentId, pass, container) {
-    const root = template('agent-template').cloneNode(true);
-    const part = (id) => root.querySelector(`[data-testid="${id}"]`);
-    this.root = root;
-    this.el = {
-      name: part('agent-name'),
-      status: part('agent-status'),
-      model: part('agent-model'),
-      progress: part('agent-progress'),
-      reasoningBox: part('agent-reasoning-box'),
-      reasoning: part('agent-reasoning'),
-      text: part('agent-text'),
-      functions: part('agent-functions'),
-      usage: part('agent-usage'),
-    };
+    super(template('agent-template'), {
+      name: 'agent-name',
+      status: 'agent-status',
+      model: 'agent-model',
+      progress: 'agent-progress',
+      reasoningBox: 'agent-reasoning-box',
+      reasoning: 'agent-reasoning',
+      text: 'agent-text',
+      functions: 'agent-functions',
+      usage: 'agent-usage',
+    });
+    const root = this.root;
     this.done = false;
     root.dataset.agentId = agentId;
     root.dataset.pass = String(pass);
-    root.setAttribute('aria-busy', 'true');
     this.el.name.textContent = pass > 1 ? `${agentId} · pass ${pass}` : agentId;
     this.setStatus('working');
     container.append(root);
-  }
-
-  setStatus(status, label = status) {
-    this.el.status.dataset.status = status;
-    this.el.status.textContent = label;
   }
 
   started(message) {
@@ -254,7 +222,7 @@ class AgentPanel {
 
   finish(status) {
     this.done = true;
-    this.root.removeAttribute('aria-busy');
+    this.settle();
     this.setStatus(status);
   }
 }
