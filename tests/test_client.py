@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import hub.client as client_module
+import hub.client.connection as client_module
 from hub.app import Hub, run_hub
 from hub.client import (
     CompletionResult,

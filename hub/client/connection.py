@@ -1,0 +1,705 @@
+"""The connection of the Python SDK: :class:`HubClient`, over one ``websockets`` connection,
+with reconnect, backoff and resume of every open stream.
+
+The client owns one WebSocket at a time (:class:`Connection`). One reader task decodes every
+hub message (``protocol.messages.HUB_DECODER``) and hands it to the stream it belongs to
+(:mod:`hub.client.streams`), whose channel state (:mod:`hub.client.state`) decides what to
+deliver. Answers that belong to no stream (``subscribed``, ``unsubscribed``, ``pong``, an
+``error`` without ``seq``) are matched to the request they answer by order: the hub handles a
+connection's messages one at a time and answers them in that order (docs/PROTOCOL.md
+"Transport").
+
+Timeouts and backoff live here; nothing in :mod:`hub.client.state` knows about sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Union
+
+import msgspec
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from hub.client.errors import HubConnectionError, HubRequestError, InvalidArgumentError, UnknownOptionError
+from hub.client.results import CompletionResult, Reconnect
+from hub.client.state import state_for
+from hub.client.streams import HubStream, WorkflowStream
+from protocol.messages import (
+    CHANNEL_PATTERN,
+    COMPLETION_ID_PATTERN,
+    HUB_DECODER,
+    AgentCompleted,
+    AgentProgress,
+    AgentStarted,
+    ChatMessage,
+    CircuitState,
+    Completion,
+    ErrorInfo,
+    ErrorMessage,
+    FunctionExecuted,
+    Pong,
+    Subscribed,
+    Unsubscribed,
+)
+
+__all__ = ["HubClient", "Connection", "FATAL_CLOSE_CODES", "backoff_delay_s"]
+
+log = logging.getLogger("cbhub.client")
+
+#: Close codes after which the client does not reconnect: the same request would fail the
+#: same way (1002 protocol error, 1003 unsupported data, 1007 invalid UTF-8, 1009 a client
+#: message over the hub's ``max_message_bytes``). Every other code, and a connection dropped
+#: without a close frame (1006), is followed by a reconnect.
+FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
+
+_OPTIONS = frozenset(Completion.__struct_fields__) - {"model", "messages", "id", "rid"}
+_ANSWERS = (Subscribed, Unsubscribed, Pong)
+_AGENT_EVENTS = (AgentStarted, AgentProgress, FunctionExecuted, AgentCompleted)
+_CONNECT_ERRORS = (OSError, InvalidHandshake, TimeoutError, asyncio.TimeoutError)
+_PING = '{"type":"ping"}'
+
+
+def backoff_delay_s(attempt: int, base_ms: float, max_ms: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0 for the first): full jitter,
+    uniform in ``[0, min(max_ms, base_ms * 2**attempt)]`` ms ("Exponential Backoff And
+    Jitter", AWS Architecture Blog, 2015)."""
+    ceiling_ms = min(max_ms, base_ms * (2 ** min(attempt, 30)))
+    return (rng or random).uniform(0.0, ceiling_ms) / 1000.0
+
+
+def _encode(message: Mapping[str, Any]) -> str:
+    return msgspec.json.encode(message).decode()
+
+
+class _Lost(Exception):
+    """Internal: the connection a request was sent on is gone (the request is sent again on
+    the next one)."""
+
+
+# Requests awaiting an answer, in the order sent.
+
+
+class _Entry:
+    """A request waiting for its answer; the default one takes any single answer."""
+
+    __slots__ = ()
+
+    def feed(self, message: Any) -> bool:
+        """Take one answer; True when the request is answered completely."""
+        return True
+
+    def lost(self) -> None:
+        """The connection closed before the answer."""
+
+
+class _Waiter(_Entry):
+    """Requests a caller awaits (``ping``; ``cancel`` followed by a ``ping``, since a
+    successful cancel has no answer of its own): resolves :attr:`future` with the final
+    answer, keeping an ``error`` that came before it in :attr:`error`, or with ``_Lost``."""
+
+    __slots__ = ("future", "error")
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.error: ErrorInfo | None = None
+
+    def feed(self, message: Any) -> bool:
+        if isinstance(message, ErrorMessage):
+            self.error = message.error
+            return False
+        if not self.future.done():
+            self.future.set_result(message)
+        return True
+
+    def lost(self) -> None:
+        if not self.future.done():
+            self.future.set_result(_Lost)
+
+
+class _StreamEntry(_Entry):
+    """The answer to a stream's ``completion``, ``create_workflow`` or ``subscribe``."""
+
+    __slots__ = ("stream", "kind", "conn")
+
+    def __init__(self, stream: HubStream[Any], kind: str, conn: Connection) -> None:
+        self.stream = stream
+        self.kind = kind  # "start", "restart" (the request sent again) or "subscribe"
+        self.conn = conn
+
+    def feed(self, message: Any) -> bool:
+        self.stream._on_answer(self.kind, message, self.conn)
+        return True
+
+
+class Connection:
+    """One WebSocket of the client and the requests it has sent that await answers.
+
+    Attributes:
+        ws: the ``websockets`` client connection.
+        number: 1 for the client's first connection, then one more per reconnect.
+        pending: the requests awaiting answers, in the order sent.
+        hub_channels: the channels the hub has this connection subscribed to.
+        received: the hub sent anything on it (it counts as a working connection).
+        lost: it is closed; nothing more is sent on it.
+        close_code, close_reason: how it closed (1006: dropped without a close frame).
+    """
+
+    def __init__(self, ws: Any, number: int) -> None:
+        self.ws = ws
+        self.number = number
+        self.pending: deque[_Entry] = deque()
+        self.hub_channels: set[str] = set()
+        self.lock = asyncio.Lock()
+        self.received = False
+        self.lost = False
+        self.reader: asyncio.Task[None] | None = None
+        self.close_code = 1006
+        self.close_reason = ""
+
+    async def send(self, messages: list[str], entries: list[_Entry]) -> None:
+        """Send ``messages`` in order, queueing ``entries`` for their answers.
+
+        Raises:
+            _Lost: the connection is gone (the messages may or may not have left).
+        """
+        # Shielded: a caller cancelled halfway must not leave an entry whose message was
+        # never sent, which would pair every later answer with the wrong request.
+        await asyncio.shield(self._send(messages, entries))
+
+    async def _send(self, messages: list[str], entries: list[_Entry]) -> None:
+        async with self.lock:
+            if self.lost:
+                raise _Lost
+            self.pending.extend(entries)
+            try:
+                for message in messages:
+                    await self.ws.send(message)
+            except ConnectionClosed:
+                raise _Lost from None
+
+    def fail_pending(self) -> None:
+        """The connection closed: every request still awaiting an answer is lost."""
+        self.lost = True
+        pending, self.pending = self.pending, deque()
+        for entry in pending:
+            entry.lost()
+
+
+# The client.
+
+
+class HubClient:
+    """A client of the hub's WebSocket endpoint (``ws://host:port/ws/stream``).
+
+    Use ``async with HubClient(url) as client:`` (or ``await client.connect()`` and
+    ``await client.close()``).
+
+    Args:
+        url: the hub's WebSocket URL.
+        reconnect: reconnect and resume open streams when the connection is lost (module
+            docstring). False: a lost connection fails every open stream with
+            :class:`HubConnectionError`.
+        base_delay_s: backoff base, in seconds: reconnect attempt *n* (from 0) waits uniform
+            ``[0, min(max_delay_s, base_delay_s * 2**n)]`` s (full jitter).
+        max_delay_s: backoff cap, in seconds.
+        max_reconnect_attempts: consecutive failed connection attempts after which the client
+            gives up (open streams and later calls raise :class:`HubConnectionError`); None:
+            never give up. A connection counts as working once the hub sent it anything
+            (the client pings it right after a reconnect).
+        on_reconnect: called with a :class:`Reconnect` after each reconnect, once the resume
+            requests are sent; a plain function or a coroutine function. Exceptions it
+            raises are logged and ignored.
+        open_timeout_s: timeout of one connection attempt (TCP + WebSocket handshake), in s.
+        max_message_bytes: largest hub message accepted, in bytes (None: no limit, the hub's
+            own messages have none; docs/PROTOCOL.md "Transport").
+        **connect_options: passed to :func:`websockets.asyncio.client.connect`
+            (``additional_headers``, ``ssl``, ``proxy``, ``ping_interval``...).
+    """
+
+    def __init__(self, url: str = "ws://127.0.0.1:8765/ws/stream", *, reconnect: bool = True,
+                 base_delay_s: float = 0.1, max_delay_s: float = 5.0, max_reconnect_attempts: int | None = 10,
+                 on_reconnect: Callable[[Reconnect], Union[None, Awaitable[None]]] | None = None,
+                 open_timeout_s: float = 10.0, max_message_bytes: int | None = None,
+                 **connect_options: Any) -> None:
+        self.url = url
+        self.reconnect = reconnect
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.on_reconnect = on_reconnect
+        self.open_timeout_s = open_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.connect_options = connect_options
+        #: Reconnects so far.
+        self.reconnects = 0
+        self._conn: Connection | None = None  # the connection, once resumed (ready for requests)
+        self._live: set[Connection] = set()  # every connection whose reader runs
+        self._numbers = 0
+        self._streams: dict[str, HubStream[Any]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed: asyncio.Event | None = None
+        self._failure: HubConnectionError | None = None
+        self._closing = False
+
+    # Lifecycle.
+
+    async def __aenter__(self) -> HubClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> HubClient:
+        """Open the connection (once; there is no retry for this first one).
+
+        Raises:
+            HubConnectionError: the hub could not be reached, refused the WebSocket, or did
+                not answer within ``open_timeout_s``; or the URL is not a WebSocket URL.
+        """
+        if self._supervisor is not None:
+            return self
+        if self._closing:
+            raise HubConnectionError("the client is closed")
+        try:
+            ws = await self._open()
+        except InvalidURI as exc:
+            raise HubConnectionError(f"not a WebSocket URL: {self.url!r} ({exc})") from exc
+        except _CONNECT_ERRORS as exc:
+            raise HubConnectionError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
+        self._conn = self._install(ws)
+        self._supervisor = asyncio.create_task(self._supervise(), name="cbhub-client")
+        self._notify()
+        return self
+
+    async def close(self) -> None:
+        """Close the connection and stop reconnecting. Open streams raise
+        :class:`HubConnectionError` ("the client is closed") to whoever still iterates them."""
+        if self._closing:
+            return
+        self._closing = True
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*([supervisor] if supervisor else []), *self._tasks, return_exceptions=True)
+        for conn in list(self._live):  # the current one, or one being resumed
+            with contextlib.suppress(Exception):
+                await conn.ws.close()
+            if conn.reader is not None:
+                await asyncio.gather(conn.reader, return_exceptions=True)
+        self._conn = None
+        self._give_up(HubConnectionError("the client is closed"))
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open and its streams resumed."""
+        return self._conn is not None and not self._conn.lost
+
+    @property
+    def websocket(self) -> Any:
+        """The current ``websockets`` connection (None while reconnecting): for diagnostics
+        and tests; sending on it directly would confuse the client's answer matching."""
+        return self._conn.ws if self._conn is not None else None
+
+    # Requests.
+
+    def completion(self, *, model: str, messages: Iterable[Mapping[str, Any] | ChatMessage],
+                   id: str | None = None, **options: Any) -> HubStream[CompletionResult]:
+        """A completion as a :class:`HubStream` (the request goes out on first iteration, or
+        :meth:`HubStream.start`).
+
+        Args:
+            model: ``provider/model`` or a bare model name (docs/PROTOCOL.md ``completion``).
+            messages: the conversation, OpenAI-shaped dicts or ``ChatMessage`` Structs.
+            id: the completion id (1-128 of ``A-Z a-z 0-9 _ . : -``); generated
+                (``py-<32 hex>``) when None, so the stream can be recovered even if the
+                connection drops before the hub answers.
+            **options: the other ``completion`` fields: ``max_tokens``, ``temperature``,
+                ``tools``, ``tool_choice``, ``stop``, ``reasoning``, ``thinking``,
+                ``coalesce``, ``fallbacks``.
+
+        Raises:
+            UnknownOptionError: an option the protocol does not have (also a TypeError).
+            InvalidArgumentError: a malformed id, or no messages (also a ValueError).
+        """
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise UnknownOptionError(f"unknown completion option(s) {unknown}; expected some of {sorted(_OPTIONS)}")
+        if id is None:
+            id = f"py-{uuid.uuid4().hex}"
+        elif not COMPLETION_ID_PATTERN.fullmatch(id):
+            raise InvalidArgumentError(f"completion id {id!r} must be 1-128 characters from A-Z a-z 0-9 _ . : -")
+        messages = list(messages)
+        if not messages:
+            raise InvalidArgumentError("messages must hold at least one message")
+        request: dict[str, Any] = {"type": "completion", "id": id, "model": model, "messages": messages}
+        request.update((key, value) for key, value in options.items() if value is not None)
+        return HubStream(self, state_for(f"completion:{id}", requested=True), id, _encode(request))
+
+    def subscribe(self, channel: str) -> HubStream[Any]:
+        """Watch a channel (``completion:<id>``, ``system``) as a :class:`HubStream`: its events
+        from ``seq`` 1 (what the hub still holds), then live, resumed across reconnects. A
+        completion channel ends after its ``completed`` (or raises on its ``error``), and its
+        stream has a :attr:`~HubStream.result` like one from :meth:`completion`. A
+        ``workflow:<id>`` channel gives a :class:`WorkflowStream`, as
+        :meth:`subscribe_workflow` does.
+
+        Raises:
+            InvalidArgumentError: not a channel name (also a ValueError).
+        """
+        if not CHANNEL_PATTERN.fullmatch(channel):
+            raise InvalidArgumentError(f"{channel!r} is not a channel name (completion:<id>, workflow:<id>, agent:<id>, system)")
+        kind, _, ident = channel.partition(":")
+        if kind == "workflow":
+            return WorkflowStream(self, ident, None)
+        return HubStream(self, state_for(channel), ident if kind == "completion" else None, None)
+
+    def workflow(self, definition_name: str | None = None, *, definition: Mapping[str, Any] | Any | None = None,
+                 input: Mapping[str, Any] | None = None, workflow_id: str | None = None) -> WorkflowStream:
+        """Start a workflow run (``create_workflow``) as a :class:`WorkflowStream` (the request
+        goes out on first iteration, or :meth:`HubStream.start`).
+
+        Args:
+            definition_name: a definition the hub ships (``content_creation``).
+            definition: an inline definition (a dict as docs/PROTOCOL.md "Workflows" shows, or
+                a ``hub.workflows.WorkflowDefinition``); give exactly one of the two.
+            input: the run's input, the token's ``data.input`` (``{"topic": ...}``).
+            workflow_id: the run's id (1-128 of ``A-Z a-z 0-9 _ . : -``); generated
+                (``py-wf-<32 hex>``) when None, so the run can be recovered even if the
+                connection drops before the hub answers.
+
+        Raises:
+            InvalidArgumentError: both or neither of ``definition_name`` and ``definition``, or a
+                malformed id.
+        """
+        if (definition_name is None) == (definition is None):
+            raise InvalidArgumentError("give exactly one of definition_name and definition")
+        if workflow_id is None:
+            workflow_id = f"py-wf-{uuid.uuid4().hex}"
+        elif not COMPLETION_ID_PATTERN.fullmatch(workflow_id):
+            raise InvalidArgumentError(f"workflow id {workflow_id!r} must be 1-128 characters from A-Z a-z 0-9 _ . : -")
+        request: dict[str, Any] = {"type": "create_workflow", "workflowId": workflow_id, "input": dict(input or {})}
+        if definition_name is not None:
+            request["definitionName"] = definition_name
+        else:
+            request["definition"] = (dict(definition) if isinstance(definition, Mapping)
+                                     else msgspec.to_builtins(definition))
+        return WorkflowStream(self, workflow_id, _encode(request))
+
+    def subscribe_workflow(self, workflow_id: str) -> WorkflowStream:
+        """Watch a workflow run as a :class:`WorkflowStream`: its events from ``seq`` 1 (or a
+        ``workflow_snapshot`` when the hub no longer holds them all), then live, resumed
+        across reconnects; it ends after ``workflow_completed``. The same as
+        ``subscribe(f"workflow:{workflow_id}")``.
+
+        Raises:
+            InvalidArgumentError: a malformed id (also a ValueError).
+        """
+        if not COMPLETION_ID_PATTERN.fullmatch(workflow_id):
+            raise InvalidArgumentError(f"workflow id {workflow_id!r} must be 1-128 characters from A-Z a-z 0-9 _ . : -")
+        return WorkflowStream(self, workflow_id, None)
+
+    async def cancel(self, completion_id: str) -> None:
+        """Cancel a completion this client watches (started with :meth:`completion` or
+        subscribed to with :meth:`subscribe`). Its stream then raises
+        :class:`HubStreamError` code ``cancelled``. Cancelling one that already ended does
+        nothing (but after a reconnect the client no longer watches streams that had ended,
+        so the hub answers ``not_subscribed`` for them).
+
+        Raises:
+            HubRequestError: ``unknown_completion``, or ``not_subscribed`` (this client does
+                not watch it).
+            HubConnectionError: no connection, and none will come.
+        """
+        answer = await self._request([_encode({"type": "cancel", "completionId": completion_id}), _PING])
+        if answer.error is not None:
+            raise HubRequestError(answer.error)
+
+    async def cancel_workflow(self, workflow_id: str) -> None:
+        """Cancel a workflow run this client watches (started with :meth:`workflow` or
+        watched with :meth:`subscribe_workflow`) and every completion it is running. Its
+        stream then raises :class:`HubStreamError` code ``cancelled``. Cancelling one that
+        already ended does nothing (after a reconnect, see :meth:`cancel`).
+
+        Raises:
+            HubRequestError: ``unknown_workflow``, or ``not_subscribed``.
+            HubConnectionError: no connection, and none will come.
+        """
+        answer = await self._request([_encode({"type": "cancel_workflow", "workflowId": workflow_id}), _PING])
+        if answer.error is not None:
+            raise HubRequestError(answer.error)
+
+    async def ping(self) -> float:
+        """Round trip of an application-level ``ping``, in seconds.
+
+        Raises:
+            HubConnectionError: no connection, and none will come.
+        """
+        started = time.perf_counter()
+        await self._request([_PING])
+        return time.perf_counter() - started
+
+    async def _request(self, messages: list[str]) -> _Waiter:
+        """Send ``messages`` (the last one answered by a ``pong``, or ``subscribed``...) and
+        wait for the answer; sent again on the next connection when this one is lost first."""
+        while True:
+            conn = await self._connection()
+            waiter = _Waiter()
+            try:
+                await conn.send(messages, [waiter])
+            except _Lost:
+                continue
+            if await waiter.future is not _Lost:
+                return waiter
+
+    async def _leave(self, channel: str) -> None:
+        """Unsubscribe from ``channel`` on the current connection (best effort)."""
+        conn = self._conn
+        if conn is None or conn.lost or self._closing:
+            return
+        with contextlib.suppress(_Lost):
+            await conn.send([_encode({"type": "unsubscribe", "channels": [channel]})], [_Entry()])
+
+    # Streams.
+
+    def _register(self, stream: HubStream[Any]) -> None:
+        channel = stream.channel
+        if channel in self._streams:
+            raise InvalidArgumentError(f"this client already has an open stream of {channel}")
+        # Events of agent:<workflowId>.<agentId> are those of workflow:<workflowId> (with
+        # their own seq) and nothing in them says which channel sent them: one client cannot
+        # tell them apart when it watches both.
+        if channel.startswith(("agent:", "workflow:")):
+            for other in self._streams:
+                agent, run = (channel, other) if channel.startswith("agent:") else (other, channel)
+                if (agent.startswith("agent:") and run.startswith("workflow:")
+                        and agent.startswith(f"agent:{run.partition(':')[2]}.")):
+                    raise InvalidArgumentError(f"{channel} and {other} carry the same events and nothing in them says "
+                                     f"which channel sent them; watch {channel} from another HubClient")
+        self._streams[channel] = stream
+
+    def _unregister(self, stream: HubStream[Any]) -> None:
+        if self._streams.get(stream.channel) is stream:
+            del self._streams[stream.channel]
+
+    async def _ensure_sent(self, stream: HubStream[Any], conn: Connection) -> None:
+        """Send ``stream``'s request on ``conn`` unless it was sent there already: the
+        ``completion`` until the hub acknowledged it, then a ``subscribe`` (with ``since``
+        once the hub gave the channel an epoch).
+
+        Raises:
+            _Lost: ``conn`` is gone (the next connection sends it).
+        """
+        if stream._done or stream._sent_on == conn.number:
+            return
+        stream._sent_on = conn.number
+        messages: list[str] = []
+        entries: list[_Entry] = []
+        if stream.channel in conn.hub_channels:
+            # Left subscribed on this connection by an earlier stream: the hub would replay
+            # nothing to a second subscribe, so leave first.
+            messages.append(_encode({"type": "unsubscribe", "channels": [stream.channel]}))
+            entries.append(_Entry())
+        if stream._request is not None and not stream._acked:
+            kind = "restart" if stream._sends else "start"
+            messages.append(stream._request)
+        else:
+            kind = "subscribe"
+            subscribe: dict[str, Any] = {"type": "subscribe", "channels": [stream.channel]}
+            cursor = stream._cursor()
+            if cursor is not None:
+                subscribe["since"] = {stream.channel: cursor}
+            messages.append(_encode(subscribe))
+        entries.append(_StreamEntry(stream, kind, conn))
+        stream._mark_sent(time.perf_counter())
+        await conn.send(messages, entries)
+
+    async def _ensure_sent_quietly(self, stream: HubStream[Any], conn: Connection) -> None:
+        with contextlib.suppress(_Lost):
+            await self._ensure_sent(stream, conn)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # The connection.
+
+    async def _open(self) -> Any:
+        return await websockets.connect(
+            self.url, compression=None, open_timeout=self.open_timeout_s, max_size=self.max_message_bytes,
+            **self.connect_options,
+        )
+
+    def _install(self, ws: Any) -> Connection:
+        self._numbers += 1
+        conn = Connection(ws, self._numbers)
+        conn.reader = asyncio.create_task(self._read(conn), name=f"cbhub-client-reader-{conn.number}")
+        self._live.add(conn)
+        return conn
+
+    async def _connection(self) -> Connection:
+        """The connection to send on, once it is open and its streams are resumed.
+
+        Raises:
+            HubConnectionError: the client is closed, never connected, or gave up.
+        """
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._closing:
+                raise HubConnectionError("the client is closed")
+            if self._supervisor is None:
+                raise HubConnectionError("not connected: use `async with HubClient(url)` or `await client.connect()`")
+            conn = self._conn
+            if conn is not None and not conn.lost:
+                return conn
+            await self._changed_event().wait()
+
+    def _changed_event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _notify(self) -> None:
+        event = self._changed
+        self._changed = asyncio.Event()
+        if event is not None:
+            event.set()
+
+    async def _read(self, conn: Connection) -> None:
+        """Dispatch every frame of ``conn`` until it closes."""
+        ws = conn.ws
+        try:
+            async for frame in ws:
+                conn.received = True
+                try:
+                    self._dispatch(conn, frame)
+                except Exception:  # a bug of ours must not stop the other streams
+                    log.exception("handling a hub message failed: %.200r", frame)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("reading from the hub failed")
+            ws.transport.abort()
+        finally:
+            conn.close_code = int(ws.close_code) if ws.close_code is not None else 1006
+            conn.close_reason = ws.close_reason or ""
+            conn.fail_pending()
+            self._live.discard(conn)
+
+    def _dispatch(self, conn: Connection, frame: str | bytes) -> None:
+        try:
+            message = HUB_DECODER.decode(frame)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            log.debug("ignoring a hub message of a type this client does not know: %.200r", frame)
+            return
+        if isinstance(message, _ANSWERS) or (message.__class__ is ErrorMessage and message.seq is None):
+            if message.__class__ is Subscribed:
+                conn.hub_channels.update(message.channels)
+            elif message.__class__ is Unsubscribed:
+                conn.hub_channels.difference_update(message.channels)
+            if not conn.pending:
+                log.debug("an answer no request awaits: %r", message)
+                return
+            if conn.pending[0].feed(message):
+                conn.pending.popleft()
+            return
+        workflow_id = getattr(message, "workflow_id", None)
+        completion_id = getattr(message, "completion_id", None)
+        if workflow_id is not None:  # before completion_id: agent_started carries both
+            stream = self._streams.get(f"workflow:{workflow_id}")
+            if stream is None and message.__class__ in _AGENT_EVENTS:
+                stream = self._streams.get(f"agent:{workflow_id}.{message.agent_id}")
+        elif completion_id is not None:
+            stream = self._streams.get(f"completion:{completion_id}")
+        elif message.__class__ is CircuitState:
+            stream = self._streams.get("system")
+        else:
+            stream = None
+        if stream is not None:
+            stream._on_message(message)
+
+    async def _supervise(self) -> None:
+        """Wait for the connection to close; reconnect with backoff and resume the streams."""
+        loop = asyncio.get_running_loop()
+        failures = 0  # consecutive connection attempts that gave no working connection
+        while True:
+            conn = self._conn
+            assert conn is not None and conn.reader is not None
+            await asyncio.shield(conn.reader)
+            self._conn = None
+            if conn.received:
+                failures = 0
+            if self._closing:
+                return
+            code, reason = conn.close_code, conn.close_reason
+            if not self.reconnect or code in FATAL_CLOSE_CODES:
+                self._give_up(HubConnectionError(
+                    f"the connection to {self.url} closed ({code}{': ' + reason if reason else ''})", code))
+                return
+            log.info("connection to %s lost (%s %s); reconnecting", self.url, code, reason)
+            lost_at = loop.time()
+            attempts = 0
+            while True:
+                if self.max_reconnect_attempts is not None and failures >= self.max_reconnect_attempts:
+                    self._give_up(HubConnectionError(
+                        f"could not reconnect to {self.url} after {failures} attempts (last close {code})", code))
+                    return
+                await asyncio.sleep(backoff_delay_s(failures, self.base_delay_s * 1000.0, self.max_delay_s * 1000.0))
+                failures += 1
+                attempts += 1
+                try:
+                    ws = await self._open()
+                except _CONNECT_ERRORS as exc:
+                    log.info("reconnecting to %s failed: %s", self.url, exc or type(exc).__name__)
+                    continue
+                break
+            new = self._install(ws)
+            channels = await self._resume(new)
+            if new.lost:
+                self._conn = new  # the loop above waits for its reader, then reconnects
+                continue
+            self._conn = new
+            self.reconnects += 1
+            self._notify()
+            if self.on_reconnect is not None:
+                info = Reconnect(attempts, code, reason, loop.time() - lost_at, tuple(channels))
+                try:
+                    outcome = self.on_reconnect(info)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception:
+                    log.exception("on_reconnect raised")
+
+    async def _resume(self, conn: Connection) -> list[str]:
+        """Send every open stream's request on a new connection, then a ping (its pong shows
+        the connection works). Returns the channels resumed."""
+        channels = []
+        try:
+            for stream in list(self._streams.values()):
+                if not stream._done:
+                    channels.append(stream.channel)
+                    await self._ensure_sent(stream, conn)
+            await conn.send([_PING], [_Entry()])
+        except _Lost:
+            pass
+        return channels
+
+    def _give_up(self, error: HubConnectionError) -> None:
+        if self._failure is None:
+            self._failure = error
+        for stream in list(self._streams.values()):
+            stream._fail(error)
+        self._notify()
