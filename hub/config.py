@@ -52,14 +52,13 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from protocol.errors import ProviderError
+from protocol.providers import PROVIDERS, ProviderSettings, ProviderSpec
+
 __all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "PRESETS_DIR", "preset_names"]
 
-DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "google": "https://generativelanguage.googleapis.com",
-    "ollama": "http://127.0.0.1:11434",
-}
+#: The public API of each provider (protocol/providers/): ``{provider name: base URL}``.
+DEFAULT_BASE_URLS = {name: spec.default_base_url for name, spec in PROVIDERS.items()}
 
 #: Where the presets live: one partial config file per preset, ``NAME.yaml``.
 PRESETS_DIR = Path(__file__).with_name("presets")
@@ -69,15 +68,6 @@ LOOPS = ("asyncio", "uvloop")
 
 class ConfigError(ValueError):
     """An invalid configuration; the message starts with ``config error:`` and names the key."""
-
-
-def _ollama_url(host: str) -> str:
-    """``OLLAMA_HOST`` as Ollama reads it: a URL is used as given; a bare ``host`` or
-    ``host:port`` gets ``http://`` and, without a port, Ollama's default port 11434."""
-    if host.startswith(("http://", "https://")):
-        return host
-    url = "http://" + host
-    return url if urlsplit(url).port is not None else url.rstrip("/") + ":11434"
 
 
 def preset_names() -> list[str]:
@@ -209,21 +199,32 @@ class HubConfig(msgspec.Struct, kw_only=True):
             node[leaf] = value
         return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
+    def provider_settings(self, provider: str | ProviderSpec) -> ProviderSettings:
+        """The settings of ``provider`` (a name or a spec of protocol/providers/) that its
+        request builder reads: base URL and key.
+
+        Raises:
+            KeyError: an unknown provider name.
+        """
+        spec = PROVIDERS.spec(provider) if isinstance(provider, str) else provider
+        key = getattr(self, spec.api_key_field) if spec.api_key_field else None
+        return ProviderSettings(base_url=getattr(self, spec.base_url_field), api_key=key)
+
     def provider_configured(self, provider: str) -> bool:
-        """Whether ``provider`` (``openai``, ``anthropic``, ``google``, ``ollama``) can be
-        called: it has a key, or a base URL other than the public API's (a compatible or local
-        server may need none). Ollama needs no key, so it always counts."""
-        key, base = {
-            "openai": (self.openai_api_key, self.openai_base_url),
-            "anthropic": (self.anthropic_api_key, self.anthropic_base_url),
-            "google": (self.gemini_api_key, self.gemini_base_url),
-            "ollama": ("", self.ollama_host),
-        }[provider]
-        return provider == "ollama" or bool(key) or base.rstrip("/") != DEFAULT_BASE_URLS[provider]
+        """Whether ``provider`` (a name in protocol/providers/, ``openai``, ``google``...) can
+        be called: it has a key, or a base URL other than the public API's (a compatible or
+        local server may need none), or needs no key at all (Ollama).
+
+        Raises:
+            KeyError: an unknown provider name.
+        """
+        spec = PROVIDERS.spec(provider)
+        return spec.configured(self.provider_settings(spec))
 
     def secrets(self) -> tuple[str, ...]:
         """The configured API keys, for redaction."""
-        return tuple(k for k in (self.openai_api_key, self.anthropic_api_key, self.gemini_api_key) if k)
+        keys = (getattr(self, spec.api_key_field) for spec in PROVIDERS.values() if spec.api_key_field)
+        return tuple(k for k in keys if k)
 
 
 # The table of keys.
@@ -313,6 +314,20 @@ def _key(path: str, field: str, env: str | tuple[str, ...] | None, help: str, ch
 _NON_NEGATIVE = _at_least(0)
 _POSITIVE_INT = _at_least(1)
 
+def _provider_keys() -> list[Key]:
+    """The keys of the ``providers`` section, from the registry (protocol/providers/): per
+    provider ``providers.<section>.api_key`` (when it has a key) and its base URL key."""
+    keys: list[Key] = []
+    for spec in PROVIDERS.values():
+        section = f"providers.{spec.config_section}"
+        if spec.api_key_field:
+            keys.append(_key(f"{section}.api_key", spec.api_key_field, spec.api_key_env, spec.api_key_help,
+                             secret=True))
+        keys.append(_key(f"{section}.{spec.base_url_key}", spec.base_url_field, spec.base_url_env,
+                         spec.base_url_help, _http_url))
+    return keys
+
+
 #: Every key of the config file, in the order of docs/hub.example.yaml.
 KEYS: tuple[Key, ...] = (
     _key("server.host", "host", "CBHUB_HOST", "address to listen on (`--host`)", _not_empty),
@@ -380,19 +395,7 @@ KEYS: tuple[Key, ...] = (
          "rotated dead-letter logs kept", _NON_NEGATIVE),
     _key("monitoring.log_level", "log_level", "CBHUB_LOG_LEVEL",
          "DEBUG, INFO, WARNING, ERROR or CRITICAL (`--log-level`)", _log_level),
-    _key("providers.openai.api_key", "openai_api_key", "OPENAI_API_KEY", "sent as `Authorization: Bearer`",
-         secret=True),
-    _key("providers.openai.base_url", "openai_base_url", "OPENAI_BASE_URL",
-         "OpenAI or any OpenAI-compatible server", _http_url),
-    _key("providers.anthropic.api_key", "anthropic_api_key", "ANTHROPIC_API_KEY", "sent as `x-api-key`",
-         secret=True),
-    _key("providers.anthropic.base_url", "anthropic_base_url", "ANTHROPIC_BASE_URL",
-         "Anthropic or an Anthropic-compatible server", _http_url),
-    _key("providers.google.api_key", "gemini_api_key", ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-         "sent as `x-goog-api-key`", secret=True),
-    _key("providers.google.base_url", "gemini_base_url", "GEMINI_BASE_URL", "Gemini API", _http_url),
-    _key("providers.ollama.host", "ollama_host", "OLLAMA_HOST",
-         "Ollama; `host` or `host:port` get `http://` and port 11434, as with Ollama itself", _http_url),
+    *_provider_keys(),
     _key("fallbacks", "fallbacks", None,
          "model -> models to try in order when it fails before any content was forwarded",
          notes=("fallbacks:", "  openai/gpt-4o-mini: [anthropic/claude-3-5-haiku-latest, ollama/llama3.2]")),
@@ -608,12 +611,16 @@ def _apply_environ(values: dict[str, Any], origins: dict[str, str], env: Mapping
 
 
 def _normalize_and_check(config: HubConfig, origins: dict[str, str]) -> None:
-    """Normalize the Ollama host to a URL, run every check, then write the log level in capitals."""
-    if "://" not in config.ollama_host:  # another scheme than http(s) fails the URL check below
-        try:
-            config.ollama_host = _ollama_url(config.ollama_host)
-        except ValueError:
-            pass  # a port that is not a number: the URL check below names the key
+    """Normalize base URLs given without a scheme (the Ollama host), run every check, then
+    write the log level in capitals."""
+    for spec in PROVIDERS.values():
+        field = spec.base_url_field
+        if spec.normalize_base_url is not None and "://" not in getattr(config, field):
+            # Another scheme than http(s) fails the URL check below.
+            try:
+                setattr(config, field, spec.normalize_base_url(getattr(config, field)))
+            except ValueError:
+                pass  # a port that is not a number: the URL check below names the key
     for key in KEYS:
         if key.check is not None:
             problem = key.check(getattr(config, key.field))
@@ -632,17 +639,14 @@ def _normalize_and_check(config: HubConfig, origins: dict[str, str]) -> None:
 def _check_fallbacks(fallbacks: dict[str, list[str]], where: str | None) -> None:
     if not fallbacks:
         return
-    from hub.providers import resolve_model  # hub.providers imports this module
-    from protocol.errors import ProviderError
-
     for model, chain in fallbacks.items():
         entry = f"fallbacks[{json.dumps(model)}]"
         for path, name in ((entry, model), *((f"{entry}[{i}]", item) for i, item in enumerate(chain))):
             try:
-                resolve_model(name)
+                PROVIDERS.route(name)
             except ProviderError:
-                raise _fail(path, f"no provider serves model {_show(name)} (use openai/, anthropic/, google/ or "
-                                  "ollama/ followed by the provider's model name)", where) from None
+                raise _fail(path, f"no provider serves model {_show(name)} (use {PROVIDERS.prefix_hint()} "
+                                  "followed by the provider's model name)", where) from None
         if model in chain:
             raise _fail(entry, "a model cannot be its own fallback", where)
 
