@@ -101,6 +101,14 @@ from hub.client.errors import (
     UnknownOptionError,
 )
 from hub.client.results import AgentRun, CompletionResult, Reconnect, WorkflowResult
+from hub.client.seeds import (
+    CircuitBreakerStream,
+    CompletionEventType,
+    StreamConfig,
+    StreamEvent,
+    WorkflowEvent,
+    WorkflowEventType,
+)
 from hub.client.streams import HubStream, WorkflowStream
 
 __all__ = [
@@ -120,4 +128,10 @@ __all__ = [
     "UnknownOptionError",
     "FATAL_CLOSE_CODES",
     "backoff_delay_s",
+    "CircuitBreakerStream",
+    "StreamConfig",
+    "StreamEvent",
+    "WorkflowEvent",
+    "CompletionEventType",
+    "WorkflowEventType",
 ]
