@@ -16,8 +16,14 @@ Commands::
                                             one completion from a running hub through the Python
                                             SDK (hub/client.py): tokens as they arrive, then TTFT
                                             and tokens/s; the prompt from stdin when not given
-    cbhub mock-provider [--port 9100] ...   the mock LLM provider (tools/mock_provider.py)
-    cbhub bench SCENARIO [...]              the benchmark suite (tools/bench, docs/BENCHMARKS.md)
+    cbhub mock-provider [--port 9100] ...   the mock LLM provider (hub/testing/mock_provider.py)
+    cbhub bench SCENARIO [...]              the benchmark suite (tools/bench, docs/BENCHMARKS.md),
+                                            found through the ``cbhub.commands`` entry point
+
+More commands come from installed packages: an entry point ``NAME = module:main`` in the group
+``cbhub.commands`` (:data:`COMMAND_GROUP`) makes ``cbhub NAME ARGS...`` call ``main(ARGS)``
+and exit with what it returns. This is how the checkout's dev tooling (tools/bench) plugs in
+without the product importing it.
 """
 
 from __future__ import annotations
@@ -27,12 +33,21 @@ import asyncio
 import contextlib
 import logging
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from hub.config import HubConfig
 
-__all__ = ["main"]
+__all__ = ["main", "COMMAND_GROUP", "plugin_command"]
+
+#: The entry point group of commands that installed packages add to ``cbhub``.
+COMMAND_GROUP = "cbhub.commands"
+
+_BUILTIN = ("serve", "config", "demo", "chat", "mock-provider")
+
+#: Plugin commands ``cbhub`` names in its help, with where they usually come from.
+_KNOWN_PLUGINS = {"bench": "the benchmark suite in tools/bench of a source checkout (pip install -e '.[bench]')"}
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -88,6 +103,21 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plugin_command(name: str) -> Callable[[list[str]], int] | None:
+    """The ``main(argv) -> exit status`` of the installed command ``name`` in the entry point
+    group :data:`COMMAND_GROUP`, or None when no installed package provides it or its module
+    cannot be imported (the tools/ folder of a checkout is absent)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=COMMAND_GROUP, name=name):
+        try:
+            loaded = entry.load()
+        except ImportError:
+            return None
+        return cast("Callable[[list[str]], int]", loaded)
+    return None
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config file (every key: docs/hub.example.yaml)")
     parser.add_argument("--preset", metavar="NAME",
@@ -99,7 +129,7 @@ def _load_config(args: argparse.Namespace, **overrides: object) -> HubConfig | N
     from hub.config import ConfigError, HubConfig
 
     try:
-        return HubConfig.load(args.config, args.preset, **{k: v for k, v in overrides.items() if v is not None})
+        return HubConfig.load(args.config, args.preset, None, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigError as exc:
         print(f"cbhub: {exc}", file=sys.stderr)
         return None
@@ -109,13 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cbhub`` console script. Returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["mock-provider"]:
-        from tools.mock_provider import main as mock_main
+        from hub.testing.mock_provider import main as mock_main
 
         return mock_main(argv[1:])
-    if argv[:1] == ["bench"]:
-        from tools.bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] and argv[0] not in _BUILTIN and not argv[0].startswith("-"):
+        command = plugin_command(argv[0])
+        if command is not None:
+            return command(argv[1:])
+        if argv[0] in _KNOWN_PLUGINS:
+            print(f"cbhub {argv[0]}: not installed (no {COMMAND_GROUP!r} entry point named {argv[0]!r}, or its "
+                  f"module is missing); it is {_KNOWN_PLUGINS[argv[0]]}", file=sys.stderr)
+            return 2
     args = _build_parser().parse_args(argv)
     if args.command == "config":
         config = _load_config(args)
@@ -223,8 +257,9 @@ async def _chat(args: argparse.Namespace, prompt: str) -> int:
                     elif isinstance(event, ToolCallMessage):
                         err.write(f"tool call {event.id}: {event.tool}({event.arguments})\n")
             except asyncio.CancelledError:  # Ctrl-C: stop the completion upstream too
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.cancel(stream.id), 1.0)
+                if stream.id is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.cancel(stream.id), 1.0)
                 raise
     except HubStreamError as exc:
         if thinking:

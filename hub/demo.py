@@ -1,6 +1,6 @@
 """``cbhub demo``: four providers' wire formats streamed at once over ONE WebSocket.
 
-Without ``--live`` it starts the mock provider (tools/mock_provider.py) and the hub in this
+Without ``--live`` it starts the mock provider (hub/testing/mock_provider.py) and the hub in this
 process, points the hub's four provider base URLs at the mock, and sends one completion per
 provider (OpenAI SSE, Anthropic SSE, Gemini SSE, Ollama NDJSON) over a single ``websockets``
 connection. Tokens are printed as they arrive, then per provider: time to first token (ms,
@@ -20,7 +20,7 @@ carries a ``[[mock tokens=N tps=X]]`` directive (the prompt templates copy it in
 researcher's and the writer's prompts; the editor's prompt holds only the draft, so the mock
 is started with the same length and pace as its defaults), and the n-th agent's prompt
 (researcher 1, writer 2, editor 3) ends with ``[[mock seed=n]]`` so that each agent writes its
-own text (``tools.mock_provider.expected_text(N, seed=n)``). ``--live`` uses the real providers
+own text (``hub.testing.mock_provider.expected_text(N, seed=n)``). ``--live`` uses the real providers
 like ``cbhub demo --live``; ``--model`` gives every agent one model (``openai/smollm2`` with
 ``eval "$(tools/real_llm.sh start)"``).
 """
@@ -39,19 +39,17 @@ import websockets
 
 from hub.app import run_hub
 from hub.config import HubConfig
+from protocol.providers import PROVIDERS
 from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Subscribed, ThinkingStatus
 
 __all__ = ["run_demo", "run_workflow_demo", "DEMO_MODELS"]
 
 #: One model per wire format; the mock answers any name.
-DEMO_MODELS = {
-    "openai": "openai/gpt-4o-mini",
-    "anthropic": "anthropic/claude-3-5-haiku-latest",
-    "google": "google/gemini-2.0-flash",
-    "ollama": "ollama/llama3.2",
-}
+#: ``{provider: "provider/model"}``, from the provider registry (protocol/providers/).
+DEMO_MODELS = PROVIDERS.demo_models()
 
-_COLORS = {"openai": "32", "anthropic": "33", "google": "34", "ollama": "35"}
+_PALETTE = ("32", "33", "34", "35", "36", "31")
+_COLORS = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(PROVIDERS)}
 
 
 @dataclass
@@ -95,8 +93,17 @@ class _TokenView:
 
 
 def _live_providers(config: HubConfig) -> list[str]:
-    # Ollama needs no key, so in a live demo it is used only when OLLAMA_HOST names a server.
-    return [p for p in DEMO_MODELS if config.provider_configured(p) and (p != "ollama" or os.environ.get("OLLAMA_HOST"))]
+    # A provider that needs no key (Ollama) always counts as configured, so in a live demo it
+    # is used only when its base URL variable (OLLAMA_HOST) names a server.
+    return [p for p in DEMO_MODELS if config.provider_configured(p)
+            and (PROVIDERS[p].needs_key or os.environ.get(PROVIDERS[p].base_url_env))]
+
+
+def _setup_hint() -> str:
+    """``OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENAI_BASE_URL``: what makes a
+    provider configured, from the registry."""
+    keys = [spec.api_key_env[0] for spec in PROVIDERS.values() if spec.api_key_env]
+    return ", ".join(keys) + f" or {PROVIDERS['openai'].base_url_env}" if keys else "a base URL"
 
 
 async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: float = 40.0,
@@ -107,22 +114,16 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
             config = HubConfig.from_env(port=port)
             providers = _live_providers(config)
             if not providers:
-                print("cbhub demo --live: no provider configured; set OPENAI_API_KEY, ANTHROPIC_API_KEY, "
-                      "GEMINI_API_KEY or OPENAI_BASE_URL (see README.md)", file=sys.stderr)
+                print(f"cbhub demo --live: no provider configured; set {_setup_hint()} (see README.md)",
+                      file=sys.stderr)
                 return 2
             models = {p: os.environ.get("CBHUB_DEMO_MODEL_" + p.upper(), DEMO_MODELS[p]) for p in providers}
             text = prompt
         else:
-            from tools.mock_provider import MockProvider
+            from hub.testing.mock_provider import MockProvider
 
             mock = await stack.enter_async_context(MockProvider(port=0, tokens=tokens, tps=tps, ttft_ms=120))
-            config = HubConfig(
-                port=port,
-                openai_base_url=mock.url + "/v1",
-                anthropic_base_url=mock.url,
-                gemini_base_url=mock.url,
-                ollama_host=mock.url,
-            )
+            config = HubConfig(port=port, **mock.hub_overrides())
             models = dict(DEMO_MODELS)
             text = f"{prompt} [[mock tokens={tokens} tps={tps:g} ttft_ms=120]]"
             print(f"mock provider on {mock.url}")
@@ -296,22 +297,21 @@ async def run_workflow_demo(*, live: bool = False, port: int = 0, topic: str = "
     async with contextlib.AsyncExitStack() as stack:
         if live:
             config = HubConfig.from_env(port=port)
-            missing = sorted({agent["model"] for agent in definition["agents"]
-                              if not config.provider_configured(agent["model"].partition("/")[0])
-                              and agent["model"].partition("/")[0] in DEMO_MODELS})
+            served = {agent["model"]: PROVIDERS.provider_of(agent["model"]) for agent in definition["agents"]}
+            missing = sorted(model for model, provider in served.items()
+                             if provider and not config.provider_configured(provider))
             if missing:
                 print(f"cbhub demo workflow --live: no provider configured for {', '.join(missing)}; set "
-                      "OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY or OPENAI_BASE_URL, or give every agent "
+                      f"{_setup_hint()}, or give every agent "
                       "one model with --model (openai/smollm2 after `eval \"$(tools/real_llm.sh start)\"`; "
                       "see README.md)", file=err)
                 return 2
             run_topic = topic
         else:
-            from tools.mock_provider import MockProvider
+            from hub.testing.mock_provider import MockProvider
 
             mock = await stack.enter_async_context(MockProvider(port=0, tokens=tokens, tps=tps, ttft_ms=80))
-            config = HubConfig(port=port, openai_base_url=mock.url + "/v1", anthropic_base_url=mock.url,
-                               gemini_base_url=mock.url, ollama_host=mock.url)
+            config = HubConfig(port=port, **mock.hub_overrides())
             run_topic = topic if "[[mock" in topic else f"{topic} [[mock tokens={tokens} tps={tps:g}]]"
             print(f"mock provider on {mock.url}", file=out)
         hub = await stack.enter_async_context(run_hub(config))

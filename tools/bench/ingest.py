@@ -3,7 +3,7 @@
 What is measured
 ----------------
 For each provider format, one real streamed response body of ``--tokens`` answer tokens is
-fetched once from the mock provider (tools/mock_provider.py, run in-process; the fetch is
+fetched once from the mock provider (hub/testing/mock_provider.py, run in-process; the fetch is
 setup and is not timed), using the request the hub itself builds (hub.providers.build_request).
 Then, with no network, no event loop and a single thread, the body is fed through the same
 normalizer object the hub constructs for that provider (its framing decoder included) in
@@ -25,7 +25,7 @@ Two read patterns per format (the ``reads`` column):
 
 Before timing, each (format, reads) pair is checked once: the framing must find the number of
 provider chunks counted independently here, the concatenated text deltas must equal what the
-mock sent (:func:`tools.mock_provider.expected_text`), and the last event must be
+mock sent (:func:`hub.testing.mock_provider.expected_text`), and the last event must be
 ``StreamEnd`` with ``finish_reason="stop"``. A failed check skips that row's timing and makes
 the exit status 1, so the benchmark cannot silently measure a broken path.
 
@@ -76,7 +76,7 @@ from protocol.messages import ChatMessage, Completion, ContentChunk, encode
 from protocol.normalizers.base import Normalizer
 from protocol.normalizers.gemini import GeminiNormalizer
 from tools.bench.report import Reporter
-from tools.mock_provider import MockProvider, expected_text
+from hub.testing.mock_provider import MockProvider, expected_text
 
 __all__ = [
     "FORMATS",
@@ -235,7 +235,7 @@ async def fetch_bodies(formats: Sequence[str], tokens: int, seed: int = 0) -> li
     Args:
         formats: names from :data:`FORMATS`.
         tokens: answer tokens per body (the mock directive ``tokens=``).
-        seed: the mock's word seed (the text is :func:`tools.mock_provider.expected_text`).
+        seed: the mock's word seed (the text is :func:`hub.testing.mock_provider.expected_text`).
 
     Returns:
         One :class:`Body` per format, in the order given.
@@ -245,8 +245,7 @@ async def fetch_bodies(formats: Sequence[str], tokens: int, seed: int = 0) -> li
     """
     bodies: list[Body] = []
     async with MockProvider(tokens=tokens, seed=seed) as mock:
-        config = HubConfig(port=0, openai_base_url=mock.url + "/v1", anthropic_base_url=mock.url,
-                           gemini_base_url=mock.url, ollama_host=mock.url)
+        config = HubConfig(port=0, **mock.hub_overrides())
         async with aiohttp.ClientSession() as session:
             for name in formats:
                 text = f"Tell me a story. [[mock tokens={tokens} seed={seed}]]"

@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from protocol.providers import PROVIDERS
+
 __all__ = ["ServerProcess", "start_mock", "start_hub", "hub_env"]
 
 _URL = re.compile(rb"listening on (http://[0-9.]+:\d+)")
@@ -128,10 +130,10 @@ class ServerProcess:
 
 
 def start_mock(**options: Any) -> ServerProcess:
-    """The mock provider (tools/mock_provider.py) on a free port, on uvloop when it is
+    """The mock provider (hub/testing/mock_provider.py) on a free port, on uvloop when it is
     installed (the upstream should take as little of the machine as it can); ``options``
     become ``--key value`` flags (e.g. ``tokens=100``)."""
-    argv = [sys.executable, "-m", "tools.mock_provider", "--port", "0"]
+    argv = [sys.executable, "-m", "hub.testing.mock_provider", "--port", "0"]
     if "loop" not in options and importlib.util.find_spec("uvloop") is not None:
         options["loop"] = "uvloop"
     for key, value in options.items():
@@ -142,15 +144,11 @@ def start_mock(**options: Any) -> ServerProcess:
 def hub_env(mock_url: str, **config: Any) -> dict[str, str]:
     """Environment for a hub whose every provider points at the mock provider at ``mock_url``;
     ``config`` adds ``CBHUB_<KEY>`` settings (e.g. ``flush_interval_ms=25``)."""
-    env = {
-        "OPENAI_API_KEY": "bench-key",
-        "OPENAI_BASE_URL": f"{mock_url}/v1",
-        "ANTHROPIC_API_KEY": "bench-key",
-        "ANTHROPIC_BASE_URL": mock_url,
-        "GEMINI_API_KEY": "bench-key",
-        "GEMINI_BASE_URL": mock_url,
-        "OLLAMA_HOST": mock_url,
-    }
+    env: dict[str, str] = {}
+    for spec in PROVIDERS.values():  # every provider of the registry (protocol/providers/)
+        if spec.api_key_env:
+            env[spec.api_key_env[0]] = "bench-key"
+        env[spec.base_url_env] = spec.base_url_on(mock_url)
     for key, value in config.items():
         env[f"CBHUB_{key.upper()}"] = str(value)
     return env

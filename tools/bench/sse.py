@@ -3,7 +3,7 @@
 What is measured
 ----------------
 Up to four targets stream the same answers from the same mock provider
-(tools/mock_provider.py) at the mock's maximum speed (directive ``[[mock tokens=N tps=0]]``):
+(hub/testing/mock_provider.py) at the mock's maximum speed (directive ``[[mock tokens=N tps=0]]``):
 
 ``mock-direct``     the mock's own ``POST /v1/chat/completions``: the baseline, no server between
 ``hub``             ``cbhub serve`` (``POST /v1/chat/completions``, model ``openai/mock-model``),
@@ -27,7 +27,7 @@ measured), then ``--repeat`` rounds (default 3) of C concurrent streams of N tok
 
 Counting: the mock sends each token as one SSE chunk. Through the hub (coalescing) several
 tokens arrive in one SSE event, so chunks are counted by text: every stream's concatenated
-``delta.content`` must equal the text the mock sent (:func:`tools.mock_provider.expected_text`),
+``delta.content`` must equal the text the mock sent (:func:`hub.testing.mock_provider.expected_text`),
 i.e. exactly N upstream chunks, and must end with ``data: [DONE]``; otherwise the row gets
 ``ok: false`` and the exit status is 1. ``events`` counts the SSE events with content that the
 client actually received.
@@ -116,7 +116,7 @@ from rich.markup import escape
 
 from tools.bench.procs import ServerProcess, start_hub, start_mock
 from tools.bench.report import Reporter, percentile
-from tools.mock_provider import expected_text
+from hub.testing.mock_provider import expected_text
 
 __all__ = ["add_arguments", "run", "LiteLLMProcess", "Target", "StreamResult", "stream_once"]
 
