@@ -82,7 +82,7 @@ export function hubEnv(mockUrl, config = {}) {
 }
 
 export function startMock() {
-  return startServer('mock provider', ['tools.mock_provider', '--port', '0']);
+  return startServer('mock provider', ['hub.testing.mock_provider', '--port', '0']);
 }
 
 /** A hub against the mock at `mockUrl`; `config` adds CBHUB_<KEY> settings. */
@@ -93,11 +93,11 @@ export async function startHub(mockUrl, config = {}) {
 
 const expectedCache = new Map();
 
-/** The answer text of `[[mock tokens=N seed=S]]` (tools/mock_provider.py expected_text). */
+/** The answer text of `[[mock tokens=N seed=S]]` (hub/testing/mock_provider.py expected_text). */
 export function expectedText(tokens, seed = 0) {
   const key = `${tokens}:${seed}`;
   if (!expectedCache.has(key)) {
-    const code = `import sys; from tools.mock_provider import expected_text; sys.stdout.write(expected_text(${tokens}, ${seed}))`;
+    const code = `import sys; from hub.testing.mock_provider import expected_text; sys.stdout.write(expected_text(${tokens}, ${seed}))`;
     expectedCache.set(key, execFileSync(PYTHON, ['-c', code], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' } }));
   }
   return expectedCache.get(key);
@@ -113,7 +113,7 @@ export function expectedAgentTexts(definitionName, input) {
   const code = [
     'import json, sys',
     'from hub.workflows import named_definition, render',
-    'from tools.mock_provider import Directive, expected_text',
+    'from hub.testing.mock_provider import Directive, expected_text',
     'definition = named_definition(sys.argv[1])',
     'data = {"input": json.loads(sys.argv[2]), "results": {}}',
     'out = {}',
