@@ -19,16 +19,18 @@ import aiohttp
 from aiohttp import web
 
 from hub.appkeys import HUB_KEY
-from protocol.errors import HubError
-
+from hub.broker import Broker
 from hub.completions import CompletionManager
 from hub.config import HubConfig
-from hub.connection import WebSocketConnection, WriteScheduler, websocket_handler
 from hub.multiplexer import StreamMultiplexer
-from hub.openai_api import chat_completions_handler, chat_stream_get_handler, models_handler
+from hub.outbox import Outbox, WriteScheduler
 from hub.providers import ProviderClient
 from hub.resilience import DeadLetterLog
+from hub.session import Principal
+from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
+from hub.transports.websocket import websocket_handler
 from hub.workflows import WorkflowManager
+from protocol.errors import HubError
 
 __all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
 
@@ -36,9 +38,13 @@ log = logging.getLogger("cbhub")
 
 
 class Hub:
-    """The running hub's state: config, multiplexer, completions, connections.
+    """The running hub's state: config, broker, completions, workflows, connections. It is
+    the services object every :class:`~hub.session.Session` runs against.
 
     Attributes:
+        broker: channels, subscriptions, history and fan-out (the in-memory broker).
+        multiplexer: the same object (its name before the broker seam).
+        connections: the outbox of every open client, WebSocket and SSE alike.
         url: ``http://host:port`` once listening (set by :func:`run_hub`).
         ready: True between startup and shutdown (``/healthz`` answers 200 then).
     """
@@ -47,12 +53,23 @@ class Hub:
         self.config = config
         self.write_scheduler = WriteScheduler()
         self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
-        self.connections: set[WebSocketConnection] = set()
+        self.broker: Broker = self.multiplexer
+        self.connections: set[Outbox] = set()
         self.session: aiohttp.ClientSession | None = None
         self.dead_letters: DeadLetterLog | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
+        self.workflows: WorkflowManager
         self.url = ""
         self.ready = False
+
+    def at_connection_limit(self) -> bool:
+        """Whether ``max_connections`` clients (WebSocket and SSE together) are open."""
+        return len(self.connections) >= self.config.max_connections
+
+    def authorize(self, principal: Principal, action: str, channel: str) -> None:
+        """The one authorization decision every session action passes (../shared/DESIGN.md
+        decision 12). Today every principal may do everything; the security issue makes it
+        raise HubError for what a principal may not do."""
 
     def admit_completion(self) -> None:
         """Refuse a new completion when the hub is at a limit (docs/PROTOCOL.md "Limits").
@@ -67,7 +84,7 @@ class Hub:
         if running >= config.max_completions:
             raise HubError(f"the hub runs {running} completions (max_completions); retry later",
                            "too_many_completions", retryable=True)
-        used = self.multiplexer.history_bytes + sum(connection.pending_bytes for connection in self.connections)
+        used = self.broker.history_bytes + sum(outbox.pending_bytes for outbox in self.connections)
         if used > config.memory_budget_bytes:
             raise HubError(f"the hub holds {used} bytes of stream data (memory_budget_bytes); retry later",
                            "hub_overloaded", retryable=True)
@@ -107,16 +124,12 @@ class Hub:
         self.ready = False
         await self.workflows.close()
         await self.completions.close()
-        for connection in list(self.connections):
+        outboxes = list(self.connections)
+        for outbox in outboxes:
             # Pending frames, the final errors among them, go out before the close frame,
             # also to a client whose socket buffer is full.
-            connection.flush(force=True)
-        for connection in list(self.connections):
-            try:
-                async with asyncio.timeout(1.0):
-                    await connection.ws.close(code=1012, message=b"hub restarting; reconnect")
-            except Exception:
-                connection.abort()
+            outbox.flush(force=True)
+        await asyncio.gather(*(outbox.shut_down() for outbox in outboxes))
         if self.session is not None:
             await self.session.close()
         if self.dead_letters is not None:
@@ -185,8 +198,8 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
     await runner.setup()
     site = web.TCPSite(runner, hub.config.host, hub.config.port)
     await site.start()
-    server = site._server
-    port = server.sockets[0].getsockname()[1] if server is not None and server.sockets else hub.config.port
+    sockets = getattr(site._server, "sockets", None)
+    port = sockets[0].getsockname()[1] if sockets else hub.config.port
     hub.url = f"http://{hub.config.host}:{port}"
     try:
         yield hub

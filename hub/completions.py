@@ -29,7 +29,8 @@ from typing import Any
 import msgspec
 
 from hub.config import HubConfig
-from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
+from hub.broker import Broker, Subscriber
+from hub.channel import Channel, HistoryBounds
 from hub.providers import ProviderClient, UpstreamRequest, build_request
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
@@ -49,19 +50,18 @@ from protocol.events import (
 from protocol.messages import (
     Attempt,
     CircuitState,
-    Cursor,
     Snapshot,
     CitationMessage,
     Completed,
     Completion,
     ContentChunk,
+    Cursor,
     ErrorInfo,
     ErrorMessage,
     RefusalChunk,
     ThinkingStatus,
     ToolCallMessage,
     UsageInfo,
-    encode,
 )
 
 __all__ = ["CompletionRun", "CompletionManager", "retry_delay_s"]
@@ -91,7 +91,6 @@ class CompletionRun:
         self.provider = ""
         self.model = request.model
         self.ttft_ms: float | None = None
-        self._seq = 0
         self._reasoning_open = False
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -179,6 +178,12 @@ class CompletionRun:
         else:
             self._fail(self._cancel_error, state="cancelled")
 
+    def control(self, command: str, argument: Any = None) -> None:
+        """A control command from the broker: ``cancel`` (``argument``: the HubError to end
+        with, or None for ``cancelled``)."""
+        if command == "cancel":
+            self.cancel(argument)
+
     async def wait(self) -> None:
         """Wait until the run's task has ended (for shutdown and tests)."""
         if self._task is not None:
@@ -262,7 +267,7 @@ class CompletionRun:
             asyncio.CancelledError: the completion was cancelled.
         """
         loop = self._loop
-        flush = self.manager.multiplexer.flush
+        flush = self.manager.broker.flush
         total_s = self.manager.config.total_timeout_s
         self._buffer = StreamBuffer(**self._buffer_settings)  # nothing of a failed attempt carries over
         push = self._buffer.push
@@ -272,14 +277,14 @@ class CompletionRun:
                 async with contextlib.aclosing(stream):
                     async for events in stream:
                         now = loop.time()
-                        if self._seq == 0 and events[-1].__class__ is StreamFailed:
+                        last = events[-1]
+                        if self.channel.last_seq == 0 and type(last) is StreamFailed:
                             # Failed before anything reached a client: a retry can still serve it.
-                            failed = events[-1]
-                            if not any(e.__class__ in _FIRST_OUTPUT for e in events):
-                                return ProviderError(failed.message, failed.code, retryable=failed.retryable,
-                                                     status=failed.status)
+                            if not any(type(e) in _FIRST_OUTPUT for e in events):
+                                return ProviderError(last.message, last.code, retryable=last.retryable,
+                                                     status=last.status)
                         for event in events:
-                            if self.ttft_ms is None and event.__class__ in _FIRST_OUTPUT:
+                            if self.ttft_ms is None and type(event) in _FIRST_OUTPUT:
                                 self.ttft_ms = round((now - self._started) * 1000.0, 3)
                             if getattr(event, "choice", 0):
                                 continue  # the hub's protocol carries choice 0 only
@@ -295,7 +300,7 @@ class CompletionRun:
             if not self.finished:  # the normalizer always ends with a terminal event
                 self._fail(HubError("the provider stream ended without a terminal event", "internal_error"))
             return None
-        if self._seq == 0:
+        if self.channel.last_seq == 0:
             return failure
         self._fail(failure)  # content was forwarded: the client gets an error, never a silent cut
         return None
@@ -318,54 +323,46 @@ class CompletionRun:
             return
         self._emit(self._buffer.poll(self._loop.time() * 1000.0))
         self._arm_timer()
-        self.manager.multiplexer.flush()
+        self.manager.broker.flush()
 
     # Turning events into numbered, encoded messages.
 
     def _emit(self, events: list[StreamEvent]) -> None:
+        """Publish the hub messages of normalized events (the channel numbers them)."""
         for event in events:
             if self.finished:
                 return
-            cls = event.__class__
-            if cls is TextDelta:
-                self._publish(ContentChunk(self.id, self._next_seq(), event.text))
-            elif cls is ReasoningDelta:
-                self._reasoning_open = True
-                self._publish(ThinkingStatus(self.id, self._next_seq(), "thinking", event.text,
-                                             event.signature, event.redacted))
-            elif cls is ReasoningDone:
-                self._end_reasoning()
-            elif cls is RefusalDelta:
-                self._publish(RefusalChunk(self.id, self._next_seq(), event.text))
-            elif cls is ToolCall:
-                self._end_reasoning()
-                self._publish(ToolCallMessage(self.id, self._next_seq(), event.id, event.name, event.arguments,
-                                              event.arguments_valid, event.server, event.signature))
-            elif cls is Citation:
-                self._publish(CitationMessage(self.id, self._next_seq(), event.citation))
-            elif cls is StreamEnd:
-                self._end_reasoning()
-                self.state = "completed"
-                self._close_attempt(None)
-                self._publish(Completed(
-                    self.id,
-                    self._next_seq(),
-                    event.finish_reason,
-                    self.provider,
-                    event.model or self.model,
-                    _usage_info(event.usage),
-                    self.ttft_ms,
-                    self._attempts,
-                ))
-                self.manager.finished(self)
-            elif cls is StreamFailed:
-                self._fail(ProviderError(event.message, event.code, retryable=event.retryable, status=event.status),
-                           usage=event.usage)
+            match event:
+                case TextDelta():
+                    self._publish(ContentChunk(self.id, 0, event.text))
+                case ReasoningDelta():
+                    self._reasoning_open = True
+                    self._publish(ThinkingStatus(self.id, 0, "thinking", event.text, event.signature, event.redacted))
+                case ReasoningDone():
+                    self._end_reasoning()
+                case RefusalDelta():
+                    self._publish(RefusalChunk(self.id, 0, event.text))
+                case ToolCall():
+                    self._end_reasoning()
+                    self._publish(ToolCallMessage(self.id, 0, event.id, event.name, event.arguments,
+                                                  event.arguments_valid, event.server, event.signature))
+                case Citation():
+                    self._publish(CitationMessage(self.id, 0, event.citation))
+                case StreamEnd():
+                    self._end_reasoning()
+                    self.state = "completed"
+                    self._close_attempt(None)
+                    self._publish(Completed(self.id, 0, event.finish_reason, self.provider, event.model or self.model,
+                                            _usage_info(event.usage), self.ttft_ms, self._attempts))
+                    self.manager.finished(self)
+                case StreamFailed():
+                    self._fail(ProviderError(event.message, event.code, retryable=event.retryable,
+                                             status=event.status), usage=event.usage)
 
     def _end_reasoning(self) -> None:
         if self._reasoning_open:
             self._reasoning_open = False
-            self._publish(ThinkingStatus(self.id, self._next_seq(), "done"))
+            self._publish(ThinkingStatus(self.id, 0, "done"))
 
     def _fail(self, error: HubError, state: str = "failed", usage: Usage | None = None) -> None:
         if self.finished:
@@ -377,7 +374,7 @@ class CompletionRun:
         self._close_attempt(error)
         message = redact(error.message, self.manager.config.secrets())
         self._publish(ErrorMessage(
-            ErrorInfo(error.code, message, error.retryable, error.status), self.id, self._next_seq(), _usage_info(usage),
+            ErrorInfo(error.code, message, error.retryable, error.status), self.id, 0, _usage_info(usage),
             self._attempts,
         ))
         self.manager.finished(self)
@@ -390,27 +387,24 @@ class CompletionRun:
             self._attempts.append(Attempt(provider, model, error.code if error else None,
                                           error.status if error else None))
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _publish(self, message: Any) -> None:
-        self.manager.multiplexer.publish(self.channel, EncodedEvent(encode(message), message))
+        self.channel.publish(message)
         # The state so far, for snapshots (docs/PROTOCOL.md "Resuming").
-        cls = message.__class__
-        if cls is ContentChunk:
-            self._text.append(message.content)
-        elif cls is ThinkingStatus:
-            if message.content:
-                self._reasoning.append(message.content)
-        elif cls is ToolCallMessage:
-            self._tool_calls.append(message)
-        elif cls is RefusalChunk:
-            self._refusal.append(message.content)
-        elif cls is CitationMessage:
-            self._citations.append(message.citation)
-        if cls is not Completed and cls is not ErrorMessage:
-            self._state_seq = message.seq
+        match message:
+            case ContentChunk():
+                self._text.append(message.content)
+            case ThinkingStatus():
+                if message.content:
+                    self._reasoning.append(message.content)
+            case ToolCallMessage():
+                self._tool_calls.append(message)
+            case RefusalChunk():
+                self._refusal.append(message.content)
+            case CitationMessage():
+                self._citations.append(message.citation)
+            case Completed() | ErrorMessage():
+                return
+        self._state_seq = message.seq
 
     def snapshot(self) -> Snapshot:
         """The state after every non-terminal event published so far."""
@@ -425,7 +419,7 @@ def retry_delay_s(failure: HubError, attempt: int, config: HubConfig) -> float:
     ``retry_after_max_s``), else exponential backoff with full jitter."""
     asked = getattr(failure, "retry_after_s", None)
     if asked is not None:
-        return asked
+        return float(asked)
     return backoff_delay_s(attempt, config.retry_base_delay_ms, config.retry_max_delay_ms)
 
 
@@ -461,7 +455,7 @@ class CompletionManager:
 
     Args:
         config: timeouts, buffer sizes, grace and retention periods, retries, breakers.
-        multiplexer: where completion channels (and the ``system`` channel) are opened.
+        broker: where completion channels (and the ``system`` channel) are opened.
         provider_client: the upstream client shared by all completions.
 
     Attributes:
@@ -469,12 +463,11 @@ class CompletionManager:
             published as ``circuit_state`` on the ``system`` channel.
     """
 
-    def __init__(self, config: HubConfig, multiplexer: StreamMultiplexer, provider_client: ProviderClient) -> None:
+    def __init__(self, config: HubConfig, broker: Broker, provider_client: ProviderClient) -> None:
         self.config = config
-        self.multiplexer = multiplexer
+        self.broker = broker
         self.provider_client = provider_client
-        self.system = multiplexer.channels.get("system") or multiplexer.open_channel("system", _SYSTEM_HISTORY)
-        self._system_seq = 0
+        self.system = broker.channel("system") or broker.open_channel("system", HistoryBounds(_SYSTEM_HISTORY))
         self.breakers = BreakerRegistry(
             {"failure_rate": config.breaker_failure_rate, "window_s": config.breaker_window_s,
              "min_requests": config.breaker_min_requests, "cooldown_s": config.breaker_cooldown_s,
@@ -490,10 +483,8 @@ class CompletionManager:
     def _circuit_changed(self, provider: str, base_url: str, breaker: CircuitBreaker, previous: str) -> None:
         rate, total = breaker.stats(asyncio.get_running_loop().time())
         log.warning("circuit of %s at %s: %s -> %s", provider, base_url, previous, breaker.state)
-        self._system_seq += 1
-        message = CircuitState(self._system_seq, provider, base_url, breaker.state, previous,
-                               round(rate, 3) if rate is not None else None, total or None)
-        self.multiplexer.publish(self.system, EncodedEvent(encode(message), message))
+        self.system.publish(CircuitState(0, provider, base_url, breaker.state, previous,
+                                         round(rate, 3) if rate is not None else None, total or None))
 
     def create(self, request: Completion) -> CompletionRun:
         """Open ``completion:<id>`` for a new completion (not started yet: subscribe the
@@ -509,18 +500,24 @@ class CompletionManager:
         if completion_id in self.runs:
             raise ProtocolError(f"completion id {completion_id!r} is already in use", "duplicate_id")
         run: CompletionRun
-        channel = self.open_channel(f"completion:{completion_id}", on_idle=lambda: run.on_idle())
+        channel = self.open_channel(f"completion:{completion_id}", on_idle=lambda: run.on_idle(),
+                                    on_subscribe=lambda: run.on_subscribe(), snapshot=lambda: run.snapshot(),
+                                    control=lambda command, argument: run.control(command, argument))
         run = CompletionRun(self, completion_id, request, channel)
         self.runs[completion_id] = run
         return run
 
-    def open_channel(self, name: str, on_idle: Callable[[], None] | None = None) -> Channel:
-        """Open a stream channel (completion, workflow, agent) with the configured history
-        bounds: events, bytes and age."""
+    def history_bounds(self) -> HistoryBounds:
+        """The configured history bounds of a stream channel (completion, workflow, agent):
+        events, bytes and age."""
         config = self.config
-        return self.multiplexer.open_channel(name, config.history_max_events, on_idle,
-                                             history_max_bytes=config.completion_max_buffered_bytes,
-                                             history_max_age_s=config.history_max_age_s or None)
+        return HistoryBounds(config.history_max_events, config.completion_max_buffered_bytes,
+                             config.history_max_age_s or None)
+
+    def open_channel(self, name: str, on_idle: Callable[[], None] | None = None, **hooks: Any) -> Channel:
+        """Open a stream channel (completion, workflow, agent) with the configured history
+        bounds; ``hooks`` are the broker's ``on_subscribe``, ``snapshot`` and ``control``."""
+        return self.broker.open_channel(name, self.history_bounds(), on_idle=on_idle, **hooks)
 
     def running_count(self) -> int:
         """Completions not finished yet."""
@@ -532,16 +529,8 @@ class CompletionManager:
 
     def subscribe(self, subscriber: Subscriber, run: CompletionRun, since: Cursor | None = None) -> bool:
         """Subscribe to a completion's channel and bring the subscriber up to date
-        (docs/PROTOCOL.md "Resuming"): every event after ``since`` (or from seq 1 without
-        it) when the history holds them all and the epoch matches; otherwise one ``snapshot``
-        of the state so far, then the history after the snapshot's seq. Live events follow
-        either way, with no gap and no duplicate.
-
-        Returns:
-            ``recovered``: True for a complete replay, False when a snapshot was sent.
-        """
-        run.on_subscribe()
-        return self.multiplexer.resume(subscriber, run.channel.name, since, run.snapshot)
+        (:meth:`hub.broker.Broker.subscribe`). Returns ``recovered``."""
+        return self.broker.subscribe(subscriber, run.channel.name, since)
 
     def finished(self, run: CompletionRun) -> None:
         """Called once by a run when its terminal message is out: retain, then forget it."""
@@ -553,7 +542,7 @@ class CompletionManager:
         self._retirements.pop(completion_id, None)
         run = self.runs.pop(completion_id, None)
         if run is not None:
-            self.multiplexer.close_channel(run.channel.name)
+            self.broker.close_channel(run.channel.name)
 
     async def close(self) -> None:
         """Cancel every running completion and wait for their tasks (hub shutdown)."""

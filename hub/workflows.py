@@ -34,7 +34,8 @@ import msgspec
 import yaml
 
 from hub.config import HubConfig
-from hub.multiplexer import Channel, EncodedEvent, StreamMultiplexer, Subscriber
+from hub.broker import Broker
+from hub.channel import Channel, EncodedEvent
 from protocol.errors import HubError, ProtocolError
 from protocol.messages import (
     AgentCompleted,
@@ -43,7 +44,6 @@ from protocol.messages import (
     Completed,
     Completion,
     ContentChunk,
-    Cursor,
     ErrorInfo,
     ErrorMessage,
     FunctionExecuted,
@@ -54,7 +54,6 @@ from protocol.messages import (
     WorkflowCompleted,
     WorkflowSnapshot,
     WorkflowTransition,
-    encode,
 )
 
 __all__ = ["Condition", "AgentSpec", "TransitionSpec", "WorkflowDefinition", "DefinitionError", "load_definition",
@@ -310,24 +309,24 @@ class _AgentListener:
 
     def deliver(self, event: EncodedEvent) -> None:
         message = event.message
-        cls = message.__class__
-        if cls is ContentChunk:
-            self.text.append(message.content)
-            self.run.current_text.append(message.content)
-            self._progress(content=message.content)
-        elif cls is ThinkingStatus and message.content:
-            self._progress(reasoning=message.content)
-        elif cls is ToolCallMessage:
-            self.tool_calls.append(message)
-        elif (cls is Completed or cls is ErrorMessage) and message.seq is not None and not self.done.done():
-            self.done.set_result(message)
+        match message:
+            case ContentChunk():
+                self.text.append(message.content)
+                self.run.current_text.append(message.content)
+                self._progress(content=message.content)
+            case ThinkingStatus() if message.content:
+                self._progress(reasoning=message.content)
+            case ToolCallMessage():
+                self.tool_calls.append(message)
+            case Completed() | ErrorMessage() if message.seq is not None and not self.done.done():
+                self.done.set_result(message)
 
     def _progress(self, content: str = "", reasoning: str = "") -> None:
         self.chars += len(content) + len(reasoning)
         budget = 4 * (self.agent.max_tokens or 512)
         progress = round(min(0.99, self.chars / budget), 3)
-        self.run.publish_agent(self.agent.id, lambda seq, channel: AgentProgress(
-            self.run.id, seq, self.agent.id, progress, content, reasoning))
+        self.run.publish_agent(self.agent.id, lambda: AgentProgress(
+            self.run.id, 0, self.agent.id, progress, content, reasoning))
 
 
 class WorkflowRun:
@@ -354,9 +353,7 @@ class WorkflowRun:
         self.current_agent: str | None = None
         self.current_text: list[str] = []
         self.completions: list[Any] = []  # every CompletionRun this run started
-        self._seq = 0
         self._agent_channels: dict[str, Channel] = {}
-        self._agent_seq: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._cancel_error: HubError | None = None
         self._calls = itertools.count(1)  # numbers the agents' completions within the run
@@ -371,19 +368,11 @@ class WorkflowRun:
 
     # Publishing.
 
-    def _publish(self, build: Callable[[int], Any]) -> None:
-        self._seq += 1
-        message = build(self._seq)
-        self.manager.multiplexer.publish(self.channel, EncodedEvent(encode(message), message))
-
-    def publish_agent(self, agent_id: str, build: Callable[[int, str], Any]) -> None:
-        """Publish an agent event on ``workflow:<id>`` and on ``agent:<id>.<agentId>``, each
-        with that channel's own seq (encoded once per channel)."""
-        self._publish(lambda seq: build(seq, self.channel.name))
-        channel = self._agent_channel(agent_id)
-        seq = self._agent_seq[agent_id] = self._agent_seq.get(agent_id, 0) + 1
-        message = build(seq, channel.name)
-        self.manager.multiplexer.publish(channel, EncodedEvent(encode(message), message))
+    def publish_agent(self, agent_id: str, build: Callable[[], Any]) -> None:
+        """Publish an agent event on ``workflow:<id>`` and on ``agent:<id>.<agentId>``:
+        ``build`` makes one message per channel (each channel numbers its own)."""
+        self.channel.publish(build())
+        self._agent_channel(agent_id).publish(build())
 
     def _agent_channel(self, agent_id: str) -> Channel:
         channel = self._agent_channels.get(agent_id)
@@ -394,14 +383,15 @@ class WorkflowRun:
 
     def snapshot(self) -> WorkflowSnapshot:
         """The run's state after every event published so far."""
-        return WorkflowSnapshot(self.id, self.channel.name, self.channel.epoch, self._seq, self.status, self.place,
+        return WorkflowSnapshot(self.id, self.channel.name, self.channel.epoch, self.channel.last_seq, self.status,
+                                self.place,
                                 self.data, self.current_agent, "".join(self.current_text), self.usage, self.error)
 
     # Running.
 
     def start(self) -> None:
         """Put the token on the initial place and start the run's task."""
-        self._publish(lambda seq: TokenCreated(self.id, seq, self.token_id, self.place, self.data))
+        self.channel.publish(TokenCreated(self.id, 0, self.token_id, self.place, self.data))
         self._task = asyncio.create_task(self._run(), name=f"workflow:{self.id}")
 
     def cancel(self, error: HubError | None = None) -> None:
@@ -413,6 +403,12 @@ class WorkflowRun:
             run.cancel(self._cancel_error)
         if self._task is not None:
             self._task.cancel()
+
+    def control(self, command: str, argument: Any = None) -> None:
+        """A control command from the broker: ``cancel`` (``argument``: the HubError to end
+        with, or None for ``cancelled``)."""
+        if command == "cancel":
+            self.cancel(argument)
 
     async def _run(self) -> None:
         finals = self.definition.finals()
@@ -426,10 +422,10 @@ class WorkflowRun:
                     result = await self._run_agent(self.definition.agent(transition.agent))
                     self.data["results"][transition.agent] = result
                 from_place, self.place = self.place, transition.to
-                self._publish(lambda seq: WorkflowTransition(self.id, seq, self.token_id, transition.id, from_place,
+                self.channel.publish(WorkflowTransition(self.id, 0, self.token_id, transition.id, from_place,
                                                              self.place, self.data))
             self.status = "completed"
-            self._publish(lambda seq: WorkflowCompleted(self.id, seq, self.place, self.data, self.usage))
+            self.channel.publish(WorkflowCompleted(self.id, 0, self.place, self.data, self.usage))
         except asyncio.CancelledError:
             self._end_with(self._cancel_error or HubError("the workflow was cancelled", "cancelled"), "cancelled")
         except HubError as exc:
@@ -448,7 +444,7 @@ class WorkflowRun:
             if not run.finished:
                 run.cancel(error)
         info = ErrorInfo(error.code, error.message, error.retryable, error.status)
-        self._publish(lambda seq: ErrorMessage(info, None, seq, self.usage, workflow_id=self.id))
+        self.channel.publish(ErrorMessage(info, None, 0, self.usage, workflow_id=self.id))
 
     async def _run_agent(self, agent: AgentSpec) -> str:
         """Run one agent to its answer: a completion, then (while it calls tools) the
@@ -469,15 +465,15 @@ class WorkflowRun:
             run = completions.create(request)
             self.completions.append(run)
             listener = _AgentListener(self, agent)
-            completions.subscribe(listener, run)
+            self.manager.broker.subscribe(listener, run.channel.name)
             if round_no == 0:
-                self.publish_agent(agent.id, lambda seq, channel: AgentStarted(
-                    self.id, seq, agent.id, self.place, run.id, agent.model))
+                self.publish_agent(agent.id, lambda: AgentStarted(
+                    self.id, 0, agent.id, self.place, run.id, agent.model))
             run.start()
             try:
                 end = await listener.done
             finally:
-                self.manager.multiplexer.unsubscribe(listener, run.channel.name)
+                self.manager.broker.unsubscribe(listener, run.channel.name)
             if isinstance(end, ErrorMessage):
                 self.usage = _add_usage(self.usage, end.usage)
                 raise HubError(f"agent {agent.id!r} failed: {end.error.message}", end.error.code,
@@ -486,8 +482,8 @@ class WorkflowRun:
             agent_usage = _add_usage(agent_usage, end.usage)
             text = "".join(listener.text)
             if not listener.tool_calls or not tools:
-                self.publish_agent(agent.id, lambda seq, channel: AgentCompleted(
-                    self.id, seq, agent.id, text, agent_usage, end.provider, end.model))
+                self.publish_agent(agent.id, lambda: AgentCompleted(
+                    self.id, 0, agent.id, text, agent_usage, end.provider, end.model))
                 return text
             # The model called tools: run them, then ask again with their results.
             messages.append({"role": "assistant", "content": text or None, "tool_calls": [
@@ -496,8 +492,8 @@ class WorkflowRun:
                 for call in listener.tool_calls]})
             for call in listener.tool_calls:
                 result, error = await self._execute(agent, call)
-                self.publish_agent(agent.id, lambda seq, channel, call=call, result=result, error=error: FunctionExecuted(
-                    self.id, seq, agent.id, call.id, call.tool, call.arguments, result, error))
+                self.publish_agent(agent.id, lambda call=call, result=result, error=error: FunctionExecuted(
+                    self.id, 0, agent.id, call.id, call.tool, call.arguments, result, error))
                 content = msgspec.json.encode(result if error is None else {"error": error}).decode()
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
         raise HubError(f"agent {agent.id!r} kept calling tools after {_MAX_TOOL_ROUNDS} rounds", "workflow_stuck")
@@ -522,15 +518,15 @@ class WorkflowManager:
 
     Args:
         config: history bounds and retention.
-        multiplexer: where ``workflow:`` and ``agent:`` channels are opened.
+        broker: where ``workflow:`` and ``agent:`` channels are opened.
         completions: the CompletionManager the agents' completions run in.
         definitions_dir: where ``definitionName`` is looked up.
     """
 
-    def __init__(self, config: HubConfig, multiplexer: StreamMultiplexer, completions: Any,
+    def __init__(self, config: HubConfig, broker: Broker, completions: Any,
                  definitions_dir: pathlib.Path = DEFINITIONS_DIR) -> None:
         self.config = config
-        self.multiplexer = multiplexer
+        self.broker = broker
         self.completions = completions
         self.definitions_dir = definitions_dir
         self.runs: dict[str, WorkflowRun] = {}
@@ -554,18 +550,15 @@ class WorkflowManager:
         workflow_id = workflow_id or f"wf-{self._prefix}-{next(self._counter)}"
         if workflow_id in self.runs:
             raise ProtocolError(f"workflow id {workflow_id!r} is already in use", "duplicate_id")
-        channel = self.completions.open_channel(f"workflow:{workflow_id}")
+        run: WorkflowRun
+        channel = self.completions.open_channel(f"workflow:{workflow_id}", snapshot=lambda: run.snapshot(),
+                                                control=lambda command, argument: run.control(command, argument))
         run = WorkflowRun(self, workflow_id, spec, run_input, channel)
         self.runs[workflow_id] = run
         return run
 
     def get(self, workflow_id: str) -> WorkflowRun | None:
         return self.runs.get(workflow_id)
-
-    def subscribe(self, subscriber: Subscriber, run: WorkflowRun, since: Cursor | None = None) -> bool:
-        """Like CompletionManager.subscribe: a complete replay after ``since``, or a
-        ``workflow_snapshot`` then the rest. Returns ``recovered``."""
-        return self.multiplexer.resume(subscriber, run.channel.name, since, run.snapshot)
 
     def finished(self, run: WorkflowRun) -> None:
         """Retain the run's channels for ``retention_s``, then forget them."""
@@ -576,9 +569,9 @@ class WorkflowManager:
         self._retirements.pop(workflow_id, None)
         run = self.runs.pop(workflow_id, None)
         if run is not None:
-            self.multiplexer.close_channel(run.channel.name)
+            self.broker.close_channel(run.channel.name)
             for channel in run._agent_channels.values():
-                self.multiplexer.close_channel(channel.name)
+                self.broker.close_channel(channel.name)
 
     async def close(self) -> None:
         """Cancel every running run (hub shutdown) and wait for them."""

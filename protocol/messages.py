@@ -10,7 +10,7 @@ which keep their provider spelling. docs/PROTOCOL.md describes every message wit
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -37,6 +37,9 @@ __all__ = [
     "Completed",
     "ErrorMessage",
     "Pong",
+    "Ack",
+    "RequestId",
+    "request_id_of",
     "Snapshot",
     "Cursor",
     "CreateWorkflow",
@@ -87,8 +90,20 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     tool_call_id: Union[str, None] = None
 
 
-class _ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True):
-    """Base of client messages (tagged on ``type``; unknown fields are rejected)."""
+#: A request id: 1 to 64 characters chosen by the client (docs/PROTOCOL.md "Request ids").
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class _ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """Base of client messages (tagged on ``type``; unknown fields are rejected).
+
+    Attributes:
+        rid: optional request id (1-64 characters) chosen by the client; the hub echoes it as
+            ``rid`` on the reply this message causes (``subscribed``, ``unsubscribed``,
+            ``pong``, ``ack``) or on the ``error`` answering it (docs/PROTOCOL.md "Request ids").
+    """
+
+    rid: Union[RequestId, None] = None
 
 
 class Completion(_ClientMessage, tag="completion"):
@@ -257,6 +272,17 @@ def _classify(data: bytes | str, exc: msgspec.ValidationError) -> ProtocolError:
     return ProtocolError(f"invalid {kind} message: {exc}", "invalid_message")
 
 
+def request_id_of(data: bytes | str) -> str | None:
+    """The ``rid`` of a client message that failed to decode, when it has a valid one (the
+    slow path: only called to answer a bad message; None for anything else)."""
+    try:
+        raw = _ANY_DECODER.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    rid = raw.get("rid") if isinstance(raw, dict) else None
+    return rid if isinstance(rid, str) and 1 <= len(rid) <= 64 else None
+
+
 def _too_deep() -> ProtocolError:
     # JSON nested deeper than the decoder can recurse (``[`` 10 000 times fits in 20 KB). Like
     # a number out of range, a limit of the JSON parser (RFC 8259 §9), hence invalid_json.
@@ -314,6 +340,7 @@ class Subscribed(_HubMessage, tag="subscribed"):
     epochs: dict[str, str] = {}
     seqs: dict[str, int] = {}
     recovered: dict[str, bool] = {}
+    rid: Union[str, None] = None
 
 
 class Unsubscribed(_HubMessage, tag="unsubscribed"):
@@ -321,6 +348,7 @@ class Unsubscribed(_HubMessage, tag="unsubscribed"):
 
     channels: list[str] = []
     streams: list[str] = []
+    rid: Union[str, None] = None
 
 
 class ContentChunk(_HubMessage, tag="content_chunk"):
@@ -405,10 +433,21 @@ class ErrorMessage(_HubMessage, tag="error"):
     usage: Union[UsageInfo, None] = None
     attempts: list[Attempt] = []
     workflow_id: Union[str, None] = None
+    rid: Union[str, None] = None
 
 
 class Pong(_HubMessage, tag="pong"):
-    """Answer to ``ping``."""
+    """Answer to ``ping`` (``rid`` echoes the ping's, when it had one)."""
+
+    rid: Union[str, None] = None
+
+
+class Ack(_HubMessage, tag="ack"):
+    """Acknowledges a ``cancel`` or ``cancel_workflow`` that carried a ``rid``: the hub has
+    acted on it (the stream's own terminal ``error`` follows on its channel). Sent only when
+    the message had a ``rid``, so clients that never send one see no new message."""
+
+    rid: str
 
 
 class TokenCreated(_HubMessage, tag="token_created"):
@@ -559,6 +598,7 @@ HubMessage = Union[
     Completed,
     ErrorMessage,
     Pong,
+    Ack,
     CircuitState,
     Snapshot,
     TokenCreated,

@@ -1,0 +1,151 @@
+"""The broker seam: everything above it (sessions, transports, completions, workflows) talks
+to channels through this interface and never knows which implementation runs.
+
+../shared/DESIGN.md decision 9: the in-memory :class:`hub.multiplexer.StreamMultiplexer` is the
+first implementation and the fast path for one process; a Redis broker for several hub
+processes is a new module implementing the same methods (in the manner of Centrifugo's
+``Broker`` interface: publish, history with epoch and offset, per-node subscriptions).
+
+The contract every implementation keeps:
+
+- **Numbering.** :meth:`Channel.publish <hub.channel.Channel.publish>` assigns ``seq``; the
+  broker records and fans out, in publish order, the same :class:`~hub.channel.EncodedEvent`
+  to every subscriber (encode once; the same bytes to every WebSocket subscriber).
+- **No await per subscriber.** :meth:`publish` calls each subscriber's ``deliver`` and
+  returns; subscribers queue (see :mod:`hub.outbox`).
+- **Resume.** :meth:`subscribe` with a cursor replays every event after it when the history
+  covers it, else sends the channel's snapshot then the history after it (docs/PROTOCOL.md
+  "Resuming"), and live events follow with no gap and no duplicate.
+- **Control.** :meth:`control` carries a command (``cancel``) to whoever runs the channel:
+  in one process a direct call; across nodes, a message to the owning node.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from hub.channel import Channel, EncodedEvent, HistoryBounds
+from protocol.messages import Cursor
+
+__all__ = ["Subscriber", "ControlHandler", "Broker"]
+
+
+class Subscriber(Protocol):
+    """Anything that can receive events: a client's outbox, a workflow's agent listener."""
+
+    def deliver(self, event: EncodedEvent) -> None:
+        """Queue one encoded event. Must not block or await: it is called inside the
+        fan-out loop, once per subscriber per event."""
+
+
+#: Called with a control command's name and its argument (e.g. ``("cancel", error)``).
+ControlHandler = Callable[[str, Any], None]
+
+
+class Broker(ABC):
+    """Channels, subscriptions, history and fan-out (see the module docstring).
+
+    Attributes:
+        flush: hands what subscribers queued to their transports now; publishers call it
+            after a batch of events (one provider read).
+    """
+
+    flush: Callable[[], None]
+
+    # Channels.
+
+    @abstractmethod
+    def open_channel(self, name: str, bounds: HistoryBounds, *, on_idle: Callable[[], None] | None = None,
+                     on_subscribe: Callable[[], None] | None = None, snapshot: Callable[[], Any] | None = None,
+                     control: ControlHandler | None = None) -> Channel:
+        """Create a channel (see :class:`~hub.channel.Channel` for the callbacks).
+
+        Raises:
+            ValueError: a channel of that name is open.
+        """
+
+    @abstractmethod
+    def channel(self, name: str) -> Channel | None:
+        """The open channel called ``name``, or None."""
+
+    @abstractmethod
+    def close_channel(self, name: str) -> None:
+        """Forget a channel, its history and its subscriptions."""
+
+    @property
+    @abstractmethod
+    def history_bytes(self) -> int:
+        """Payload bytes held by every channel history together (for the memory budget)."""
+
+    # Publishing.
+
+    @abstractmethod
+    def publish(self, channel: Channel, event: EncodedEvent) -> None:
+        """Record an event the channel numbered and encoded, and fan it out. Called by
+        :meth:`Channel.publish`; never awaits a subscriber."""
+
+    # Subscriptions.
+
+    @abstractmethod
+    def subscribe(self, subscriber: Subscriber, name: str, since: Cursor | None = None) -> bool:
+        """Subscribe to channel ``name`` and bring the subscriber up to date: every event
+        after ``since`` (from seq 1 without it) when :meth:`recoverable`; otherwise the
+        channel's snapshot, then the history after it (a channel without a snapshot source
+        replays what its history holds). Live events follow, with no gap or duplicate.
+
+        Returns:
+            ``recovered``: True for a complete replay.
+
+        Raises:
+            KeyError: no open channel has that name.
+        """
+
+    @abstractmethod
+    def recoverable(self, name: str, since: Cursor | None = None) -> bool:
+        """Whether subscribing after ``since`` would be a complete replay.
+
+        Raises:
+            KeyError: no open channel has that name.
+        """
+
+    @abstractmethod
+    def history(self, name: str, since: Cursor | None = None) -> list[EncodedEvent]:
+        """The held events of ``name`` after ``since`` (all of them without it); empty when
+        ``since`` names another epoch.
+
+        Raises:
+            KeyError: no open channel has that name.
+        """
+
+    @abstractmethod
+    def unsubscribe(self, subscriber: Subscriber, name: str) -> bool:
+        """Remove ``subscriber`` from a channel; returns whether it was subscribed."""
+
+    @abstractmethod
+    def is_subscribed(self, subscriber: Subscriber, name: str) -> bool:
+        """Whether ``subscriber`` watches channel ``name``."""
+
+    @abstractmethod
+    def subscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
+        """Deliver every future event of channels of ``stream_type`` to ``subscriber``."""
+
+    @abstractmethod
+    def unsubscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
+        """Undo :meth:`subscribe_type`."""
+
+    @abstractmethod
+    def remove(self, subscriber: Subscriber) -> None:
+        """Drop every subscription of ``subscriber`` (its client went away)."""
+
+    # Control.
+
+    @abstractmethod
+    def control(self, name: str, command: str, argument: Any = None) -> bool:
+        """Send ``command`` (``"cancel"``, with a :class:`~protocol.errors.HubError` or None
+        as ``argument``) to whoever runs channel ``name``.
+
+        Returns:
+            False when no open channel of that name takes commands.
+        """

@@ -1,0 +1,298 @@
+"""The OpenAI-compatible HTTP API on the hub's port, so OpenAI SDK code works unchanged.
+
+- ``POST /v1/chat/completions``: OpenAI's request body; ``stream: true`` answers with SSE
+  chunks in OpenAI's format ending ``data: [DONE]`` (plus the ``choices: []`` usage chunk when
+  ``stream_options.include_usage`` is true), ``stream: false`` with one ``chat.completion``.
+- ``GET /v1/chat/completions/stream?model=…&messages=<JSON>``: the same stream for a browser
+  ``EventSource`` (which can only GET); ``include_usage=true`` adds the usage chunk.
+- ``GET /v1/models``: the models this hub can route to (see :func:`models_handler`).
+
+Each request is a :class:`~hub.session.Session` like a WebSocket client's: the session admits
+and starts the completion and subscribes the request's :class:`SseOutbox`, so SSE obeys the
+same limits as WebSocket (``max_connections``, the memory budget, the slow-consumer policy:
+past the soft limit content chunks are merged, past the hard limit the response is cut).
+Errors before the first token get an HTTP status and OpenAI's error body; an error after the
+stream started is sent as a chunk with an ``error`` object, which the openai SDK raises as
+``APIError`` (docs/PROVIDERS.md, OpenAI streaming errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from hub.appkeys import HUB_KEY
+from hub.outbox import Outbox, WriteScheduler
+from hub.session import Session
+from protocol.errors import HubError, ProtocolError
+from protocol.messages import ChatMessage, Completed, ErrorMessage
+from protocol.openai_compat import (
+    ChatCompletionRequest,
+    ChunkEncoder,
+    StreamOptions,
+    completion_object,
+    decode_chat_request,
+    error_body,
+)
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+__all__ = ["SseOutbox", "chat_completions_handler", "chat_stream_get_handler", "models_handler"]
+
+_MESSAGES_DECODER = msgspec.json.Decoder(list[ChatMessage])
+
+_STATUS_BY_CODE = {
+    "invalid_json": 400,
+    "invalid_message": 400,
+    "unknown_type": 400,
+    "duplicate_id": 409,
+    "model_not_found": 404,
+    "provider_not_configured": 503,
+    "provider_unavailable": 503,
+    "too_many_completions": 429,
+    "hub_overloaded": 503,
+    "auth_failed": 502,
+    "rate_limited": 429,
+    "upstream_timeout": 504,
+    "upstream_unreachable": 502,
+    "cancelled": 499,
+    "shutting_down": 503,
+    "internal_error": 500,
+}
+
+_KEEPALIVE = b": keepalive\n\n"
+
+
+class SseOutbox(Outbox):
+    """One HTTP response's outbox: the request handler writes what it holds.
+
+    The broker's deliveries only queue (as for every client); :meth:`write_pending` wakes the
+    handler, which takes the events, encodes them in OpenAI's chunk format and awaits the
+    write. While that write waits for a slow reader, deliveries keep queueing here, where
+    the slow-consumer policy applies; past the hard limit the connection is dropped.
+    """
+
+    transport_name = "sse"
+
+    def __init__(self, scheduler: WriteScheduler, request: web.Request, soft_limit: int, hard_limit: int) -> None:
+        super().__init__(scheduler, soft_limit, hard_limit)
+        self._transport = request.transport
+        self._ready = asyncio.Event()
+
+    def write_pending(self, force: bool) -> None:
+        """Wake the handler (it writes; see :meth:`next_messages`)."""
+        self._ready.set()
+
+    async def next_messages(self, timeout_s: float) -> list[Any] | None:
+        """The messages queued for this response, waiting for some for up to ``timeout_s``
+        seconds (0: as long as it takes). None when none came in time or the response was
+        closed."""
+        if not self.pending and not self.closed:
+            self._ready.clear()
+            if timeout_s > 0:
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await self._ready.wait()
+                except TimeoutError:
+                    return None
+            else:
+                await self._ready.wait()
+        if self.closed:
+            raise ConnectionResetError("the response was closed (slow consumer)")
+        return [event.message for event in self.take()]
+
+    def wrote_now(self) -> None:
+        """After the handler's write: account the transport's unsent bytes."""
+        transport = self._transport
+        self.wrote(transport.get_write_buffer_size() if transport is not None else 0)
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Drop the response's connection (an HTTP client cannot resume)."""
+        self.abort()
+
+    def abort(self) -> None:
+        """Stop queueing and drop the TCP connection; the handler ends."""
+        self.stop()
+        self._ready.set()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _json_error(code: str, message: str, status: int | None) -> web.Response:
+    http_status = _STATUS_BY_CODE.get(code) or (status if status and 400 <= status < 600 else 502)
+    return web.Response(body=error_body(code, message, http_status), status=http_status, content_type="application/json")
+
+
+def _is_terminal(message: Any, completion_id: str) -> bool:
+    return isinstance(message, (Completed, ErrorMessage)) and message.completion_id == completion_id
+
+
+async def _serve(
+    hub: Hub, request: web.Request, chat: ChatCompletionRequest, *, tag_events: bool = False
+) -> web.StreamResponse:
+    if hub.at_connection_limit():
+        return _json_error("hub_overloaded", "too many connections (max_connections); retry later", 503)
+    config = hub.config
+    outbox = SseOutbox(hub.write_scheduler, request, config.outbound_soft_limit_bytes,
+                       config.outbound_hard_limit_bytes)
+    session = Session(hub, outbox)
+    hub.connections.add(outbox)
+    run = None
+    try:
+        try:
+            run = session.start_completion(chat.to_completion())
+        except HubError as exc:
+            return _json_error(exc.code, exc.message, exc.status)
+        return await _respond(hub, request, chat, outbox, run.id, tag_events)
+    finally:
+        # Also reached when aiohttp cancels this handler because the client disconnected
+        # (handler_cancellation, hub/app.py), e.g. while a `stream: false` answer is pending.
+        session.close()
+        hub.connections.discard(outbox)
+        if run is not None and not run.finished:
+            # An HTTP client cannot resume: when it goes away, stop the upstream request.
+            hub.broker.control(run.channel.name, "cancel", HubError("the HTTP client disconnected", "cancelled"))
+
+
+async def _respond(hub: Hub, request: web.Request, chat: ChatCompletionRequest, outbox: SseOutbox,
+                   completion_id: str, tag_events: bool) -> web.StreamResponse:
+    keepalive_s = hub.config.sse_keepalive_interval_s if chat.stream else 0.0
+    created = int(time.time())
+    response_id = f"chatcmpl-{completion_id}"
+    # The stream's own messages (the session's `subscribed` ack is not part of the answer).
+    first = await _stream_messages(outbox, keepalive_s, completion_id)
+    # None: no answer within keepalive_s; the headers go out now, and an error that comes
+    # later is sent as an SSE event.
+    if first and isinstance(first[0], ErrorMessage):
+        error = first[0].error
+        return _json_error(error.code, error.message, error.status)
+    if not chat.stream:
+        collected = list(first or ())
+        while not collected or not _is_terminal(collected[-1], completion_id):
+            collected += await _stream_messages(outbox, 0.0, completion_id) or []
+        last = collected[-1]
+        if isinstance(last, ErrorMessage):
+            return _json_error(last.error.code, last.error.message, last.error.status)
+        return web.json_response(
+            completion_object(response_id, chat.model, created, collected), dumps=lambda o: msgspec.json.encode(o).decode()
+        )
+    include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+    encoder = ChunkEncoder(response_id, chat.model, created, include_usage=include_usage)
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await response.prepare(request)
+    if tag_events:
+        # An SSE `id` makes a reconnecting EventSource send Last-Event-ID, which
+        # chat_stream_get_handler answers with 204 so the browser stops (WHATWG §9.2).
+        await response.write(f"id: {completion_id}\n".encode())
+    pending: list[Any] | None = first
+    try:
+        while True:
+            if pending is None:
+                # Nothing for keepalive_s (a model thinking before its first token, a long
+                # gap): an SSE comment keeps proxies from cutting the idle connection.
+                await response.write(_KEEPALIVE)
+            elif pending:
+                # Everything queued goes out in one write.
+                data = b"".join([encoder.encode(message) for message in pending])
+                if data:
+                    await response.write(data)
+                    outbox.wrote_now()
+                if _is_terminal(pending[-1], completion_id):
+                    break
+            pending = await _stream_messages(outbox, keepalive_s, completion_id)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away (or was too slow); the caller cancels the upstream request
+    return response
+
+
+async def _stream_messages(outbox: SseOutbox, timeout_s: float, completion_id: str) -> list[Any] | None:
+    """The next messages of ``completion_id``'s stream (its ack and anything else left out),
+    up to and including its terminal message; None when nothing came within ``timeout_s``."""
+    while True:
+        messages = await outbox.next_messages(timeout_s)
+        if messages is None:
+            return None
+        stream = [message for message in messages if getattr(message, "completion_id", None) == completion_id
+                  and getattr(message, "seq", None) is not None]
+        if stream:
+            return stream
+
+
+async def chat_completions_handler(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions`` (OpenAI Chat Completions API)."""
+    hub: Hub = request.app[HUB_KEY]
+    body = await request.read()
+    try:
+        chat = decode_chat_request(body)
+    except ProtocolError as exc:
+        return _json_error(exc.code, exc.message, 400)
+    return await _serve(hub, request, chat)
+
+
+async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/chat/completions/stream?model=…&messages=<JSON array>`` for EventSource.
+
+    An EventSource reconnects by itself when the response ends; each reconnection would start
+    a new completion. The stream therefore carries an SSE ``id``, and a request that comes back
+    with ``Last-Event-ID`` is answered 204 No Content, which makes the browser stop (WHATWG
+    HTML §9.2.3: a 204 response fails the connection without reconnecting).
+    """
+    hub: Hub = request.app[HUB_KEY]
+    if "Last-Event-ID" in request.headers:
+        return web.Response(status=204)
+    query = request.query
+    model = query.get("model")
+    raw_messages = query.get("messages")
+    if not model or not raw_messages:
+        return _json_error("invalid_message", "query parameters `model` and `messages` are required", 400)
+    try:
+        messages = _MESSAGES_DECODER.decode(raw_messages)
+    except msgspec.DecodeError as exc:
+        return _json_error("invalid_message", f"`messages` must be a JSON array of chat messages: {exc}", 400)
+    except RecursionError:  # msgspec gives up on JSON nested about 1000 levels deep
+        return _json_error("invalid_message", "`messages` is nested too deeply", 400)
+    if not messages:
+        return _json_error("invalid_message", "`messages` must hold at least one message", 400)
+    max_tokens = query.get("max_tokens")
+    chat = ChatCompletionRequest(
+        model=model,
+        messages=messages,
+        stream=True,
+        stream_options=StreamOptions(include_usage=query.get("include_usage", "").lower() in ("1", "true", "yes")),
+        max_tokens=int(max_tokens) if max_tokens and max_tokens.isdigit() else None,
+    )
+    return await _serve(hub, request, chat, tag_events=True)
+
+
+_CATALOGUE = {
+    "openai": ("gpt-4o-mini", "gpt-4o", "o4-mini"),
+    "anthropic": ("claude-3-5-haiku-latest", "claude-sonnet-4-5"),
+    "google": ("gemini-2.5-flash", "gemini-2.5-pro"),
+    "ollama": ("llama3.2",),
+}
+
+
+async def models_handler(request: web.Request) -> web.Response:
+    """``GET /v1/models``: example model ids for every provider the hub can reach.
+
+    A provider is listed when it has a key or a custom base URL (Ollama always). The ids are
+    examples: any of the provider's model names works with its ``provider/`` prefix.
+    """
+    hub: Hub = request.app[HUB_KEY]
+    data = [
+        {"id": f"{provider}/{name}", "object": "model", "created": 0, "owned_by": provider}
+        for provider, names in _CATALOGUE.items()
+        if hub.config.provider_configured(provider)
+        for name in names
+    ]
+    return web.json_response({"object": "list", "data": data})
