@@ -14,7 +14,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from hub.app import run_hub
-from hub.connection import WebSocketConnection
+from hub.transports.websocket import WebSocketConnection
 from hub.multiplexer import EncodedEvent
 from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Pong, Subscribed
 from protocol.wsframe import batch_frames, text_frame

@@ -12,6 +12,7 @@ import pytest
 import websockets
 
 from hub.app import run_hub
+from hub.channel import HistoryBounds
 from hub.multiplexer import EncodedEvent, StreamMultiplexer, merge_content
 from protocol.messages import Completed, ContentChunk, ErrorMessage, Pong, ThinkingStatus
 from protocol.wsframe import close_frame
@@ -45,7 +46,7 @@ def test_close_frame_is_a_valid_rfc6455_close():
 
 def test_history_is_bounded_by_bytes_and_accounted():
     multiplexer = StreamMultiplexer()
-    channel = multiplexer.open_channel("completion:h", 100, history_max_bytes=500)
+    channel = multiplexer.open_channel("completion:h", HistoryBounds(100, max_bytes=500))
     events = [chunk("h", n, "x" * 40) for n in range(1, 11)]
     for event in events:
         multiplexer.publish(channel, event)
