@@ -195,8 +195,8 @@ export interface WorkflowHandlers {
   onError?(error: HubError): void;
 }
 
-/** A running workflow: an async iterable of its messages, and its result. */
-export interface WorkflowStream extends AsyncIterable<WorkflowEvent> {
+/** A running workflow (`client.workflow`): an async iterable of its messages, and its result. */
+export interface WorkflowRunStream extends AsyncIterable<WorkflowEvent> {
   /** The workflow id (the request's, or one the SDK made up). */
   readonly id: string;
   /** `workflow:<id>`. */
@@ -275,7 +275,7 @@ export interface HubClient {
    * across reconnects. Returns dispose. */
   subscribe(channel: string, handlers?: StreamHandlers & Omit<WorkflowHandlers, 'onComplete'>): () => void;
   /** Start a workflow run (`create_workflow`); it is resumed across reconnects until it ends. */
-  workflow(request: WorkflowRequest, handlers?: WorkflowHandlers): WorkflowStream;
+  workflow(request: WorkflowRequest, handlers?: WorkflowHandlers): WorkflowRunStream;
   /** Watch a workflow run (`subscribe_workflow`): the handlers get its history (or a
    * `workflow_snapshot` and what it adds), then the live messages, across reconnects.
    * Returns dispose. */
@@ -309,3 +309,93 @@ export declare function backoffDelay(
 ): number;
 
 export type { ChatMessage };
+
+// The seeds' names (./seeds.js): thin names over the client.
+
+/** What `new CircuitBreakerStream(config)` takes (the seed's StreamConfig). */
+export interface StreamConfig {
+  /** The hub's WebSocket URL (`ws://host:port/ws/stream`); in a browser, relative to the page. */
+  wsUrl?: string | URL;
+  /** Each piece of answer text of the completions made with `createCompletion`. */
+  onContent?(content: string): void;
+  /** Forwarded from every WorkflowStream's `onAgentProgress` (unless the stream's is replaced). */
+  onAgentProgress?(agentId: string, progress: AgentProgressInfo): void;
+  /** Forwarded from every WorkflowStream's `onStateTransition` (unless the stream's is replaced). */
+  onStateTransition?(from: string, to: string, data: StateTransitionData): void;
+  /** As in ClientOptions. */
+  WebSocket?: ClientOptions['WebSocket'];
+  reconnect?: ReconnectOptions | false;
+  onReconnect?(info: ReconnectInfo): void;
+  onStatus?(status: ClientStatus): void;
+  batch?: boolean;
+}
+
+/** The seed's AgentProgress: one `agent_progress`. */
+export interface AgentProgressInfo {
+  /** 0..1, the hub's estimate. */
+  progress: number;
+  /** New answer text of the agent (after a resume: only what was missing). */
+  content: string;
+  /** New reasoning text. */
+  reasoning: string;
+}
+
+/** The data of a state transition (one `workflow_transition`). */
+export interface StateTransitionData {
+  from: string;
+  to: string;
+  transitionId: string;
+  tokenId: string;
+  /** The token's data after the transition (`input`, `results`). */
+  tokenData: WorkflowData;
+}
+
+/** What `createCompletion` resolves to. */
+export interface StreamResponse {
+  completionId: string;
+  /** The completion's usage (null when the provider reported none). */
+  usage: UsageInfo | null;
+  /** Everything the client accumulated (text, reasoning, tool calls...). */
+  result: CompletionResult;
+}
+
+/** How `createWorkflowStream` starts a run (without it, the run is only watched). */
+export interface WorkflowStart {
+  definitionName?: string;
+  definition?: Record<string, unknown>;
+  input?: Record<string, unknown>;
+}
+
+/** The seed's WorkflowStream: one workflow run watched through a CircuitBreakerStream. The SDK
+ * calls its hook properties; replace them to handle one run differently. */
+export declare class WorkflowStream implements WorkflowRunStream {
+  private constructor();
+  readonly workflowId: string;
+  readonly id: string;
+  readonly channel: string;
+  readonly result: Promise<WorkflowResult>;
+  onAgentProgress?: (agentId: string, progress: AgentProgressInfo) => void;
+  onStateTransition?: (from: string, to: string, data: StateTransitionData) => void;
+  onComplete?: (result: WorkflowResult) => void;
+  onError?: (error: HubError) => void;
+  /** `client.cancelWorkflow(this.workflowId)`. */
+  cancel(): Promise<void>;
+  /** Stop watching (the run goes on in the hub). */
+  close(): void;
+  [Symbol.asyncIterator](): AsyncIterator<WorkflowEvent>;
+}
+
+/** The seed's client: one connection (opened at once), completions as promises, workflow
+ * runs as streams. */
+export declare class CircuitBreakerStream {
+  constructor(config?: StreamConfig);
+  readonly config: StreamConfig;
+  /** The client underneath, for everything the seed's surface does not show. */
+  readonly client: HubClient;
+  /** Stream one completion; `config.onContent` gets its text. Rejects with a HubError. */
+  createCompletion(request: CompletionRequest): Promise<StreamResponse>;
+  /** Watch a workflow run (with `start`: start it first). */
+  createWorkflowStream(workflowId: string, start?: WorkflowStart): Promise<WorkflowStream>;
+  cancel(completionId: string): Promise<void>;
+  close(): void;
+}

@@ -25,6 +25,8 @@ import { ChannelState, ResumeError } from './channel.js';
 import { CHANNEL_PATTERN, CLOSE_CODES, HUB_CLOSE_CODE_RANGE } from './protocol.js';
 
 export * from './protocol.js';
+// The seeds' names (CircuitBreakerStream, its WorkflowStream) over this client: ./seeds.js.
+export { CircuitBreakerStream, WorkflowStream } from './seeds.js';
 
 /** Reconnect settings when `createClient` is given none. */
 export const DEFAULT_RECONNECT = Object.freeze({ baseDelayMs: 100, maxDelayMs: 5000, maxAttempts: Infinity });

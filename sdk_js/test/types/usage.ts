@@ -122,3 +122,26 @@ async function main(): Promise<void> {
 }
 
 void main();
+
+// The seeds' names (../shared/seeds/003, "Client Libraries and SDKs").
+import { CircuitBreakerStream, type StreamResponse, type WorkflowStream } from '../../src/index.js';
+
+async function seedUsage(): Promise<void> {
+  const stream = new CircuitBreakerStream({
+    wsUrl: 'ws://127.0.0.1:8765/ws/stream',
+    WebSocket,
+    onContent: (content: string) => console.log(content),
+    onAgentProgress: (agentId, progress) => console.log(agentId, progress.progress, progress.content),
+    onStateTransition: (from, to, data) => console.log(from, to, data.tokenData.results),
+  });
+  const response: StreamResponse = await stream.createCompletion({ model: 'openai/gpt-4o-mini', messages: [{ role: 'user', content: 'Hello!' }] });
+  const id: string = response.completionId;
+  console.log(id, response.usage?.totalTokens);
+  const run: WorkflowStream = await stream.createWorkflowStream('content-pipeline-123');
+  run.onComplete = (result) => console.log(result.place, result.results);
+  run.onError = (error) => console.log(error.code);
+  for await (const event of run) console.log(event.type);
+  await stream.createWorkflowStream('run-2', { definitionName: 'content_creation', input: { topic: 'tides' } });
+  stream.close();
+}
+void seedUsage;
