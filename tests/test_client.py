@@ -5,6 +5,7 @@ resume (replay and snapshot) at chosen and at random points of a paced completio
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -210,6 +211,32 @@ async def test_cancel_ends_the_stream_with_cancelled(client: HubClient) -> None:
     with pytest.raises(HubRequestError) as unknown:
         await client.cancel("no-such-completion")
     assert unknown.value.code == "unknown_completion"
+
+
+async def test_requests_carry_a_rid_and_a_cancel_is_answered_by_its_ack(client: HubClient) -> None:
+    """Every request that awaits an answer carries its own ``rid``; a cancel waits for the
+    ``ack`` (or ``error``) that echoes it, with no ``ping`` after it."""
+    sent: list[dict[str, Any]] = []
+    ws = client.websocket
+    send = ws.send
+
+    async def recording(frame: str) -> None:
+        sent.append(json.loads(frame))
+        await send(frame)
+
+    ws.send = recording
+    stream = client.completion(model=MODEL, messages=user("Hi [[mock tokens=500 tps=100 seed=2]]"))
+    await stream.start()
+    await client.cancel(stream.id)
+    with pytest.raises(HubStreamError):
+        await drain(stream)
+    with pytest.raises(HubRequestError) as unknown:
+        await client.cancel("no-such-completion")
+    assert unknown.value.code == "unknown_completion"
+    assert await client.ping() >= 0
+    assert [message["type"] for message in sent] == ["completion", "cancel", "cancel", "ping"]
+    rids = [message["rid"] for message in sent]
+    assert len(set(rids)) == len(rids) and all(1 <= len(rid) <= 64 for rid in rids)
 
 
 # Reconnect and resume.

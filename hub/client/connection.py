@@ -4,10 +4,13 @@ with reconnect, backoff and resume of every open stream.
 The client owns one WebSocket at a time (:class:`Connection`). One reader task decodes every
 hub message (``protocol.messages.HUB_DECODER``) and hands it to the stream it belongs to
 (:mod:`hub.client.streams`), whose channel state (:mod:`hub.client.state`) decides what to
-deliver. Answers that belong to no stream (``subscribed``, ``unsubscribed``, ``pong``, an
-``error`` without ``seq``) are matched to the request they answer by order: the hub handles a
-connection's messages one at a time and answers them in that order (docs/PROTOCOL.md
-"Transport").
+deliver. Answers that belong to no stream (``subscribed``, ``unsubscribed``, ``pong``,
+``ack``, an ``error`` without ``seq``) are matched to the request they answer by its request id:
+every request that awaits an answer carries a ``rid`` (``r1``, ``r2``... per connection), which
+the hub echoes on the reply it causes (docs/PROTOCOL.md). A ``cancel`` or ``cancel_workflow``
+with a ``rid`` is answered by an ``ack`` (or its ``error``), so no ``ping`` has to follow it. An
+answer without ``rid`` (a hub that does not echo it) goes to the oldest request, which is right
+too: the hub handles a connection's messages one at a time and answers them in order.
 
 Timeouts and backoff live here; nothing in :mod:`hub.client.state` knows about sockets.
 """
@@ -21,7 +24,6 @@ import logging
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Union
 
@@ -39,6 +41,7 @@ from protocol.messages import (
     HUB_DECODER,
     AgentCompleted,
     AgentProgress,
+    Ack,
     AgentStarted,
     ChatMessage,
     CircuitState,
@@ -62,10 +65,10 @@ log = logging.getLogger("cbhub.client")
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
 
 _OPTIONS = frozenset(Completion.__struct_fields__) - {"model", "messages", "id", "rid"}
-_ANSWERS = (Subscribed, Unsubscribed, Pong)
+_ANSWERS = (Subscribed, Unsubscribed, Pong, Ack)
 _AGENT_EVENTS = (AgentStarted, AgentProgress, FunctionExecuted, AgentCompleted)
 _CONNECT_ERRORS = (OSError, InvalidHandshake, TimeoutError, asyncio.TimeoutError)
-_PING = '{"type":"ping"}'
+_PING: dict[str, Any] = {"type": "ping"}
 
 
 def backoff_delay_s(attempt: int, base_ms: float, max_ms: float, rng: random.Random | None = None) -> float:
@@ -85,7 +88,7 @@ class _Lost(Exception):
     the next one)."""
 
 
-# Requests awaiting an answer, in the order sent.
+# Requests awaiting an answer, by request id.
 
 
 class _Entry:
@@ -102,9 +105,9 @@ class _Entry:
 
 
 class _Waiter(_Entry):
-    """Requests a caller awaits (``ping``; ``cancel`` followed by a ``ping``, since a
-    successful cancel has no answer of its own): resolves :attr:`future` with the final
-    answer, keeping an ``error`` that came before it in :attr:`error`, or with ``_Lost``."""
+    """A request a caller awaits (``ping``, answered by ``pong``; ``cancel`` and
+    ``cancel_workflow``, answered by ``ack``): resolves :attr:`future` with the answer, or with
+    ``_Lost``; an ``error`` answer is kept in :attr:`error`."""
 
     __slots__ = ("future", "error")
 
@@ -115,7 +118,6 @@ class _Waiter(_Entry):
     def feed(self, message: Any) -> bool:
         if isinstance(message, ErrorMessage):
             self.error = message.error
-            return False
         if not self.future.done():
             self.future.set_result(message)
         return True
@@ -146,7 +148,8 @@ class Connection:
     Attributes:
         ws: the ``websockets`` client connection.
         number: 1 for the client's first connection, then one more per reconnect.
-        pending: the requests awaiting answers, in the order sent.
+        pending: the requests awaiting answers, by the ``rid`` they were sent with, in the
+            order sent.
         hub_channels: the channels the hub has this connection subscribed to.
         received: the hub sent anything on it (it counts as a working connection).
         lost: it is closed; nothing more is sent on it.
@@ -156,7 +159,8 @@ class Connection:
     def __init__(self, ws: Any, number: int) -> None:
         self.ws = ws
         self.number = number
-        self.pending: deque[_Entry] = deque()
+        self.pending: dict[str, _Entry] = {}
+        self.rids = 0
         self.hub_channels: set[str] = set()
         self.lock = asyncio.Lock()
         self.received = False
@@ -165,32 +169,51 @@ class Connection:
         self.close_code = 1006
         self.close_reason = ""
 
-    async def send(self, messages: list[str], entries: list[_Entry]) -> None:
-        """Send ``messages`` in order, queueing ``entries`` for their answers.
+    async def send(self, requests: list[tuple[Mapping[str, Any], _Entry]]) -> None:
+        """Send each client message in order, with a new ``rid``, its entry awaiting the answer.
 
         Raises:
             _Lost: the connection is gone (the messages may or may not have left).
         """
         # Shielded: a caller cancelled halfway must not leave an entry whose message was
-        # never sent, which would pair every later answer with the wrong request.
-        await asyncio.shield(self._send(messages, entries))
+        # never sent.
+        await asyncio.shield(self._send(requests))
 
-    async def _send(self, messages: list[str], entries: list[_Entry]) -> None:
+    async def _send(self, requests: list[tuple[Mapping[str, Any], _Entry]]) -> None:
         async with self.lock:
             if self.lost:
                 raise _Lost
-            self.pending.extend(entries)
+            frames = []
+            for message, entry in requests:
+                self.rids += 1
+                rid = f"r{self.rids}"
+                self.pending[rid] = entry
+                frames.append(_encode({**message, "rid": rid}))
             try:
-                for message in messages:
-                    await self.ws.send(message)
+                for frame in frames:
+                    await self.ws.send(frame)
             except ConnectionClosed:
                 raise _Lost from None
+
+    def answer(self, message: Any) -> None:
+        """Give an answer (``subscribed``, ``unsubscribed``, ``pong``, ``ack`` or a non-stream
+        ``error``) to the request it answers: the one with its ``rid``, or without one, the
+        oldest."""
+        rid: str | None = getattr(message, "rid", None)
+        if rid is None:
+            rid = next(iter(self.pending), None)
+        entry = self.pending.get(rid) if rid is not None else None
+        if rid is None or entry is None:
+            log.debug("an answer no request awaits: %r", message)
+            return
+        if entry.feed(message):
+            del self.pending[rid]
 
     def fail_pending(self) -> None:
         """The connection closed: every request still awaiting an answer is lost."""
         self.lost = True
-        pending, self.pending = self.pending, deque()
-        for entry in pending:
+        pending, self.pending = self.pending, {}
+        for entry in pending.values():
             entry.lost()
 
 
@@ -345,7 +368,7 @@ class HubClient:
             raise InvalidArgumentError("messages must hold at least one message")
         request: dict[str, Any] = {"type": "completion", "id": id, "model": model, "messages": messages}
         request.update((key, value) for key, value in options.items() if value is not None)
-        return HubStream(self, state_for(f"completion:{id}", requested=True), id, _encode(request))
+        return HubStream(self, state_for(f"completion:{id}", requested=True), id, request)
 
     def subscribe(self, channel: str) -> HubStream[Any]:
         """Watch a channel (``completion:<id>``, ``system``) as a :class:`HubStream`: its events
@@ -395,7 +418,7 @@ class HubClient:
         else:
             request["definition"] = (dict(definition) if isinstance(definition, Mapping)
                                      else msgspec.to_builtins(definition))
-        return WorkflowStream(self, workflow_id, _encode(request))
+        return WorkflowStream(self, workflow_id, request)
 
     def subscribe_workflow(self, workflow_id: str) -> WorkflowStream:
         """Watch a workflow run as a :class:`WorkflowStream`: its events from ``seq`` 1 (or a
@@ -422,7 +445,7 @@ class HubClient:
                 not watch it).
             HubConnectionError: no connection, and none will come.
         """
-        answer = await self._request([_encode({"type": "cancel", "completionId": completion_id}), _PING])
+        answer = await self._request({"type": "cancel", "completionId": completion_id})
         if answer.error is not None:
             raise HubRequestError(answer.error)
 
@@ -436,7 +459,7 @@ class HubClient:
             HubRequestError: ``unknown_workflow``, or ``not_subscribed``.
             HubConnectionError: no connection, and none will come.
         """
-        answer = await self._request([_encode({"type": "cancel_workflow", "workflowId": workflow_id}), _PING])
+        answer = await self._request({"type": "cancel_workflow", "workflowId": workflow_id})
         if answer.error is not None:
             raise HubRequestError(answer.error)
 
@@ -447,17 +470,17 @@ class HubClient:
             HubConnectionError: no connection, and none will come.
         """
         started = time.perf_counter()
-        await self._request([_PING])
+        await self._request(_PING)
         return time.perf_counter() - started
 
-    async def _request(self, messages: list[str]) -> _Waiter:
-        """Send ``messages`` (the last one answered by a ``pong``, or ``subscribed``...) and
-        wait for the answer; sent again on the next connection when this one is lost first."""
+    async def _request(self, message: Mapping[str, Any]) -> _Waiter:
+        """Send ``message`` with a ``rid`` and wait for the answer that echoes it (``pong``,
+        ``ack`` or ``error``); sent again on the next connection when this one is lost first."""
         while True:
             conn = await self._connection()
             waiter = _Waiter()
             try:
-                await conn.send(messages, [waiter])
+                await conn.send([(message, waiter)])
             except _Lost:
                 continue
             if await waiter.future is not _Lost:
@@ -469,7 +492,7 @@ class HubClient:
         if conn is None or conn.lost or self._closing:
             return
         with contextlib.suppress(_Lost):
-            await conn.send([_encode({"type": "unsubscribe", "channels": [channel]})], [_Entry()])
+            await conn.send([({"type": "unsubscribe", "channels": [channel]}, _Entry())])
 
     # Streams.
 
@@ -504,26 +527,24 @@ class HubClient:
         if stream._done or stream._sent_on == conn.number:
             return
         stream._sent_on = conn.number
-        messages: list[str] = []
-        entries: list[_Entry] = []
+        requests: list[tuple[Mapping[str, Any], _Entry]] = []
         if stream.channel in conn.hub_channels:
             # Left subscribed on this connection by an earlier stream: the hub would replay
             # nothing to a second subscribe, so leave first.
-            messages.append(_encode({"type": "unsubscribe", "channels": [stream.channel]}))
-            entries.append(_Entry())
+            requests.append(({"type": "unsubscribe", "channels": [stream.channel]}, _Entry()))
         if stream._request is not None and not stream._acked:
             kind = "restart" if stream._sends else "start"
-            messages.append(stream._request)
+            request: Mapping[str, Any] = stream._request
         else:
             kind = "subscribe"
             subscribe: dict[str, Any] = {"type": "subscribe", "channels": [stream.channel]}
             cursor = stream._cursor()
             if cursor is not None:
                 subscribe["since"] = {stream.channel: cursor}
-            messages.append(_encode(subscribe))
-        entries.append(_StreamEntry(stream, kind, conn))
+            request = subscribe
+        requests.append((request, _StreamEntry(stream, kind, conn)))
         stream._mark_sent(time.perf_counter())
-        await conn.send(messages, entries)
+        await conn.send(requests)
 
     async def _ensure_sent_quietly(self, stream: HubStream[Any], conn: Connection) -> None:
         with contextlib.suppress(_Lost):
@@ -605,26 +626,22 @@ class HubClient:
         except (msgspec.ValidationError, msgspec.DecodeError):
             log.debug("ignoring a hub message of a type this client does not know: %.200r", frame)
             return
-        if isinstance(message, _ANSWERS) or (message.__class__ is ErrorMessage and message.seq is None):
-            if message.__class__ is Subscribed:
+        if isinstance(message, _ANSWERS) or (isinstance(message, ErrorMessage) and message.seq is None):
+            if isinstance(message, Subscribed):
                 conn.hub_channels.update(message.channels)
-            elif message.__class__ is Unsubscribed:
+            elif isinstance(message, Unsubscribed):
                 conn.hub_channels.difference_update(message.channels)
-            if not conn.pending:
-                log.debug("an answer no request awaits: %r", message)
-                return
-            if conn.pending[0].feed(message):
-                conn.pending.popleft()
+            conn.answer(message)
             return
         workflow_id = getattr(message, "workflow_id", None)
         completion_id = getattr(message, "completion_id", None)
         if workflow_id is not None:  # before completion_id: agent_started carries both
             stream = self._streams.get(f"workflow:{workflow_id}")
-            if stream is None and message.__class__ in _AGENT_EVENTS:
+            if stream is None and isinstance(message, _AGENT_EVENTS):
                 stream = self._streams.get(f"agent:{workflow_id}.{message.agent_id}")
         elif completion_id is not None:
             stream = self._streams.get(f"completion:{completion_id}")
-        elif message.__class__ is CircuitState:
+        elif isinstance(message, CircuitState):
             stream = self._streams.get("system")
         else:
             stream = None
@@ -692,7 +709,7 @@ class HubClient:
                 if not stream._done:
                     channels.append(stream.channel)
                     await self._ensure_sent(stream, conn)
-            await conn.send([_PING], [_Entry()])
+            await conn.send([(_PING, _Entry())])
         except _Lost:
             pass
         return channels

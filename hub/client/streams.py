@@ -54,13 +54,14 @@ class HubStream(Generic[R]):
             :class:`~hub.client.results.WorkflowResult` for a workflow's).
     """
 
-    def __init__(self, client: HubClient, state: ChannelState, ident: str | None, request: str | None) -> None:
+    def __init__(self, client: HubClient, state: ChannelState, ident: str | None,
+                 request: dict[str, Any] | None) -> None:
         self.channel = state.name
         self.id = ident
         self.result: R = cast(R, state.result)
         self._state = state
         self._client = client
-        self._request = request  # the starting message, sent until the hub acknowledges it
+        self._request = request  # the starting message (without rid), sent until the hub acknowledges it
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._acked = False
         self._ack_event = asyncio.Event()
@@ -267,7 +268,7 @@ class WorkflowStream(HubStream[WorkflowResult]):
         result: the :class:`~hub.client.results.WorkflowResult` so far.
     """
 
-    def __init__(self, client: HubClient, workflow_id: str, request: str | None) -> None:
+    def __init__(self, client: HubClient, workflow_id: str, request: dict[str, Any] | None) -> None:
         super().__init__(client, WorkflowState(f"workflow:{workflow_id}", workflow_id), workflow_id, request)
 
     def _error_of(self, error: ErrorInfo, usage: UsageInfo | None = None) -> HubStreamError:
