@@ -39,8 +39,8 @@ import websockets
 
 from hub.app import run_hub
 from hub.config import HubConfig
-from protocol.providers import PROVIDERS
 from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Subscribed, ThinkingStatus
+from protocol.providers import PROVIDERS
 
 __all__ = ["run_demo", "run_workflow_demo", "DEMO_MODELS"]
 

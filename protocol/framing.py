@@ -1,18 +1,18 @@
 """Incremental framing parsers for provider response bodies, fed arbitrary byte slices.
 
 Three framings, chosen by the endpoint that was called (never by ``Content-Type``: Gemini's
-array and Ollama Cloud's NDJSON are both served as ``application/json``, formats.md §10.10):
+array and Ollama Cloud's NDJSON are both served as ``application/json``, docs/PROVIDERS.md §10.10):
 
 - :class:`SSEDecoder`: ``text/event-stream`` per WHATWG HTML §9.2.6 "Interpreting an event
   stream" (OpenAI, OpenAI-compatible servers, Anthropic, Gemini with ``alt=sse``).
 - :class:`JSONArrayDecoder`: one JSON array flushed element by element (Gemini
-  ``streamGenerateContent`` without ``alt=sse``, formats.md §3.1).
-- :class:`NDJSONDecoder`: one JSON document per line (Ollama ``/api/chat``, formats.md §4.1).
+  ``streamGenerateContent`` without ``alt=sse``, docs/PROVIDERS.md §3.1).
+- :class:`NDJSONDecoder`: one JSON document per line (Ollama ``/api/chat``, docs/PROVIDERS.md §4.1).
 
 Each decoder is pure: ``feed(bytes) -> list`` any number of times, then ``close() -> list``
 once at end of body. None of them awaits, reads a clock or touches a socket.
 
-EOF policy (formats.md §10.9). The SSE spec discards an event that is still pending when the
+EOF policy (docs/PROVIDERS.md §10.9). The SSE spec discards an event that is still pending when the
 stream ends (§9.2.6: "the end of the stream is not enough to trigger the dispatch of the last
 event"). Several real recordings end without the final blank line, and one (Gemini
 prompt-blocked) ends right after its only event. The hub therefore *dispatches* a pending
@@ -56,7 +56,7 @@ class StrayLine(msgspec.Struct, frozen=True, gc=False):
     """A non-comment line whose field name is not one the SSE spec knows.
 
     Only produced with ``SSEDecoder(collect_stray=True)``. Gemini writes a mid-stream error
-    as pretty-printed JSON *without* ``data:`` (formats.md §3.4); a spec parser ignores those
+    as pretty-printed JSON *without* ``data:`` (docs/PROVIDERS.md §3.4); a spec parser ignores those
     lines, so the Gemini normalizer collects them to find the error.
     """
 
@@ -72,7 +72,7 @@ class SSEDecoder:
     become U+FFFD); comment lines (``:``); one leading space stripped from a value; multi-line
     ``data`` joined with ``\\n``; ``event``; ``id`` (ignored when it contains U+0000);
     ``retry`` (ASCII digits only); an event with an empty data buffer is not dispatched.
-    Lines are split on CR and LF bytes only, never on U+2028 and friends (formats.md §10.10).
+    Lines are split on CR and LF bytes only, never on U+2028 and friends (docs/PROVIDERS.md §10.10).
 
     Args:
         collect_stray: also return :class:`StrayLine` for lines with an unknown field name.
@@ -195,7 +195,7 @@ class SSEDecoder:
 
 
 class NDJSONDecoder:
-    """Incremental newline-delimited JSON splitter (Ollama ``/api/chat``, formats.md §4.1).
+    """Incremental newline-delimited JSON splitter (Ollama ``/api/chat``, docs/PROVIDERS.md §4.1).
 
     ``feed`` returns the complete, non-blank lines as ``bytes`` (without the line end; a CR
     before the LF is removed), so each normalizer decodes only the fields it needs. Bytes are
@@ -247,7 +247,7 @@ class JSONArrayDecoder:
     """Incremental reader of one top-level JSON array whose elements are objects or arrays.
 
     Gemini ``streamGenerateContent`` without ``alt=sse`` flushes one pretty-printed array
-    element at a time: ``[{…}\\n,\\r\\n{…}\\n]`` (formats.md §3.1, §9). ``feed`` returns each
+    element at a time: ``[{…}\\n,\\r\\n{…}\\n]`` (docs/PROVIDERS.md §3.1, §9). ``feed`` returns each
     element's raw bytes as soon as its closing brace arrives, so the caller decodes it with a
     schema of its own. Elements may span any number of reads.
 

@@ -1,9 +1,9 @@
 """Tests for protocol/framing.py: SSEDecoder, NDJSONDecoder, JSONArrayDecoder.
 
-SSE rules are those of WHATWG HTML §9.2.6 "Interpreting an event stream" (formats.md §5);
+SSE rules are those of WHATWG HTML §9.2.6 "Interpreting an event stream" (docs/PROVIDERS.md §5);
 where a web-platform-tests file (``eventsource/format-*.htm``) or an SDK regression test
 covers the same rule, it is named in the test's comment. The hub's EOF policy (a pending
-event is dispatched at ``close()`` with ``unterminated`` set, formats.md §10.9) replaces the
+event is dispatched at ``close()`` with ``unterminated`` set, docs/PROVIDERS.md §10.9) replaces the
 spec's "discard at EOF".
 """
 
@@ -87,7 +87,7 @@ def test_sse_each_line_end_alone_terminates_an_event():
 
 
 def test_sse_crlf_split_across_reads_is_one_line_end():
-    # formats.md §5 "CRLF split across network chunks" (openai-agents-python#4214, sseclient#11):
+    # docs/PROVIDERS.md §5 "CRLF split across network chunks" (openai-agents-python#4214, sseclient#11):
     # the LF after a CR that ended the previous read is not a second (blank) line.
     decoder = SSEDecoder()
     assert decoder.feed(b"data: a\r") == []
@@ -123,7 +123,7 @@ def test_sse_lone_cr_at_end_of_read_followed_by_non_lf():
 
 @pytest.mark.parametrize("text", ["😊", "é", "€", "a😊é€z"])
 def test_sse_multibyte_character_split_at_every_byte(text):
-    # OA-SDK test_multi_byte_character_multiple_chunks; formats.md §5 (eko #287 emitted U+FFFD).
+    # OA-SDK test_multi_byte_character_multiple_chunks; docs/PROVIDERS.md §5 (eko #287 emitted U+FFFD).
     body = f"data: {text}\n\n".encode()
     for pieces in two_way_splits(body):
         assert parse_sse(pieces) == ([SSEEvent(text)], False), pieces
@@ -140,7 +140,7 @@ def test_sse_invalid_utf8_becomes_replacement_character():
 
 
 def test_sse_unicode_line_separators_are_not_line_breaks():
-    # formats.md §5, §10.10; OA-SDK test_special_new_line_character ({"content":" \u2028"}).
+    # docs/PROVIDERS.md §5, §10.10; OA-SDK test_special_new_line_character ({"content":" \u2028"}).
     # str.splitlines() would also split on VT, FF, FS, GS, RS, NEL, LS and PS.
     text = '{"content":" \u2028"} a\u2029b\x85c\x0bd\x0ce\x1cf\x1dg\x1eh'
     events, _ = parse_sse(f"data: {text}\n\n".encode())
@@ -193,7 +193,7 @@ def test_sse_field_parsing_wpt():
 
 def test_sse_event_without_data_is_not_dispatched():
     # §9.2.6 dispatch: "If the data buffer is an empty string, set the data buffer and the
-    # event type buffer to the empty string and return." (formats.md §5: "event: ping" alone).
+    # event type buffer to the empty string and return." (docs/PROVIDERS.md §5: "event: ping" alone).
     events, _ = parse_sse(b"event: ping\n\ndata: x\n\n")
     assert events == [SSEEvent("x", "message")]  # "ping" must not leak into the next event
     events, _ = parse_sse(b"event: a\nid: 1\nretry: 5\n\n\n\n")
@@ -265,7 +265,7 @@ def test_sse_body_that_only_looks_like_a_bom_start():
 
 
 def test_sse_several_events_in_one_read():
-    # formats.md §5 (urllib3.future PR #344 dropped everything after the first blank line).
+    # docs/PROVIDERS.md §5 (urllib3.future PR #344 dropped everything after the first blank line).
     decoder = SSEDecoder()
     events = decoder.feed(b"data: 1\n\nevent: e\ndata: 2\n\n: c\n\ndata: 3\r\n\r\ndata: 4\r\rdata: 5")
     assert [(e.event, e.data) for e in events] == [("message", "1"), ("e", "2"), ("message", "3"), ("message", "4")]
@@ -423,7 +423,7 @@ def test_sse_openrouter_comments_ignored():
 
 @requires_shared
 def test_sse_gemini_mid_stream_error_in_stray_lines():
-    # formats.md §3.4: the error JSON is written without "data:"; the stray lines rebuild it.
+    # docs/PROVIDERS.md §3.4: the error JSON is written without "data:"; the stray lines rebuild it.
     items, unterminated = parse_sse(shared_fixture("gemini_sse_error_mid_stream.sse"), collect_stray=True)
     events = [item for item in items if isinstance(item, SSEEvent)]
     stray = [item.text for item in items if isinstance(item, StrayLine)]
@@ -725,7 +725,7 @@ def test_json_arrays_round_trip(elements, style, cuts):
         body = orjson.dumps(elements)
     elif style == "orjson-indent":
         body = orjson.dumps(elements, option=orjson.OPT_INDENT_2)
-    else:  # formats.md §3.1: "[{…}\n,\r\n{…}\n]"
+    else:  # docs/PROVIDERS.md §3.1: "[{…}\n,\r\n{…}\n]"
         body = b"[" + b"\n,\r\n".join(orjson.dumps(e, option=orjson.OPT_INDENT_2) for e in elements) + b"\n]"
     raw, complete = parse_array(_cut(body, cuts))
     assert complete

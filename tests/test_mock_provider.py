@@ -1,7 +1,7 @@
-"""Tests for tools/mock_provider.py: a real server on 127.0.0.1, real aiohttp clients.
+"""Tests for hub/testing/mock_provider.py: a real server on 127.0.0.1, real aiohttp clients.
 
 Bodies are parsed with the repo's own framing decoders (protocol/framing.py) and read by the
-small per-format readers below, which check the wire shapes of formats.md §1-§4. Where the
+small per-format readers below, which check the wire shapes of docs/PROVIDERS.md §1-§4. Where the
 provider normalizers (protocol/normalizers/) are importable, the same bodies also go through
 them and tests/support.py ``summarize``. Timing checks are lower bounds only.
 """
@@ -23,19 +23,19 @@ from typing import Any
 import aiohttp
 import pytest
 
-from protocol.framing import JSONArrayDecoder, NDJSONDecoder, SSEDecoder, SSEEvent, StrayLine
-from tests.support import summarize
-from tools.mock_provider import (
+from hub.testing.mock_provider import (
+    STAMP_PATTERN,
     TOOL_ARGUMENTS,
     Directive,
     DirectiveError,
-    STAMP_PATTERN,
     MockProvider,
     build_parser,
     expected_reasoning,
     expected_text,
     main,
 )
+from protocol.framing import JSONArrayDecoder, NDJSONDecoder, SSEDecoder, SSEEvent, StrayLine
+from tests.support import summarize
 
 # One request per wire format: (path, query, body for a user message text).
 FORMATS: dict[str, tuple[str, dict[str, str] | None, Any]] = {
@@ -158,7 +158,7 @@ def read_openai(body: bytes) -> dict[str, Any]:
     seen = _seen()
     arguments: list[str] = []
     for event in _sse(body):
-        assert event.event == "message"  # no event: field (formats.md §1.1)
+        assert event.event == "message"  # no event: field (docs/PROVIDERS.md §1.1)
         if event.data == "[DONE]":
             seen["terminal"] = True
             continue
@@ -188,7 +188,7 @@ def read_anthropic(body: bytes) -> dict[str, Any]:
     prompt = output = None
     for event in _sse(body):
         data = json.loads(event.data)
-        assert data["type"] == event.event  # formats.md §2.1
+        assert data["type"] == event.event  # docs/PROVIDERS.md §2.1
         if event.event == "message_start":
             prompt = data["message"]["usage"]["input_tokens"]
         elif event.event == "content_block_start" and data["content_block"]["type"] == "tool_use":
@@ -250,7 +250,7 @@ def read_gemini_sse(body: bytes) -> dict[str, Any]:
             stray.append(item.text)
         else:
             _read_gemini_chunk(seen, json.loads(item.data))
-    if stray:  # the unframed error object of formats.md §3.4
+    if stray:  # the unframed error object of docs/PROVIDERS.md §3.4
         _read_gemini_chunk(seen, json.loads("\n".join(stray)))
     return seen
 

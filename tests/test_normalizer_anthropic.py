@@ -190,7 +190,7 @@ def test_recording_matches_golden_across_splits(name: str) -> None:
 
 @requires_shared
 def test_recording_unclosed_tool_block_is_emitted_before_the_end() -> None:
-    # formats.md §2.6: no content_block_stop for index 1; the call is flushed at message_delta.
+    # docs/PROVIDERS.md §2.6: no content_block_stop for index 1; the call is flushed at message_delta.
     events = run(shared_fixture("anthropic_tool_use_max_tokens.sse"))
     kinds = [type(e) for e in events[-3:]]
     assert kinds == [ToolCall, ChoiceFinished, StreamEnd]
@@ -238,7 +238,7 @@ def test_transcript_matches_sidecar_across_splits(name: str) -> None:
 
 def test_transcript_every_prefix_is_truncated_until_message_stop() -> None:
     """EOF anywhere before the complete ``message_stop`` JSON is a truncated stream, never a
-    success, and never mistaken for garbage (formats.md §6.5, §10.4)."""
+    success, and never mistaken for garbage (docs/PROVIDERS.md §6.5, §10.4)."""
     body = (DATA / "anthropic_text.sse").read_bytes()
     stop_end = body.rindex(b"}") + 1  # end of the message_stop JSON
     for cut in range(len(body) + 1):

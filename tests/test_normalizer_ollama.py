@@ -1,6 +1,6 @@
 """Tests for protocol/normalizers/ollama.py: Ollama native ``/api/chat`` NDJSON.
 
-(a) The recorded Ollama bodies of ../shared/fixtures against EXPECTED.md (formats.md §8.4),
+(a) The recorded Ollama bodies of ../shared/fixtures against EXPECTED.md (docs/PROVIDERS.md §8.4),
 (b) our transcripts in tests/data against their sidecars, (c) targeted cases. Every body in
 (a) and (b) is also fed across ``splits`` and must give the very same events as when whole.
 """
@@ -131,7 +131,7 @@ def test_recording_non_streamed_tool_call():
         {"id": "call_mo1wm122", "name": "getWeather", "arguments": {"location": "San Francisco, CA"}, "valid": True}
     ]
     assert s["text"] == ""
-    # done_reason is "stop" on the wire; the hub reports tool_calls (formats.md §4.1, §10.6).
+    # done_reason is "stop" on the wire; the hub reports tool_calls (docs/PROVIDERS.md §4.1, §10.6).
     assert s["finish_reason"] == "tool_calls"
     assert events[-1].raw_finish_reason == "stop"
     assert s["usage"] == {"prompt_tokens": 145, "completion_tokens": 44, "total_tokens": 189, "reasoning_tokens": None}

@@ -1,7 +1,7 @@
 """Tests for protocol/normalizers/openai.py: OpenAI Chat Completions and compatible servers.
 
 Three groups: (a) the recorded streams of ../shared/fixtures against the golden values of
-EXPECTED.md (formats.md §8.1), (b) our transcripts in tests/data against their sidecars,
+EXPECTED.md (docs/PROVIDERS.md §8.1), (b) our transcripts in tests/data against their sidecars,
 (c) targeted cases (truncation, garbage, terminal rules, text decoding, tool-call assembly,
 in-band errors). Every body in (a) and (b) is also fed across ``splits`` and must give the
 very same events as when fed whole.
@@ -249,7 +249,7 @@ def test_recording_openrouter_error():
 
 @requires_shared
 def test_recording_llamacpp():
-    # Not in EXPECTED.md; values read off the recording (259 data events, formats.md §1.5).
+    # Not in EXPECTED.md; values read off the recording (259 data events, docs/PROVIDERS.md §1.5).
     body, _ = recorded("local_llamacpp_openai.sse")
     events = run_normalizer(lambda: OpenAIChatNormalizer(provider="llamacpp"), [body])
     s = summarize(events)
@@ -398,7 +398,7 @@ def test_blank_data_event_is_skipped():
 
 @pytest.mark.parametrize("encoded", [b'" \\u2028 \\u2029 \\u0085"', '" \u2028 \u2029 \u0085"'.encode()])
 def test_unicode_line_separators_in_content_preserved(encoded):
-    # formats.md §10.10 (OA-SDK test_special_new_line_character): raw or escaped, U+2028 is
+    # docs/PROVIDERS.md §10.10 (OA-SDK test_special_new_line_character): raw or escaped, U+2028 is
     # text, not a line end.
     body = b'data: {"choices":[{"index":0,"delta":{"content":' + encoded + b"}}]}\n\n" + sse("[DONE]")
     for pieces in splits(body):
@@ -487,7 +487,7 @@ def test_tool_calls_with_stop_report_tool_calls():
 
 
 def test_tool_calls_flushed_at_done_without_finish_reason():
-    # Ollama /v1 style: the complete call in one delta (formats.md §1.5), no finish chunk.
+    # Ollama /v1 style: the complete call in one delta (docs/PROVIDERS.md §1.5), no finish chunk.
     tool = {"index": 0, "id": "call_x", "type": "function", "function": {"name": "get", "arguments": '{"k":"v"}'}}
     events = run(sse(chunk({"role": "assistant", "content": "", "tool_calls": [tool]}), "[DONE]"))
     assert [type(e) for e in events] == [ToolCall, StreamEnd]
@@ -571,7 +571,7 @@ def test_in_band_error_mapping(error, code, status, retryable, provider_type, me
 
 @pytest.mark.parametrize("error", [None, {}, "", False, 0])
 def test_falsy_error_is_ignored(error):
-    # OA-SDK raises only for a truthy data["error"] (formats.md §1.1).
+    # OA-SDK raises only for a truthy data["error"] (docs/PROVIDERS.md §1.1).
     events = run(sse(chunk({"content": "ok"}, error=error), chunk({}, "stop"), "[DONE]"))
     assert [type(e) for e in events] == [TextDelta, ChoiceFinished, StreamEnd]
 

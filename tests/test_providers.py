@@ -2,7 +2,7 @@
 protocol/errors.py ``redact``.
 
 Only ``resolve_model`` and ``build_request`` are exercised: each provider's URL, auth and
-version headers are checked against formats.md §1.1 (OpenAI), §2.1 (Anthropic), §3.1
+version headers are checked against docs/PROVIDERS.md §1.1 (OpenAI), §2.1 (Anthropic), §3.1
 (Gemini) and §4.1 (Ollama).
 """
 
@@ -103,7 +103,7 @@ def test_build_request_of_unknown_model_is_model_not_found() -> None:
     assert "mystery-model" in info.value.message
 
 
-# OpenAI (formats.md §1.1).
+# OpenAI (docs/PROVIDERS.md §1.1).
 
 
 def test_openai_request() -> None:
@@ -155,7 +155,7 @@ def test_openai_custom_base_url_without_key() -> None:
     assert "Authorization" not in request.headers
 
 
-# Anthropic (formats.md §2.1).
+# Anthropic (docs/PROVIDERS.md §2.1).
 
 
 def test_anthropic_request_headers_and_url() -> None:
@@ -267,7 +267,7 @@ def test_anthropic_explicit_thinking_fits_under_default_max_tokens() -> None:
     assert body["max_tokens"] > 4096
 
 
-# Gemini (formats.md §3.1).
+# Gemini (docs/PROVIDERS.md §3.1).
 
 
 def test_gemini_request() -> None:
@@ -321,7 +321,7 @@ def test_gemini_custom_base_url_without_key() -> None:
     assert "x-goog-api-key" not in request.headers
 
 
-# Ollama (formats.md §4.1).
+# Ollama (docs/PROVIDERS.md §4.1).
 
 
 def test_ollama_request() -> None:

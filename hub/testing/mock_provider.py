@@ -1,7 +1,7 @@
 """A mock LLM provider that speaks the four wire formats the hub reads, on one port.
 
 Tests, the demo and benchmarks point the hub at this server instead of a real provider. Every
-byte is written here, following /work/shared/formats.md (§1 OpenAI, §2 Anthropic, §3 Gemini,
+byte is written here, following docs/PROVIDERS.md (§1 OpenAI, §2 Anthropic, §3 Gemini,
 §4 Ollama, §6 error bodies, §9 byte excerpts).
 
 Endpoints
@@ -86,7 +86,7 @@ optional (defaults from the server's options):
                       fragments (``stop_reason`` ``tool_use``); Gemini a ``functionCall`` part;
                       Ollama ``message.tool_calls``. Tool call ids are derived from ``seed``.
 ``status=CODE``       answer HTTP CODE (400-599) at once with the provider's error body
-                      (formats.md §6). With ``replay``, the file is the body instead.
+                      (docs/PROVIDERS.md §6). With ``replay``, the file is the body instead.
 ``retry_after=S``     with ``status``: add a ``retry-after: S`` header (seconds).
 ``retry_after_ms=X``  with ``status``: add a ``retry-after-ms: X`` header (milliseconds, as
                       OpenAI's and Anthropic's APIs send).
@@ -189,7 +189,7 @@ __all__ = [
 ]
 
 # Generated text. A few words carry what a hub must pass through untouched: multi-byte UTF-8,
-# characters JSON escapes, and U+2028, which str.splitlines() would split (formats.md §10.10).
+# characters JSON escapes, and U+2028, which str.splitlines() would split (docs/PROVIDERS.md §10.10).
 WORDS: tuple[str, ...] = (
     "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "stream", "token",
     "hub", "circuit", "breaker", "river", "signal", "packet", "window", "buffer", "latency",
@@ -506,7 +506,7 @@ class _Format:
 
     @classmethod
     def error_body(cls, status: int, message: str) -> bytes:
-        """The provider's HTTP error body for ``status`` (formats.md §6)."""
+        """The provider's HTTP error body for ``status`` (docs/PROVIDERS.md §6)."""
         raise NotImplementedError
 
     def _error_message(self) -> str:
@@ -514,7 +514,7 @@ class _Format:
 
 
 class _OpenAI(_Format):
-    """OpenAI Chat Completions (formats.md §1)."""
+    """OpenAI Chat Completions (docs/PROVIDERS.md §1)."""
 
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
@@ -582,7 +582,7 @@ class _OpenAI(_Format):
 
     def error(self) -> bytes:
         # OpenRouter's recorded shape: an error object next to normal chunk fields, then
-        # [DONE] (formats.md §1.5). An integer code gives the hub an HTTP-like status.
+        # [DONE] (docs/PROVIDERS.md §1.5). An integer code gives the hub an HTTP-like status.
         error = {"message": self._error_message(), "type": "server_error", "param": None, "code": 500}
         return self._chunk([], error=error) + b"data: [DONE]\n\n"
 
@@ -635,7 +635,7 @@ class _OpenAI(_Format):
 
 
 class _Anthropic(_Format):
-    """Anthropic Messages (formats.md §2)."""
+    """Anthropic Messages (docs/PROVIDERS.md §2)."""
 
     roots = ("system", "messages")
     stream_type = "text/event-stream; charset=utf-8"
@@ -724,7 +724,7 @@ class _Anthropic(_Format):
         )
 
     def error(self) -> bytes:
-        # formats.md §2.7: the stream then ends, with no message_stop.
+        # docs/PROVIDERS.md §2.7: the stream then ends, with no message_stop.
         return self._event({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
 
     def complete(self) -> bytes:
@@ -782,7 +782,7 @@ class _Anthropic(_Format):
 
 
 class _Gemini(_Format):
-    """Gemini ``streamGenerateContent`` / ``generateContent`` (formats.md §3)."""
+    """Gemini ``streamGenerateContent`` / ``generateContent`` (docs/PROVIDERS.md §3)."""
 
     roots = ("systemInstruction", "contents")
     json_type = "application/json; charset=UTF-8"
@@ -791,7 +791,7 @@ class _Gemini(_Format):
     def __init__(self, ctx: _Context) -> None:
         super().__init__(ctx)
         if not ctx.sse:
-            self.content_type = self.json_type  # the JSON array (formats.md §3.1)
+            self.content_type = self.json_type  # the JSON array (docs/PROVIDERS.md §3.1)
         self.response_id = uuid.uuid4().hex[:23]
         self.elements = 0  # array elements written (JSON array framing)
         self.signature_pending = False
@@ -819,7 +819,7 @@ class _Gemini(_Format):
 
     def _element(self, obj: dict[str, Any]) -> bytes:
         """Frame one response: an SSE event (CRLF, Gemini's ``", "`` spacing) or the next
-        pretty-printed array element (formats.md §9)."""
+        pretty-printed array element (docs/PROVIDERS.md §9)."""
         if self.ctx.sse:
             text = json.dumps(obj, ensure_ascii=False, separators=(",", ": "))
             return b"data: " + text.encode() + b"\r\n\r\n"
@@ -858,8 +858,8 @@ class _Gemini(_Format):
     def error(self) -> bytes:
         error = self.error_body(503, "The model is overloaded. Please try again later.")
         if self.ctx.sse:
-            return error + b"\n"  # unframed, no "data:" (formats.md §3.4)
-        return self._array_prefix() + error + b"\n]"  # an array element (formats.md §7)
+            return error + b"\n"  # unframed, no "data:" (docs/PROVIDERS.md §3.4)
+        return self._array_prefix() + error + b"\n]"  # an array element (docs/PROVIDERS.md §7)
 
     def complete(self) -> bytes:
         d = self.ctx.directive
@@ -900,7 +900,7 @@ def _rfc3339_ns(ns: int) -> str:
 
 
 class _Ollama(_Format):
-    """Ollama ``/api/chat`` (formats.md §4.1)."""
+    """Ollama ``/api/chat`` (docs/PROVIDERS.md §4.1)."""
 
     stream_type = "application/x-ndjson"
     json_type = "application/json; charset=utf-8"
@@ -921,7 +921,7 @@ class _Ollama(_Format):
         first = self.first_token_ns or now
         obj = self._object(message, done=True)
         obj.update(
-            done_reason="stop",  # tool calls end with "stop" too (formats.md §4.1)
+            done_reason="stop",  # tool calls end with "stop" too (docs/PROVIDERS.md §4.1)
             total_duration=now - self.ctx.started_ns,
             prompt_eval_count=self.ctx.prompt_tokens,
             prompt_eval_duration=first - self.ctx.started_ns,
@@ -1253,7 +1253,7 @@ class MockProvider:
         return await self._generate(request, call, _Gemini, lambda body: options)
 
     async def _ollama(self, request: web.Request, call: _Call) -> web.StreamResponse:
-        # Streaming is Ollama's default (formats.md §4.1).
+        # Streaming is Ollama's default (docs/PROVIDERS.md §4.1).
         return await self._generate(request, call, _Ollama, lambda body: {"stream": body.get("stream") is not False})
 
     async def _generate(

@@ -1,6 +1,6 @@
 """Anthropic Messages streaming (``POST /v1/messages``, ``"stream": true``) → unified events.
 
-Wire format (formats.md §2): SSE where every event has an ``event:`` line and a JSON ``data:``
+Wire format (docs/PROVIDERS.md §2): SSE where every event has an ``event:`` line and a JSON ``data:``
 whose ``type`` repeats the name. Real servers pad the JSON with spaces (§2.1), so every event
 is parsed with msgspec, never sliced. The flow (§2.2)::
 
@@ -12,7 +12,7 @@ is parsed with msgspec, never sliced. The flow (§2.2)::
     message_stop                               the terminal marker → StreamEnd
 
 ``ping`` and unknown event, block and delta types are ignored (AN-DOCS "Other events";
-formats.md §10.8). ``event: error`` ends the stream with :class:`StreamFailed` (§2.7).
+docs/PROVIDERS.md §10.8). ``event: error`` ends the stream with :class:`StreamFailed` (§2.7).
 
 Policies (documented here because the wire format leaves them open):
 
@@ -84,7 +84,7 @@ FINISH_REASON_MAP = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
-"""``stop_reason`` (AN-SDK ``stop_reason.py``, formats.md §2.5) → hub finish reason."""
+"""``stop_reason`` (AN-SDK ``stop_reason.py``, docs/PROVIDERS.md §2.5) → hub finish reason."""
 
 ERROR_STATUS = {
     "invalid_request_error": 400,
@@ -99,7 +99,7 @@ ERROR_STATUS = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-"""``error.type`` → the HTTP status it has outside a stream (AN-ERR, formats.md §2.7, §6.2)."""
+"""``error.type`` → the HTTP status it has outside a stream (AN-ERR, docs/PROVIDERS.md §2.7, §6.2)."""
 
 _KNOWN_EVENTS = frozenset(
     {
@@ -313,7 +313,7 @@ class AnthropicNormalizer(Normalizer):
         elif kind == "citations_delta":
             if delta.citation is not None:
                 out.append(Citation(delta.citation))
-        # Unknown delta types: ignored (formats.md §10.8).
+        # Unknown delta types: ignored (docs/PROVIDERS.md §10.8).
 
     def _on_block_start(self, index: int, block: _Block, out: list[StreamEvent]) -> None:
         kind = block.type
@@ -351,7 +351,7 @@ class AnthropicNormalizer(Normalizer):
         )
 
     def _close_open_blocks(self, out: list[StreamEvent]) -> None:
-        """Close blocks that never got their ``content_block_stop`` (formats.md §2.6)."""
+        """Close blocks that never got their ``content_block_stop`` (docs/PROVIDERS.md §2.6)."""
         if self._blocks:
             for index in sorted(self._blocks):
                 self._close_block(index, self._blocks[index], out)

@@ -15,7 +15,7 @@ Rules every normalizer keeps:
   unparseable body). After it, ``feed`` and ``close`` return ``[]``.
 - ``close()`` without a terminal marker yields ``StreamFailed(code="stream_truncated")``
   carrying the usage reported so far: a body cut short is an error, never a success
-  (formats.md §6.5, §10.4). Gemini SSE, which has no marker, is the one exception (its
+  (docs/PROVIDERS.md §6.5, §10.4). Gemini SSE, which has no marker, is the one exception (its
   module docstring).
 - No empty text deltas; reasoning signatures and redacted blocks are kept.
 - Tool calls are emitted once, complete; ids are synthesized (``call_<n>``) when missing.
@@ -23,7 +23,7 @@ Rules every normalizer keeps:
   cannot accept) becomes ``StreamFailed(code="invalid_upstream_response")``, never an
   exception. The events completed before the bad item, in the same read, are kept, so the
   output never depends on where the body was split into reads.
-- End of body (formats.md §10.9): the framing layer hands over an item left pending at EOF
+- End of body (docs/PROVIDERS.md §10.9): the framing layer hands over an item left pending at EOF
   (an SSE event without its blank line, an NDJSON line without its line end). If it does not
   parse, it is a *cut* when its text is not well-formed JSON at all (``{"a``, ``[``, a cut
   ``[DONE``), reported as ``stream_truncated``; and *garbage* when it is well-formed JSON of
@@ -205,7 +205,7 @@ def parse_tool_arguments(raw: str | Any) -> tuple[Any, str, bool]:
 
     Returns:
         ``(arguments, arguments_raw, valid)``: the parsed value (``{}`` for an empty string,
-        as a no-argument Anthropic tool sends only ``""``, formats.md §2.4), or the raw string
+        as a no-argument Anthropic tool sends only ``""``, docs/PROVIDERS.md §2.4), or the raw string
         when it is not valid JSON (or nests too deeply to decode); the raw JSON text; whether
         it parsed.
     """

@@ -1,6 +1,6 @@
 """Google Gemini ``streamGenerateContent`` → unified events.
 
-Two framings of the same chunks (formats.md §3.1), chosen by the URL that was called:
+Two framings of the same chunks (docs/PROVIDERS.md §3.1), chosen by the URL that was called:
 
 - ``framing="sse"`` (``?alt=sse``, what the google-genai SDK sends): ``data: <JSON>`` events,
   CRLF line ends, no terminal sentinel. A mid-stream error is written *unframed*, as
@@ -103,7 +103,7 @@ _CONTENT_FILTER_REASONS = frozenset(
 
 
 def map_finish_reason(raw: str, tool_last: bool = False) -> str:
-    """Map a Gemini ``finishReason`` to the hub vocabulary (module docstring, formats.md §3.3).
+    """Map a Gemini ``finishReason`` to the hub vocabulary (module docstring, docs/PROVIDERS.md §3.3).
 
     Args:
         raw: the provider's ``finishReason`` string.
@@ -267,7 +267,7 @@ class GeminiNormalizer(Normalizer):
     # Unframed JSON.
 
     def _on_stray(self, line: str, out: list[StreamEvent]) -> bool:
-        """Collect unframed JSON lines until their braces balance (formats.md §3.4).
+        """Collect unframed JSON lines until their braces balance (docs/PROVIDERS.md §3.4).
 
         A JSON string cannot span lines (a raw line break is invalid inside one), so only the
         brace depth carries from one line to the next. Returns True once a terminal event was

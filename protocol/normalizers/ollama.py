@@ -1,6 +1,6 @@
 """Ollama native ``POST /api/chat`` (NDJSON) → unified events.
 
-Wire format (formats.md §4.1; OL ``api/types.go`` ``ChatResponse``): one JSON object per line::
+Wire format (docs/PROVIDERS.md §4.1; OL ``api/types.go`` ``ChatResponse``): one JSON object per line::
 
     {"model", "created_at", "message": {"role", "content", "thinking"?, "tool_calls"?},
      "done": false}
@@ -8,11 +8,11 @@ Wire format (formats.md §4.1; OL ``api/types.go`` ``ChatResponse``): one JSON o
     {"model", ..., "message": {"content": ""}, "done": true, "done_reason": "stop",
      "prompt_eval_count": 16, "eval_count": 22, "total_duration": <ns>, ...}
 
-or, for an error before or during output, a line ``{"error": "<message>"}`` (formats.md §4.1,
+or, for an error before or during output, a line ``{"error": "<message>"}`` (docs/PROVIDERS.md §4.1,
 §6.4). A non-streamed response (``"stream": false``) is one such object with ``done: true``
 and is handled as a one-line stream; so is an HTTP error body.
 
-Event mapping (formats.md §7):
+Event mapping (docs/PROVIDERS.md §7):
 
 =============================  ===========================================================
 line field                     unified event
@@ -57,11 +57,11 @@ __all__ = ["OllamaChatNormalizer"]
 
 class _Function(msgspec.Struct, gc=False):
     name: str | None = None
-    arguments: Any = None  # a JSON object on the wire (formats.md §4.1); any value accepted
+    arguments: Any = None  # a JSON object on the wire (docs/PROVIDERS.md §4.1); any value accepted
 
 
 class _ToolCall(msgspec.Struct, gc=False):
-    id: str | None = None  # present in current servers, absent in older ones (formats.md §4.1)
+    id: str | None = None  # present in current servers, absent in older ones (docs/PROVIDERS.md §4.1)
     function: _Function | None = None
 
 
@@ -83,7 +83,7 @@ class _Line(msgspec.Struct, gc=False):
 
 _decoder = msgspec.json.Decoder(_Line)
 
-# formats.md §4.1: done_reason "stop", "length" (OL llm/server.go DoneReason.String), and
+# docs/PROVIDERS.md §4.1: done_reason "stop", "length" (OL llm/server.go DoneReason.String), and
 # "load"/"unload" for model load/unload requests (no output: a plain stop).
 _DONE_REASONS = {"stop": "stop", "length": "length", "load": "stop", "unload": "stop"}
 
@@ -95,7 +95,7 @@ class OllamaChatNormalizer(Normalizer):
         provider: the name used in events and messages (``ollama`` by default; e.g.
             ``ollama-cloud`` for https://ollama.com, which serves the same NDJSON).
 
-    Behaviour worth knowing (sources in formats.md):
+    Behaviour worth knowing (docs/PROVIDERS.md):
 
     - Terminal success is the ``done: true`` line (§4.1, §6.5); EOF before it is truncation
       (base contract), without usage (Ollama reports it only on the ``done`` line). The
@@ -200,7 +200,7 @@ class OllamaChatNormalizer(Normalizer):
 
 
 def _failed(error: Any) -> StreamFailed:
-    """``{"error": "<message>"}`` (formats.md §4.1, §6.4) → :class:`StreamFailed`."""
+    """``{"error": "<message>"}`` (docs/PROVIDERS.md §4.1, §6.4) → :class:`StreamFailed`."""
     if isinstance(error, dict):
         message = error.get("message")
     else:

@@ -1,6 +1,6 @@
 """OpenAI Chat Completions streaming (and OpenAI-compatible servers) → unified events.
 
-Wire format (formats.md §1): ``text/event-stream`` whose events are bare ``data: <chunk JSON>``
+Wire format (docs/PROVIDERS.md §1): ``text/event-stream`` whose events are bare ``data: <chunk JSON>``
 lines, ended by ``data: [DONE]``. Each chunk is a ``ChatCompletionChunk`` (§1.2)::
 
     {"id", "model", "choices": [{"index", "delta": {...}, "finish_reason"}], "usage"?, "error"?}
@@ -10,7 +10,7 @@ on the finish chunk), OpenRouter (``reasoning``, keep-alive comments, an ``error
 to normal fields), Ollama ``/v1`` and llama.cpp ``llama-server`` (``reasoning``, complete tool
 calls in one delta). Pass ``provider=`` so messages and errors name the real server.
 
-Event mapping (formats.md §7):
+Event mapping (docs/PROVIDERS.md §7):
 
 ==========================================  ===============================================
 chunk field                                 unified event
@@ -56,7 +56,7 @@ from protocol.normalizers.base import Normalizer, make_tool_call
 __all__ = ["OpenAIChatNormalizer", "map_finish_reason"]
 
 
-# Wire schema: only the fields the normalizer reads (formats.md §1.2, OA-SDK
+# Wire schema: only the fields the normalizer reads (docs/PROVIDERS.md §1.2, OA-SDK
 # chat_completion_chunk.py). Every field is optional: compatible servers omit many of them.
 
 
@@ -73,11 +73,11 @@ class _ToolCallDelta(msgspec.Struct, gc=False):
 
 class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
-    reasoning_content: str | None = None  # DeepSeek (formats.md §1.5)
-    reasoning: str | None = None  # OpenRouter, Ollama /v1, llama.cpp (formats.md §1.5)
+    reasoning_content: str | None = None  # DeepSeek (docs/PROVIDERS.md §1.5)
+    reasoning: str | None = None  # OpenRouter, Ollama /v1, llama.cpp (docs/PROVIDERS.md §1.5)
     refusal: str | None = None
     tool_calls: list[_ToolCallDelta] | None = None
-    function_call: _Function | None = None  # deprecated single-function form (formats.md §1.2)
+    function_call: _Function | None = None  # deprecated single-function form (docs/PROVIDERS.md §1.2)
 
 
 class _Choice(msgspec.Struct, gc=False):
@@ -107,14 +107,14 @@ class _Chunk(msgspec.Struct, gc=False):
     model: str | None = None
     choices: list[_Choice] | None = None
     usage: _Usage | None = None
-    # Any: OA-SDK's test is Python truthiness of data["error"] (formats.md §1.1), whatever
+    # Any: OA-SDK's test is Python truthiness of data["error"] (docs/PROVIDERS.md §1.1), whatever
     # its shape (an object from OpenAI/OpenRouter/Ollama /v1, sometimes a bare string).
     error: Any = None
 
 
 _decoder = msgspec.json.Decoder(_Chunk)
 
-# formats.md §1.2: finish_reason Literal of OA-SDK ``Choice``; ``function_call`` is the
+# docs/PROVIDERS.md §1.2: finish_reason Literal of OA-SDK ``Choice``; ``function_call`` is the
 # deprecated spelling of a tool call. ``error`` is not an OpenAI value; it is kept as is
 # because the hub vocabulary has it (protocol.events.FINISH_REASONS).
 _FINISH_REASONS = {
@@ -134,7 +134,7 @@ def map_finish_reason(raw: str | None, had_tool_calls: bool) -> str:
 
     Args:
         raw: the provider's value (``stop``, ``length``, ``tool_calls``, ``content_filter``,
-            ``function_call``; formats.md §1.2), or None when the provider gave none.
+            ``function_call``; docs/PROVIDERS.md §1.2), or None when the provider gave none.
         had_tool_calls: whether the choice produced at least one tool call.
 
     Returns:
@@ -149,7 +149,7 @@ def map_finish_reason(raw: str | None, had_tool_calls: bool) -> str:
 
 
 class _PendingCall:
-    """A tool call whose argument fragments are still arriving (formats.md §1.3 rule 3)."""
+    """A tool call whose argument fragments are still arriving (docs/PROVIDERS.md §1.3 rule 3)."""
 
     __slots__ = ("id", "name", "parts")
 
@@ -185,7 +185,7 @@ class OpenAIChatNormalizer(Normalizer):
         provider: the name used in events and messages: ``openai`` by default, or the name
             of an OpenAI-compatible server (``deepseek``, ``openrouter``, ``llamacpp``...).
 
-    Behaviour worth knowing (sources in formats.md):
+    Behaviour worth knowing (docs/PROVIDERS.md):
 
     - Tool calls are assembled per ``(choices[].index, tool_calls[].index)``; ``id`` and
       ``function.name`` come from the first fragment that carries them; argument fragments are
@@ -241,7 +241,7 @@ class OpenAIChatNormalizer(Normalizer):
     def _on_item(self, event: SSEEvent, out: list[StreamEvent]) -> bool:
         """Handle one SSE event's ``data``; return True once a terminal event was appended."""
         data = event.data
-        if data.startswith("[DONE]"):  # OA-SDK tests startswith (formats.md §1.1)
+        if data.startswith("[DONE]"):  # OA-SDK tests startswith (docs/PROVIDERS.md §1.1)
             self._end(out)
             return True
         if not data or data.isspace():
@@ -359,7 +359,7 @@ class OpenAIChatNormalizer(Normalizer):
         )
 
     def _failed(self, error: Any) -> StreamFailed:
-        """Build the :class:`StreamFailed` for a truthy top-level ``error`` (formats.md §1.1)."""
+        """Build the :class:`StreamFailed` for a truthy top-level ``error`` (docs/PROVIDERS.md §1.1)."""
         message: Any = None
         code: Any = None
         provider_type: Any = None
@@ -395,7 +395,7 @@ class OpenAIChatNormalizer(Normalizer):
 
 
 def _convert_usage(usage: _Usage) -> Usage:
-    """``CompletionUsage`` (formats.md §1.2) → :class:`Usage`."""
+    """``CompletionUsage`` (docs/PROVIDERS.md §1.2) → :class:`Usage`."""
     prompt = usage.prompt_tokens or 0
     completion = usage.completion_tokens or 0
     details = usage.completion_tokens_details

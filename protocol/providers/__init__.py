@@ -70,7 +70,9 @@ def build_request(request: Completion, settings_of: Callable[[ProviderSpec], Pro
     return PROVIDERS.build_request(request, settings_of)
 
 
-def model_catalogue(configured: Callable[[str], bool], registry: ProviderRegistry | None = None) -> list[dict[str, Any]]:
+def model_catalogue(
+    configured: Callable[[str], bool], registry: ProviderRegistry | None = None
+) -> list[dict[str, Any]]:
     """The ``data`` list of ``GET /v1/models`` (:meth:`ProviderRegistry.model_catalogue`).
 
     Args:

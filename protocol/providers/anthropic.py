@@ -45,7 +45,8 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if function is None:
             converted.append(tool)  # already Anthropic-shaped (or a server tool)
             continue
-        entry = {"name": function["name"], "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+        schema = function.get("parameters") or {"type": "object", "properties": {}}
+        entry = {"name": function["name"], "input_schema": schema}
         if function.get("description"):
             entry["description"] = function["description"]
         converted.append(entry)
@@ -74,7 +75,8 @@ def _messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
         elif message.role == "tool":
             # All results of one assistant turn go back in one user message (tool_result
             # blocks); consecutive tool messages are merged.
-            result = {"type": "tool_result", "tool_use_id": message.tool_call_id or "", "content": text_of(message.content)}
+            result = {"type": "tool_result", "tool_use_id": message.tool_call_id or "",
+                      "content": text_of(message.content)}
             previous = out[-1] if out else None
             if previous and previous["role"] == "user" and isinstance(previous["content"], list) \
                     and previous["content"] and previous["content"][-1].get("type") == "tool_result":

@@ -195,7 +195,8 @@ def tool_call_parts(call: dict[str, Any]) -> tuple[str, str, Any]:
     """
     function = call.get("function", {})
     arguments = function.get("arguments") or "{}"
-    return call.get("id", ""), function.get("name", ""), json.loads(arguments) if isinstance(arguments, str) else arguments
+    parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+    return call.get("id", ""), function.get("name", ""), parsed
 
 
 def effort_of(request: Completion) -> str | None:

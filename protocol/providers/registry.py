@@ -128,7 +128,9 @@ class ProviderRegistry(Mapping[str, ProviderSpec]):
 
     # Requests.
 
-    def build_request(self, request: Completion, settings_of: Callable[[ProviderSpec], ProviderSettings]) -> UpstreamRequest:
+    def build_request(
+        self, request: Completion, settings_of: Callable[[ProviderSpec], ProviderSettings]
+    ) -> UpstreamRequest:
         """The upstream request for a client ``completion``.
 
         Args:
@@ -145,7 +147,8 @@ class ProviderRegistry(Mapping[str, ProviderSpec]):
         spec, model = self.route(request.model)
         settings = settings_of(spec)
         if not spec.configured(settings):
-            raise ProviderError(f"{spec.name} is not configured: {spec.not_configured_hint()}", "provider_not_configured")
+            raise ProviderError(f"{spec.name} is not configured: {spec.not_configured_hint()}",
+                                "provider_not_configured")
         try:
             return spec.build(request, model, settings)
         except _TRANSLATION_ERRORS as exc:

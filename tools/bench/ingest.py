@@ -70,13 +70,13 @@ import orjson
 
 from hub.config import HubConfig
 from hub.providers import build_request
+from hub.testing.mock_provider import MockProvider, expected_text
 from protocol.events import StreamEnd, StreamFailed, TextDelta
 from protocol.framing import JSONArrayDecoder, NDJSONDecoder, SSEDecoder
 from protocol.messages import ChatMessage, Completion, ContentChunk, encode
 from protocol.normalizers.base import Normalizer
 from protocol.normalizers.gemini import GeminiNormalizer
 from tools.bench.report import Reporter
-from hub.testing.mock_provider import MockProvider, expected_text
 
 __all__ = [
     "FORMATS",

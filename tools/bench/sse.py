@@ -114,9 +114,9 @@ import orjson
 import psutil
 from rich.markup import escape
 
+from hub.testing.mock_provider import expected_text
 from tools.bench.procs import ServerProcess, start_hub, start_mock
 from tools.bench.report import Reporter, percentile
-from hub.testing.mock_provider import expected_text
 
 __all__ = ["add_arguments", "run", "LiteLLMProcess", "Target", "StreamResult", "stream_once"]
 
