@@ -14,8 +14,9 @@
 // - Answers that carry no channel (`subscribed`, `unsubscribed`, `pong`, an `error` without
 //   `completionId` or `workflowId`) are matched to the requests in the order they were sent:
 //   the hub handles a connection's messages one at a time and answers in order. A `cancel` or
-//   `cancel_workflow` has no answer when it works, so the client sends a `ping` after it: the
-//   `pong` closes it.
+//   `cancel_workflow` carries a request id (`rid`, docs/PROTOCOL.md): the hub answers it with
+//   an `ack` or an `error` that echo the rid, and the client matches that answer by it (answers
+//   without a rid go, in order, to the requests sent without one).
 // - Channel messages go through ChannelState (./channel.js), which drops replayed duplicates
 //   and turns a `snapshot` or `workflow_snapshot` into just what is missing, then to the
 //   channel's listeners.
@@ -95,6 +96,7 @@ export function createClient(options) {
 }
 
 let idCounter = 0;
+let ridCounter = 0;
 const idPrefix = randomHex(4);
 
 function randomHex(bytes) {
@@ -577,8 +579,9 @@ class HubClient {
   }
 
   #sendCancel(request) {
-    this.#send(request.message, null);
-    this.#send({ type: 'ping' }, { kind: 'cancel', request, error: null });
+    ridCounter += 1;
+    const rid = `js-${ridCounter}`;
+    this.#send({ ...request.message, rid }, { kind: 'cancel', request, rid });
   }
 
   // The socket.
@@ -698,10 +701,13 @@ class HubClient {
         this.#answer(message, (expected) => expected.kind === 'unsubscribe');
         return;
       case 'pong':
-        this.#answer(message, (expected) => expected.kind === 'cancel' || expected.kind === 'ping');
+        this.#answer(message, (expected) => expected.kind === 'ping');
+        return;
+      case 'ack':
+        this.#answer(message, (expected) => expected.kind === 'cancel');
         return;
       case 'error':
-        if (message.completionId == null && message.workflowId == null) {
+        if (message.rid != null || (message.completionId == null && message.workflowId == null)) {
           this.#answer(message, () => true);
           return;
         }
@@ -714,27 +720,25 @@ class HubClient {
     if (channel) this.#deliver(channel, message);
   }
 
-  /** Give an answer to the oldest request still waiting for one. */
+  /** Give an answer to the request with its `rid`, or without one, to the oldest request sent
+   * without a rid. */
   #answer(message, accepts) {
-    const expected = this.#expected[0];
+    const rid = message.rid ?? null;
+    const index = this.#expected.findIndex((expected) => (expected.rid ?? null) === rid);
+    const expected = this.#expected[index];
     if (!expected || !accepts(expected)) return; // not ours (should not happen)
+    this.#expected.splice(index, 1);
     switch (expected.kind) {
       case 'cancel':
-        if (message.type === 'error') {
-          expected.error = HubError.fromMessage(message);
-          return; // the pong still comes
-        }
-        this.#expected.shift();
-        if (expected.error) expected.request.reject(expected.error);
+        if (message.type === 'error') expected.request.reject(HubError.fromMessage(message));
         else expected.request.resolve();
         return;
       case 'start':
       case 'subscribe':
-        this.#expected.shift();
         if (message.type === 'error') this.#refused(expected, message);
         return;
       default:
-        this.#expected.shift();
+        break;
     }
   }
 

@@ -191,19 +191,20 @@ describe('listeners', () => {
 });
 
 describe('cancel', () => {
-  test('resolves on the pong that follows it; rejects with the error before the pong', async () => {
+  test('carries a rid; resolves on the ack that echoes it, rejects with the error that echoes it', async () => {
     const c = fakeClient();
     const socket = FakeSocket.last;
     socket.open();
     const ok = c.cancel('c1');
     const bad = c.cancel('nope');
+    const [first, second] = socket.sent;
     assert.deepEqual(socket.sent, [
-      { type: 'cancel', completionId: 'c1' },
-      { type: 'ping' },
-      { type: 'cancel', completionId: 'nope' },
-      { type: 'ping' },
+      { type: 'cancel', completionId: 'c1', rid: first.rid },
+      { type: 'cancel', completionId: 'nope', rid: second.rid },
     ]);
-    socket.receive({ type: 'pong' }, hubError('unknown_completion'), { type: 'pong' });
+    assert.ok(typeof first.rid === 'string' && first.rid.length <= 64 && first.rid !== second.rid);
+    // Answered out of order: the rid, not the order, says which request an answer is for.
+    socket.receive({ ...hubError('unknown_completion'), rid: second.rid }, { type: 'ack', rid: first.rid });
     await ok;
     await assert.rejects(bad, (e) => e.code === 'unknown_completion');
     c.close();
@@ -218,8 +219,8 @@ describe('cancel', () => {
     first.serverClose(1006);
     const cancelled = c.cancel('c9');
     const second = await nextSocket(first);
-    assert.deepEqual(second.sent.map((m) => m.type), ['subscribe', 'cancel', 'ping']);
-    second.receive(ack('completion:c9', 'E', 0, true), { type: 'pong' });
+    assert.deepEqual(second.sent.map((m) => m.type), ['subscribe', 'cancel']);
+    second.receive(ack('completion:c9', 'E', 0, true), { type: 'ack', rid: second.sent[1].rid });
     await cancelled;
     second.receive(hubError('cancelled', { completionId: 'c9', seq: 1 }));
     await assert.rejects(stream.result, (e) => e.code === 'cancelled' && e.completionId === 'c9');

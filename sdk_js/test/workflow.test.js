@@ -495,17 +495,18 @@ describe('workflow channels against a scripted hub', () => {
     c.close();
   });
 
-  test('cancelWorkflow: cancel_workflow then a ping; the pong resolves it, an error before it rejects it', async () => {
+  test('cancelWorkflow: cancel_workflow with a rid; the ack echoing it resolves it, the error echoing it rejects it', async () => {
     const c = fakeClient();
     const socket = FakeSocket.last;
     socket.open();
     const ok = c.cancelWorkflow('w1');
     const bad = c.cancelWorkflow('nope');
+    const [first, second] = socket.sent;
     assert.deepEqual(socket.sent, [
-      { type: 'cancel_workflow', workflowId: 'w1' }, { type: 'ping' },
-      { type: 'cancel_workflow', workflowId: 'nope' }, { type: 'ping' },
+      { type: 'cancel_workflow', workflowId: 'w1', rid: first.rid },
+      { type: 'cancel_workflow', workflowId: 'nope', rid: second.rid },
     ]);
-    socket.receive({ type: 'pong' }, { type: 'error', error: { code: 'unknown_workflow', message: 'no', retryable: false } }, { type: 'pong' });
+    socket.receive({ type: 'ack', rid: first.rid }, { type: 'error', error: { code: 'unknown_workflow', message: 'no', retryable: false }, rid: second.rid });
     await ok;
     await assert.rejects(bad, (e) => e.code === 'unknown_workflow');
     assert.throws(() => c.subscribeWorkflow('bad id'), TypeError);
