@@ -94,7 +94,7 @@ after(async () => {
 
 test('the page streams completions side by side, survives a dropped connection, and shows everything', { timeout: 90_000 }, async () => {
   const expected = python(
-    'import json, sys; from tools.mock_provider import expected_text, expected_reasoning; '
+    'import json, sys; from hub.testing.mock_provider import expected_text, expected_reasoning; '
       + 'n, r = int(sys.argv[1]), int(sys.argv[2]); '
       + 'print(json.dumps({s: [expected_text(n, int(s)), expected_reasoning(r, int(s))] for s in sys.argv[3:]}))',
     String(TOKENS), String(REASONING), ...SENDS.map(({ seed }) => String(seed)),
