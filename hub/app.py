@@ -96,7 +96,8 @@ class Hub:
             auto_decompress=True,
         )
         config = self.config
-        self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes, config.dead_letter_backups)
+        self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes,
+                                          config.dead_letter_backups)
         client = ProviderClient(self.session, config, self.dead_letters)
         self.completions = CompletionManager(config, self.multiplexer, client)
         self.workflows = WorkflowManager(config, self.multiplexer, self.completions)
@@ -216,6 +217,7 @@ async def serve_forever(config: HubConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with run_hub(config) as hub:
-        log.info("circuit-breaker-hub listening on %s (WebSocket %s/ws/stream)", hub.url, hub.url.replace("http", "ws", 1))
-        print(f"circuit-breaker-hub listening on {hub.url}  (WebSocket: {hub.url.replace('http', 'ws', 1)}/ws/stream)", flush=True)
+        ws_url = hub.url.replace("http", "ws", 1) + "/ws/stream"
+        log.info("circuit-breaker-hub listening on %s (WebSocket %s)", hub.url, ws_url)
+        print(f"circuit-breaker-hub listening on {hub.url}  (WebSocket: {ws_url})", flush=True)
         await stop.wait()

@@ -1,7 +1,8 @@
 """Completions: one upstream stream turned into numbered hub events on ``completion:<id>``.
 
-Lifecycle of a :class:`CompletionRun` (the rules live here, in the manner of h11's
-``_state.py``)::
+Lifecycle of a :class:`CompletionRun`: the states and the transition table are
+protocol/lifecycle.py's (``CompletionState``, ``CompletionEvent``); the run moves only
+through them::
 
     created ──start()──▶ streaming ──StreamEnd──▶ completed
                             │ ├──StreamFailed / ProviderError──▶ failed
@@ -28,9 +29,9 @@ from typing import Any
 
 import msgspec
 
-from hub.config import HubConfig
 from hub.broker import Broker, Subscriber
 from hub.channel import Channel, HistoryBounds
+from hub.config import HubConfig
 from hub.providers import ProviderClient, UpstreamRequest, build_request
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
@@ -47,10 +48,10 @@ from protocol.events import (
     ToolCall,
     Usage,
 )
+from protocol.lifecycle import CompletionEvent, CompletionState, Lifecycle
 from protocol.messages import (
     Attempt,
     CircuitState,
-    Snapshot,
     CitationMessage,
     Completed,
     Completion,
@@ -59,6 +60,7 @@ from protocol.messages import (
     ErrorInfo,
     ErrorMessage,
     RefusalChunk,
+    Snapshot,
     ThinkingStatus,
     ToolCallMessage,
     UsageInfo,
@@ -77,7 +79,8 @@ class CompletionRun:
     Attributes:
         id: the completion id.
         channel: its ``completion:<id>`` channel.
-        state: ``created``, ``streaming``, ``completed``, ``failed`` or ``cancelled``.
+        lifecycle: its :class:`~protocol.lifecycle.Lifecycle` (``state`` reads it).
+        finished: True once the terminal message was published.
         provider, model: what serves it (filled once the model is resolved).
         ttft_ms: time from the upstream request to the first output delta, in ms.
     """
@@ -87,7 +90,8 @@ class CompletionRun:
         self.id = completion_id
         self.request = request
         self.channel = channel
-        self.state = "created"
+        self.lifecycle = Lifecycle(CompletionState.CREATED)
+        self.finished = False
         self.provider = ""
         self.model = request.model
         self.ttft_ms: float | None = None
@@ -120,9 +124,14 @@ class CompletionRun:
         return self._task
 
     @property
-    def finished(self) -> bool:
-        """True once the terminal message was published."""
-        return self.state in ("completed", "failed", "cancelled")
+    def state(self) -> CompletionState:
+        """``created``, ``streaming``, ``completed``, ``failed`` or ``cancelled``."""
+        return self.lifecycle.state
+
+    def _move(self, event: CompletionEvent) -> None:
+        """Advance the lifecycle (raises IllegalTransition for a move the table lacks)."""
+        self.lifecycle.advance(event)
+        self.finished = self.lifecycle.finished
 
     # Lifecycle.
 
@@ -149,7 +158,7 @@ class CompletionRun:
         assert isinstance(first, UpstreamRequest)
         self.provider = first.provider
         self.model = first.model
-        self.state = "streaming"
+        self._move(CompletionEvent.START)
         self._task = asyncio.create_task(self._run(candidates), name=f"completion:{self.id}")
         self._task.add_done_callback(self._on_task_done)
 
@@ -166,7 +175,7 @@ class CompletionRun:
         # A task cancelled before its first step never enters _run, so its except clauses
         # never run: the terminal error is published here instead.
         if not self.finished:
-            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")
+            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), cancelled=True)
 
     def cancel(self, error: HubError | None = None) -> None:
         """Abort the upstream request now and publish an ``error`` (code ``cancelled``)."""
@@ -176,7 +185,7 @@ class CompletionRun:
         if self._task is not None:
             self._task.cancel()
         else:
-            self._fail(self._cancel_error, state="cancelled")
+            self._fail(self._cancel_error, cancelled=True)
 
     def control(self, command: str, argument: Any = None) -> None:
         """A control command from the broker: ``cancel`` (``argument``: the HubError to end
@@ -251,7 +260,7 @@ class CompletionRun:
                     await asyncio.sleep(retry_delay_s(failure, attempt, config))
             self._fail(error or HubError("no model could be tried", "internal_error"))
         except asyncio.CancelledError:
-            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), state="cancelled")
+            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), cancelled=True)
         except Exception as exc:  # a bug of ours must still end the stream for its clients
             log.exception("completion %s failed", self.id)
             self._fail(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
@@ -350,7 +359,7 @@ class CompletionRun:
                     self._publish(CitationMessage(self.id, 0, event.citation))
                 case StreamEnd():
                     self._end_reasoning()
-                    self.state = "completed"
+                    self._move(CompletionEvent.FINISH)
                     self._close_attempt(None)
                     self._publish(Completed(self.id, 0, event.finish_reason, self.provider, event.model or self.model,
                                             _usage_info(event.usage), self.ttft_ms, self._attempts))
@@ -364,13 +373,13 @@ class CompletionRun:
             self._reasoning_open = False
             self._publish(ThinkingStatus(self.id, 0, "done"))
 
-    def _fail(self, error: HubError, state: str = "failed", usage: Usage | None = None) -> None:
+    def _fail(self, error: HubError, cancelled: bool = False, usage: Usage | None = None) -> None:
         if self.finished:
             return
         self._emit(self._buffer.flush())  # what was received before the failure still goes out
-        if self.finished:
+        if self._ended():
             return
-        self.state = state
+        self._move(CompletionEvent.CANCEL if cancelled else CompletionEvent.FAIL)
         self._close_attempt(error)
         message = redact(error.message, self.manager.config.secrets())
         self._publish(ErrorMessage(
@@ -378,6 +387,10 @@ class CompletionRun:
             self._attempts,
         ))
         self.manager.finished(self)
+
+    def _ended(self) -> bool:
+        """:attr:`finished`, read anew (a call may have ended the run)."""
+        return self.finished
 
     def _close_attempt(self, error: HubError | None) -> None:
         """Record the attempt under way (if any) as ended, with ``error`` or as the one that served."""

@@ -33,10 +33,11 @@ from typing import Any
 import msgspec
 import yaml
 
-from hub.config import HubConfig
 from hub.broker import Broker
 from hub.channel import Channel, EncodedEvent
-from protocol.errors import HubError, ProtocolError
+from hub.config import HubConfig
+from protocol.errors import ErrorCode, HubError, ProtocolError
+from protocol.lifecycle import Lifecycle, WorkflowEvent, WorkflowState
 from protocol.messages import (
     AgentCompleted,
     AgentProgress,
@@ -71,7 +72,7 @@ class DefinitionError(ProtocolError):
     """An invalid workflow definition; the message names the offending key
     (``transitions[2].to: unknown place 'edtied'``). Code ``invalid_workflow``."""
 
-    default_code = "invalid_workflow"
+    default_code = ErrorCode.INVALID_WORKFLOW
 
 
 class Condition(msgspec.Struct, forbid_unknown_fields=True):
@@ -200,7 +201,8 @@ def named_definition(name: str, directory: pathlib.Path = DEFINITIONS_DIR) -> Wo
 FUNCTIONS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
 
 
-def register_function(name: str, description: str, parameters: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register_function(name: str, description: str,
+                      parameters: dict[str, Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: make a Python function callable by agents as the tool ``name``.
 
     The function gets the call's arguments as keyword arguments and returns a JSON value (it
@@ -269,9 +271,9 @@ def holds(condition: Condition | None, data: dict[str, Any]) -> bool:
         if op == "exists":
             return found is not None
         if op == "==":
-            return found == value
+            return bool(found == value)
         if op == "!=":
-            return found != value
+            return bool(found != value)
         if op == "contains":
             return found is not None and str(value) in (found if isinstance(found, str) else str(found))
         if op == "not_contains":
@@ -325,7 +327,7 @@ class _AgentListener:
         self.chars += len(content) + len(reasoning)
         budget = 4 * (self.agent.max_tokens or 512)
         progress = round(min(0.99, self.chars / budget), 3)
-        self.run.publish_agent(self.agent.id, lambda: AgentProgress(
+        self.run.publish_agent(self.agent.id, AgentProgress(
             self.run.id, 0, self.agent.id, progress, content, reasoning))
 
 
@@ -333,7 +335,8 @@ class WorkflowRun:
     """One run of a definition: its token, its channels, its task (see the module docstring).
 
     Attributes:
-        status: ``running``, ``completed``, ``failed`` or ``cancelled``.
+        lifecycle: its :class:`~protocol.lifecycle.Lifecycle` (protocol/lifecycle.py's table);
+            ``status`` reads it: ``running``, ``completed``, ``failed`` or ``cancelled``.
         place: where the token is.
         data: the token's data (``input``, ``results``).
     """
@@ -347,7 +350,7 @@ class WorkflowRun:
         self.token_id = f"{workflow_id}.token"
         self.place = definition.initial_place
         self.data: dict[str, Any] = {"input": run_input, "results": {}}
-        self.status = "running"
+        self.lifecycle = Lifecycle(WorkflowState.RUNNING)
         self.error: ErrorInfo | None = None
         self.usage: UsageInfo | None = None
         self.current_agent: str | None = None
@@ -360,7 +363,13 @@ class WorkflowRun:
 
     @property
     def finished(self) -> bool:
-        return self.status != "running"
+        """True once the run's terminal message was published."""
+        return self.lifecycle.finished
+
+    @property
+    def status(self) -> WorkflowState:
+        """``running``, ``completed``, ``failed`` or ``cancelled``."""
+        return self.lifecycle.state
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -368,11 +377,11 @@ class WorkflowRun:
 
     # Publishing.
 
-    def publish_agent(self, agent_id: str, build: Callable[[], Any]) -> None:
-        """Publish an agent event on ``workflow:<id>`` and on ``agent:<id>.<agentId>``:
-        ``build`` makes one message per channel (each channel numbers its own)."""
-        self.channel.publish(build())
-        self._agent_channel(agent_id).publish(build())
+    def publish_agent(self, agent_id: str, message: Any) -> None:
+        """Publish an agent event on ``workflow:<id>`` and a copy on ``agent:<id>.<agentId>``
+        (each channel numbers its own)."""
+        self.channel.publish(message)
+        self._agent_channel(agent_id).publish(msgspec.structs.replace(message, seq=0))
 
     def _agent_channel(self, agent_id: str) -> Channel:
         channel = self._agent_channels.get(agent_id)
@@ -414,7 +423,8 @@ class WorkflowRun:
         finals = self.definition.finals()
         try:
             while self.place not in finals:
-                enabled = [t for t in self.definition.transitions if t.from_ == self.place and holds(t.condition, self.data)]
+                enabled = [t for t in self.definition.transitions
+                           if t.from_ == self.place and holds(t.condition, self.data)]
                 if not enabled:
                     raise HubError(f"no transition can fire from place {self.place!r}", "workflow_stuck")
                 transition = enabled[0]
@@ -422,23 +432,27 @@ class WorkflowRun:
                     result = await self._run_agent(self.definition.agent(transition.agent))
                     self.data["results"][transition.agent] = result
                 from_place, self.place = self.place, transition.to
+                self.lifecycle.advance(WorkflowEvent.FIRE)
                 self.channel.publish(WorkflowTransition(self.id, 0, self.token_id, transition.id, from_place,
-                                                             self.place, self.data))
-            self.status = "completed"
+                                                        self.place, self.data))
+            self.lifecycle.advance(WorkflowEvent.COMPLETE)
             self.channel.publish(WorkflowCompleted(self.id, 0, self.place, self.data, self.usage))
         except asyncio.CancelledError:
-            self._end_with(self._cancel_error or HubError("the workflow was cancelled", "cancelled"), "cancelled")
+            self._end_with(self._cancel_error or HubError("the workflow was cancelled", "cancelled"),
+                           WorkflowEvent.CANCEL)
         except HubError as exc:
-            self._end_with(exc, "failed")
+            self._end_with(exc, WorkflowEvent.FAIL)
         except Exception as exc:  # a bug of ours still ends the run for its clients
             log.exception("workflow %s failed", self.id)
-            self._end_with(HubError(f"internal error: {type(exc).__name__}", "internal_error"), "failed")
+            self._end_with(HubError(f"internal error: {type(exc).__name__}", "internal_error"), WorkflowEvent.FAIL)
         finally:
             self.current_agent = None
             self.manager.finished(self)
 
-    def _end_with(self, error: HubError, status: str) -> None:
-        self.status = status
+    def _end_with(self, error: HubError, event: WorkflowEvent) -> None:
+        if not self.lifecycle.can(event):
+            return  # already ended (a failure while publishing the end): one terminal message only
+        self.lifecycle.advance(event)
         self.error = ErrorInfo(error.code, error.message, error.retryable, error.status)
         for run in self.completions:
             if not run.finished:
@@ -467,7 +481,7 @@ class WorkflowRun:
             listener = _AgentListener(self, agent)
             self.manager.broker.subscribe(listener, run.channel.name)
             if round_no == 0:
-                self.publish_agent(agent.id, lambda: AgentStarted(
+                self.publish_agent(agent.id, AgentStarted(
                     self.id, 0, agent.id, self.place, run.id, agent.model))
             run.start()
             try:
@@ -482,7 +496,7 @@ class WorkflowRun:
             agent_usage = _add_usage(agent_usage, end.usage)
             text = "".join(listener.text)
             if not listener.tool_calls or not tools:
-                self.publish_agent(agent.id, lambda: AgentCompleted(
+                self.publish_agent(agent.id, AgentCompleted(
                     self.id, 0, agent.id, text, agent_usage, end.provider, end.model))
                 return text
             # The model called tools: run them, then ask again with their results.
@@ -492,7 +506,7 @@ class WorkflowRun:
                 for call in listener.tool_calls]})
             for call in listener.tool_calls:
                 result, error = await self._execute(agent, call)
-                self.publish_agent(agent.id, lambda call=call, result=result, error=error: FunctionExecuted(
+                self.publish_agent(agent.id, FunctionExecuted(
                     self.id, 0, agent.id, call.id, call.tool, call.arguments, result, error))
                 content = msgspec.json.encode(result if error is None else {"error": error}).decode()
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})

@@ -28,7 +28,7 @@ from aiohttp import web
 from hub.appkeys import HUB_KEY
 from hub.outbox import Outbox, WriteScheduler
 from hub.session import Session
-from protocol.errors import HubError, ProtocolError
+from protocol.errors import HubError, ProtocolError, http_status_of
 from protocol.messages import ChatMessage, Completed, ErrorMessage
 from protocol.openai_compat import (
     ChatCompletionRequest,
@@ -38,6 +38,7 @@ from protocol.openai_compat import (
     decode_chat_request,
     error_body,
 )
+from protocol.providers import model_catalogue
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -45,25 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["SseOutbox", "chat_completions_handler", "chat_stream_get_handler", "models_handler"]
 
 _MESSAGES_DECODER = msgspec.json.Decoder(list[ChatMessage])
-
-_STATUS_BY_CODE = {
-    "invalid_json": 400,
-    "invalid_message": 400,
-    "unknown_type": 400,
-    "duplicate_id": 409,
-    "model_not_found": 404,
-    "provider_not_configured": 503,
-    "provider_unavailable": 503,
-    "too_many_completions": 429,
-    "hub_overloaded": 503,
-    "auth_failed": 502,
-    "rate_limited": 429,
-    "upstream_timeout": 504,
-    "upstream_unreachable": 502,
-    "cancelled": 499,
-    "shutting_down": 503,
-    "internal_error": 500,
-}
 
 _KEEPALIVE = b": keepalive\n\n"
 
@@ -124,8 +106,10 @@ class SseOutbox(Outbox):
 
 
 def _json_error(code: str, message: str, status: int | None) -> web.Response:
-    http_status = _STATUS_BY_CODE.get(code) or (status if status and 400 <= status < 600 else 502)
-    return web.Response(body=error_body(code, message, http_status), status=http_status, content_type="application/json")
+    """OpenAI's error body with the HTTP status of ``code`` (protocol.errors.http_status_of)."""
+    http_status = http_status_of(code, status)
+    return web.Response(body=error_body(code, message, http_status), status=http_status,
+                        content_type="application/json")
 
 
 def _is_terminal(message: Any, completion_id: str) -> bool:
@@ -178,9 +162,8 @@ async def _respond(hub: Hub, request: web.Request, chat: ChatCompletionRequest, 
         last = collected[-1]
         if isinstance(last, ErrorMessage):
             return _json_error(last.error.code, last.error.message, last.error.status)
-        return web.json_response(
-            completion_object(response_id, chat.model, created, collected), dumps=lambda o: msgspec.json.encode(o).decode()
-        )
+        body = completion_object(response_id, chat.model, created, collected)
+        return web.json_response(body, dumps=lambda o: msgspec.json.encode(o).decode())
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     encoder = ChunkEncoder(response_id, chat.model, created, include_usage=include_usage)
     response = web.StreamResponse(headers={
@@ -274,25 +257,12 @@ async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
     return await _serve(hub, request, chat, tag_events=True)
 
 
-_CATALOGUE = {
-    "openai": ("gpt-4o-mini", "gpt-4o", "o4-mini"),
-    "anthropic": ("claude-3-5-haiku-latest", "claude-sonnet-4-5"),
-    "google": ("gemini-2.5-flash", "gemini-2.5-pro"),
-    "ollama": ("llama3.2",),
-}
-
-
 async def models_handler(request: web.Request) -> web.Response:
-    """``GET /v1/models``: example model ids for every provider the hub can reach.
+    """``GET /v1/models``: example model ids for every provider the hub can reach, from the
+    provider registry (protocol.providers.model_catalogue).
 
     A provider is listed when it has a key or a custom base URL (Ollama always). The ids are
     examples: any of the provider's model names works with its ``provider/`` prefix.
     """
     hub: Hub = request.app[HUB_KEY]
-    data = [
-        {"id": f"{provider}/{name}", "object": "model", "created": 0, "owned_by": provider}
-        for provider, names in _CATALOGUE.items()
-        if hub.config.provider_configured(provider)
-        for name in names
-    ]
-    return web.json_response({"object": "list", "data": data})
+    return web.json_response({"object": "list", "data": model_catalogue(hub.config.provider_configured)})
