@@ -30,7 +30,7 @@ from hub.session import Principal
 from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.transports.websocket import websocket_handler
 from hub.workflows import WorkflowManager
-from protocol.errors import HubError
+from protocol.errors import ErrorCode, HubError
 
 __all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
 
@@ -83,11 +83,11 @@ class Hub:
         running = self.completions.running_count()
         if running >= config.max_completions:
             raise HubError(f"the hub runs {running} completions (max_completions); retry later",
-                           "too_many_completions", retryable=True)
+                           ErrorCode.TOO_MANY_COMPLETIONS, retryable=True)
         used = self.broker.history_bytes + sum(outbox.pending_bytes for outbox in self.connections)
         if used > config.memory_budget_bytes:
             raise HubError(f"the hub holds {used} bytes of stream data (memory_budget_bytes); retry later",
-                           "hub_overloaded", retryable=True)
+                           ErrorCode.HUB_OVERLOADED, retryable=True)
 
     async def startup(self, app: web.Application) -> None:
         """Open the one ClientSession every provider request shares."""

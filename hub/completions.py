@@ -35,7 +35,7 @@ from hub.config import HubConfig
 from hub.providers import ProviderClient, UpstreamRequest, build_request
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
-from protocol.errors import HubError, ProtocolError, ProviderError, redact
+from protocol.errors import ErrorCode, HubError, ProtocolError, ProviderError, redact
 from protocol.events import (
     Citation,
     ReasoningDelta,
@@ -147,7 +147,7 @@ class CompletionRun:
                 candidates.append((model, exc))
             except Exception as exc:  # a bug of ours: the completion fails, the connection lives
                 log.exception("building the upstream request of %s failed", self.id)
-                candidates.append((model, HubError(f"internal error: {type(exc).__name__}", "internal_error")))
+                candidates.append((model, HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR)))
         if not any(isinstance(target, UpstreamRequest) for _, target in candidates):
             error = candidates[0][1]
             assert isinstance(error, HubError)
@@ -175,13 +175,13 @@ class CompletionRun:
         # A task cancelled before its first step never enters _run, so its except clauses
         # never run: the terminal error is published here instead.
         if not self.finished:
-            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), cancelled=True)
+            self._fail(self._cancel_error or _cancelled(), cancelled=True)
 
     def cancel(self, error: HubError | None = None) -> None:
         """Abort the upstream request now and publish an ``error`` (code ``cancelled``)."""
         if self.finished:
             return
-        self._cancel_error = error or HubError("the completion was cancelled", "cancelled")
+        self._cancel_error = error or _cancelled()
         if self._task is not None:
             self._task.cancel()
         else:
@@ -215,7 +215,7 @@ class CompletionRun:
         self._grace = None
         if not self.channel.subscribers:
             self.cancel(HubError(
-                f"no subscriber for {self.manager.config.grace_period_s:g} s; cancelled upstream", "cancelled"
+                f"no subscriber for {self.manager.config.grace_period_s:g} s; cancelled upstream", ErrorCode.CANCELLED
             ))
 
     # The stream.
@@ -237,10 +237,10 @@ class CompletionRun:
                 breaker = manager.breakers.get(target.provider, target.endpoint)
                 for attempt in range(max(1, config.retry_max_attempts)):
                     if not breaker.allow(self._loop.time()):
-                        self._attempts.append(Attempt(target.provider, target.model, "provider_unavailable"))
+                        self._attempts.append(Attempt(target.provider, target.model, ErrorCode.PROVIDER_UNAVAILABLE))
                         error = HubError(
                             f"{target.provider} at {target.endpoint} is failing; its circuit breaker is open",
-                            "provider_unavailable", retryable=True, status=503)
+                            ErrorCode.PROVIDER_UNAVAILABLE, retryable=True, status=503)
                         break
                     self.provider, self.model = target.provider, target.model
                     self._current = (target.provider, target.model)
@@ -258,12 +258,12 @@ class CompletionRun:
                     if not failure.retryable or attempt + 1 >= config.retry_max_attempts:
                         break  # next candidate
                     await asyncio.sleep(retry_delay_s(failure, attempt, config))
-            self._fail(error or HubError("no model could be tried", "internal_error"))
+            self._fail(error or HubError("no model could be tried", ErrorCode.INTERNAL_ERROR))
         except asyncio.CancelledError:
-            self._fail(self._cancel_error or HubError("the completion was cancelled", "cancelled"), cancelled=True)
+            self._fail(self._cancel_error or _cancelled(), cancelled=True)
         except Exception as exc:  # a bug of ours must still end the stream for its clients
             log.exception("completion %s failed", self.id)
-            self._fail(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
+            self._fail(HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR))
         finally:
             self._disarm_timer()
 
@@ -302,12 +302,12 @@ class CompletionRun:
                         flush()  # write this read's events now rather than one loop iteration later
         except TimeoutError:
             failure = ProviderError(f"{upstream.provider} did not finish within {total_s:g} s",
-                                    "upstream_timeout", retryable=True)
+                                    ErrorCode.UPSTREAM_TIMEOUT, retryable=True)
         except ProviderError as exc:
             failure = exc
         else:
             if not self.finished:  # the normalizer always ends with a terminal event
-                self._fail(HubError("the provider stream ended without a terminal event", "internal_error"))
+                self._fail(HubError("the provider stream ended without a terminal event", ErrorCode.INTERNAL_ERROR))
             return None
         if self.channel.last_seq == 0:
             return failure
@@ -436,6 +436,11 @@ def retry_delay_s(failure: HubError, attempt: int, config: HubConfig) -> float:
     return backoff_delay_s(attempt, config.retry_base_delay_ms, config.retry_max_delay_ms)
 
 
+def _cancelled() -> HubError:
+    """The error a cancelled completion ends with when no other reason was given."""
+    return HubError("the completion was cancelled", ErrorCode.CANCELLED)
+
+
 def _provider_of(model: str) -> str:
     """The provider prefix of a model name (``openai/gpt-4o`` → ``openai``), or ""."""
     return model.partition("/")[0] if "/" in model else ""
@@ -445,13 +450,13 @@ def _may_fail_over(error: HubError) -> bool:
     """Whether another attempt (a retry or the next fallback) may serve the request after
     ``error``: yes for the provider's and the network's faults, no when the request itself
     was refused (400, 422, auth: every provider would refuse it, or the operator must act)."""
-    return error.retryable or error.code in ("model_not_found", "invalid_upstream_response",
-                                             "provider_not_configured", "provider_unavailable")
+    return error.retryable or error.code in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.INVALID_UPSTREAM_RESPONSE,
+                                             ErrorCode.PROVIDER_NOT_CONFIGURED, ErrorCode.PROVIDER_UNAVAILABLE)
 
 
 def _counts_against_provider(error: HubError) -> bool:
     """Whether ``error`` is a failure of the provider for its circuit breaker."""
-    return error.retryable or error.code == "invalid_upstream_response"
+    return error.retryable or error.code == ErrorCode.INVALID_UPSTREAM_RESPONSE
 
 
 def _usage_info(usage: Usage | None) -> UsageInfo | None:
@@ -508,10 +513,10 @@ class CompletionManager:
             HubError: ``shutting_down`` once :meth:`close` has begun.
         """
         if self.closing:
-            raise HubError("the hub is shutting down; reconnect and retry", "shutting_down", retryable=True)
+            raise HubError("the hub is shutting down; reconnect and retry", ErrorCode.SHUTTING_DOWN, retryable=True)
         completion_id = request.id or f"comp-{self._prefix}-{next(self._counter)}"
         if completion_id in self.runs:
-            raise ProtocolError(f"completion id {completion_id!r} is already in use", "duplicate_id")
+            raise ProtocolError(f"completion id {completion_id!r} is already in use", ErrorCode.DUPLICATE_ID)
         run: CompletionRun
         channel = self.open_channel(f"completion:{completion_id}", on_idle=lambda: run.on_idle(),
                                     on_subscribe=lambda: run.on_subscribe(), snapshot=lambda: run.snapshot(),
@@ -562,7 +567,7 @@ class CompletionManager:
         self.closing = True
         runs = list(self.runs.values())
         for run in runs:
-            run.cancel(HubError("the hub is shutting down", "shutting_down", retryable=True))
+            run.cancel(HubError("the hub is shutting down", ErrorCode.SHUTTING_DOWN, retryable=True))
         await asyncio.gather(*(run.wait() for run in runs))
         for handle in self._retirements.values():
             handle.cancel()

@@ -24,14 +24,13 @@ import logging
 from abc import ABC, abstractmethod
 
 from hub.channel import EncodedEvent
+from protocol.errors import CloseCode
 from protocol.messages import ContentChunk
 
 __all__ = ["Outbox", "WriteScheduler", "merge_content"]
 
 log = logging.getLogger("cbhub.outbox")
 
-#: Close code for a client past the hard outbound limit (docs/PROTOCOL.md "Close codes").
-SLOW_CONSUMER_CLOSE = 4008
 
 
 def merge_content(events: list[EncodedEvent]) -> list[EncodedEvent]:
@@ -149,7 +148,7 @@ class Outbox(ABC):
         outbound = self.pending_bytes + self.backlog_bytes
         if outbound > self._hard_limit:
             log.info("closing a slow %s consumer: %d bytes outbound", self.transport_name, outbound)
-            self.close_now(SLOW_CONSUMER_CLOSE, "slow consumer: reconnect and resume")
+            self.close_now(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resume")
             return
         # Merge again only after another soft limit's worth has piled up.
         self._merge_at = outbound + self._soft_limit
@@ -180,7 +179,7 @@ class Outbox(ABC):
         self.backlog_bytes = backlog_bytes
         if backlog_bytes > self._hard_limit and not force:
             log.info("closing a slow %s consumer: %d bytes unsent", self.transport_name, backlog_bytes)
-            self.close_now(SLOW_CONSUMER_CLOSE, "slow consumer: reconnect and resume")
+            self.close_now(CloseCode.SLOW_CONSUMER, "slow consumer: reconnect and resume")
             return
         self._merge_at = backlog_bytes + self._soft_limit
 

@@ -21,12 +21,12 @@ Rules kept here:
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hub.broker import Broker
 from hub.channel import EncodedEvent
 from hub.outbox import Outbox
-from protocol.errors import HubError, ProtocolError
+from protocol.errors import ErrorCode, HubError, ProtocolError
 from protocol.messages import (
     CHANNEL_PATTERN,
     STREAM_TYPES,
@@ -197,7 +197,7 @@ class Session:
             self.send_error(exc)
         except Exception as exc:  # a bug of ours must not drop the session's other streams
             log.exception("handling a client message failed")
-            self.send_error(HubError(f"internal error: {type(exc).__name__}", "internal_error"))
+            self.send_error(HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR))
         finally:
             self._rid = None
 
@@ -236,7 +236,7 @@ class Session:
         limit = services.config.max_completions_per_connection
         if len(self.started) >= limit:
             raise HubError(f"this connection already runs {len(self.started)} completions "
-                           f"(max_completions_per_connection); wait for one to end", "too_many_completions",
+                           f"(max_completions_per_connection); wait for one to end", ErrorCode.TOO_MANY_COMPLETIONS,
                            retryable=True)
         services.authorize(self.principal, "completion", f"completion:{message.id or ''}")
         services.admit_completion()
@@ -269,10 +269,10 @@ class Session:
         accepted: list[str] = []
         for name in channels:
             if not CHANNEL_PATTERN.fullmatch(name):
-                self.send_error(ProtocolError(f"{name!r} is not a channel name", "unknown_channel"))
+                self.send_error(ProtocolError(f"{name!r} is not a channel name", ErrorCode.UNKNOWN_CHANNEL))
                 continue
             if broker.channel(name) is None:
-                self.send_error(ProtocolError(f"no channel {name!r} is open", "unknown_channel"))
+                self.send_error(ProtocolError(f"no channel {name!r} is open", ErrorCode.UNKNOWN_CHANNEL))
                 continue
             try:
                 services.authorize(self.principal, "subscribe", name)
@@ -306,21 +306,22 @@ class Session:
                 valid.append(stream)
             else:
                 self.send_error(ProtocolError(
-                    f"unknown stream type {stream!r}; expected one of {list(STREAM_TYPES)}", "unknown_channel"
+                    f"unknown stream type {stream!r}; expected one of {list(STREAM_TYPES)}", ErrorCode.UNKNOWN_CHANNEL
                 ))
         return valid
 
     # Control.
 
-    def _cancel(self, kind: str, ident: str) -> None:
+    def _cancel(self, kind: Literal["completion", "workflow"], ident: str) -> None:
         """Cancel the ``kind`` (completion or workflow) run ``ident``: the session must be
         subscribed to its channel. ``ack`` follows when the message had a ``rid``."""
         broker = self.services.broker
         name = f"{kind}:{ident}"
         if broker.channel(name) is None:
-            raise ProtocolError(f"no {kind} {ident!r}", f"unknown_{kind}")
+            unknown = ErrorCode.UNKNOWN_COMPLETION if kind == "completion" else ErrorCode.UNKNOWN_WORKFLOW
+            raise ProtocolError(f"no {kind} {ident!r}", unknown)
         if not broker.is_subscribed(self.outbox, name):
-            raise ProtocolError(f"subscribe to {kind} {ident!r} before cancelling it", "not_subscribed")
+            raise ProtocolError(f"subscribe to {kind} {ident!r} before cancelling it", ErrorCode.NOT_SUBSCRIBED)
         self.services.authorize(self.principal, "cancel", name)
         broker.control(name, "cancel")
         if self._rid is not None:

@@ -186,14 +186,14 @@ def named_definition(name: str, directory: pathlib.Path = DEFINITIONS_DIR) -> Wo
         DefinitionError: no such definition (``unknown_workflow_definition``) or an invalid one.
     """
     if not re.fullmatch(r"[A-Za-z0-9_\-]{1,64}", name):
-        raise DefinitionError(f"no workflow definition named {name!r}", "unknown_workflow_definition")
+        raise DefinitionError(f"no workflow definition named {name!r}", ErrorCode.UNKNOWN_WORKFLOW_DEFINITION)
     for suffix in (".yaml", ".yml", ".json"):
         path = directory / f"{name}{suffix}"
         if path.is_file():
             return load_definition(yaml.safe_load(path.read_text(encoding="utf-8")))
     names = sorted(p.stem for p in directory.glob("*.y*ml"))
     raise DefinitionError(f"no workflow definition named {name!r} (available: {', '.join(names)})",
-                          "unknown_workflow_definition")
+                          ErrorCode.UNKNOWN_WORKFLOW_DEFINITION)
 
 
 # Registered functions (the tools agents may call).
@@ -407,7 +407,7 @@ class WorkflowRun:
         """Stop the run and every completion it is running (upstream too)."""
         if self.finished:
             return
-        self._cancel_error = error or HubError("the workflow was cancelled", "cancelled")
+        self._cancel_error = error or HubError("the workflow was cancelled", ErrorCode.CANCELLED)
         for run in self.completions:
             run.cancel(self._cancel_error)
         if self._task is not None:
@@ -426,7 +426,7 @@ class WorkflowRun:
                 enabled = [t for t in self.definition.transitions
                            if t.from_ == self.place and holds(t.condition, self.data)]
                 if not enabled:
-                    raise HubError(f"no transition can fire from place {self.place!r}", "workflow_stuck")
+                    raise HubError(f"no transition can fire from place {self.place!r}", ErrorCode.WORKFLOW_STUCK)
                 transition = enabled[0]
                 if transition.agent is not None:
                     result = await self._run_agent(self.definition.agent(transition.agent))
@@ -438,13 +438,14 @@ class WorkflowRun:
             self.lifecycle.advance(WorkflowEvent.COMPLETE)
             self.channel.publish(WorkflowCompleted(self.id, 0, self.place, self.data, self.usage))
         except asyncio.CancelledError:
-            self._end_with(self._cancel_error or HubError("the workflow was cancelled", "cancelled"),
+            self._end_with(self._cancel_error or HubError("the workflow was cancelled", ErrorCode.CANCELLED),
                            WorkflowEvent.CANCEL)
         except HubError as exc:
             self._end_with(exc, WorkflowEvent.FAIL)
         except Exception as exc:  # a bug of ours still ends the run for its clients
             log.exception("workflow %s failed", self.id)
-            self._end_with(HubError(f"internal error: {type(exc).__name__}", "internal_error"), WorkflowEvent.FAIL)
+            bug = HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR)
+            self._end_with(bug, WorkflowEvent.FAIL)
         finally:
             self.current_agent = None
             self.manager.finished(self)
@@ -510,7 +511,8 @@ class WorkflowRun:
                     self.id, 0, agent.id, call.id, call.tool, call.arguments, result, error))
                 content = msgspec.json.encode(result if error is None else {"error": error}).decode()
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
-        raise HubError(f"agent {agent.id!r} kept calling tools after {_MAX_TOOL_ROUNDS} rounds", "workflow_stuck")
+        raise HubError(f"agent {agent.id!r} kept calling tools after {_MAX_TOOL_ROUNDS} rounds",
+                       ErrorCode.WORKFLOW_STUCK)
 
     async def _execute(self, agent: AgentSpec, call: ToolCallMessage) -> tuple[Any, str | None]:
         if call.tool not in agent.tools or call.tool not in FUNCTIONS:
@@ -558,12 +560,12 @@ class WorkflowManager:
             HubError: ``shutting_down``.
         """
         if self.completions.closing:
-            raise HubError("the hub is shutting down; reconnect and retry", "shutting_down", retryable=True)
+            raise HubError("the hub is shutting down; reconnect and retry", ErrorCode.SHUTTING_DOWN, retryable=True)
         spec = load_definition(definition) if definition is not None else named_definition(
             definition_name or "", self.definitions_dir)
         workflow_id = workflow_id or f"wf-{self._prefix}-{next(self._counter)}"
         if workflow_id in self.runs:
-            raise ProtocolError(f"workflow id {workflow_id!r} is already in use", "duplicate_id")
+            raise ProtocolError(f"workflow id {workflow_id!r} is already in use", ErrorCode.DUPLICATE_ID)
         run: WorkflowRun
         channel = self.completions.open_channel(f"workflow:{workflow_id}", snapshot=lambda: run.snapshot(),
                                                 control=lambda command, argument: run.control(command, argument))
@@ -591,7 +593,7 @@ class WorkflowManager:
         """Cancel every running run (hub shutdown) and wait for them."""
         runs = [run for run in self.runs.values() if not run.finished]
         for run in runs:
-            run.cancel(HubError("the hub is shutting down", "shutting_down", retryable=True))
+            run.cancel(HubError("the hub is shutting down", ErrorCode.SHUTTING_DOWN, retryable=True))
         await asyncio.gather(*(run.task for run in runs if run.task is not None), return_exceptions=True)
         for handle in self._retirements.values():
             handle.cancel()

@@ -179,8 +179,6 @@ def test_every_code_the_product_sends_is_an_error_code() -> None:
     assert not unknown
 
 
-@pytest.mark.xfail(strict=True, reason="hub/session.py _cancel builds f'unknown_{kind}': use "
-                   "ErrorCode.UNKNOWN_COMPLETION / ErrorCode.UNKNOWN_WORKFLOW (then drop this marker)")
 def test_no_code_is_built_at_run_time() -> None:
     computed = [entry for entry in _literal_codes() if entry[1].startswith("a code built at run time")]
     assert not computed

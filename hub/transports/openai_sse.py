@@ -28,7 +28,7 @@ from aiohttp import web
 from hub.appkeys import HUB_KEY
 from hub.outbox import Outbox, WriteScheduler
 from hub.session import Session
-from protocol.errors import HubError, ProtocolError, http_status_of
+from protocol.errors import ErrorCode, HubError, ProtocolError, http_status_of
 from protocol.messages import ChatMessage, Completed, ErrorMessage
 from protocol.openai_compat import (
     ChatCompletionRequest,
@@ -120,7 +120,7 @@ async def _serve(
     hub: Hub, request: web.Request, chat: ChatCompletionRequest, *, tag_events: bool = False
 ) -> web.StreamResponse:
     if hub.at_connection_limit():
-        return _json_error("hub_overloaded", "too many connections (max_connections); retry later", 503)
+        return _json_error(ErrorCode.HUB_OVERLOADED, "too many connections (max_connections); retry later", 503)
     config = hub.config
     outbox = SseOutbox(hub.write_scheduler, request, config.outbound_soft_limit_bytes,
                        config.outbound_hard_limit_bytes)
@@ -140,7 +140,8 @@ async def _serve(
         hub.connections.discard(outbox)
         if run is not None and not run.finished:
             # An HTTP client cannot resume: when it goes away, stop the upstream request.
-            hub.broker.control(run.channel.name, "cancel", HubError("the HTTP client disconnected", "cancelled"))
+            gone = HubError("the HTTP client disconnected", ErrorCode.CANCELLED)
+            hub.broker.control(run.channel.name, "cancel", gone)
 
 
 async def _respond(hub: Hub, request: web.Request, chat: ChatCompletionRequest, outbox: SseOutbox,
@@ -237,15 +238,15 @@ async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
     model = query.get("model")
     raw_messages = query.get("messages")
     if not model or not raw_messages:
-        return _json_error("invalid_message", "query parameters `model` and `messages` are required", 400)
+        return _json_error(ErrorCode.INVALID_MESSAGE, "query parameters `model` and `messages` are required", 400)
     try:
         messages = _MESSAGES_DECODER.decode(raw_messages)
     except msgspec.DecodeError as exc:
-        return _json_error("invalid_message", f"`messages` must be a JSON array of chat messages: {exc}", 400)
+        return _json_error(ErrorCode.INVALID_MESSAGE, f"`messages` must be a JSON array of chat messages: {exc}", 400)
     except RecursionError:  # msgspec gives up on JSON nested about 1000 levels deep
-        return _json_error("invalid_message", "`messages` is nested too deeply", 400)
+        return _json_error(ErrorCode.INVALID_MESSAGE, "`messages` is nested too deeply", 400)
     if not messages:
-        return _json_error("invalid_message", "`messages` must hold at least one message", 400)
+        return _json_error(ErrorCode.INVALID_MESSAGE, "`messages` must hold at least one message", 400)
     max_tokens = query.get("max_tokens")
     chat = ChatCompletionRequest(
         model=model,

@@ -26,7 +26,7 @@ from aiohttp import WSMsgType, web
 from hub.appkeys import HUB_KEY
 from hub.outbox import Outbox, WriteScheduler
 from hub.session import Session
-from protocol.errors import ProtocolError
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.wsframe import batch_frames, close_frame
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class WebSocketOutbox(Outbox):
         self.flush(force=True)
         try:
             async with asyncio.timeout(1.0):
-                await self.ws.close(code=1012, message=b"hub restarting; reconnect")
+                await self.ws.close(code=CloseCode.SERVICE_RESTART, message=b"hub restarting; reconnect")
         except Exception:
             self.abort()
 
@@ -162,7 +162,7 @@ async def serve(session: Session, outbox: WebSocketOutbox) -> None:
                 session.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 session.send_error(ProtocolError("binary frames are not accepted; send JSON text frames",
-                                                 "invalid_message"))
+                                                 ErrorCode.INVALID_MESSAGE))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
@@ -186,7 +186,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         ws._pong_heartbeat = config.ws_pong_timeout_s  # aiohttp waits heartbeat/2 by default
     await ws.prepare(request)
     if hub.at_connection_limit():
-        await ws.close(code=1013, message=b"too many connections; try again later")
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections; try again later")
         return ws
     batch = request.query.get("batch", "").lower() in _TRUE
     outbox = WebSocketOutbox(hub.write_scheduler, ws, request, config.outbound_soft_limit_bytes,
