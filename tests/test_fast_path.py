@@ -160,14 +160,26 @@ async def test_idle_deadline_does_not_fire_while_chunks_keep_coming(mock, ws_fac
 
 
 async def test_shutdown_sends_a_slow_readers_pending_frames_and_final_error_before_closing(mock, ws_factory):
-    # A small soft limit keeps what is pending small (merged), so the client reads it all
-    # well within the 1 s the hub gives it to take the close frame.
+    # The client reads nothing until the hub is shutting its connection down, so frames are
+    # pending then; from that moment it reads everything, as a client does, while the hub
+    # waits (up to 1 s) for it to take the close frame. A small soft limit keeps what is
+    # pending small (merged). No sleep decides the outcome: the client starts reading on an
+    # event, the moment the hub calls the connection's shut_down.
     hub_context = run_hub(hub_config(mock, outbound_soft_limit_bytes=32_768))
     hub = await hub_context.__aenter__()
+    exiting = None
     try:
         slow = await ws_factory(hub, max_queue=1)
         [slow_side] = hub.connections
         slow_side._transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        shutting_down = asyncio.Event()
+        shut_down = slow_side.shut_down
+
+        async def shut_down_observed() -> None:
+            shutting_down.set()
+            await shut_down()
+
+        slow_side.shut_down = shut_down_observed
         await slow.send({"type": "completion", "id": "sd", "model": "gpt-4o-mini", "coalesce": False,
                          "messages": [{"role": "user", "content": "[[mock tokens=100000 tps=20000]]"}]})
         for _ in range(500):  # until the hub holds frames for it (its socket buffer is full)
@@ -176,12 +188,15 @@ async def test_shutdown_sends_a_slow_readers_pending_frames_and_final_error_befo
             await asyncio.sleep(0.01)
         else:
             pytest.fail("the slow reader's transport never filled up")
+        exiting = asyncio.create_task(hub_context.__aexit__(None, None, None))
+        async with asyncio.timeout(30):
+            await shutting_down.wait()
+        messages = []
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                messages.append(await slow.recv())
     finally:
-        await hub_context.__aexit__(None, None, None)
-    messages = []
-    with pytest.raises(websockets.ConnectionClosed) as closed:
-        while True:
-            messages.append(await slow.recv())
+        await (exiting if exiting is not None else hub_context.__aexit__(None, None, None))
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
     covered = []  # a merged chunk (firstSeq) stands for firstSeq..seq
     for m in messages:
