@@ -35,16 +35,26 @@ async def read_until_closed(client: WSClient) -> tuple[list, int | None]:
 async def test_shutdown_drains_running_completions_then_ends_the_rest(mock, ws_factory):
     context = run_hub(hub_config(mock, shutdown_drain_timeout_s=1.0))
     hub = await context.__aenter__()
+    draining = asyncio.Event()
+    drain = hub.drain
+
+    async def drain_observed() -> None:
+        draining.set()  # this task first runs drain() up to its first await: `closing` is set then
+        await drain()
+
+    hub.drain = drain_observed
+    early: list = []  # what arrived before the shutdown began
     try:
         client = await ws_factory(hub)
         for cid, directive in (("short", "[[mock tokens=10 tps=40]]"), ("long", "[[mock tokens=1000 tps=20]]")):
             await client.send({"type": "completion", "id": cid, "model": OPENAI, "coalesce": False,
                                "messages": [{"role": "user", "content": directive}]})
-        await asyncio.sleep(0.05)
+        while sum(isinstance(m, Subscribed) for m in early) < 2:  # both admitted and running
+            early.append(await asyncio.wait_for(client.recv(), RECV_TIMEOUT_S))
     finally:
         shutdown = asyncio.create_task(context.__aexit__(None, None, None))
-        while not hub.completions.closing:  # the drain has begun
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(draining.wait(), RECV_TIMEOUT_S)
+        assert hub.completions.closing  # the drain has begun
         # During the drain the hub takes no new completion (and no new connection).
         await client.send({"type": "completion", "id": "late", "model": OPENAI,
                            "messages": [{"role": "user", "content": "hi"}]})
@@ -53,7 +63,7 @@ async def test_shutdown_drains_running_completions_then_ends_the_rest(mock, ws_f
         await shutdown
     messages, code = await read_until_closed(client)
     assert code == 1012
-    messages = [m for m in messages if not isinstance(m, Subscribed)]
+    messages = [m for m in early + messages if not isinstance(m, Subscribed)]
     short = [m for m in messages if getattr(m, "completion_id", None) == "short"]
     assert isinstance(short[-1], Completed) and "".join(m.content for m in short[:-1]) == expected_text(10)
     long = [m for m in messages if getattr(m, "completion_id", None) == "long"]
@@ -71,10 +81,11 @@ async def test_shutdown_leaks_no_task_and_no_connection(mock, ws_factory):
         for n, client in enumerate(clients):
             await client.send({"type": "completion", "id": f"k{n}", "model": OPENAI,
                                "messages": [{"role": "user", "content": "[[mock tokens=500 tps=50]]"}]})
+        for client in clients:  # each completion admitted and running before the shutdown
+            assert isinstance(await asyncio.wait_for(client.recv(), RECV_TIMEOUT_S), Subscribed)
         sse = await session.post(hub.url + "/v1/chat/completions", json={
             "model": OPENAI, "stream": True, "messages": [{"role": "user", "content": "[[mock tokens=500 tps=50]]"}]})
         await sse.content.readany()
-        await asyncio.sleep(0.05)
     for client in clients:
         await read_until_closed(client)
     sse.close()
