@@ -14,9 +14,16 @@ directly is taken as given.
 The file groups the fields into sections (``server``, ``protocols``, ``buffering``,
 ``performance``, ``error_handling``, ``monitoring``, ``providers``, ``fallbacks``, ``limits``,
 ``lifecycle``). Units are in the names (``flush_interval_ms``, ``connect_s``,
-``memory_budget_bytes``). :data:`KEYS` is the one table of every key: its path in the file,
-its field, its environment variables, its check and its description. The documentation is
-rendered from it and tests compare the two::
+``memory_budget_bytes``). Each key is declared once, in the annotation of its field::
+
+    max_connections: Annotated[int, key(
+        "limits.max_connections", "CBHUB_MAX_CONNECTIONS",
+        "open client connections (WebSocket and SSE)", _POSITIVE_INT)] = 10_000
+
+that is its path in the file, its environment variables, its description and its check, beside
+its type and default; the keys of the ``providers`` section come from each provider's spec in
+protocol/providers/. :data:`KEYS` is the table read from these annotations. The documentation
+is rendered from it and tests compare the two::
 
     python -m hub.config example  > docs/hub.example.yaml   # every key, its default, a comment
     python -m hub.config env-table                          # the table in README.md
@@ -35,6 +42,7 @@ where empty turns the dead-letter log off). ``fallbacks`` has no variable.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -43,10 +51,11 @@ import os
 import sys
 import tempfile
 import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -55,7 +64,7 @@ import yaml
 from protocol.errors import ProviderError
 from protocol.providers import PROVIDERS, ProviderSettings, ProviderSpec
 
-__all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "PRESETS_DIR", "preset_names"]
+__all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "Key", "PRESETS_DIR", "key", "preset_names"]
 
 #: The public API of each provider (protocol/providers/): ``{provider name: base URL}``.
 DEFAULT_BASE_URLS = {name: spec.default_base_url for name, spec in PROVIDERS.items()}
@@ -75,20 +84,230 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-class HubConfig(msgspec.Struct, kw_only=True):
-    """Everything the hub can be told. :data:`KEYS` gives each field its key in the config file,
-    its environment variables and its check; build one with :meth:`load` to have it checked."""
+# How a key is declared: a field of HubConfig annotated with key(...).
 
-    host: str = "127.0.0.1"
-    port: int = 8765
-    content_chunk_size: int = 100
-    flush_interval_ms: float = 25.0
-    connect_timeout_s: float = 10.0
-    idle_timeout_s: float = 120.0
-    grace_period_s: float = 30.0
-    retention_s: float = 300.0
-    history_max_events: int = 10_000
-    max_message_bytes: int = 1 << 20
+Check = Callable[[Any], "str | None"]
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}, got {_show(v)}"
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}, got {_show(v)}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be > 0, got {_show(v)}"
+
+
+def _rate(v: float) -> str | None:
+    return None if 0 < v <= 1 else f"must be > 0 and <= 1, got {_show(v)}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {_show(v)}"
+
+
+def _not_empty(v: str) -> str | None:
+    return None if v else "must not be empty"
+
+
+def _http_url(v: str) -> str | None:
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+    except ValueError as exc:
+        return f"not a valid URL ({exc}), got {_show(v)}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL, got {_show(v)}"
+    return None
+
+
+def _log_level(v: str) -> str | None:
+    names = logging.getLevelNamesMapping()
+    if v.upper() in names:
+        return None
+    levels = ", ".join(n for n in names if n not in ("WARN", "FATAL"))
+    return f"must be a logging level ({levels}), got {_show(v)}"
+
+
+_NON_NEGATIVE = _at_least(0)
+_POSITIVE_INT = _at_least(1)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the config file.
+
+    Attributes:
+        path: dotted path in the YAML file (``error_handling.retries.max_attempts``).
+        field: the ``HubConfig`` field it sets; filled in when :data:`KEYS` is read from the
+            annotations (``""`` in what :func:`key` returns).
+        env: environment variables that set it, the first one set wins.
+        help: one line for the docs.
+        check: ``value -> problem or None``, run on the effective value.
+        secret: an API key: redacted in ``cbhub config`` and in messages.
+        doc_default: the default as the docs show it, where it depends on the machine.
+        example: the value docs/hub.example.yaml shows, where the default depends on the machine.
+        empty_env: a variable set to the empty string is a value, not "unset".
+        notes: comment lines after the key in docs/hub.example.yaml.
+        more: said after ``help`` in README.md only.
+    """
+
+    path: str
+    field: str = ""
+    env: tuple[str, ...] = ()
+    help: str = ""
+    check: Check | None = None
+    secret: bool = False
+    doc_default: str | None = None
+    example: Any = None
+    empty_env: bool = False
+    notes: tuple[str, ...] = ()
+    more: str = ""
+
+
+def key(
+    path: str,
+    env: str | tuple[str, ...] | None,
+    help: str,
+    check: Check | None = None,
+    *,
+    secret: bool = False,
+    doc_default: str | None = None,
+    example: Any = None,
+    empty_env: bool = False,
+    notes: tuple[str, ...] = (),
+    more: str = "",
+) -> Key:
+    """The key of one ``HubConfig`` field, written in its annotation:
+    ``port: Annotated[int, key("server.port", "CBHUB_PORT", "port to listen on", _between(0, 65535))] = 8765``.
+    The field's type and default stay where mypy and msgspec read them; :data:`KEYS` collects
+    these markers in field order. Arguments as in :class:`Key`; ``env`` may be one name."""
+    names = (env,) if isinstance(env, str) else (env or ())
+    return Key(path, "", names, help, check, secret=secret, doc_default=doc_default, example=example,
+               empty_env=empty_env, notes=notes, more=more)
+
+
+def _default_dead_letter_path() -> str:
+    return os.path.join(tempfile.gettempdir(), "cbhub", "dead-letter.jsonl")
+
+
+class HubConfig(msgspec.Struct, kw_only=True):
+    """Everything the hub can be told. Each field is one key of the config file, declared in
+    its annotation with :func:`key` (path, environment variables, check, help), in the order of
+    docs/hub.example.yaml; the provider fields get theirs from protocol/providers/ (:data:`KEYS`).
+    Build one with :meth:`load` to have it checked."""
+
+    # server: where the hub listens.
+    host: Annotated[str, key("server.host", "CBHUB_HOST", "address to listen on (`--host`)", _not_empty)] = (
+        "127.0.0.1")
+    port: Annotated[int, key("server.port", "CBHUB_PORT", "port to listen on, 0 for any free port (`--port`)",
+                             _between(0, 65535))] = 8765
+
+    # protocols: WebSocket and server-sent events.
+    max_message_bytes: Annotated[int, key(
+        "protocols.websocket.max_message_bytes", "CBHUB_MAX_MESSAGE_BYTES",
+        "largest client WebSocket message and HTTP request body", _POSITIVE_INT)] = 1 << 20
+    ws_ping_interval_s: Annotated[float, key(
+        "protocols.websocket.ping_interval_s", "CBHUB_WS_PING_INTERVAL_S",
+        "how often the hub pings each WebSocket client", _NON_NEGATIVE)] = 30.0
+    ws_pong_timeout_s: Annotated[float, key(
+        "protocols.websocket.pong_timeout_s", "CBHUB_WS_PONG_TIMEOUT_S",
+        "how long a WebSocket client has to answer a ping", _NON_NEGATIVE)] = 15.0
+    sse_keepalive_interval_s: Annotated[float, key(
+        "protocols.sse.keepalive_interval_s", "CBHUB_SSE_KEEPALIVE_INTERVAL_S",
+        "how often an idle SSE stream gets a keepalive comment", _NON_NEGATIVE)] = 15.0
+
+    # buffering: coalescing of text deltas and what each completion keeps.
+    content_chunk_size: Annotated[int, key(
+        "buffering.content_chunk_size_chars", "CBHUB_CONTENT_CHUNK_SIZE",
+        "coalescing: send merged text once it reaches this many characters", _POSITIVE_INT)] = 100
+    flush_interval_ms: Annotated[float, key(
+        "buffering.flush_interval_ms", "CBHUB_FLUSH_INTERVAL_MS",
+        "coalescing: send merged text once its oldest piece is this old", _NON_NEGATIVE)] = 25.0
+    history_max_events: Annotated[int, key(
+        "buffering.history_max_events", "CBHUB_HISTORY_MAX_EVENTS",
+        "events kept per completion for late subscribers", _NON_NEGATIVE)] = 10_000
+    completion_max_buffered_bytes: Annotated[int, key(
+        "buffering.completion_max_buffered_bytes", "CBHUB_COMPLETION_MAX_BUFFERED_BYTES",
+        "most payload bytes of one completion's history (resume replays it)", _POSITIVE_INT)] = 8 << 20
+    history_max_age_s: Annotated[float, key(
+        "buffering.history_max_age_s", "CBHUB_HISTORY_MAX_AGE_S",
+        "events older than this leave a channel's history (0 = no age limit)", _NON_NEGATIVE)] = 3600.0
+
+    # performance: the event loop.
+    loop: Annotated[str, key(
+        "performance.loop", "CBHUB_LOOP",
+        "event loop: `asyncio` or `uvloop` (pip install 'circuit-breaker-hub[uvloop]'; `--loop`)",
+        _one_of(*LOOPS))] = "asyncio"
+
+    # error_handling: retries (before the first content is forwarded), timeouts, the circuit
+    # breaker per provider and base URL, the dead-letter log of invalid upstream responses.
+    retry_max_attempts: Annotated[int, key(
+        "error_handling.retries.max_attempts", "CBHUB_RETRY_MAX_ATTEMPTS",
+        "attempts per provider request, the first included (1 = no retries)", _POSITIVE_INT,
+        more="Retries and fallbacks happen only before any content was forwarded to the client.")] = 3
+    retry_base_delay_ms: Annotated[float, key(
+        "error_handling.retries.base_delay_ms", "CBHUB_RETRY_BASE_DELAY_MS",
+        "backoff before the first retry, growing exponentially", _NON_NEGATIVE)] = 250.0
+    retry_max_delay_ms: Annotated[float, key(
+        "error_handling.retries.max_delay_ms", "CBHUB_RETRY_MAX_DELAY_MS",
+        "longest backoff between two attempts (at least `base_delay_ms`)", _NON_NEGATIVE)] = 8000.0
+    retry_after_max_s: Annotated[float, key(
+        "error_handling.retries.retry_after_max_s", "CBHUB_RETRY_AFTER_MAX_S",
+        "longest `Retry-After` of a provider that the hub waits for", _NON_NEGATIVE)] = 30.0
+    connect_timeout_s: Annotated[float, key(
+        "error_handling.timeouts.connect_s", "CBHUB_CONNECT_TIMEOUT_S",
+        "connecting to a provider", _NON_NEGATIVE)] = 10.0
+    first_byte_timeout_s: Annotated[float, key(
+        "error_handling.timeouts.first_byte_s", "CBHUB_FIRST_BYTE_TIMEOUT_S",
+        "longest wait for the first byte of a provider's response body; 0 = none", _NON_NEGATIVE)] = 60.0
+    idle_timeout_s: Annotated[float, key(
+        "error_handling.timeouts.idle_s", "CBHUB_IDLE_TIMEOUT_S",
+        "longest wait for a provider's response headers and longest gap between two reads of its body; "
+        "0 = none", _NON_NEGATIVE,
+        more="The headers are waited for after connecting; error bodies are included (`upstream_timeout`).")] = 120.0
+    total_timeout_s: Annotated[float, key(
+        "error_handling.timeouts.total_s", "CBHUB_TOTAL_TIMEOUT_S",
+        "longest a whole provider request may take; 0 = none", _NON_NEGATIVE)] = 0.0
+    breaker_failure_rate: Annotated[float, key(
+        "error_handling.circuit_breaker.failure_rate", "CBHUB_BREAKER_FAILURE_RATE",
+        "share of failed requests in the window that opens the breaker (0 < rate <= 1)", _rate,
+        more="There is one breaker per provider and base URL.")] = 0.5
+    breaker_window_s: Annotated[float, key(
+        "error_handling.circuit_breaker.window_s", "CBHUB_BREAKER_WINDOW_S",
+        "the window the failure rate is measured over", _positive)] = 60.0
+    breaker_min_requests: Annotated[int, key(
+        "error_handling.circuit_breaker.min_requests", "CBHUB_BREAKER_MIN_REQUESTS",
+        "requests in the window before the breaker may open", _POSITIVE_INT)] = 10
+    breaker_cooldown_s: Annotated[float, key(
+        "error_handling.circuit_breaker.cooldown_s", "CBHUB_BREAKER_COOLDOWN_S",
+        "how long an open breaker rejects requests before it lets probes through", _NON_NEGATIVE)] = 30.0
+    breaker_half_open_probes: Annotated[int, key(
+        "error_handling.circuit_breaker.half_open_probes", "CBHUB_BREAKER_HALF_OPEN_PROBES",
+        "trial requests a half-open breaker lets through", _POSITIVE_INT)] = 1
+    dead_letter_path: Annotated[str, key(
+        "error_handling.dead_letter.path", "CBHUB_DEAD_LETTER_PATH",
+        "JSON-lines log of invalid upstream responses; \"\" turns it off",
+        more="A set but empty `CBHUB_DEAD_LETTER_PATH` turns it off too.",
+        doc_default="`<temp dir>/cbhub/dead-letter.jsonl`", example="/tmp/cbhub/dead-letter.jsonl",
+        empty_env=True)] = msgspec.field(default_factory=_default_dead_letter_path)
+    dead_letter_max_bytes: Annotated[int, key(
+        "error_handling.dead_letter.max_bytes", "CBHUB_DEAD_LETTER_MAX_BYTES",
+        "size at which the dead-letter log is rotated", _POSITIVE_INT)] = 10 << 20
+    dead_letter_backups: Annotated[int, key(
+        "error_handling.dead_letter.backups", "CBHUB_DEAD_LETTER_BACKUPS",
+        "rotated dead-letter logs kept", _NON_NEGATIVE)] = 3
+
+    # monitoring: logging.
+    log_level: Annotated[str, key(
+        "monitoring.log_level", "CBHUB_LOG_LEVEL",
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL (`--log-level`)", _log_level)] = "INFO"
+
+    # providers: one field per setting that a ProviderSpec (protocol/providers/) names in its
+    # api_key_field and base_url_field; its key (path, variables, help, check) is in the spec.
     openai_api_key: str | None = None
     openai_base_url: str = DEFAULT_BASE_URLS["openai"]
     anthropic_api_key: str | None = None
@@ -96,42 +315,43 @@ class HubConfig(msgspec.Struct, kw_only=True):
     gemini_api_key: str | None = None
     gemini_base_url: str = DEFAULT_BASE_URLS["google"]
     ollama_host: str = DEFAULT_BASE_URLS["ollama"]
-    # Retries and fallbacks (before the first content is forwarded).
-    retry_max_attempts: int = 3
-    retry_base_delay_ms: float = 250.0
-    retry_max_delay_ms: float = 8000.0
-    retry_after_max_s: float = 30.0
-    fallbacks: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    # Timeouts beyond connect/idle: first body byte after the request, whole request (0 = none).
-    first_byte_timeout_s: float = 60.0
-    total_timeout_s: float = 0.0
-    # Circuit breaker per provider and base URL.
-    breaker_failure_rate: float = 0.5
-    breaker_window_s: float = 60.0
-    breaker_min_requests: int = 10
-    breaker_cooldown_s: float = 30.0
-    breaker_half_open_probes: int = 1
-    # Dead-letter log of invalid upstream responses ("" = off).
-    dead_letter_path: str = msgspec.field(default_factory=lambda: os.path.join(tempfile.gettempdir(), "cbhub", "dead-letter.jsonl"))
-    dead_letter_max_bytes: int = 10 << 20
-    dead_letter_backups: int = 3
-    # Limits.
-    max_connections: int = 10_000
-    max_completions: int = 5_000
-    max_completions_per_connection: int = 100
-    completion_max_buffered_bytes: int = 8 << 20
-    history_max_age_s: float = 3600.0
-    memory_budget_bytes: int = 1 << 30
-    outbound_soft_limit_bytes: int = 1 << 20
-    outbound_hard_limit_bytes: int = 8 << 20
-    # Keepalive and shutdown.
-    ws_ping_interval_s: float = 30.0
-    ws_pong_timeout_s: float = 15.0
-    sse_keepalive_interval_s: float = 15.0
-    shutdown_drain_timeout_s: float = 30.0
-    # Monitoring and performance.
-    log_level: str = "INFO"
-    loop: str = "asyncio"
+
+    # fallbacks: model -> models to try, before the first content is forwarded.
+    fallbacks: Annotated[dict[str, list[str]], key(
+        "fallbacks", None, "model -> models to try in order when it fails before any content was forwarded",
+        notes=("fallbacks:", "  openai/gpt-4o-mini: [anthropic/claude-3-5-haiku-latest, ollama/llama3.2]"),
+    )] = msgspec.field(default_factory=dict)
+
+    # limits: what protects the hub.
+    max_connections: Annotated[int, key(
+        "limits.max_connections", "CBHUB_MAX_CONNECTIONS",
+        "open client connections (WebSocket and SSE)", _POSITIVE_INT)] = 10_000
+    max_completions: Annotated[int, key(
+        "limits.max_completions", "CBHUB_MAX_COMPLETIONS",
+        "completions the hub holds at once", _POSITIVE_INT)] = 5_000
+    max_completions_per_connection: Annotated[int, key(
+        "limits.max_completions_per_connection", "CBHUB_MAX_COMPLETIONS_PER_CONNECTION",
+        "completions one WebSocket connection may start and hold at once", _POSITIVE_INT)] = 100
+    memory_budget_bytes: Annotated[int, key(
+        "limits.memory_budget_bytes", "CBHUB_MEMORY_BUDGET_BYTES",
+        "bytes the hub may buffer in all", _POSITIVE_INT)] = 1 << 30
+    outbound_soft_limit_bytes: Annotated[int, key(
+        "limits.outbound_soft_limit_bytes", "CBHUB_OUTBOUND_SOFT_LIMIT_BYTES",
+        "soft limit of bytes queued for one client, at most the hard limit", _POSITIVE_INT)] = 1 << 20
+    outbound_hard_limit_bytes: Annotated[int, key(
+        "limits.outbound_hard_limit_bytes", "CBHUB_OUTBOUND_HARD_LIMIT_BYTES",
+        "hard limit of bytes queued for one client", _POSITIVE_INT)] = 8 << 20
+
+    # lifecycle: completion lifetimes and shutdown.
+    grace_period_s: Annotated[float, key(
+        "lifecycle.grace_period_s", "CBHUB_GRACE_PERIOD_S",
+        "how long a completion runs on after its last subscriber leaves", _NON_NEGATIVE)] = 30.0
+    retention_s: Annotated[float, key(
+        "lifecycle.retention_s", "CBHUB_RETENTION_S",
+        "how long a finished completion stays subscribable (with its history)", _NON_NEGATIVE)] = 300.0
+    shutdown_drain_timeout_s: Annotated[float, key(
+        "lifecycle.shutdown_drain_timeout_s", "CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S",
+        "on SIGINT or SIGTERM, how long running completions get to finish", _NON_NEGATIVE)] = 30.0
 
     @classmethod
     def load(
@@ -227,198 +447,55 @@ class HubConfig(msgspec.Struct, kw_only=True):
         return tuple(k for k in keys if k)
 
 
-# The table of keys.
-
-Check = Callable[[Any], "str | None"]
+# The table of keys, read from HubConfig's annotations.
 
 
-def _at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be >= {low}, got {_show(v)}"
-
-
-def _between(low: float, high: float) -> Check:
-    return lambda v: None if low <= v <= high else f"must be between {low} and {high}, got {_show(v)}"
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else f"must be > 0, got {_show(v)}"
-
-
-def _rate(v: float) -> str | None:
-    return None if 0 < v <= 1 else f"must be > 0 and <= 1, got {_show(v)}"
-
-
-def _one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {_show(v)}"
-
-
-def _not_empty(v: str) -> str | None:
-    return None if v else "must not be empty"
-
-
-def _http_url(v: str) -> str | None:
-    try:
-        parts = urlsplit(v)
-        parts.port  # noqa: B018 -- raises on a port that is not a number
-    except ValueError as exc:
-        return f"not a valid URL ({exc}), got {_show(v)}"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"must be an http:// or https:// URL, got {_show(v)}"
-    return None
-
-
-def _log_level(v: str) -> str | None:
-    names = logging.getLevelNamesMapping()
-    if v.upper() in names:
-        return None
-    return f"must be a logging level ({', '.join(n for n in names if n not in ('WARN', 'FATAL'))}), got {_show(v)}"
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key of the config file.
-
-    Attributes:
-        path: dotted path in the YAML file (``error_handling.retries.max_attempts``).
-        field: the ``HubConfig`` field it sets.
-        env: environment variables that set it, the first one set wins.
-        help: one line for the docs.
-        check: ``value -> problem or None``, run on the effective value.
-        secret: an API key: redacted in ``cbhub config`` and in messages.
-        doc_default: the default as the docs show it, where it depends on the machine.
-        example: the value docs/hub.example.yaml shows, where the default depends on the machine.
-        empty_env: a variable set to the empty string is a value, not "unset".
-        notes: comment lines after the key in docs/hub.example.yaml.
-        more: said after ``help`` in README.md only.
-    """
-
-    path: str
-    field: str
-    env: tuple[str, ...] = ()
-    help: str = ""
-    check: Check | None = None
-    secret: bool = False
-    doc_default: str | None = None
-    example: Any = None
-    empty_env: bool = False
-    notes: tuple[str, ...] = ()
-    more: str = ""
-
-
-def _key(path: str, field: str, env: str | tuple[str, ...] | None, help: str, check: Check | None = None,
-         **more: Any) -> Key:
-    names = (env,) if isinstance(env, str) else (env or ())
-    return Key(path, field, names, help, check, **more)
-
-
-_NON_NEGATIVE = _at_least(0)
-_POSITIVE_INT = _at_least(1)
-
-def _provider_keys() -> list[Key]:
-    """The keys of the ``providers`` section, from the registry (protocol/providers/): per
-    provider ``providers.<section>.api_key`` (when it has a key) and its base URL key."""
-    keys: list[Key] = []
+def _provider_keys() -> dict[str, Key]:
+    """The keys of the ``providers`` section by field, from the registry (protocol/providers/):
+    per provider ``providers.<section>.api_key`` (when it has a key) and its base URL key."""
+    keys: dict[str, Key] = {}
     for spec in PROVIDERS.values():
         section = f"providers.{spec.config_section}"
         if spec.api_key_field:
-            keys.append(_key(f"{section}.api_key", spec.api_key_field, spec.api_key_env, spec.api_key_help,
-                             secret=True))
-        keys.append(_key(f"{section}.{spec.base_url_key}", spec.base_url_field, spec.base_url_env,
-                         spec.base_url_help, _http_url))
+            keys[spec.api_key_field] = Key(f"{section}.api_key", spec.api_key_field, spec.api_key_env,
+                                           spec.api_key_help, secret=True)
+        keys[spec.base_url_field] = Key(f"{section}.{spec.base_url_key}", spec.base_url_field, (spec.base_url_env,),
+                                        spec.base_url_help, _http_url)
     return keys
 
 
-#: Every key of the config file, in the order of docs/hub.example.yaml.
-KEYS: tuple[Key, ...] = (
-    _key("server.host", "host", "CBHUB_HOST", "address to listen on (`--host`)", _not_empty),
-    _key("server.port", "port", "CBHUB_PORT", "port to listen on, 0 for any free port (`--port`)", _between(0, 65535)),
-    _key("protocols.websocket.max_message_bytes", "max_message_bytes", "CBHUB_MAX_MESSAGE_BYTES",
-         "largest client WebSocket message and HTTP request body", _POSITIVE_INT),
-    _key("protocols.websocket.ping_interval_s", "ws_ping_interval_s", "CBHUB_WS_PING_INTERVAL_S",
-         "how often the hub pings each WebSocket client", _NON_NEGATIVE),
-    _key("protocols.websocket.pong_timeout_s", "ws_pong_timeout_s", "CBHUB_WS_PONG_TIMEOUT_S",
-         "how long a WebSocket client has to answer a ping", _NON_NEGATIVE),
-    _key("protocols.sse.keepalive_interval_s", "sse_keepalive_interval_s", "CBHUB_SSE_KEEPALIVE_INTERVAL_S",
-         "how often an idle SSE stream gets a keepalive comment", _NON_NEGATIVE),
-    _key("buffering.content_chunk_size_chars", "content_chunk_size", "CBHUB_CONTENT_CHUNK_SIZE",
-         "coalescing: send merged text once it reaches this many characters", _POSITIVE_INT),
-    _key("buffering.flush_interval_ms", "flush_interval_ms", "CBHUB_FLUSH_INTERVAL_MS",
-         "coalescing: send merged text once its oldest piece is this old", _NON_NEGATIVE),
-    _key("buffering.history_max_events", "history_max_events", "CBHUB_HISTORY_MAX_EVENTS",
-         "events kept per completion for late subscribers", _NON_NEGATIVE),
-    _key("buffering.completion_max_buffered_bytes", "completion_max_buffered_bytes",
-         "CBHUB_COMPLETION_MAX_BUFFERED_BYTES", "most payload bytes of one completion's history (resume replays it)",
-         _POSITIVE_INT),
-    _key("buffering.history_max_age_s", "history_max_age_s", "CBHUB_HISTORY_MAX_AGE_S",
-         "events older than this leave a channel's history (0 = no age limit)", _NON_NEGATIVE),
-    _key("performance.loop", "loop", "CBHUB_LOOP",
-         "event loop: `asyncio` or `uvloop` (pip install 'circuit-breaker-hub[uvloop]'; `--loop`)",
-         _one_of(*LOOPS)),
-    _key("error_handling.retries.max_attempts", "retry_max_attempts", "CBHUB_RETRY_MAX_ATTEMPTS",
-         "attempts per provider request, the first included (1 = no retries)", _POSITIVE_INT,
-         more="Retries and fallbacks happen only before any content was forwarded to the client."),
-    _key("error_handling.retries.base_delay_ms", "retry_base_delay_ms", "CBHUB_RETRY_BASE_DELAY_MS",
-         "backoff before the first retry, growing exponentially", _NON_NEGATIVE),
-    _key("error_handling.retries.max_delay_ms", "retry_max_delay_ms", "CBHUB_RETRY_MAX_DELAY_MS",
-         "longest backoff between two attempts (at least `base_delay_ms`)", _NON_NEGATIVE),
-    _key("error_handling.retries.retry_after_max_s", "retry_after_max_s", "CBHUB_RETRY_AFTER_MAX_S",
-         "longest `Retry-After` of a provider that the hub waits for", _NON_NEGATIVE),
-    _key("error_handling.timeouts.connect_s", "connect_timeout_s", "CBHUB_CONNECT_TIMEOUT_S",
-         "connecting to a provider", _NON_NEGATIVE),
-    _key("error_handling.timeouts.first_byte_s", "first_byte_timeout_s", "CBHUB_FIRST_BYTE_TIMEOUT_S",
-         "longest wait for the first byte of a provider's response body; 0 = none", _NON_NEGATIVE),
-    _key("error_handling.timeouts.idle_s", "idle_timeout_s", "CBHUB_IDLE_TIMEOUT_S",
-         "longest wait for a provider's response headers and longest gap between two reads of its body; "
-         "0 = none", _NON_NEGATIVE,
-         more="The headers are waited for after connecting; error bodies are included (`upstream_timeout`)."),
-    _key("error_handling.timeouts.total_s", "total_timeout_s", "CBHUB_TOTAL_TIMEOUT_S",
-         "longest a whole provider request may take; 0 = none", _NON_NEGATIVE),
-    _key("error_handling.circuit_breaker.failure_rate", "breaker_failure_rate", "CBHUB_BREAKER_FAILURE_RATE",
-         "share of failed requests in the window that opens the breaker (0 < rate <= 1)", _rate,
-         more="There is one breaker per provider and base URL."),
-    _key("error_handling.circuit_breaker.window_s", "breaker_window_s", "CBHUB_BREAKER_WINDOW_S",
-         "the window the failure rate is measured over", _positive),
-    _key("error_handling.circuit_breaker.min_requests", "breaker_min_requests", "CBHUB_BREAKER_MIN_REQUESTS",
-         "requests in the window before the breaker may open", _POSITIVE_INT),
-    _key("error_handling.circuit_breaker.cooldown_s", "breaker_cooldown_s", "CBHUB_BREAKER_COOLDOWN_S",
-         "how long an open breaker rejects requests before it lets probes through", _NON_NEGATIVE),
-    _key("error_handling.circuit_breaker.half_open_probes", "breaker_half_open_probes",
-         "CBHUB_BREAKER_HALF_OPEN_PROBES", "trial requests a half-open breaker lets through", _POSITIVE_INT),
-    _key("error_handling.dead_letter.path", "dead_letter_path", "CBHUB_DEAD_LETTER_PATH",
-         "JSON-lines log of invalid upstream responses; \"\" turns it off",
-         more="A set but empty `CBHUB_DEAD_LETTER_PATH` turns it off too.",
-         doc_default="`<temp dir>/cbhub/dead-letter.jsonl`", example="/tmp/cbhub/dead-letter.jsonl",
-         empty_env=True),
-    _key("error_handling.dead_letter.max_bytes", "dead_letter_max_bytes", "CBHUB_DEAD_LETTER_MAX_BYTES",
-         "size at which the dead-letter log is rotated", _POSITIVE_INT),
-    _key("error_handling.dead_letter.backups", "dead_letter_backups", "CBHUB_DEAD_LETTER_BACKUPS",
-         "rotated dead-letter logs kept", _NON_NEGATIVE),
-    _key("monitoring.log_level", "log_level", "CBHUB_LOG_LEVEL",
-         "DEBUG, INFO, WARNING, ERROR or CRITICAL (`--log-level`)", _log_level),
-    *_provider_keys(),
-    _key("fallbacks", "fallbacks", None,
-         "model -> models to try in order when it fails before any content was forwarded",
-         notes=("fallbacks:", "  openai/gpt-4o-mini: [anthropic/claude-3-5-haiku-latest, ollama/llama3.2]")),
-    _key("limits.max_connections", "max_connections", "CBHUB_MAX_CONNECTIONS",
-         "open client connections (WebSocket and SSE)", _POSITIVE_INT),
-    _key("limits.max_completions", "max_completions", "CBHUB_MAX_COMPLETIONS",
-         "completions the hub holds at once", _POSITIVE_INT),
-    _key("limits.max_completions_per_connection", "max_completions_per_connection",
-         "CBHUB_MAX_COMPLETIONS_PER_CONNECTION", "completions one WebSocket connection may start and hold at once",
-         _POSITIVE_INT),
-    _key("limits.memory_budget_bytes", "memory_budget_bytes", "CBHUB_MEMORY_BUDGET_BYTES",
-         "bytes the hub may buffer in all", _POSITIVE_INT),
-    _key("limits.outbound_soft_limit_bytes", "outbound_soft_limit_bytes", "CBHUB_OUTBOUND_SOFT_LIMIT_BYTES",
-         "soft limit of bytes queued for one client, at most the hard limit", _POSITIVE_INT),
-    _key("limits.outbound_hard_limit_bytes", "outbound_hard_limit_bytes", "CBHUB_OUTBOUND_HARD_LIMIT_BYTES",
-         "hard limit of bytes queued for one client", _POSITIVE_INT),
-    _key("lifecycle.grace_period_s", "grace_period_s", "CBHUB_GRACE_PERIOD_S",
-         "how long a completion runs on after its last subscriber leaves", _NON_NEGATIVE),
-    _key("lifecycle.retention_s", "retention_s", "CBHUB_RETENTION_S",
-         "how long a finished completion stays subscribable (with its history)", _NON_NEGATIVE),
-    _key("lifecycle.shutdown_drain_timeout_s", "shutdown_drain_timeout_s", "CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S",
-         "on SIGINT or SIGTERM, how long running completions get to finish", _NON_NEGATIVE),
-)
+def _read_keys(cls: type[msgspec.Struct], provider_keys: Mapping[str, Key]) -> tuple[tuple[Key, ...], dict[str, Any]]:
+    """``(keys in field order, {field: its type without the annotation})`` of ``cls``: a field's
+    key is the :func:`key` in its annotation, or the registry's key for that field.
+
+    Raises:
+        TypeError: a field with no key or two, or a provider setting that names no field.
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
+    keys: list[Key] = []
+    kinds: dict[str, Any] = {}
+    for name in cls.__struct_fields__:
+        hint = hints[name]
+        declared: list[Key] = []
+        if typing.get_origin(hint) is Annotated:
+            hint, *extras = typing.get_args(hint)
+            declared = [extra for extra in extras if isinstance(extra, Key)]
+        if name in provider_keys:
+            declared.append(provider_keys[name])
+        if len(declared) != 1:
+            problem = "no key: annotate it with key(...)" if not declared else "more than one key"
+            raise TypeError(f"{cls.__name__}.{name} has {problem}")
+        keys.append(dataclasses.replace(declared[0], field=name))
+        kinds[name] = hint
+    missing = set(provider_keys) - set(cls.__struct_fields__)
+    if missing:
+        raise TypeError(f"{cls.__name__} has no field for the provider settings {', '.join(sorted(missing))}")
+    return tuple(keys), kinds
+
+
+#: Every key of the config file, in the order of docs/hub.example.yaml (HubConfig's fields).
+KEYS: tuple[Key, ...]
+KEYS, _FIELD_TYPES = _read_keys(HubConfig, _provider_keys())
 
 _SECTION_HELP = {
     "server": "Where the hub listens.",
@@ -435,7 +512,6 @@ _SECTION_HELP = {
 }
 
 _BY_FIELD = {key.field: key for key in KEYS}
-_FIELD_TYPES = {f.name: f.type for f in msgspec.structs.fields(HubConfig)}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -8,14 +8,24 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import pytest
 import yaml
 
 from hub import cli
-from hub.config import KEYS, ConfigError, HubConfig, env_table_markdown, example_yaml, preset_names
+from hub.config import (
+    KEYS,
+    ConfigError,
+    HubConfig,
+    Key,
+    _read_keys,
+    env_table_markdown,
+    example_yaml,
+    preset_names,
+)
+from hub.config import key as config_key
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_VARIABLES = sorted({name for key in KEYS for name in key.env})
@@ -249,6 +259,25 @@ def test_every_key_but_fallbacks_has_a_variable_and_names_are_unique() -> None:
     assert [key.path for key in KEYS if not key.env] == ["fallbacks"]
     fields = {f.name for f in msgspec.structs.fields(HubConfig)}
     assert {key.field for key in KEYS} == fields and len(KEYS) == len(fields)
+
+
+class _Declared(msgspec.Struct, kw_only=True):
+    size: Annotated[int, config_key("limits.size", "X_SIZE", "a size")] = 1
+    url: str = "http://x"
+
+
+def test_keys_are_read_from_the_annotations_and_each_field_has_exactly_one() -> None:
+    assert KEYS[0] == Key("server.host", "host", ("CBHUB_HOST",), "address to listen on (`--host`)",
+                          KEYS[0].check)
+    url = Key("providers.x.base_url", "url", ("X_URL",), "where")
+    keys, kinds = _read_keys(_Declared, {"url": url})
+    assert keys == (Key("limits.size", "size", ("X_SIZE",), "a size"), url) and kinds == {"size": int, "url": str}
+    with pytest.raises(TypeError, match=r"_Declared.url has no key: annotate it with key\(...\)"):
+        _read_keys(_Declared, {})
+    with pytest.raises(TypeError, match="_Declared.size has more than one key"):
+        _read_keys(_Declared, {"size": url, "url": url})
+    with pytest.raises(TypeError, match="no field for the provider settings other_url"):
+        _read_keys(_Declared, {"url": url, "other_url": url})
 
 
 def test_new_variables_are_cbhub_and_the_field_name() -> None:
