@@ -322,9 +322,8 @@ class ProviderClient:
         if self.dead_letters is None:
             return
         secrets = self.config.secrets()
-        provider_request_id = next(
-            (response.headers[name] for name in ("x-request-id", "request-id", "x-goog-request-id")
-             if name in response.headers), None)
+        headers = response.headers
+        provider_request_id = next((headers[name] for name in upstream.request_id_headers if name in headers), None)
         self.dead_letters.write({
             "requestId": request_id,
             "providerRequestId": provider_request_id,

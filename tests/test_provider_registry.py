@@ -169,6 +169,15 @@ def test_hub_providers_knows_no_provider_by_name() -> None:
     for spec in PROVIDERS.values():
         for word in {spec.name, spec.config_section, *(p.rstrip("/") for p in spec.prefixes)}:
             assert not re.search(rf"[\"']{re.escape(word)}[\"'/]", source), word
+        for header in spec.request_id_headers:
+            assert header not in source, header
+
+
+@pytest.mark.parametrize("spec", list(PROVIDERS.values()), ids=lambda spec: spec.name)
+def test_request_id_headers_come_from_the_spec(spec: ProviderSpec) -> None:
+    settings = ProviderSettings(base_url="http://mock:9100", api_key="k")
+    request = spec.build(completion(f"{spec.prefix}m"), "m", settings)
+    assert request.request_id_headers == spec.request_id_headers
 
 
 def test_config_does_not_import_hub_providers() -> None:

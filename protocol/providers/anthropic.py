@@ -144,6 +144,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body=body,
         make_normalizer=AnthropicNormalizer,
         framing="sse",
+        request_id_headers=SPEC.request_id_headers,
     )
 
 
@@ -168,4 +169,5 @@ SPEC = ProviderSpec(
     example_models=("claude-3-5-haiku-latest", "claude-sonnet-4-5"),
     demo_model="claude-3-5-haiku-latest",
     docs="§2",
+    request_id_headers=("request-id",),
 )

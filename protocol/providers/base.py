@@ -50,6 +50,8 @@ class UpstreamRequest(msgspec.Struct, kw_only=True):
         body: the JSON body, plain JSON values only.
         make_normalizer: builds a fresh normalizer for the response body.
         framing: ``sse`` or ``ndjson``: which content types a streamed answer may have.
+        request_id_headers: response headers that carry the provider's id of the request
+            (:attr:`ProviderSpec.request_id_headers`), the first present wins.
     """
 
     provider: str
@@ -59,6 +61,7 @@ class UpstreamRequest(msgspec.Struct, kw_only=True):
     body: dict[str, Any]
     make_normalizer: Callable[[], Normalizer]
     framing: Framing = "sse"
+    request_id_headers: tuple[str, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -122,6 +125,9 @@ class ProviderSpec:
         server_path: where this provider's base URL points under the root of a server that
             serves every format (the mock provider): ``/v1`` for OpenAI, ``""`` for the rest.
         docs: the section of docs/PROVIDERS.md that holds its wire rules (``§1``).
+        request_id_headers: response headers in which the provider names its id of the
+            request (``request-id``), the first present wins; the hub writes it to the
+            dead-letter log. Builders copy it into :attr:`UpstreamRequest.request_id_headers`.
     """
 
     name: str
@@ -146,6 +152,7 @@ class ProviderSpec:
     demo_model: str = ""
     server_path: str = ""
     docs: str = ""
+    request_id_headers: tuple[str, ...] = ()
 
     @property
     def prefix(self) -> str:

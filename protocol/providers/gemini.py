@@ -138,6 +138,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body=body,
         make_normalizer=GeminiNormalizer,
         framing="sse",
+        request_id_headers=SPEC.request_id_headers,
     )
 
 
@@ -162,4 +163,5 @@ SPEC = ProviderSpec(
     example_models=("gemini-2.5-flash", "gemini-2.5-pro"),
     demo_model="gemini-2.0-flash",
     docs="§3",
+    request_id_headers=("x-goog-request-id",),
 )

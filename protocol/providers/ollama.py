@@ -89,6 +89,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body=body,
         make_normalizer=OllamaChatNormalizer,
         framing="ndjson",
+        request_id_headers=SPEC.request_id_headers,
     )
 
 

@@ -62,6 +62,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body=body,
         make_normalizer=OpenAIChatNormalizer,
         framing="sse",
+        request_id_headers=SPEC.request_id_headers,
     )
 
 
@@ -87,4 +88,5 @@ SPEC = ProviderSpec(
     demo_model="gpt-4o-mini",
     server_path="/v1",
     docs="§1",
+    request_id_headers=("x-request-id",),
 )
