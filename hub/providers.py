@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import aiohttp
 import msgspec
@@ -180,7 +180,7 @@ class ProviderClient:
         # The idle timeout is not aiohttp's sock_read: see IdleDeadline.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s)
 
-    async def stream(self, upstream: UpstreamRequest, request_id: str = "") -> AsyncIterator[list[StreamEvent]]:
+    async def stream(self, upstream: UpstreamRequest, request_id: str = "") -> AsyncGenerator[list[StreamEvent], None]:
         """POST the request and yield unified events as the body arrives: one list per read
         of the body (never empty), so a read that carried several provider chunks costs one
         step of the consumer, not one per event.
@@ -233,7 +233,7 @@ class ProviderClient:
                     if not idle.expired:
                         raise
                 if idle.expired:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 message = _error_message(body)
                 raise ProviderError(
                     redact(f"{upstream.provider} answered HTTP {response.status}: {message}", secrets),
@@ -271,13 +271,13 @@ class ProviderClient:
                         break
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionError) as exc:
                 if idle.expired:
-                    raise asyncio.TimeoutError from None
+                    raise TimeoutError from None
                 # The connection ended mid-body: what arrived is parsed, and the normalizer
                 # reports the missing terminal marker as a truncated stream.
                 log.info("%s body cut short: %s", upstream.provider, exc)
                 cut = True
             if idle.expired:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             events = normalizer.close()
             if cut and events and isinstance(events[-1], StreamEnd):
                 # A format whose only terminal marker is EOF (docs/PROVIDERS.md §3.1) may say
@@ -289,7 +289,7 @@ class ProviderClient:
                     self._dead_letter_failed(upstream, request_id, response, events[-1], head, last)
                 yield events
             finished = True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProviderError(
                 f"{upstream.provider} did not answer within the timeout", "upstream_timeout", retryable=True
             ) from None

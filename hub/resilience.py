@@ -220,7 +220,7 @@ class DeadLetterLog:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
         try:
             self._logger.info(orjson.dumps(record).decode())
-        except Exception:  # noqa: BLE001 - the dead-letter log must never break a completion
+        except Exception:  # the dead-letter log must never break a completion
             log.exception("writing the dead-letter log failed")
 
     def close(self) -> None:

@@ -39,7 +39,12 @@ class StreamBuffer:
                  "_first_sent")
 
     def __init__(
-        self, chunk_size: int = 100, flush_interval_ms: float = 25.0, *, enabled: bool = True, release_first: bool = False
+        self,
+        chunk_size: int = 100,
+        flush_interval_ms: float = 25.0,
+        *,
+        enabled: bool = True,
+        release_first: bool = False,
     ) -> None:
         self.chunk_size = chunk_size
         self.flush_interval_ms = flush_interval_ms

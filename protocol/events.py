@@ -13,12 +13,12 @@ A normalizer's output for one upstream response is::
 Finish reasons use one vocabulary (:data:`FINISH_REASONS`): ``stop``, ``length``,
 ``tool_calls``, ``content_filter``, ``error``. An answer whose last output is a tool call
 reports ``tool_calls`` even when the provider says stop (Gemini ``STOP``, Ollama ``stop``;
-formats.md §3.3, §4.1).
+docs/PROVIDERS.md §3.3, §4.1).
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import msgspec
 
@@ -99,7 +99,7 @@ class ToolCall(msgspec.Struct, frozen=True, gc=False):
         arguments: the parsed JSON value when ``arguments_valid``, else the raw string.
         arguments_raw: the argument JSON text as assembled from the fragments.
         arguments_valid: False when ``arguments_raw`` is not valid JSON (e.g. cut by
-            max_tokens, formats.md §2.6).
+            max_tokens, docs/PROVIDERS.md §2.6).
         server: True for a tool the provider ran itself (Anthropic ``server_tool_use``).
         signature: Gemini ``thoughtSignature`` attached to a functionCall part, if any.
     """
@@ -170,14 +170,15 @@ class StreamFailed(msgspec.Struct, frozen=True, gc=False):
     usage: Usage | None = None
 
 
-StreamEvent = Union[
-    TextDelta,
-    ReasoningDelta,
-    ReasoningDone,
-    RefusalDelta,
-    ToolCall,
-    Citation,
-    ChoiceFinished,
-    StreamEnd,
-    StreamFailed,
-]
+#: Any event a normalizer emits.
+StreamEvent: TypeAlias = (
+    TextDelta
+    | ReasoningDelta
+    | ReasoningDone
+    | RefusalDelta
+    | ToolCall
+    | Citation
+    | ChoiceFinished
+    | StreamEnd
+    | StreamFailed
+)

@@ -4,7 +4,7 @@
 Completions format whatever provider serves the model: with ``stream: true`` SSE events
 ``data: <chat.completion.chunk>`` ending with ``data: [DONE]`` (and, when
 ``stream_options.include_usage`` is true, a last chunk with ``choices: []`` and ``usage``),
-as described in formats.md §1.1-§1.3 (source: openai-python ``chat_completion_chunk.py``);
+as described in docs/PROVIDERS.md §1.1-§1.3 (source: openai-python ``chat_completion_chunk.py``);
 with ``stream: false`` one ``chat.completion`` object.
 
 :class:`ChunkEncoder` turns the hub's messages (protocol/messages.py) for one completion
@@ -13,7 +13,7 @@ into those bytes. It has no clock: the ``created`` timestamp (unix seconds) is p
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -60,14 +60,14 @@ class ChatCompletionRequest(msgspec.Struct):
     model: str
     messages: list[ChatMessage]
     stream: bool = False
-    stream_options: Union[StreamOptions, None] = None
-    max_tokens: Union[int, None] = None
-    max_completion_tokens: Union[int, None] = None
-    temperature: Union[float, None] = None
-    tools: Union[list[dict[str, Any]], None] = None
-    tool_choice: Union[str, dict[str, Any], None] = None
-    stop: Union[str, list[str], None] = None
-    reasoning_effort: Union[str, None] = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    reasoning_effort: str | None = None
     coalesce: bool = True
 
     def to_completion(self, completion_id: str | None = None) -> Completion:
@@ -109,7 +109,7 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
 
 
 def error_body(code: str, message: str, status: int | None = None) -> bytes:
-    """OpenAI's error envelope ``{"error": {"message", "type", "param", "code"}}`` (formats.md §6.1)."""
+    """OpenAI's error envelope ``{"error": {"message", "type", "param", "code"}}`` (docs/PROVIDERS.md §6.1)."""
     kind = "invalid_request_error" if status is not None and 400 <= status < 500 else "api_error"
     return _encode({"error": {"message": message, "type": kind, "param": None, "code": code}})
 

@@ -1,7 +1,7 @@
 """Tests for protocol/openai_compat.py: the OpenAI-compatible request parser and encoders.
 
 Encoder output is read back with the hub's own SSE parser (protocol/framing.py) and checked
-against OpenAI's chunk shape (formats.md §1.1-§1.2); the openai package's Pydantic models
+against OpenAI's chunk shape (docs/PROVIDERS.md §1.1-§1.2); the openai package's Pydantic models
 confirm that an OpenAI client would accept each chunk.
 """
 
