@@ -104,7 +104,7 @@ class Session:
         a tuple of acceptable codes), ``(Subscribed,)``, ``(Unsubscribed,)`` or ``(Pong,)``."""
         got = [await self.next_control() for _ in kinds]
         described = [(type(m).__name__, m.error.code if isinstance(m, ErrorMessage) else None) for m in got]
-        for (name, code), kind in zip(described, kinds):
+        for (name, code), kind in zip(described, kinds, strict=True):
             wanted = kind[1] if len(kind) > 1 else None
             ok = name == kind[0].__name__ and (code in wanted if isinstance(wanted, tuple) else code == wanted)
             assert ok, f"got {described}, expected {kinds}"
@@ -203,8 +203,8 @@ BAD_INPUTS: list[tuple[str, str | bytes, list[tuple[Any, ...]]]] = [
     ("deeply-nested-array", "[" * _DEEP + "]" * _DEEP, [(ErrorMessage, ("invalid_json", "invalid_message"))]),
     ("deeply-nested-objects", '{"a":' * _DEEP + "1" + "}" * _DEEP, [(ErrorMessage, ("invalid_json", "unknown_type"))]),
     ("deeply-nested-in-a-free-form-field",
-     '{"type":"completion","model":"%s","messages":[{"role":"user","content":"Hi"}],"thinking":{"a":%s}}'
-     % (MODEL, "[" * _TOO_DEEP + "]" * _TOO_DEEP), [(ErrorMessage, "invalid_json")]),
+     '{"type":"completion","model":"' + MODEL + '","messages":[{"role":"user","content":"Hi"}],"thinking":{"a":'
+     + "[" * _TOO_DEEP + "]" * _TOO_DEEP + "}}", [(ErrorMessage, "invalid_json")]),
     ("large-message-within-the-limit", json.dumps({"type": "ping", "pad": "x" * 500_000}), [(ErrorMessage, "invalid_message")]),
     ("binary-frame", b'{"type":"ping"}', [(ErrorMessage, "invalid_message")]),
     ("unknown-channel", '{"type":"subscribe","channels":["completion:nope"]}', [(ErrorMessage, "unknown_channel")]),

@@ -14,8 +14,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from hub.app import run_hub
-from hub.transports.websocket import WebSocketConnection
 from hub.multiplexer import EncodedEvent
+from hub.transports.websocket import WebSocketConnection
 from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Pong, Subscribed
 from protocol.wsframe import batch_frames, text_frame
 from tests.conftest import RECV_TIMEOUT_S, hub_config
