@@ -51,7 +51,8 @@ _KNOWN_PLUGINS = {"bench": "the benchmark suite in tools/bench of a source check
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cbhub", description="circuit-breaker-hub: a real-time streaming hub for LLM applications")
+    parser = argparse.ArgumentParser(
+        prog="cbhub", description="circuit-breaker-hub: a real-time streaming hub for LLM applications")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the hub")
@@ -227,7 +228,8 @@ async def _chat(args: argparse.Namespace, prompt: str) -> int:
 
     err = sys.stderr
     dim = err.isatty() and not os.environ.get("NO_COLOR")
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": prompt}]
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = [*system, {"role": "user", "content": prompt}]
     options = {"max_tokens": args.max_tokens, "temperature": args.temperature, "reasoning": args.reasoning}
 
     def reconnected(info: Reconnect) -> None:

@@ -145,11 +145,11 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
                 message = HUB_DECODER.decode(frame)
                 if isinstance(message, Subscribed):
                     continue
-                provider = ids.get(getattr(message, "completion_id", None) or "")
-                if provider is None:
+                owner = ids.get(getattr(message, "completion_id", None) or "")
+                if owner is None:
                     print(f"\n{message}")
                     continue
-                entry = stats[provider]
+                entry = stats[owner]
                 now = time.perf_counter()
                 if isinstance(message, ContentChunk):
                     if entry.first_at is None:
@@ -157,7 +157,7 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
                     entry.chunks += 1
                     entry.chars += len(message.content)
                     entry.text.append(message.content)
-                    view.show(provider, message.content)
+                    view.show(owner, message.content)
                 elif isinstance(message, ThinkingStatus):
                     if entry.first_at is None:
                         entry.first_at = now
@@ -165,8 +165,9 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
                 elif isinstance(message, Completed):
                     entry.done_at = now
                     entry.finish = message.finish_reason
-                    if message.usage:
-                        entry.usage = f"{message.usage.prompt_tokens}/{message.usage.completion_tokens}/{message.usage.total_tokens}"
+                    usage = message.usage
+                    if usage:
+                        entry.usage = f"{usage.prompt_tokens}/{usage.completion_tokens}/{usage.total_tokens}"
                     pending.discard(message.completion_id)
                 elif isinstance(message, ErrorMessage):
                     entry.done_at = now
@@ -176,7 +177,8 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
                     break
         view.close()
         print()
-        header = f"{'provider':<10} {'model':<36} {'TTFT ms':>8} {'chunks':>7} {'chars':>6} {'total ms':>9}  finish / usage (p/c/t)"
+        header = (f"{'provider':<10} {'model':<36} {'TTFT ms':>8} {'chunks':>7} {'chars':>6} {'total ms':>9}  "
+                  "finish / usage (p/c/t)")
         print(header)
         print("-" * len(header))
         failures = 0
@@ -185,7 +187,8 @@ async def run_demo(*, live: bool = False, port: int = 0, tokens: int = 40, tps: 
             total = f"{(entry.done_at - entry.sent_at) * 1000:.1f}" if entry.done_at else "-"
             outcome = entry.error or f"{entry.finish} / {entry.usage or 'no usage'}"
             failures += bool(entry.error)
-            print(f"{provider:<10} {models[provider]:<36} {ttft:>8} {entry.chunks:>7} {entry.chars:>6} {total:>9}  {outcome}")
+            print(f"{provider:<10} {models[provider]:<36} {ttft:>8} {entry.chunks:>7} {entry.chars:>6} {total:>9}  "
+                  f"{outcome}")
         return 1 if failures else 0
 
 
@@ -202,7 +205,7 @@ def _content_creation(model: str | None, seeds: bool) -> dict[str, Any]:
 
     from hub.workflows import DEFINITIONS_DIR
 
-    definition = yaml.safe_load((DEFINITIONS_DIR / "content_creation.yaml").read_text(encoding="utf-8"))
+    definition: dict[str, Any] = yaml.safe_load((DEFINITIONS_DIR / "content_creation.yaml").read_text(encoding="utf-8"))
     for n, agent in enumerate(definition["agents"], 1):
         if model:
             agent["model"] = model
@@ -338,10 +341,10 @@ async def run_workflow_demo(*, live: bool = False, port: int = 0, topic: str = "
                     outcome = f"error: {event.error}" if event.error is not None else repr(event.result)
                     view.note(f"  ƒ {event.name}({event.arguments!r}) → {outcome}", "36")
                 elif cls is AgentCompleted:
-                    served = f", served by {event.provider}/{event.model}" if event.provider else ""
+                    by = f", served by {event.provider}/{event.model}" if event.provider else ""
                     took = time.perf_counter() - began.pop(event.agent_id, started)
                     view.note(f"✓ {event.agent_id} done: {len(event.result)} chars, usage (p/c/t) "
-                              f"{_usage_text(event.usage)}{served}, {took:.2f} s")
+                              f"{_usage_text(event.usage)}{by}, {took:.2f} s")
                 elif cls is WorkflowTransition:
                     view.note(f"→ {event.transition_id}: {event.from_place} → {event.to_place}", "1")
                 elif cls is TokenCreated:
@@ -366,11 +369,11 @@ async def run_workflow_demo(*, live: bool = False, port: int = 0, topic: str = "
     print("-" * len(header), file=out)
     for turn in result.agents:
         ttft = f"{turn.ttft_s * 1000:.1f}" if turn.ttft_s is not None else "-"
-        took = f"{turn.duration_s * 1000:.1f}" if turn.duration_s is not None else "-"
+        duration = f"{turn.duration_s * 1000:.1f}" if turn.duration_s is not None else "-"
         answer = (turn.result or "").replace("\n", " ").replace("\u2028", " ").strip()
         answer = answer if len(answer) <= 40 else answer[:39] + "…"
         print(f"{turn.agent_id:<11} {turn.model or '?':<36} {turn.place or '?':<11} {ttft:>8} {len(turn.text):>6} "
-              f"{took:>8}  {_usage_text(turn.usage):<13}  {answer}", file=out)
+              f"{duration:>8}  {_usage_text(turn.usage):<13}  {answer}", file=out)
     path = " → ".join(t.transition_id for t in result.transitions)
     functions = sum(len(turn.functions) for turn in result.agents)
     print(f"\n{len(result.agents)} agent turns, {functions} function calls; path {path}; "

@@ -158,6 +158,7 @@ import asyncio
 import base64
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -168,7 +169,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -651,7 +652,8 @@ class _Anthropic(_Format):
 
     @staticmethod
     def _event(obj: dict[str, Any]) -> bytes:
-        return b"event: " + obj["type"].encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+        kind: str = obj["type"]
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
     def _open(self, block: dict[str, Any]) -> bytes:
         out = self._close()
@@ -673,7 +675,7 @@ class _Anthropic(_Format):
         return self._event({"type": "content_block_delta", "index": self.index, "delta": delta})
 
     def head(self) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
@@ -1160,8 +1162,8 @@ class MockProvider:
         return app
 
     def _provider(
-        self, handler: Callable[[web.Request, _Call], Any]
-    ) -> Callable[[web.Request], Any]:
+        self, handler: Callable[[web.Request, _Call], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """Wrap a provider handler: log the request, count it and how it ended."""
 
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -1284,7 +1286,8 @@ class MockProvider:
                 _close_transport(request)
                 return web.Response()
             if step == "stall":
-                while request.transport is not None and not request.transport.is_closing():
+                # aiohttp has no event for "the peer closed the connection": poll the transport.
+                while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
                 return web.Response()
             if step == "garbage":
@@ -1406,7 +1409,7 @@ def _script(fmt: _Format, d: Directive) -> Iterator[tuple[str, Callable[[], byte
     ``token`` (paced, counted by cuts), ``tool`` (paced) or ``marker`` (written at once).
     Bytes are produced only when a step is written, so timestamps and usage are current."""
     for word in _words("reasoning", d.reasoning, d.seed):
-        yield "token", lambda word=word: fmt.reasoning(word)
+        yield "token", functools.partial(fmt.reasoning, word)
     if d.reasoning:
         yield "marker", fmt.reasoning_done
     if d.stamp:
@@ -1414,11 +1417,16 @@ def _script(fmt: _Format, d: Directive) -> Iterator[tuple[str, Callable[[], byte
             yield "token", lambda: fmt.text(f"@{time.monotonic_ns()} ")
     else:
         for word in _words("text", d.tokens, d.seed):
-            yield "token", lambda word=word: fmt.text(word)
+            yield "token", functools.partial(fmt.text, word)
     if d.tool:
         # Built when the generator gets here, i.e. after the last token was written.
         for piece in fmt.tool(d.tool):
-            yield "tool", lambda piece=piece: piece
+            yield "tool", _constant(piece)
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    """A step that writes ``data`` as it is."""
+    return lambda: data
 
 
 def _pieces(data: bytes, seed: int) -> Iterator[bytes]:
