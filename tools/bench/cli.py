@@ -38,7 +38,8 @@ SCENARIOS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cbhub bench`` parser: one subcommand per scenario."""
-    parser = argparse.ArgumentParser(prog="cbhub bench", description="benchmarks of circuit-breaker-hub (docs/BENCHMARKS.md)")
+    parser = argparse.ArgumentParser(
+        prog="cbhub bench", description="benchmarks of circuit-breaker-hub (docs/BENCHMARKS.md)")
     scenarios = parser.add_subparsers(dest="scenario", required=True)
     for name, (module_name, help_text) in SCENARIOS.items():
         sub = scenarios.add_parser(name, help=help_text, description=help_text)

@@ -117,8 +117,8 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
                     advance()
                     continue  # the reference server does not coalesce; its coalesce=off row is the reference
                 row = await run_shape(server, streams, subscribers, tokens, rate, coalesce, procs=procs,
-                                      batch=args.batch, burst=args.burst, aligned=args.aligned, loop=args.loop, flush_interval_ms=args.flush_interval_ms,
-                                      timeout=args.timeout)
+                                      batch=args.batch, burst=args.burst, aligned=args.aligned, loop=args.loop,
+                                      flush_interval_ms=args.flush_interval_ms, timeout_s=args.timeout)
                 reporter.emit(row)
                 failures += not row["ok"]
                 advance()
@@ -129,7 +129,7 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
 async def run_shape(server: str, streams: int, subscribers: int, tokens: int, rate: float, coalesce: bool, *,
                     procs: int = 2, batch: bool = False, burst: int = 1, aligned: bool = False,
                     loop: str = "asyncio", flush_interval_ms: float = 25.0,
-                    timeout: float = 300.0) -> dict[str, Any]:
+                    timeout_s: float = 300.0) -> dict[str, Any]:
     """Measure one configuration in fresh server processes; returns the result row."""
     connections = streams * subscribers
     processes: list[ServerProcess] = []
@@ -142,7 +142,8 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
             processes.append(target)
             ws_url = target.url.replace("http", "ws", 1) + "/ws/stream" + ("?batch=1" if batch else "")
             gate = f"bench-{uuid.uuid4().hex[:8]}"
-            prompt = f"bench [[mock tokens={tokens} tps={rate:g} burst={burst} ttft_ms={{offset_ms}} stamp=1 gate={gate}]]"
+            prompt = (f"bench [[mock tokens={tokens} tps={rate:g} burst={burst} ttft_ms={{offset_ms}} stamp=1 "
+                      f"gate={gate}]]")
         else:
             target = await ServerProcess("limit", [sys.executable, "-m", "tools.bench.limit_server", "--port", "0",
                                                    "--loop", loop]).start()
@@ -171,7 +172,7 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
                 system_before = target.cpu_system_s()
                 started = time.monotonic_ns()
                 await session.post(release_url, params=params)
-            results: list[WorkerResult] = await asyncio.wait_for(measuring, timeout)
+            results: list[WorkerResult] = await asyncio.wait_for(measuring, timeout_s)
             cpu_used = target.cpu_s() - cpu_before
             system_used = target.cpu_system_s() - system_before
             mock_cpu = mock.cpu_s() - mock_cpu_before if server == "hub" else None

@@ -298,7 +298,7 @@ def split_per_chunk(format_name: str, data: bytes) -> list[bytes]:
         pieces = data.splitlines(keepends=True)
     elif framing == "array":
         cuts = [m.start() for m in _ARRAY_SEPARATOR.finditer(data)]
-        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
     else:
         pieces = [m.group() for m in _SSE_EVENT.finditer(data)]
         rest = len(b"".join(pieces))
@@ -447,7 +447,7 @@ def measure_encoders(seconds: float, advance: Callable[..., Any] = lambda amount
     }
     reference = encode(message)
     for name, (statement, builds) in _ENCODERS.items():
-        output = eval(statement, dict(namespace))  # noqa: S307 - our own constant statements
+        output = eval(statement, dict(namespace))  # our own constant statements
         timer = timeit.Timer(statement, globals=dict(namespace))
         # Calls per batch: batches of about a tenth of `seconds` (at most 50 ms), so that
         # there are many batches and a meaningful best one.

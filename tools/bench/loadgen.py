@@ -142,7 +142,8 @@ async def _worker_main(plan: Plan, pipe: multiprocessing.connection.Connection) 
                         "{offset_ms}", f"{client.stream / plan.streams * plan.stagger_ms:.3f}")}],
                 }).decode())
             else:
-                await client.ws.send_str(orjson.dumps({"type": "subscribe", "channels": [f"completion:{channel}"]}).decode())
+                request = {"type": "subscribe", "channels": [f"completion:{channel}"]}
+                await client.ws.send_str(orjson.dumps(request).decode())
             await recv_ack(client)
 
         async def subscribe(client: _Client) -> None:

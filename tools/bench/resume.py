@@ -80,7 +80,8 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
         tokens = 2000
         waits: list[float] = []
         async with websockets.connect(url, compression=None) as starter:
-            await _send(starter, {"type": "completion", "id": "resume", "model": "openai/gpt-4o-mini", "coalesce": False,
+            await _send(starter, {"type": "completion", "id": "resume", "model": "openai/gpt-4o-mini",
+                                  "coalesce": False,
                                   "messages": [{"role": "user", "content": f"[[mock tokens={tokens} tps=400]]"}]})
             ack = HUB_DECODER.decode(await starter.recv())
             epoch = ack.epochs["completion:resume"]
@@ -111,7 +112,9 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
                     advance()
         ordered = sorted(waits)
         reporter.emit({"scenario": "resume", "measure": "resume_ms_p50", "value": round(percentile(ordered, 0.5), 3),
-                       "unit": "ms", "detail": f"new connection + subscribe(since) to the first resumed message, {len(waits)} trials"})
+                       "unit": "ms",
+                       "detail": f"new connection + subscribe(since) to the first resumed message, "
+                                 f"{len(waits)} trials"})
         reporter.emit({"scenario": "resume", "measure": "resume_ms_p99", "value": round(percentile(ordered, 0.99), 3),
                        "unit": "ms", "detail": "same"})
         # Replay throughput and memory per history entry.
@@ -134,7 +137,8 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
             elapsed = time.perf_counter() - started
         failures += count != args.history + 1
         reporter.emit({"scenario": "resume", "measure": "replay_msgs_per_s", "value": round(count / elapsed, 1),
-                       "unit": "msgs/s", "detail": f"one subscriber replays a finished {count}-message history (client-bound)"})
+                       "unit": "msgs/s",
+                       "detail": f"one subscriber replays a finished {count}-message history (client-bound)"})
         reporter.emit({"scenario": "resume", "measure": "bytes_per_history_entry",
                        "value": round((rss_after - rss_before) / entries, 1), "unit": "bytes",
                        "detail": f"hub RSS growth over {entries} retained events (payload ~70 B each)"})

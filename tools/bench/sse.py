@@ -432,7 +432,8 @@ class LiteLLMProcess(ServerProcess):
             RuntimeError: it exited, or was not ready in time (the message ends with its log's tail).
         """
         started = time.perf_counter()
-        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+        # A local file opened once before the child starts (the child keeps its own descriptor).
+        with open(self.log_path, "wb") as log:  # noqa: ASYNC230
             self.process = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, cwd=self.directory, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
@@ -537,7 +538,7 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
         print("cbhub bench sse: --repeat must be at least 1 and --timeout above 0", file=sys.stderr)
         return 2
     reporter.columns = COLUMNS
-    status = asyncio.run(_main(args, reporter, list(zip(args.concurrency, tokens)), repeat))
+    status = asyncio.run(_main(args, reporter, list(zip(args.concurrency, tokens, strict=True)), repeat))
     reporter.table("sse: OpenAI-compatible SSE endpoint, streams at the mock's maximum speed (medians)")
     _summary(reporter)
     return status
