@@ -10,7 +10,7 @@ which keep their provider spelling. docs/PROTOCOL.md describes every message wit
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
@@ -84,10 +84,10 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     """
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[dict[str, Any]], None] = None
-    name: Union[str, None] = None
-    tool_calls: Union[list[dict[str, Any]], None] = None
-    tool_call_id: Union[str, None] = None
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 #: A request id: 1 to 64 characters chosen by the client (docs/PROTOCOL.md "Request ids").
@@ -103,7 +103,7 @@ class _ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=Tru
             ``pong``, ``ack``) or on the ``error`` answering it (docs/PROTOCOL.md "Request ids").
     """
 
-    rid: Union[RequestId, None] = None
+    rid: RequestId | None = None
 
 
 class Completion(_ClientMessage, tag="completion"):
@@ -129,14 +129,14 @@ class Completion(_ClientMessage, tag="completion"):
 
     model: str
     messages: list[ChatMessage]
-    id: Union[str, None] = None
-    max_tokens: Union[int, None] = None
-    temperature: Union[float, None] = None
-    tools: Union[list[dict[str, Any]], None] = None
-    tool_choice: Union[str, dict[str, Any], None] = None
-    stop: Union[str, list[str], None] = None
-    reasoning: Union[str, dict[str, Any], None] = None
-    thinking: Union[dict[str, Any], None] = None
+    id: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    reasoning: str | dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
     coalesce: bool = True
     fallbacks: list[str] = []
 
@@ -177,9 +177,9 @@ class CreateWorkflow(_ClientMessage, tag="create_workflow"):
     "definitionName":"content_creation","input":{"topic":"..."}}`` or with an inline
     ``definition`` (docs/PROTOCOL.md "Workflows"). The sender is subscribed to ``workflow:<id>``."""
 
-    workflow_id: Union[str, None] = msgspec.field(default=None, name="workflowId")
-    definition: Union[dict[str, Any], None] = None
-    definition_name: Union[str, None] = msgspec.field(default=None, name="definitionName")
+    workflow_id: str | None = msgspec.field(default=None, name="workflowId")
+    definition: dict[str, Any] | None = None
+    definition_name: str | None = msgspec.field(default=None, name="definitionName")
     input: dict[str, Any] = {}
 
 
@@ -188,7 +188,7 @@ class SubscribeWorkflow(_ClientMessage, tag="subscribe_workflow"):
     ``workflow:<id>``, with an optional ``since`` cursor."""
 
     workflow_id: str = msgspec.field(name="workflowId")
-    since: Union[Cursor, None] = None
+    since: Cursor | None = None
 
 
 class CancelWorkflow(_ClientMessage, tag="cancel_workflow"):
@@ -201,7 +201,9 @@ class Ping(_ClientMessage, tag="ping"):
     """Liveness check; answered with ``{"type": "pong"}``."""
 
 
-ClientMessage = Union[Completion, Subscribe, Unsubscribe, Cancel, Ping, CreateWorkflow, SubscribeWorkflow, CancelWorkflow]
+ClientMessage: TypeAlias = (
+    Completion | Subscribe | Unsubscribe | Cancel | Ping | CreateWorkflow | SubscribeWorkflow | CancelWorkflow
+)
 
 _CLIENT_DECODER = msgspec.json.Decoder(ClientMessage)
 _CLIENT_TAGS = frozenset(("completion", "subscribe", "unsubscribe", "cancel", "ping", "create_workflow",
@@ -299,7 +301,7 @@ class UsageInfo(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
-    reasoning_tokens: Union[int, None] = None
+    reasoning_tokens: int | None = None
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True, gc=False):
@@ -308,7 +310,7 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True, gc=False):
     code: str
     message: str
     retryable: bool
-    status: Union[int, None] = None
+    status: int | None = None
 
 
 class Attempt(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
@@ -318,8 +320,8 @@ class Attempt(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
 
     provider: str
     model: str
-    error: Union[str, None] = None
-    status: Union[int, None] = None
+    error: str | None = None
+    status: int | None = None
 
 
 class _HubMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True, gc=False):
@@ -335,12 +337,12 @@ class Subscribed(_HubMessage, tag="subscribed"):
 
     channels: list[str] = []
     streams: list[str] = []
-    completion_id: Union[str, None] = None
-    workflow_id: Union[str, None] = None
+    completion_id: str | None = None
+    workflow_id: str | None = None
     epochs: dict[str, str] = {}
     seqs: dict[str, int] = {}
     recovered: dict[str, bool] = {}
-    rid: Union[str, None] = None
+    rid: str | None = None
 
 
 class Unsubscribed(_HubMessage, tag="unsubscribed"):
@@ -348,7 +350,7 @@ class Unsubscribed(_HubMessage, tag="unsubscribed"):
 
     channels: list[str] = []
     streams: list[str] = []
-    rid: Union[str, None] = None
+    rid: str | None = None
 
 
 class ContentChunk(_HubMessage, tag="content_chunk"):
@@ -361,7 +363,7 @@ class ContentChunk(_HubMessage, tag="content_chunk"):
     completion_id: str
     seq: int
     content: str
-    first_seq: Union[int, None] = None
+    first_seq: int | None = None
 
 
 class ThinkingStatus(_HubMessage, tag="thinking_status"):
@@ -372,8 +374,8 @@ class ThinkingStatus(_HubMessage, tag="thinking_status"):
     seq: int
     status: Literal["thinking", "done"]
     content: str = ""
-    signature: Union[str, None] = None
-    redacted: Union[str, None] = None
+    signature: str | None = None
+    redacted: str | None = None
 
 
 class RefusalChunk(_HubMessage, tag="refusal"):
@@ -397,7 +399,7 @@ class ToolCallMessage(_HubMessage, tag="tool_call"):
     arguments: Any
     arguments_valid: bool = True
     server_tool: bool = False
-    signature: Union[str, None] = None
+    signature: str | None = None
 
 
 class CitationMessage(_HubMessage, tag="citation"):
@@ -417,8 +419,8 @@ class Completed(_HubMessage, tag="completed"):
     finish_reason: str
     provider: str
     model: str
-    usage: Union[UsageInfo, None] = None
-    ttft_ms: Union[float, None] = None
+    usage: UsageInfo | None = None
+    ttft_ms: float | None = None
     attempts: list[Attempt] = []
 
 
@@ -428,18 +430,18 @@ class ErrorMessage(_HubMessage, tag="error"):
     what the provider reported before failing, when it did (tokens already billed)."""
 
     error: ErrorInfo
-    completion_id: Union[str, None] = None
-    seq: Union[int, None] = None
-    usage: Union[UsageInfo, None] = None
+    completion_id: str | None = None
+    seq: int | None = None
+    usage: UsageInfo | None = None
     attempts: list[Attempt] = []
-    workflow_id: Union[str, None] = None
-    rid: Union[str, None] = None
+    workflow_id: str | None = None
+    rid: str | None = None
 
 
 class Pong(_HubMessage, tag="pong"):
     """Answer to ``ping`` (``rid`` echoes the ping's, when it had one)."""
 
-    rid: Union[str, None] = None
+    rid: str | None = None
 
 
 class Ack(_HubMessage, tag="ack"):
@@ -508,7 +510,7 @@ class FunctionExecuted(_HubMessage, tag="function_executed"):
     name: str
     arguments: Any
     result: Any = None
-    error: Union[str, None] = None
+    error: str | None = None
 
 
 class AgentCompleted(_HubMessage, tag="agent_completed"):
@@ -518,9 +520,9 @@ class AgentCompleted(_HubMessage, tag="agent_completed"):
     seq: int
     agent_id: str
     result: str
-    usage: Union[UsageInfo, None] = None
-    provider: Union[str, None] = None
-    model: Union[str, None] = None
+    usage: UsageInfo | None = None
+    provider: str | None = None
+    model: str | None = None
 
 
 class WorkflowCompleted(_HubMessage, tag="workflow_completed"):
@@ -531,7 +533,7 @@ class WorkflowCompleted(_HubMessage, tag="workflow_completed"):
     seq: int
     place: str
     result: dict[str, Any]
-    usage: Union[UsageInfo, None] = None
+    usage: UsageInfo | None = None
 
 
 class WorkflowSnapshot(_HubMessage, tag="workflow_snapshot"):
@@ -547,10 +549,10 @@ class WorkflowSnapshot(_HubMessage, tag="workflow_snapshot"):
     status: str
     place: str
     data: dict[str, Any]
-    agent_id: Union[str, None] = None
+    agent_id: str | None = None
     agent_content: str = ""
-    usage: Union[UsageInfo, None] = None
-    error: Union[ErrorInfo, None] = None
+    usage: UsageInfo | None = None
+    error: ErrorInfo | None = None
 
 
 class Snapshot(_HubMessage, tag="snapshot"):
@@ -583,33 +585,33 @@ class CircuitState(_HubMessage, tag="circuit_state"):
     base_url: str
     state: str
     previous: str
-    failure_rate: Union[float, None] = None
-    requests: Union[int, None] = None
+    failure_rate: float | None = None
+    requests: int | None = None
 
 
-HubMessage = Union[
-    Subscribed,
-    Unsubscribed,
-    ContentChunk,
-    ThinkingStatus,
-    RefusalChunk,
-    ToolCallMessage,
-    CitationMessage,
-    Completed,
-    ErrorMessage,
-    Pong,
-    Ack,
-    CircuitState,
-    Snapshot,
-    TokenCreated,
-    WorkflowTransition,
-    AgentStarted,
-    AgentProgress,
-    FunctionExecuted,
-    AgentCompleted,
-    WorkflowCompleted,
-    WorkflowSnapshot,
-]
+HubMessage: TypeAlias = (
+    Subscribed
+    | Unsubscribed
+    | ContentChunk
+    | ThinkingStatus
+    | RefusalChunk
+    | ToolCallMessage
+    | CitationMessage
+    | Completed
+    | ErrorMessage
+    | Pong
+    | Ack
+    | CircuitState
+    | Snapshot
+    | TokenCreated
+    | WorkflowTransition
+    | AgentStarted
+    | AgentProgress
+    | FunctionExecuted
+    | AgentCompleted
+    | WorkflowCompleted
+    | WorkflowSnapshot
+)
 
 _ENCODER = msgspec.json.Encoder()
 encode = _ENCODER.encode

@@ -14,6 +14,7 @@ tests/data use the same keys::
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -61,7 +62,7 @@ def splits(data: bytes, *, exhaustive_limit: int = 4096, random_count: int = 200
     for _ in range(random_count):
         cuts = sorted(rng.sample(range(1, len(data)), k=min(len(data) - 1, rng.randint(1, 40)))) if len(data) > 1 else []
         bounds = [0, *cuts, len(data)]
-        yield [data[a:b] for a, b in zip(bounds, bounds[1:])]
+        yield [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def run_normalizer(factory: Callable[[], Any], pieces: Iterable[bytes]) -> list[StreamEvent]:

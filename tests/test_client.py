@@ -5,6 +5,7 @@ resume (replay and snapshot) at chosen and at random points of a paced completio
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -264,7 +265,7 @@ async def test_reconnect_at_random_points_keeps_the_text_exact(hub: Hub) -> None
     assert text_of(events) == expected_text(tokens, seed=8) == stream.result.text
     assert isinstance(events[-1], Completed) and stream.result.usage.completion_tokens == tokens
     real = [event for event in events if not isinstance(event, Snapshot)]
-    assert all(a.seq < b.seq for a, b in zip(real, real[1:]))  # never a duplicate, never backwards
+    assert all(a.seq < b.seq for a, b in itertools.pairwise(real))  # never a duplicate, never backwards
     assert len(reconnects) >= 3
     assert all(info.close_code == 1006 and info.channels == (stream.channel,) for info in reconnects)
 

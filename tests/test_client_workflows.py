@@ -454,9 +454,9 @@ async def test_snapshot_resume_after_the_run_was_cancelled_while_away(short_hist
                     if isinstance(event, AgentProgress) and not release.is_set():
                         drop(client)
                         run = short_history_hub.workflows.get(stream.id)
-                        await until(lambda: run.channel.last_seq > stream.seq + 3)
+                        await until(lambda run=run: run.channel.last_seq > stream.seq + 3)
                         run.cancel()
-                        await until(lambda: run.finished)
+                        await until(lambda run=run: run.finished)
                         release.set()
     assert caught.value.code == "cancelled" and caught.value.workflow_id == stream.id
     assert isinstance(events[-1], WorkflowSnapshot) and events[-1].status == "cancelled"

@@ -9,6 +9,7 @@ spec's "discard at EOF".
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import msgspec
@@ -642,7 +643,7 @@ def _sse_streams(draw):
 
 def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
     bounds = [0, *sorted({cut % (len(data) + 1) for cut in cuts}), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 _cuts = st.lists(st.integers(0, 10_000), max_size=12)

@@ -48,7 +48,7 @@ RECORDINGS = [
 TRANSCRIPTS = sorted(p.name for p in DATA.glob("openai_*.sse"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def recorded(name: str) -> tuple[bytes, tuple]:
     """A recording's bytes and the events it gives when fed whole."""
     body = shared_fixture(name)

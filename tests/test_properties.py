@@ -23,6 +23,7 @@ so a CI run tests the same inputs each time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -421,7 +422,7 @@ cut_points = st.lists(st.integers(0, 100_000), max_size=16)
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` in reads cut at ``cuts`` (taken modulo the length; empty reads included)."""
     bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def run_framing(decoder: Any, pieces: list[bytes]) -> tuple[list[Any], str | None]:
@@ -548,7 +549,7 @@ def test_json_array_cut_short_is_never_an_error(array: tuple[bytes, list[bytes],
     decoder = JSONArrayDecoder()
     items, error = run_framing(decoder, cut(prefix, cuts))
     assert error is None
-    assert items == [element for element, end in zip(elements, ends) if end <= len(prefix)]
+    assert items == [element for element, end in zip(elements, ends, strict=True) if end <= len(prefix)]
     assert decoder.complete == (len(prefix) >= closed_at)
 
 

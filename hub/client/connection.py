@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 import websockets
@@ -39,9 +39,9 @@ from protocol.messages import (
     CHANNEL_PATTERN,
     COMPLETION_ID_PATTERN,
     HUB_DECODER,
+    Ack,
     AgentCompleted,
     AgentProgress,
-    Ack,
     AgentStarted,
     ChatMessage,
     CircuitState,
@@ -250,7 +250,7 @@ class HubClient:
 
     def __init__(self, url: str = "ws://127.0.0.1:8765/ws/stream", *, reconnect: bool = True,
                  base_delay_s: float = 0.1, max_delay_s: float = 5.0, max_reconnect_attempts: int | None = 10,
-                 on_reconnect: Callable[[Reconnect], Union[None, Awaitable[None]]] | None = None,
+                 on_reconnect: Callable[[Reconnect], None | Awaitable[None]] | None = None,
                  open_timeout_s: float = 10.0, max_message_bytes: int | None = None,
                  **connect_options: Any) -> None:
         self.url = url
@@ -382,7 +382,8 @@ class HubClient:
             InvalidArgumentError: not a channel name (also a ValueError).
         """
         if not CHANNEL_PATTERN.fullmatch(channel):
-            raise InvalidArgumentError(f"{channel!r} is not a channel name (completion:<id>, workflow:<id>, agent:<id>, system)")
+            raise InvalidArgumentError(
+                f"{channel!r} is not a channel name (completion:<id>, workflow:<id>, agent:<id>, system)")
         kind, _, ident = channel.partition(":")
         if kind == "workflow":
             return WorkflowStream(self, ident, None)

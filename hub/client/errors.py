@@ -25,7 +25,7 @@ delivered), ``stream_gap`` (events of a resumable channel never arrived) and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 from protocol.messages import ErrorInfo, UsageInfo
 
@@ -88,7 +88,7 @@ class HubStreamError(HubRequestError):
 
     def __init__(self, error: ErrorInfo, completion_id: str | None = None, *,
                  usage: UsageInfo | None = None,
-                 result: Union[CompletionResult, WorkflowResult, None] = None,
+                 result: CompletionResult | WorkflowResult | None = None,
                  workflow_id: str | None = None) -> None:
         super().__init__(error)
         self.completion_id = completion_id

@@ -70,7 +70,7 @@ import datetime
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from hub.client.connection import HubClient
 from hub.client.errors import HubStreamError, InvalidArgumentError
@@ -142,7 +142,7 @@ class WorkflowEventType(enum.StrEnum):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class StreamConfig:
     base_delay_s: float = 0.1
     max_delay_s: float = 5.0
     max_reconnect_attempts: int | None = 10
-    on_reconnect: Callable[[Reconnect], Union[None, Awaitable[None]]] | None = None
+    on_reconnect: Callable[[Reconnect], None | Awaitable[None]] | None = None
     open_timeout_s: float = 10.0
     connect_options: dict[str, Any] = field(default_factory=dict)
 

@@ -66,7 +66,7 @@ the stream raises it instead of yielding it.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from hub.client.errors import ResumeError
 from hub.client.results import AgentRun, CompletionResult, WorkflowResult, add_usage, token_data
@@ -122,7 +122,7 @@ class ChannelState:
         self.resumable = False
         self.ended = False
         self.failure: ErrorMessage | None = None
-        self.result: Union[CompletionResult, WorkflowResult, None] = None
+        self.result: CompletionResult | WorkflowResult | None = None
 
     def cursor(self) -> Cursor | None:
         """Where to resume: the last ``seq`` applied and the epoch; None while the epoch is
