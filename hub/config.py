@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-from protocol.errors import ProviderError
+from protocol.errors import ErrorCode, HubError, ProviderError
 from protocol.providers import PROVIDERS, ProviderSettings, ProviderSpec
 
 __all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "Key", "PRESETS_DIR", "key", "preset_names"]
@@ -75,8 +75,18 @@ PRESETS_DIR = Path(__file__).with_name("presets")
 LOOPS = ("asyncio", "uvloop")
 
 
-class ConfigError(ValueError):
-    """An invalid configuration; the message starts with ``config error:`` and names the key."""
+class ConfigError(HubError, ValueError):
+    """An invalid configuration; the message starts with ``config error:`` and names the key.
+
+    Part of the hub's one exception tree (code ``internal_error``: never sent to a client, the
+    hub does not start), and a ``ValueError`` for callers that catch that. ``str()`` is the
+    message alone, as ``cbhub serve`` prints it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorCode.INTERNAL_ERROR)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def preset_names() -> list[str]:
