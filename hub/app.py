@@ -99,8 +99,8 @@ class Hub:
         self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes,
                                           config.dead_letter_backups)
         client = ProviderClient(self.session, config, self.dead_letters)
-        self.completions = CompletionManager(config, self.multiplexer, client)
-        self.workflows = WorkflowManager(config, self.multiplexer, self.completions)
+        self.completions = CompletionManager(config, self.broker, client)
+        self.workflows = WorkflowManager(config, self.broker, self.completions)
         self.ready = True
 
     async def drain(self) -> None:

@@ -89,11 +89,16 @@ class Broker(ABC):
     # Subscriptions.
 
     @abstractmethod
-    def subscribe(self, subscriber: Subscriber, name: str, since: Cursor | None = None) -> bool:
+    def subscribe(self, subscriber: Subscriber, name: str, since: Cursor | None = None,
+                  recovered: bool | None = None) -> bool:
         """Subscribe to channel ``name`` and bring the subscriber up to date: every event
         after ``since`` (from seq 1 without it) when :meth:`recoverable`; otherwise the
         channel's snapshot, then the history after it (a channel without a snapshot source
         replays what its history holds). Live events follow, with no gap or duplicate.
+
+        ``recovered``: the caller's own :meth:`recoverable` answer for this cursor, given in
+        an acknowledgement just before (no await between): the replay then does what the
+        ack said, even if an event aged out of the history in between.
 
         Returns:
             ``recovered``: True for a complete replay.

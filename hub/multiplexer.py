@@ -110,11 +110,14 @@ class StreamMultiplexer(Broker):
             return []
         return list(channel.replay(since.seq if since else 0))
 
-    def subscribe(self, subscriber: Subscriber, name: str, since: Cursor | None = None) -> bool:
+    def subscribe(self, subscriber: Subscriber, name: str, since: Cursor | None = None,
+                  recovered: bool | None = None) -> bool:
         """Subscribe and bring the subscriber up to date (docs/PROTOCOL.md "Resuming"): every
         event after ``since`` when :meth:`recoverable`; otherwise the channel's snapshot (its
         ``seq`` is the last event it reflects), then the history after it; a channel without
         a snapshot replays what its history holds. Live events follow either way.
+        ``recovered``: the caller's :meth:`recoverable` answer already sent in an ack (see
+        :meth:`hub.broker.Broker.subscribe`).
 
         Returns:
             ``recovered``: True for a complete replay.
@@ -125,7 +128,8 @@ class StreamMultiplexer(Broker):
         channel = self.channels[name]
         if channel.on_subscribe is not None:
             channel.on_subscribe()
-        recovered = self.recoverable(name, since)
+        if recovered is None:
+            recovered = self.recoverable(name, since)
         if recovered:
             self._attach(subscriber, channel, since.seq if since else 0)
         elif channel.snapshot is not None:

@@ -32,7 +32,6 @@ __all__ = ["Outbox", "WriteScheduler", "merge_content"]
 log = logging.getLogger("cbhub.outbox")
 
 
-
 def merge_content(events: list[EncodedEvent]) -> list[EncodedEvent]:
     """The slow-consumer merge: each run of adjacent ``content_chunk`` messages of one
     completion in ``events`` becomes one ``content_chunk`` with the joined text, the last
@@ -202,5 +201,6 @@ class Outbox(ABC):
         """Stop writing and drop the client's connection."""
 
     async def shut_down(self) -> None:
-        """The hub is shutting down: write what is pending and close (WebSocket: 1012)."""
+        """The hub is shutting down: write what is pending (a transport may close too: the
+        WebSocket one closes with 1012; an SSE response ends with its stream)."""
         self.flush(force=True)

@@ -115,7 +115,10 @@ class SessionServices(Protocol):
 
     def authorize(self, principal: Principal, action: str, channel: str) -> None:
         """Raise HubError when ``principal`` may not do ``action`` (``subscribe``, ``cancel``,
-        ``completion``, ``create_workflow``) on ``channel``; return to allow."""
+        ``completion``, ``create_workflow``) on ``channel``; return to allow. For
+        ``completion`` and ``create_workflow`` the channel is ``completion:<id>`` /
+        ``workflow:<id>`` with the id the client chose, or with an empty id when it let the
+        hub choose one (asked before the run exists)."""
 
 
 def subscribed_ack(broker: Broker, channels: list[str], since: dict[str, Cursor] | None = None,
@@ -123,14 +126,19 @@ def subscribed_ack(broker: Broker, channels: list[str], since: dict[str, Cursor]
                    workflow_id: str | None = None, rid: str | None = None) -> Subscribed:
     """The ``subscribed`` acknowledgement of ``channels`` (open in ``broker``): per channel its
     epoch, its latest ``seq`` and whether a replay after the client's cursor (``since``) will
-    be complete (docs/PROTOCOL.md "Resuming")."""
+    be complete (docs/PROTOCOL.md "Resuming").
+
+    Raises:
+        KeyError: one of ``channels`` is not open (the caller checked them all).
+    """
     since = since or {}
     epochs: dict[str, str] = {}
     seqs: dict[str, int] = {}
     recovered: dict[str, bool] = {}
     for name in channels:
         channel = broker.channel(name)
-        assert channel is not None
+        if channel is None:
+            raise KeyError(name)
         epochs[name] = channel.epoch
         seqs[name] = channel.last_seq
         recovered[name] = broker.recoverable(name, since.get(name))
@@ -162,12 +170,16 @@ class Session:
     # Input.
 
     def handle(self, data: str | bytes) -> None:
-        """Decode and handle one client message; errors are answered, never raised."""
+        """Decode and handle one client message; errors are answered, never raised (a
+        message that cannot be decoded gets its ``rid`` echoed when one can be read)."""
         try:
             message = decode_client_message(data)
         except HubError as exc:
-            self._rid = request_id_of(data)
-            self.send_error(exc)
+            self._send_error(exc, request_id_of(data))
+            return
+        except Exception as exc:  # a bug of ours must not drop the session's other streams
+            log.exception("decoding a client message failed")
+            self._send_error(HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR), None)
             return
         self.dispatch(message)
 
@@ -209,11 +221,15 @@ class Session:
 
     # Output.
 
-    def send_error(self, error: HubError, completion_id: str | None = None) -> None:
+    def send_error(self, error: HubError) -> None:
         """Answer the message being handled with an ``error`` (no ``seq``: not part of a
-        stream; ``rid`` echoed)."""
+        stream); its ``rid`` is echoed while :meth:`dispatch` handles it, and none outside
+        (e.g. a transport refusing a binary frame)."""
+        self._send_error(error, self._rid)
+
+    def _send_error(self, error: HubError, rid: str | None) -> None:
         info = ErrorInfo(error.code, error.message, error.retryable, error.status)
-        self.outbox.deliver(EncodedEvent.of(ErrorMessage(info, completion_id, rid=self._rid)))
+        self.outbox.deliver(EncodedEvent.of(ErrorMessage(info, rid=rid)))
 
     def _reply(self, message: Any) -> None:
         self.outbox.deliver(EncodedEvent.of(message))
@@ -267,11 +283,13 @@ class Session:
         services = self.services
         broker = services.broker
         accepted: list[str] = []
+        with_snapshot: set[str] = set()
         for name in channels:
             if not CHANNEL_PATTERN.fullmatch(name):
                 self.send_error(ProtocolError(f"{name!r} is not a channel name", ErrorCode.UNKNOWN_CHANNEL))
                 continue
-            if broker.channel(name) is None:
+            channel = broker.channel(name)
+            if channel is None:
                 self.send_error(ProtocolError(f"no channel {name!r} is open", ErrorCode.UNKNOWN_CHANNEL))
                 continue
             try:
@@ -280,16 +298,20 @@ class Session:
                 self.send_error(exc)
                 continue
             accepted.append(name)
+            if channel.snapshot is not None:
+                with_snapshot.add(name)
         valid_streams = self._check_streams(streams)
         if not accepted and not valid_streams:
             return
-        self._reply(subscribed_ack(broker, accepted, since, valid_streams, rid=self._rid))
+        ack = subscribed_ack(broker, accepted, since, valid_streams, rid=self._rid)
+        self._reply(ack)
         for stream in valid_streams:
             broker.subscribe_type(self.outbox, stream)
-        # After the acknowledgement: the replay (or snapshot) follows it, then live events.
-        # Channels without a snapshot source (system, agent:...) first, as they always were.
-        for name in sorted(accepted, key=lambda n: broker.channel(n).snapshot is not None):  # type: ignore[union-attr]
-            broker.subscribe(self.outbox, name, since.get(name))
+        # After the acknowledgement: the replay (or snapshot) follows it, then live events, as
+        # the ack's `recovered` said. Channels without a snapshot source (system, agent:...)
+        # first, as they always were.
+        for name in sorted(accepted, key=with_snapshot.__contains__):
+            broker.subscribe(self.outbox, name, since.get(name), recovered=ack.recovered[name])
 
     def _unsubscribe(self, message: Unsubscribe) -> None:
         broker = self.services.broker
@@ -323,6 +345,6 @@ class Session:
         if not broker.is_subscribed(self.outbox, name):
             raise ProtocolError(f"subscribe to {kind} {ident!r} before cancelling it", ErrorCode.NOT_SUBSCRIBED)
         self.services.authorize(self.principal, "cancel", name)
-        broker.control(name, "cancel")
         if self._rid is not None:
-            self._reply(Ack(self._rid))
+            self._reply(Ack(self._rid))  # first: the stream's terminal error may follow at once
+        broker.control(name, "cancel")

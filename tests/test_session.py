@@ -17,16 +17,19 @@ import pytest
 
 from hub.app import Hub
 from hub.completions import CompletionManager
+from hub.channel import HistoryBounds
 from hub.config import HubConfig
 from hub.outbox import Outbox
 from hub.session import Session
 from hub.workflows import WorkflowManager
+from protocol.errors import ProtocolError
 from protocol.events import StreamEnd, StreamEvent, TextDelta, Usage
 from protocol.messages import (
     HUB_DECODER,
     Ack,
     Completed,
     ContentChunk,
+    ErrorInfo,
     ErrorMessage,
     Pong,
     Snapshot,
@@ -173,6 +176,35 @@ async def test_a_rid_of_the_wrong_shape_is_invalid_and_not_echoed(services):
     errors = outbox.drain()
     assert [e.error.code for e in errors] == ["invalid_message", "invalid_message", "invalid_json"]
     assert [e.rid for e in errors] == [None, None, None]
+
+
+async def test_a_bad_message_s_rid_is_not_echoed_on_a_later_error(services):
+    hub, _ = services
+    session, outbox = client(hub)
+    session.handle(b'{"type":"nope","rid":"r-bad"}')
+    # What a transport refuses itself (a binary frame) answers no message with a rid.
+    session.send_error(ProtocolError("binary frames are not accepted", "invalid_message"))
+    send(session, {"type": "subscribe", "channels": ["completion:ghost"]})
+    first, second, third = outbox.drain()
+    assert (first.error.code, first.rid) == ("unknown_type", "r-bad")
+    assert (second.error.code, second.rid) == ("invalid_message", None)
+    assert (third.error.code, third.rid) == ("unknown_channel", None)
+
+
+async def test_the_ack_of_a_cancel_comes_before_a_terminal_error_published_at_once(services):
+    hub, _ = services
+    # A runner whose cancel publishes its terminal error synchronously (as a broker that
+    # runs the channel elsewhere, or a run without a task, may do).
+    channel = hub.broker.open_channel(
+        "workflow:sync", HistoryBounds(10),
+        control=lambda command, argument: channel.publish(
+            ErrorMessage(ErrorInfo("cancelled", "stopped", False), None, 0, workflow_id="sync")))
+    session, outbox = client(hub)
+    send(session, {"type": "subscribe_workflow", "workflowId": "sync"})
+    outbox.drain()
+    send(session, {"type": "cancel_workflow", "workflowId": "sync", "rid": "now"})
+    ack, end = outbox.drain()
+    assert ack == Ack("now") and end.error.code == "cancelled" and end.seq == 1
 
 
 # Completions.

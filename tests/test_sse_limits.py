@@ -137,3 +137,15 @@ async def test_an_sse_reader_past_the_hard_limit_is_dropped_and_its_completion_c
         sock.close()
     assert run.state == "cancelled" and last["type"] == "error" and last["error"]["code"] == "cancelled"
     assert run.channel.last_seq < 20000  # stopped upstream long before the end
+
+
+async def test_a_non_streamed_answer_is_never_cut_by_the_hard_limit(mock) -> None:
+    # The handler takes every event as it comes and writes once: no slow reader to protect from.
+    config = hub_config(mock, outbound_soft_limit_bytes=64, outbound_hard_limit_bytes=256)
+    async with run_hub(config) as hub:
+        client = openai.AsyncOpenAI(base_url=hub.url + "/v1", api_key="x", max_retries=0)
+        answer = await client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "[[mock tokens=2000]]"}])
+        await client.close()
+    assert answer.choices[0].message.content == expected_text(2000)
+    assert answer.choices[0].finish_reason == "stop"

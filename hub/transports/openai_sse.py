@@ -19,6 +19,7 @@ stream started is sent as a chunk with an ``error`` object, which the openai SDK
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +73,14 @@ class SseOutbox(Outbox):
 
     async def next_messages(self, timeout_s: float) -> list[Any] | None:
         """The messages queued for this response, waiting for some for up to ``timeout_s``
-        seconds (0: as long as it takes). None when none came in time or the response was
-        closed."""
+        seconds (0: as long as it takes).
+
+        Returns:
+            The messages, oldest first; None when none came within ``timeout_s``.
+
+        Raises:
+            ConnectionResetError: the response was dropped (past the hard outbound limit).
+        """
         if not self.pending and not self.closed:
             self._ready.clear()
             if timeout_s > 0:
@@ -87,6 +94,11 @@ class SseOutbox(Outbox):
         if self.closed:
             raise ConnectionResetError("the response was closed (slow consumer)")
         return [event.message for event in self.take()]
+
+    def writing(self, size: int) -> None:
+        """Before the handler's write of ``size`` bytes: they count as outbound while the
+        write waits for a slow reader."""
+        self.backlog_bytes += size
 
     def wrote_now(self) -> None:
         """After the handler's write: account the transport's unsent bytes."""
@@ -122,8 +134,10 @@ async def _serve(
     if hub.at_connection_limit():
         return _json_error(ErrorCode.HUB_OVERLOADED, "too many connections (max_connections); retry later", 503)
     config = hub.config
-    outbox = SseOutbox(hub.write_scheduler, request, config.outbound_soft_limit_bytes,
-                       config.outbound_hard_limit_bytes)
+    # A `stream: false` answer has no slow reader: the handler takes every event as it comes
+    # and writes once at the end, so only a streamed response can pass the hard limit.
+    hard_limit = config.outbound_hard_limit_bytes if chat.stream else sys.maxsize
+    outbox = SseOutbox(hub.write_scheduler, request, config.outbound_soft_limit_bytes, hard_limit)
     session = Session(hub, outbox)
     hub.connections.add(outbox)
     run = None
@@ -133,6 +147,9 @@ async def _serve(
         except HubError as exc:
             return _json_error(exc.code, exc.message, exc.status)
         return await _respond(hub, request, chat, outbox, run.id, tag_events)
+    except ConnectionResetError:
+        # Dropped before the headers went out (past the hard limit): nothing reaches the client.
+        return web.Response(status=ErrorCode.HUB_OVERLOADED.http_status or 503)
     finally:
         # Also reached when aiohttp cancels this handler because the client disconnected
         # (handler_cancellation, hub/app.py), e.g. while a `stream: false` answer is pending.
@@ -188,6 +205,7 @@ async def _respond(hub: Hub, request: web.Request, chat: ChatCompletionRequest, 
                 # Everything queued goes out in one write.
                 data = b"".join([encoder.encode(message) for message in pending])
                 if data:
+                    outbox.writing(len(data))
                     await response.write(data)
                     outbox.wrote_now()
                 if _is_terminal(pending[-1], completion_id):
@@ -200,8 +218,12 @@ async def _respond(hub: Hub, request: web.Request, chat: ChatCompletionRequest, 
 
 
 async def _stream_messages(outbox: SseOutbox, timeout_s: float, completion_id: str) -> list[Any] | None:
-    """The next messages of ``completion_id``'s stream (its ack and anything else left out),
-    up to and including its terminal message; None when nothing came within ``timeout_s``."""
+    """The next messages of ``completion_id``'s stream (its ack and anything else left out;
+    nothing follows its terminal message); None when nothing came within ``timeout_s``.
+
+    Raises:
+        ConnectionResetError: the response was dropped (see :meth:`SseOutbox.next_messages`).
+    """
     while True:
         messages = await outbox.next_messages(timeout_s)
         if messages is None:
