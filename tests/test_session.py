@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 from hub.app import Hub
-from hub.completions import CompletionManager
 from hub.channel import HistoryBounds
+from hub.completions import CompletionManager
 from hub.config import HubConfig
 from hub.outbox import Outbox
 from hub.session import Session
