@@ -136,16 +136,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION, "Accept": "text/event-stream"}
     if settings.api_key:
         headers["x-api-key"] = settings.api_key
-    return UpstreamRequest(
-        provider=SPEC.name,
-        model=model,
-        url=settings.base_url.rstrip("/") + "/v1/messages",
-        headers=headers,
-        body=body,
-        make_normalizer=AnthropicNormalizer,
-        framing="sse",
-        request_id_headers=SPEC.request_id_headers,
-    )
+    return SPEC.request(model, settings.base_url.rstrip("/") + "/v1/messages", headers, body)
 
 
 SPEC = ProviderSpec(

@@ -159,6 +159,14 @@ class ProviderSpec:
         """The prefix shown to users (``openai/``)."""
         return self.prefixes[0]
 
+    def request(self, model: str, url: str, headers: dict[str, str], body: dict[str, Any]) -> UpstreamRequest:
+        """The :class:`UpstreamRequest` a builder made (``url``, ``headers``, ``body`` for the
+        upstream ``model``), with what this provider always sets: its name, framing,
+        normalizer and request-id headers."""
+        return UpstreamRequest(provider=self.name, model=model, url=url, headers=headers, body=body,
+                               make_normalizer=self.make_normalizer, framing=self.framing,
+                               request_id_headers=self.request_id_headers)
+
     def configured(self, settings: ProviderSettings) -> bool:
         """Whether the provider can be called with ``settings``: it needs no key, has one,
         or its base URL is not the public API's (a compatible or local server may need none)."""

@@ -130,16 +130,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     if settings.api_key:
         headers["x-goog-api-key"] = settings.api_key
     url = f"{settings.base_url.rstrip('/')}/v1beta/models/{quote(model, safe='')}:streamGenerateContent?alt=sse"
-    return UpstreamRequest(
-        provider=SPEC.name,
-        model=model,
-        url=url,
-        headers=headers,
-        body=body,
-        make_normalizer=GeminiNormalizer,
-        framing="sse",
-        request_id_headers=SPEC.request_id_headers,
-    )
+    return SPEC.request(model, url, headers, body)
 
 
 SPEC = ProviderSpec(

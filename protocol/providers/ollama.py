@@ -81,16 +81,8 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body["tools"] = request.tools
     if effort_of(request) or request.thinking is not None:
         body["think"] = True
-    return UpstreamRequest(
-        provider=SPEC.name,
-        model=model,
-        url=settings.base_url.rstrip("/") + "/api/chat",
-        headers={"Content-Type": "application/json"},
-        body=body,
-        make_normalizer=OllamaChatNormalizer,
-        framing="ndjson",
-        request_id_headers=SPEC.request_id_headers,
-    )
+    url = settings.base_url.rstrip("/") + "/api/chat"
+    return SPEC.request(model, url, {"Content-Type": "application/json"}, body)
 
 
 SPEC = ProviderSpec(

@@ -54,16 +54,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if settings.api_key:
         headers["Authorization"] = f"Bearer {settings.api_key}"
-    return UpstreamRequest(
-        provider=SPEC.name,
-        model=model,
-        url=settings.base_url.rstrip("/") + "/chat/completions",
-        headers=headers,
-        body=body,
-        make_normalizer=OpenAIChatNormalizer,
-        framing="sse",
-        request_id_headers=SPEC.request_id_headers,
-    )
+    return SPEC.request(model, settings.base_url.rstrip("/") + "/chat/completions", headers, body)
 
 
 SPEC = ProviderSpec(
