@@ -24,6 +24,7 @@
 
 import { ChannelState, ResumeError } from './channel.js';
 import { CHANNEL_PATTERN, CLOSE_CODES, HUB_CLOSE_CODE_RANGE } from './protocol.js';
+import { EventQueue } from './queue.js';
 
 export * from './protocol.js';
 // The seeds' names (CircuitBreakerStream, its WorkflowStream) over this client: ./seeds.js.
@@ -274,10 +275,6 @@ class Stream {
     this.id = channel.id;
     this.channel = channel.name;
     this.#cancel = cancel;
-    this.#events = [];
-    this.#waiters = [];
-    this.#error = null;
-    this.#ended = false;
     this.result = new Promise((resolve, reject) => {
       this.#settle = { resolve, reject };
     });
@@ -285,26 +282,21 @@ class Stream {
     const wrapped = { ...handlers };
     const userEvent = handlers?.onEvent;
     wrapped.onEvent = (message) => {
-      if (!isTerminalError(message)) this.#push(message);
+      if (!isTerminalError(message)) this.#queue.push(message);
       invoke(userEvent, message);
     };
     this[LISTENER] = new Listener(wrapped, (error, result) => {
       if (error) {
-        this.#error = error;
         this.#settle.reject(error);
       } else {
         this.#settle.resolve(result);
       }
-      this.#ended = true;
-      this.#wake();
+      this.#queue.end(error);
     });
   }
 
   #cancel;
-  #events;
-  #waiters;
-  #error;
-  #ended;
+  #queue = new EventQueue();
   #settle;
 
   /** Cancel what this stream shows (see `client.cancel` and `client.cancelWorkflow`). */
@@ -312,31 +304,8 @@ class Stream {
     return this.#cancel(this.id);
   }
 
-  #push(message) {
-    this.#events.push(message);
-    this.#wake();
-  }
-
-  #wake() {
-    const waiters = this.#waiters;
-    this.#waiters = [];
-    for (const wake of waiters) wake();
-  }
-
-  async *[Symbol.asyncIterator]() {
-    let index = 0;
-    for (;;) {
-      if (index < this.#events.length) {
-        yield this.#events[index];
-        index += 1;
-        continue;
-      }
-      if (this.#ended) {
-        if (this.#error) throw this.#error;
-        return;
-      }
-      await new Promise((resolve) => this.#waiters.push(resolve));
-    }
+  [Symbol.asyncIterator]() {
+    return this.#queue[Symbol.asyncIterator]();
   }
 }
 

@@ -24,6 +24,7 @@
 //   of the run's hub messages with a `result` promise, like `client.workflow`'s.
 
 import { createClient } from './index.js';
+import { EventQueue } from './queue.js';
 
 /** A seed WorkflowStream: one workflow run, watched through a CircuitBreakerStream. */
 export class WorkflowStream {
@@ -46,7 +47,7 @@ export class WorkflowStream {
     this.result.catch(() => {}); // a run nobody awaits must not be an unhandled rejection
     const handlers = {
       onEvent: (message) => {
-        if (!(message.type === 'error' && message.seq != null)) this.#push(message);
+        if (!(message.type === 'error' && message.seq != null)) this.#queue.push(message);
       },
       onAgentProgress: (agentId, content, message) => {
         this.onAgentProgress?.(agentId, { progress: message.progress, content, reasoning: message.reasoning ?? '' });
@@ -56,12 +57,12 @@ export class WorkflowStream {
         this.onStateTransition?.(message.fromPlace, message.toPlace, data);
       },
       onComplete: (result) => {
-        this.#end(null);
+        this.#queue.end(null);
         this.#settle.resolve(result);
         this.onComplete?.(result);
       },
       onError: (error) => {
-        this.#end(error);
+        this.#queue.end(error);
         this.#settle.reject(error);
         this.onError?.(error);
       },
@@ -78,10 +79,7 @@ export class WorkflowStream {
   #settle;
   #run = null;
   #dispose;
-  #events = [];
-  #waiters = [];
-  #ended = false;
-  #error = null;
+  #queue = new EventQueue();
 
   /** Cancel the run (`client.cancelWorkflow`). */
   cancel() {
@@ -93,41 +91,11 @@ export class WorkflowStream {
     this.#dispose();
   }
 
-  #push(message) {
-    this.#events.push(message);
-    this.#wake();
-  }
-
-  #end(error) {
-    this.#ended = true;
-    this.#error = error;
-    this.#wake();
-  }
-
-  #wake() {
-    const waiters = this.#waiters;
-    this.#waiters = [];
-    for (const wake of waiters) wake();
-  }
-
-  async *[Symbol.asyncIterator]() {
-    let index = 0;
-    for (;;) {
-      if (index < this.#events.length) {
-        yield this.#events[index];
-        index += 1;
-        continue;
-      }
-      if (this.#ended) {
-        if (this.#error) throw this.#error;
-        return;
-      }
-      await new Promise((resolve) => this.#waiters.push(resolve));
-    }
+  [Symbol.asyncIterator]() {
+    return this.#queue[Symbol.asyncIterator]();
   }
 }
 
-/** The seed's client: one connection, completions as promises, workflow runs as streams. */
 export class CircuitBreakerStream {
   constructor(config = {}) {
     this.config = config;
