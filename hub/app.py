@@ -67,7 +67,7 @@ class Hub:
         return len(self.connections) >= self.config.max_connections
 
     def authorize(self, principal: Principal, action: str, channel: str) -> None:
-        """The one authorization decision every session action passes (../shared/DESIGN.md
+        """The one authorization decision every session action passes (docs/ARCHITECTURE.md
         decision 12). Today every principal may do everything; the security issue makes it
         raise HubError for what a principal may not do."""
 

@@ -1,7 +1,7 @@
 """The broker seam: everything above it (sessions, transports, completions, workflows) talks
 to channels through this interface and never knows which implementation runs.
 
-../shared/DESIGN.md decision 9: the in-memory :class:`hub.multiplexer.StreamMultiplexer` is the
+docs/ARCHITECTURE.md decision 9: the in-memory :class:`hub.multiplexer.StreamMultiplexer` is the
 first implementation and the fast path for one process; a Redis broker for several hub
 processes is a new module implementing the same methods (in the manner of Centrifugo's
 ``Broker`` interface: publish, history with epoch and offset, per-node subscriptions).

@@ -1,7 +1,7 @@
 """A channel numbers its own events: ``seq``, epoch, bounded history, replay and the resume rule.
 
 A :class:`Channel` is one instance of ``completion:<id>``, ``workflow:<id>``,
-``agent:<workflowId>.<agentId>`` or ``system`` (../shared/DESIGN.md decision 5, docs/PROTOCOL.md
+``agent:<workflowId>.<agentId>`` or ``system`` (docs/ARCHITECTURE.md decision 5, docs/PROTOCOL.md
 "Resuming"). Publishers hold the channel and call :meth:`Channel.publish` with a message whose
 ``seq`` they leave at 0; the channel gives it the next ``seq`` (1, 2, 3 ... with no gap),
 encodes it once into an :class:`EncodedEvent` and hands that to its broker, which records it

@@ -11,7 +11,7 @@ through them::
 
 - Exactly one terminal message (``completed`` or ``error``) is published, and nothing after it.
 - ``seq`` starts at 1 and has no gap; every subscriber receives the same sequence.
-- A completion belongs to the hub, not to the connection that asked for it (DESIGN.md
+- A completion belongs to the hub, not to the connection that asked for it (docs/ARCHITECTURE.md
   decision 6): when its last subscriber leaves it runs on for ``grace_period_s``, then is
   cancelled upstream. After it ends, its channel (and history) stays for ``retention_s``.
 - Each event is encoded once (protocol.messages.encode) and the bytes fanned out.

@@ -6,7 +6,7 @@ gets everything from ``seq`` 1 (while the history still holds it), then live eve
 gap and no duplicate: subscribing and publishing both run on the event loop without awaiting,
 so nothing can slip between the replay and the first live event.
 
-Fan-out (../shared/DESIGN.md decision 4): :meth:`StreamMultiplexer.publish` is given the event
+Fan-out (docs/ARCHITECTURE.md decision 4): :meth:`StreamMultiplexer.publish` is given the event
 already encoded by its channel (an :class:`~hub.channel.EncodedEvent`: the JSON bytes, the
 message, and the WebSocket frame built from them at most once) and hands the *same object* to
 every subscriber's ``deliver``, which only appends it to that client's outbox. No subscriber

@@ -1,4 +1,4 @@
-"""The client protocol, once, for every transport (../shared/DESIGN.md decision 10).
+"""The client protocol, once, for every transport (docs/ARCHITECTURE.md decision 10).
 
 A :class:`Session` is one client: it is fed decoded client messages (docs/PROTOCOL.md "Client
 messages"), acts on the hub's services (broker, completions, workflows, admission) and writes

@@ -4,7 +4,7 @@ RFC 6455 §5.2: a frame is a 2-byte header (FIN bit, opcode, payload length), an
 length of 2 bytes (126 ≤ length < 65536) or 8 bytes (length ≥ 65536), then the payload.
 Frames a server sends are never masked (§5.1), so one frame's bytes are the same for every
 connection: the hub builds each event's frame once and hands the same bytes to every
-subscriber's transport (DESIGN.md decision 4). Compression (permessage-deflate) would make
+subscriber's transport (docs/ARCHITECTURE.md decision 4). Compression (permessage-deflate) would make
 frames per connection, which is why the hub turns it off.
 """
 

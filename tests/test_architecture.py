@@ -1,6 +1,6 @@
 """Dependencies point one way (issue 10, parts 6 and 8), checked on the source, not by importing it.
 
-- ``protocol/`` is sans-I/O (DESIGN.md decision 2): no module of it imports an event loop, a
+- ``protocol/`` is sans-I/O (docs/ARCHITECTURE.md decision 2): no module of it imports an event loop, a
   network or process library, a thread, or a clock, at any depth (imports inside functions
   count too).
 - The product (``hub/``, ``protocol/``) never imports the dev tooling in ``tools/``.

@@ -1,5 +1,5 @@
-"""The seeds' SDK surface (../shared/seeds/003, "Client Libraries and SDKs"): thin names over
-:class:`~hub.client.connection.HubClient`.
+"""The SDK surface of the project's original design documents ("Client Libraries and SDKs"):
+thin names over :class:`~hub.client.connection.HubClient`.
 
 Usage, as the seed writes it::
 

@@ -1,4 +1,4 @@
-// The seeds' SDK surface (../shared/seeds/003, "Client Libraries and SDKs"): thin names over
+// The SDK surface of the project's original design documents ("Client Libraries and SDKs"): thin names over
 // the client of ./index.js.
 //
 //   const stream = new CircuitBreakerStream({ wsUrl, onContent, onAgentProgress, onStateTransition });
