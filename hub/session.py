@@ -24,7 +24,8 @@ import logging
 from typing import Any, Literal, Protocol
 
 from hub.broker import Broker
-from hub.channel import EncodedEvent
+from hub.channel import Channel, EncodedEvent
+from hub.config import HubConfig
 from hub.outbox import Outbox
 from protocol.errors import ErrorCode, HubError, ProtocolError
 from protocol.messages import (
@@ -79,15 +80,37 @@ ANONYMOUS = Anonymous()
 class Runnable(Protocol):
     """A completion or workflow run as the session sees it."""
 
-    id: str
+    @property
+    def id(self) -> str:
+        """The run's id (``completion:<id>`` / ``workflow:<id>`` names its channel)."""
 
     @property
-    def finished(self) -> bool: ...
+    def finished(self) -> bool:
+        """True once its terminal message was published."""
 
     @property
-    def channel(self) -> Any: ...
+    def channel(self) -> Channel:
+        """The channel it publishes on."""
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Start it (after the session subscribed and sent the ack)."""
+
+
+class CompletionFactory(Protocol):
+    """Creates completions (:class:`hub.completions.CompletionManager`)."""
+
+    def create(self, request: Completion) -> Runnable:
+        """A registered, not yet started run; raises HubError (``duplicate_id``,
+        ``shutting_down``)."""
+
+
+class WorkflowFactory(Protocol):
+    """Creates workflow runs (:class:`hub.workflows.WorkflowManager`)."""
+
+    def create(self, workflow_id: str | None, definition: dict[str, Any] | None, definition_name: str | None,
+               run_input: dict[str, Any]) -> Runnable:
+        """A validated, not yet started run; raises HubError (``invalid_workflow``,
+        ``unknown_workflow_definition``, ``duplicate_id``, ``shutting_down``)."""
 
 
 class SessionServices(Protocol):
@@ -95,7 +118,7 @@ class SessionServices(Protocol):
     smaller one)."""
 
     @property
-    def config(self) -> Any:
+    def config(self) -> HubConfig:
         """The hub config (``max_completions_per_connection``)."""
 
     @property
@@ -103,12 +126,12 @@ class SessionServices(Protocol):
         """Channels, subscriptions, history and control."""
 
     @property
-    def completions(self) -> Any:
-        """``create(Completion) -> CompletionRun``."""
+    def completions(self) -> CompletionFactory:
+        """Where completions are created."""
 
     @property
-    def workflows(self) -> Any:
-        """``create(workflow_id, definition, definition_name, input) -> WorkflowRun``."""
+    def workflows(self) -> WorkflowFactory:
+        """Where workflow runs are created."""
 
     def admit_completion(self) -> None:
         """Raise HubError (``too_many_completions``, ``hub_overloaded``) at a hub limit."""
@@ -236,7 +259,7 @@ class Session:
 
     # Starting runs.
 
-    def start_completion(self, message: Completion) -> Any:
+    def start_completion(self, message: Completion) -> Runnable:
         """Admit, create and start a completion; the session is subscribed to its channel
         and gets the ``subscribed`` ack (with ``completionId``) first.
 
