@@ -50,7 +50,6 @@ import math
 import os
 import sys
 import tempfile
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -198,6 +197,57 @@ def key(
     names = (env,) if isinstance(env, str) else (env or ())
     return Key(path, "", names, help, check, secret=secret, doc_default=doc_default, example=example,
                empty_env=empty_env, notes=notes, more=more)
+
+
+class ApiKeyEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One entry of ``auth.api_keys`` (``cbhub keys new`` prints it): the key itself is never
+    stored, only its SHA-256 digest.
+
+    Attributes:
+        name: a label for people and logs (never the key).
+        sha256: the hex SHA-256 digest of the key.
+        subject: who the key authenticates as (default: ``key:<name>``).
+        models: allowed model patterns (``openai/*``); empty: every model.
+        channels: channel patterns readable besides the subject's own (``completion:team7-*``).
+        rpm, tpm, max_concurrent: this key's limits (None: ``auth.default_limits``).
+        admin: may read every channel, type-level subscriptions and ``system``.
+    """
+
+    name: str
+    sha256: str
+    subject: str | None = None
+    models: list[str] = []
+    channels: list[str] = []
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    admin: bool = False
+
+
+class RedactionRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One entry of ``redaction.rules``: text matching ``pattern`` (a Python regular
+    expression) is replaced by ``replace`` (default ``[REDACTED:<name>]``)."""
+
+    name: str
+    pattern: str
+    replace: str | None = None
+
+
+#: The modes of ``auth.mode``.
+AUTH_MODES = ("none", "jwt", "api_key", "jwt_or_api_key")
+#: The built-in redaction rules ``redaction.builtins`` may switch on.
+REDACTION_BUILTINS = ("email", "phone", "credit_card", "iban", "api_key")
+
+
+def _each_of(*choices: str) -> Check:
+    def check(values: Any) -> str | None:
+        unknown = [v for v in values if v not in choices]
+        return f"unknown {unknown[0]!r}; expected any of {', '.join(choices)}" if unknown else None
+    return check
+
+
+def _optional_positive(value: Any) -> str | None:
+    return None if value is None or value >= 1 else f"must be >= 1 or null, got {value}"
 
 
 def _default_dead_letter_path() -> str:
@@ -352,6 +402,74 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "limits.outbound_hard_limit_bytes", "CBHUB_OUTBOUND_HARD_LIMIT_BYTES",
         "hard limit of bytes queued for one client", _POSITIVE_INT)] = 8 << 20
 
+    # auth: who may connect, spend, watch and cancel (docs/PROTOCOL.md "Authentication").
+    auth_mode: Annotated[str, key(
+        "auth.mode", "CBHUB_AUTH_MODE",
+        "`none`, `jwt`, `api_key` or `jwt_or_api_key`; `none` only on a loopback address unless"
+        " `allow_anonymous`", _one_of(*AUTH_MODES))] = "none"
+    auth_allow_anonymous: Annotated[bool, key(
+        "auth.allow_anonymous", "CBHUB_AUTH_ALLOW_ANONYMOUS",
+        "let `auth.mode: none` listen on a non-loopback address, on purpose")] = False
+    auth_timeout_s: Annotated[float, key(
+        "auth.timeout_s", "CBHUB_AUTH_TIMEOUT_S",
+        "a WebSocket without a credential is closed 4001 after this long", _NON_NEGATIVE)] = 5.0
+    auth_expiry_grace_s: Annotated[float, key(
+        "auth.expiry_grace_s", "CBHUB_AUTH_EXPIRY_GRACE_S",
+        "after `token_expired`, how long a WebSocket has to send a fresh token before close 4001",
+        _NON_NEGATIVE)] = 10.0
+    jwt_secret: Annotated[str | None, key(
+        "auth.jwt.secret", "CBHUB_JWT_SECRET", "shared secret of HS256/384/512 tokens", secret=True)] = None
+    jwt_public_key_file: Annotated[str | None, key(
+        "auth.jwt.public_key_file", "CBHUB_JWT_PUBLIC_KEY_FILE",
+        "PEM public key of RS256/ES256 tokens")] = None
+    jwt_jwks: Annotated[str | None, key(
+        "auth.jwt.jwks", "CBHUB_JWT_JWKS", "JWKS file path or URL (keys chosen by `kid`)")] = None
+    jwt_audience: Annotated[str | None, key(
+        "auth.jwt.audience", "CBHUB_JWT_AUDIENCE", "required `aud` of tokens, when set")] = None
+    jwt_issuer: Annotated[str | None, key(
+        "auth.jwt.issuer", "CBHUB_JWT_ISSUER", "required `iss` of tokens, when set")] = None
+    jwt_leeway_s: Annotated[float, key(
+        "auth.jwt.leeway_s", "CBHUB_JWT_LEEWAY_S",
+        "clock skew allowed on `exp`, `nbf` and `iat`", _NON_NEGATIVE)] = 10.0
+    api_keys: Annotated[list[ApiKeyEntry], key(
+        "auth.api_keys", None, "API keys by SHA-256 digest, with subject and limits (`cbhub keys new` prints"
+        " an entry)", notes=("api_keys:", "  - {name: backend, sha256: 9f86d08188...}"),
+    )] = msgspec.field(default_factory=list)
+    default_rpm: Annotated[int | None, key(
+        "auth.default_limits.rpm", "CBHUB_DEFAULT_RPM",
+        "completion and workflow requests per minute per subject (null: unlimited)", _optional_positive)] = None
+    default_tpm: Annotated[int | None, key(
+        "auth.default_limits.tpm", "CBHUB_DEFAULT_TPM",
+        "prompt + completion tokens per minute per subject (null: unlimited)", _optional_positive)] = None
+    default_max_concurrent: Annotated[int | None, key(
+        "auth.default_limits.max_concurrent", "CBHUB_DEFAULT_MAX_CONCURRENT",
+        "running completions and workflows per subject (null: unlimited)", _optional_positive)] = None
+    allowed_origins: Annotated[list[str], key(
+        "auth.allowed_origins", "CBHUB_ALLOWED_ORIGINS",
+        "browser origins allowed on the WebSocket and `/v1` (exact, or `https://*.example.com`;"
+        " empty: the hub's own origin; comma-separated in the variable)")] = msgspec.field(default_factory=list)
+    allowed_hosts: Annotated[list[str], key(
+        "auth.allowed_hosts", "CBHUB_ALLOWED_HOSTS",
+        "accepted `Host` headers (empty: the listen address and localhost; comma-separated in the"
+        " variable)")] = msgspec.field(default_factory=list)
+
+    # redaction: what never leaves the hub (docs/PROTOCOL.md "Redaction").
+    redaction_builtins: Annotated[list[str], key(
+        "redaction.builtins", "CBHUB_REDACTION_BUILTINS",
+        "built-in rules to switch on: email, phone, credit_card, iban, api_key (comma-separated in the"
+        " variable)", _each_of(*REDACTION_BUILTINS))] = msgspec.field(default_factory=list)
+    redaction_rules: Annotated[list[RedactionRule], key(
+        "redaction.rules", None, "your own rules: {name, pattern, replace}",
+        notes=("rules:", "  - {name: ticket, pattern: 'TCK-[0-9]{6}'}"),
+    )] = msgspec.field(default_factory=list)
+    redaction_max_match_chars: Annotated[int, key(
+        "redaction.max_match_chars", "CBHUB_REDACTION_MAX_MATCH_CHARS",
+        "longest match a rule may make: streamed text is held back this many characters at most",
+        _POSITIVE_INT)] = 64
+    redaction_requests: Annotated[bool, key(
+        "redaction.requests", "CBHUB_REDACTION_REQUESTS",
+        "also redact prompts before they are sent upstream")] = False
+
     # lifecycle: completion lifetimes and shutdown.
     grace_period_s: Annotated[float, key(
         "lifecycle.grace_period_s", "CBHUB_GRACE_PERIOD_S",
@@ -422,6 +540,8 @@ class HubConfig(msgspec.Struct, kw_only=True):
                 value = "***"
             elif isinstance(value, dict):
                 value = {k: list(v) for k, v in value.items()}
+            elif isinstance(value, list):
+                value = msgspec.to_builtins(value)
             node = document
             *sections, leaf = key.path.split(".")
             for section in sections:
@@ -452,9 +572,10 @@ class HubConfig(msgspec.Struct, kw_only=True):
         return spec.configured(self.provider_settings(spec))
 
     def secrets(self) -> tuple[str, ...]:
-        """The configured API keys, for redaction."""
-        keys = (getattr(self, spec.api_key_field) for spec in PROVIDERS.values() if spec.api_key_field)
-        return tuple(k for k in keys if k)
+        """The configured secrets (provider API keys, the JWT secret: every key marked
+        secret), for redaction."""
+        values = (getattr(self, key.field) for key in KEYS if key.secret)
+        return tuple(value for value in values if isinstance(value, str) and value)
 
 
 # The table of keys, read from HubConfig's annotations.
@@ -518,6 +639,8 @@ _SECTION_HELP = {
                  "public default; with another base URL (a local server) none is needed. Ollama needs none.",
     "fallbacks": "Model fallbacks (no environment variable).",
     "limits": "Limits that protect the hub.",
+    "auth": "Who may connect, spend, watch and cancel; browser origins and Host headers.",
+    "redaction": "Patterns masked in streamed text before it is stored or sent to anyone.",
     "lifecycle": "Completion lifetimes and shutdown.",
 }
 
@@ -591,10 +714,29 @@ def _convert(key: Key, value: Any, where: str, path: str | None = None) -> Any:
         if isinstance(value, str):
             return value
         raise _fail(path, f"expected a string, got {shown}", where)
-    if isinstance(kind, types.UnionType):  # str | None: the API keys
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise _fail(path, f"expected true or false, got {shown}", where)
+    if kind == (str | None):  # the API keys, optional paths
         if value is None or isinstance(value, str):
             return value
         raise _fail(path, f"expected a string or null, got {shown}", where)
+    if kind == (int | None):
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise _fail(path, f"expected int or null, got {shown}", where)
+    if kind == list[str]:
+        if value is None:
+            return []
+        if isinstance(value, list) and all(isinstance(item, str) and item for item in value):
+            return list(value)
+        raise _fail(path, f"expected a list of strings, got {shown}", where)
+    if typing.get_origin(kind) is list:  # a list of entries (auth.api_keys, redaction.rules)
+        try:
+            return msgspec.convert(value or [], kind)
+        except msgspec.ValidationError as exc:
+            raise _fail(path, f"invalid entry: {exc}", where) from None
     return _convert_fallbacks(value, path, where)
 
 
@@ -690,6 +832,17 @@ def _apply_environ(values: dict[str, Any], origins: dict[str, str], env: Mapping
                     expected = "int" if kind is int else "a number"
                     raise _fail(key.path, f"expected {expected}, got {raw!r}", f"from {name}") from None
                 values[key.field] = _convert(key, number, f"from {name}")
+            elif kind == (int | None):
+                try:
+                    values[key.field] = None if raw.lower() in ("", "null", "none") else int(raw)
+                except ValueError:
+                    raise _fail(key.path, f"expected int or null, got {raw!r}", f"from {name}") from None
+            elif kind is bool:
+                if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise _fail(key.path, f"expected true or false, got {raw!r}", f"from {name}")
+                values[key.field] = raw.lower() in ("1", "true", "yes")
+            elif kind == list[str]:
+                values[key.field] = [part.strip() for part in raw.split(",") if part.strip()]
             else:
                 values[key.field] = raw
             origins[key.field] = f"from {name}"

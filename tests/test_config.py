@@ -253,10 +253,10 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 # Environment variables.
 
 
-def test_every_key_but_fallbacks_has_a_variable_and_names_are_unique() -> None:
+def test_every_key_but_the_lists_of_entries_has_a_variable_and_names_are_unique() -> None:
     names = [name for key in KEYS for name in key.env]
     assert len(names) == len(set(names))
-    assert [key.path for key in KEYS if not key.env] == ["fallbacks"]
+    assert [key.path for key in KEYS if not key.env] == ["fallbacks", "auth.api_keys", "redaction.rules"]
     fields = {f.name for f in msgspec.structs.fields(HubConfig)}
     assert {key.field for key in KEYS} == fields and len(KEYS) == len(fields)
 
@@ -493,3 +493,50 @@ def test_to_yaml_round_trips_every_field(tmp_path: Path) -> None:
     assert HubConfig.load(write(tmp_path, text), environ={}) == config
     redacted = HubConfig.load(write(tmp_path, config.to_yaml(), "redacted.yaml"), environ={})
     assert (redacted.openai_api_key, redacted.gemini_api_key, redacted.anthropic_api_key) == ("***", "***", None)
+
+
+def test_the_auth_and_redaction_sections(tmp_path: Path) -> None:
+    path = tmp_path / "hub.yaml"
+    path.write_text("""
+auth:
+  mode: jwt_or_api_key
+  jwt: {secret: s3cret-value, audience: hub}
+  api_keys:
+    - {name: backend, sha256: 9f86d081, models: ["openai/*"], rpm: 3, admin: true}
+  default_limits: {tpm: 1000}
+  allowed_origins: ["https://app.example.com", "https://*.example.org"]
+redaction:
+  builtins: [email, credit_card]
+  rules:
+    - {name: ticket, pattern: "TCK-[0-9]{6}"}
+""", encoding="utf-8")
+    config = HubConfig.load(path, environ={"CBHUB_ALLOWED_HOSTS": "hub.example.com, localhost",
+                                           "CBHUB_DEFAULT_RPM": "60", "CBHUB_AUTH_ALLOW_ANONYMOUS": "yes"})
+    assert config.auth_mode == "jwt_or_api_key" and config.jwt_audience == "hub"
+    [entry] = config.api_keys
+    assert (entry.name, entry.models, entry.rpm, entry.admin, entry.tpm) == ("backend", ["openai/*"], 3, True, None)
+    assert (config.default_rpm, config.default_tpm, config.default_max_concurrent) == (60, 1000, None)
+    assert config.allowed_hosts == ["hub.example.com", "localhost"] and config.auth_allow_anonymous is True
+    assert config.redaction_builtins == ["email", "credit_card"] and config.redaction_rules[0].name == "ticket"
+    assert "s3cret-value" in config.secrets()
+    shown = config.to_yaml()
+    assert "s3cret-value" not in shown and HubConfig.load(_write(tmp_path, shown)).api_keys == config.api_keys
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("auth:\n  mode: magic\n", "auth.mode: must be one of none, jwt, api_key, jwt_or_api_key"),
+    ("auth:\n  allow_anonymous: 1\n", "auth.allow_anonymous: expected true or false, got 1"),
+    ("auth:\n  api_keys: [{name: x}]\n", "auth.api_keys: invalid entry"),
+    ("auth:\n  default_limits: {rpm: 0}\n", "auth.default_limits.rpm: must be >= 1 or null, got 0"),
+    ("redaction:\n  builtins: [email, ssn]\n", "redaction.builtins: unknown 'ssn'"),
+])
+def test_auth_and_redaction_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        HubConfig.load(_write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "more.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
