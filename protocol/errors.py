@@ -227,11 +227,24 @@ class ErrorCode(enum.StrEnum):
                  "([Limits](#limits))"))
     HUB_OVERLOADED = "hub_overloaded", _doc(Fault.HUB, True, 503, (
         _ANSWER, "histories and pending output together pass `memory_budget_bytes` ([Limits](#limits))"))
+    # Authentication and permissions (docs/PROTOCOL.md "Authentication").
+    UNAUTHORIZED = "unauthorized", _doc(Fault.CLIENT, False, 401, (
+        _ANSWER, "no credential: a WebSocket message before the `auth` message, an HTTP request without "
+                 "`Authorization` while `auth.mode` is not `none`"))
+    INVALID_TOKEN = "invalid_token", _doc(Fault.CLIENT, False, 401, (
+        _ANSWER, "a token or API key the hub does not accept (which check failed is not said)"))
+    TOKEN_EXPIRED = "token_expired", _doc(Fault.CLIENT, False, 401, (
+        _ANSWER, "the token expired; on a WebSocket sent on a timer, then close 4001 after "
+                 "`auth.expiry_grace_s` unless a fresh `auth` message comes"))
+    FORBIDDEN = "forbidden", _doc(Fault.CLIENT, False, 403, (
+        _ANSWER, "the subject may not use that model (its `models` claim)"))
     # What the provider answered, or failed to.
     AUTH_FAILED = "auth_failed", _doc(Fault.OPERATOR, False, 502, (
         _TERMINAL, "the provider answered HTTP 401 or 403"))
     RATE_LIMITED = "rate_limited", _doc(Fault.PROVIDER, True, 429, (
-        _TERMINAL, "the provider answered HTTP 429, or sent an in-band error with status 429"))
+        _TERMINAL, "the provider answered HTTP 429, or sent an in-band error with status 429"), (
+        _ANSWER, "the subject is over its `rpm`, `tpm` or `max_concurrent` ([Authentication](#authentication)); "
+                 "`retryAfterMs` says how long to wait, HTTP adds `Retry-After`; no provider is called"))
     PROVIDER_ERROR = "provider_error", _doc(Fault.PROVIDER, None, None, (
         _TERMINAL, "any other non-200 answer; an in-band error (Anthropic `event: error`, an OpenAI chunk with "
                    "`error`, a Gemini error object, an Ollama `error` line)"),
@@ -326,6 +339,12 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013, _CloseDoc(
         "the hub is at `max_connections` (reason `too many connections; try again later`)",
         "reconnect after a backoff", True)
+    UNAUTHORIZED = 4001, _CloseDoc(
+        "no valid credential within `auth.timeout_s`, a refused credential, or a token that expired and was not "
+        "refreshed within `auth.expiry_grace_s` (reason says which of `unauthorized`, `invalid_token`, "
+        "`token_expired`)", "get a fresh token, then connect again", False)
+    FORBIDDEN = 4003, _CloseDoc(
+        "the credential is valid but may not use this hub (reason `forbidden`)", "nothing: ask for access", False)
     SLOW_CONSUMER = 4008, _CloseDoc(
         "slow consumer: the connection's outbound queue passed `outbound_hard_limit_bytes` (reason `slow consumer: "
         "reconnect and resume`)", "reconnect and resubscribe; its completions are still running or retained", True)

@@ -305,12 +305,14 @@ class UsageInfo(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True, gc=False):
-    """The ``error`` object: stable ``code``, ``message``, ``retryable``, provider ``status``."""
+    """The ``error`` object: stable ``code``, ``message``, ``retryable``, provider ``status``,
+    and ``retryAfterMs`` (how long to wait, in ms) on a ``rate_limited`` answer of the hub."""
 
     code: str
     message: str
     retryable: bool
     status: int | None = None
+    retry_after_ms: int | None = msgspec.field(default=None, name="retryAfterMs")
 
 
 class Attempt(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):

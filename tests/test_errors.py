@@ -47,7 +47,7 @@ def test_every_code_has_a_row_and_every_row_a_code() -> None:
     closes = re.findall(r"^\| (\d{4}) \|", close_section, re.M)
     assert [int(code) for code in closes] == [code for code in CloseCode if code.sent]
     assert "the client sees 1006" in close_section
-    assert "Codes 4000-4999 are the hub's own. Of those, 4008 is in use" in close_section
+    assert "Codes 4000-4999 are the hub's own. Of those, 4001, 4003, 4008 are in use" in close_section
 
 
 def _generated(markdown: str, name: str) -> str:
@@ -137,9 +137,12 @@ def test_the_http_statuses_are_the_ones_the_openai_api_answered_with() -> None:
 def test_close_codes() -> None:
     assert CloseCode.SLOW_CONSUMER == 4008
     assert [code.value for code in CloseCode if code.reconnect] == [1006, 1011, 1012, 1013, 4008]
+    assert not CloseCode.UNAUTHORIZED.reconnect and not CloseCode.FORBIDDEN.reconnect
     assert [code for code in CloseCode if not code.sent] == [CloseCode.ABNORMAL_CLOSURE]
     low, high = HUB_CLOSE_CODE_RANGE
-    assert all(code.reconnect for code in CloseCode if low <= code <= high)
+    # In the hub's range only the auth closes say "do not reconnect".
+    assert [code for code in CloseCode if low <= code <= high and not code.reconnect] == [
+        CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN]
 
 
 def _literal_codes() -> list[tuple[str, str]]:

@@ -60,9 +60,10 @@ log = logging.getLogger("cbhub.client")
 
 #: Close codes after which the client does not reconnect: the same request would fail the
 #: same way (1002 protocol error, 1003 unsupported data, 1007 invalid UTF-8, 1009 a client
-#: message over the hub's ``max_message_bytes``). Every other code, and a connection dropped
-#: without a close frame (1006), is followed by a reconnect.
-FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
+#: message over the hub's ``max_message_bytes``, 4001 unauthorized and 4003 forbidden: a new
+#: credential is needed first). Every other code, and a connection dropped without a close
+#: frame (1006), is followed by a reconnect.
+FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 4001, 4003})
 
 _OPTIONS = frozenset(Completion.__struct_fields__) - {"model", "messages", "id", "rid"}
 _ANSWERS = (Subscribed, Unsubscribed, Pong, Ack)

@@ -292,13 +292,15 @@ export interface ErrorMessage {
 }
 
 /**
- * The `error` object: stable `code`, `message`, `retryable`, provider `status`.
+ * The `error` object: stable `code`, `message`, `retryable`, provider `status`,
+ * and `retryAfterMs` (how long to wait, in ms) on a `rate_limited` answer of the hub.
  */
 export interface ErrorInfo {
   code: string;
   message: string;
   retryable: boolean;
   status?: number;
+  retryAfterMs?: number;
 }
 
 /**
@@ -509,6 +511,10 @@ export type ErrorCode =
   | "workflow_stuck"
   | "too_many_completions"
   | "hub_overloaded"
+  | "unauthorized"
+  | "invalid_token"
+  | "token_expired"
+  | "forbidden"
   | "auth_failed"
   | "rate_limited"
   | "provider_error"
@@ -522,7 +528,7 @@ export type ErrorCode =
   ;
 
 /** A close code documented in docs/PROTOCOL.md "Close codes". */
-export type CloseCode = 1000 | 1006 | 1007 | 1009 | 1011 | 1012 | 1013 | 4008;
+export type CloseCode = 1000 | 1006 | 1007 | 1009 | 1011 | 1012 | 1013 | 4001 | 4003 | 4008;
 
 export interface ErrorCodeInfo {
   /** Who has to change something: client, hub operator, provider, network, hub. */

@@ -169,6 +169,34 @@ export const ERROR_CODES = deepFreeze({
     "when": "histories and pending output together pass `memory_budget_bytes` (Limits)",
     "http": 503
   },
+  "unauthorized": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "no credential: a WebSocket message before the `auth` message, an HTTP request without `Authorization` while `auth.mode` is not `none`",
+    "http": 401
+  },
+  "invalid_token": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "a token or API key the hub does not accept (which check failed is not said)",
+    "http": 401
+  },
+  "token_expired": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "the token expired; on a WebSocket sent on a timer, then close 4001 after `auth.expiry_grace_s` unless a fresh `auth` message comes",
+    "http": 401
+  },
+  "forbidden": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "the subject may not use that model (its `models` claim)",
+    "http": 403
+  },
   "auth_failed": {
     "fault": "hub operator",
     "retryable": false,
@@ -179,8 +207,8 @@ export const ERROR_CODES = deepFreeze({
   "rate_limited": {
     "fault": "provider",
     "retryable": true,
-    "sentAs": "terminal",
-    "when": "the provider answered HTTP 429, or sent an in-band error with status 429",
+    "sentAs": "terminal; answer",
+    "when": "the provider answered HTTP 429, or sent an in-band error with status 429; the subject is over its `rpm`, `tpm` or `max_concurrent` (Authentication); `retryAfterMs` says how long to wait, HTTP adds `Retry-After`; no provider is called",
     "http": 429
   },
   "provider_error": {
@@ -279,6 +307,16 @@ export const CLOSE_CODES = deepFreeze({
     "clientShould": "reconnect after a backoff",
     "reconnect": true
   },
+  "4001": {
+    "when": "no valid credential within `auth.timeout_s`, a refused credential, or a token that expired and was not refreshed within `auth.expiry_grace_s` (reason says which of `unauthorized`, `invalid_token`, `token_expired`)",
+    "clientShould": "get a fresh token, then connect again",
+    "reconnect": false
+  },
+  "4003": {
+    "when": "the credential is valid but may not use this hub (reason `forbidden`)",
+    "clientShould": "nothing: ask for access",
+    "reconnect": false
+  },
   "4008": {
     "when": "slow consumer: the connection's outbound queue passed `outbound_hard_limit_bytes` (reason `slow consumer: reconnect and resume`)",
     "clientShould": "reconnect and resubscribe; its completions are still running or retained",
@@ -326,7 +364,7 @@ export const SCHEMA = deepFreeze({
     "UsageInfo": {"type":"object","properties":{"promptTokens":{"type":"integer"},"completionTokens":{"type":"integer"},"totalTokens":{"type":"integer"},"reasoningTokens":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null}},"required":["promptTokens","completionTokens","totalTokens"]},
     "Attempt": {"type":"object","properties":{"provider":{"type":"string"},"model":{"type":"string"},"error":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null},"status":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null}},"required":["provider","model"]},
     "ErrorMessage": {"type":"object","properties":{"type":{"enum":["error"]},"error":{"$ref":"#/$defs/ErrorInfo"},"completionId":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null},"seq":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null},"usage":{"anyOf":[{"$ref":"#/$defs/UsageInfo"},{"type":"null"}],"default":null},"attempts":{"type":"array","items":{"$ref":"#/$defs/Attempt"},"default":[]},"workflowId":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null},"rid":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null}},"required":["type","error"]},
-    "ErrorInfo": {"type":"object","properties":{"code":{"type":"string"},"message":{"type":"string"},"retryable":{"type":"boolean"},"status":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null}},"required":["code","message","retryable"]},
+    "ErrorInfo": {"type":"object","properties":{"code":{"type":"string"},"message":{"type":"string"},"retryable":{"type":"boolean"},"status":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null},"retryAfterMs":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null}},"required":["code","message","retryable"]},
     "Pong": {"type":"object","properties":{"type":{"enum":["pong"]},"rid":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null}},"required":["type"]},
     "Ack": {"type":"object","properties":{"type":{"enum":["ack"]},"rid":{"type":"string"}},"required":["type","rid"]},
     "CircuitState": {"type":"object","properties":{"type":{"enum":["circuit_state"]},"seq":{"type":"integer"},"provider":{"type":"string"},"baseUrl":{"type":"string"},"state":{"type":"string"},"previous":{"type":"string"},"failureRate":{"anyOf":[{"type":"number"},{"type":"null"}],"default":null},"requests":{"anyOf":[{"type":"integer"},{"type":"null"}],"default":null}},"required":["type","seq","provider","baseUrl","state","previous"]},
