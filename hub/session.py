@@ -21,6 +21,7 @@ Rules kept here:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from hub.broker import Broker
@@ -59,19 +60,50 @@ _PONG = EncodedEvent.of(Pong())
 
 
 class Principal(Protocol):
-    """Who is asking (the transport authenticates; today every client is anonymous).
+    """Who is asking (the transport authenticates it; with ``auth.mode: none`` every client is
+    :data:`ANONYMOUS`).
 
     Attributes:
         subject: a stable name of the caller (``"anonymous"`` without auth).
+        admin: may read every channel, type-level subscriptions and ``system``.
+        models: allowed model patterns (``openai/*``); empty: every model.
+        channels: channel patterns readable besides the subject's own.
+        rpm, tpm, max_concurrent: this principal's limits; None: ``auth.default_limits``.
     """
 
-    subject: str
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def admin(self) -> bool: ...
+
+    @property
+    def models(self) -> Sequence[str]: ...
+
+    @property
+    def channels(self) -> Sequence[str]: ...
+
+    @property
+    def rpm(self) -> int | None: ...
+
+    @property
+    def tpm(self) -> int | None: ...
+
+    @property
+    def max_concurrent(self) -> int | None: ...
 
 
 class Anonymous:
-    """The principal of a client when the hub has no authentication configured."""
+    """The principal of a client when the hub has no authentication configured: no claims,
+    the default limits."""
 
     subject = "anonymous"
+    admin = False
+    models: Sequence[str] = ()
+    channels: Sequence[str] = ()
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
 
 
 ANONYMOUS = Anonymous()
@@ -251,7 +283,7 @@ class Session:
         self._send_error(error, self._rid)
 
     def _send_error(self, error: HubError, rid: str | None) -> None:
-        info = ErrorInfo(error.code, error.message, error.retryable, error.status)
+        info = ErrorInfo(error.code, error.message, error.retryable, error.status, error.retry_after_ms)
         self.outbox.deliver(EncodedEvent.of(ErrorMessage(info, rid=rid)))
 
     def _reply(self, message: Any) -> None:

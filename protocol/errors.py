@@ -366,6 +366,7 @@ class HubError(Exception):
         message: human-readable text, already redacted.
         retryable: whether the same request may succeed if sent again later.
         status: HTTP status from the provider, when there was one.
+        retry_after_ms: how long to wait before retrying, in ms (the hub's ``rate_limited``).
     """
 
     default_code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
@@ -377,6 +378,7 @@ class HubError(Exception):
         *,
         retryable: bool = False,
         status: int | None = None,
+        retry_after_ms: int | None = None,
     ) -> None:
         """
         Args:
@@ -385,12 +387,14 @@ class HubError(Exception):
                 class's ``default_code``. A string that is no code raises ``ValueError``.
             retryable: what the client is told; the code's default is :meth:`ErrorCode.retryable_for`.
             status: the provider's HTTP status.
+            retry_after_ms: the wait the client is told, in ms.
         """
         super().__init__(message)
         self.code: ErrorCode = ErrorCode(code or self.default_code)
         self.message = message
         self.retryable = retryable
         self.status = status
+        self.retry_after_ms = retry_after_ms
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
