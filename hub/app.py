@@ -25,6 +25,7 @@ from hub.config import HubConfig
 from hub.multiplexer import StreamMultiplexer
 from hub.outbox import Outbox, WriteScheduler
 from hub.providers import ProviderClient
+from hub.ratelimit import RateLimiter, Ticket
 from hub.resilience import DeadLetterLog
 from hub.session import Principal
 from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
@@ -55,12 +56,22 @@ class Hub:
         self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
         self.broker: Broker = self.multiplexer
         self.connections: set[Outbox] = set()
+        self.limiter = RateLimiter(config.default_rpm, config.default_tpm, config.default_max_concurrent)
         self.session: aiohttp.ClientSession | None = None
         self.dead_letters: DeadLetterLog | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
         self.workflows: WorkflowManager
         self.url = ""
         self.ready = False
+
+    def admit_request(self, principal: Principal, estimate_tokens: int) -> Ticket:
+        """The principal's rate limits for one completion or workflow request (docs/PROTOCOL.md
+        "Rate limits"): a ticket to release when the run ends.
+
+        Raises:
+            HubError: ``rate_limited`` with ``retry_after_ms``.
+        """
+        return self.limiter.admit(principal, estimate_tokens)
 
     def at_connection_limit(self) -> bool:
         """Whether ``max_connections`` clients (WebSocket and SSE together) are open."""

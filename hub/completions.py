@@ -33,6 +33,7 @@ from hub.broker import Broker, Subscriber
 from hub.channel import Channel, HistoryBounds
 from hub.config import HubConfig
 from hub.providers import ProviderClient, UpstreamRequest, build_request
+from hub.ratelimit import Ticket
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
 from protocol.buffer import StreamBuffer
 from protocol.errors import ErrorCode, HubError, ProtocolError, ProviderError, redact
@@ -82,11 +83,18 @@ class CompletionRun:
         lifecycle: its :class:`~protocol.lifecycle.Lifecycle` (``state`` reads it).
         finished: True once the terminal message was published.
         provider, model: what serves it (filled once the model is resolved).
+        owner: the subject that started it (``anonymous`` without auth).
+        ticket: its rate-limit ticket, released when it ends (None: not limited).
+        used_tokens: prompt + completion tokens of its usage, once reported.
         ttft_ms: time from the upstream request to the first output delta, in ms.
     """
 
-    def __init__(self, manager: CompletionManager, completion_id: str, request: Completion, channel: Channel) -> None:
+    def __init__(self, manager: CompletionManager, completion_id: str, request: Completion, channel: Channel,
+                 owner: str = "anonymous", ticket: Ticket | None = None) -> None:
         self.manager = manager
+        self.owner = owner
+        self.ticket = ticket
+        self.used_tokens: int | None = None
         self.id = completion_id
         self.request = request
         self.channel = channel
@@ -361,6 +369,8 @@ class CompletionRun:
                     self._end_reasoning()
                     self._move(CompletionEvent.FINISH)
                     self._close_attempt(None)
+                    if event.usage is not None:
+                        self.used_tokens = event.usage.prompt_tokens + event.usage.completion_tokens
                     self._publish(Completed(self.id, 0, event.finish_reason, self.provider, event.model or self.model,
                                             _usage_info(event.usage), self.ttft_ms, self._attempts))
                     self.manager.finished(self)
@@ -380,6 +390,8 @@ class CompletionRun:
         if self._ended():
             return
         self._move(CompletionEvent.CANCEL if cancelled else CompletionEvent.FAIL)
+        if usage is not None:
+            self.used_tokens = usage.prompt_tokens + usage.completion_tokens
         self._close_attempt(error)
         message = redact(error.message, self.manager.config.secrets())
         self._publish(ErrorMessage(
@@ -504,9 +516,13 @@ class CompletionManager:
         self.system.publish(CircuitState(0, provider, base_url, breaker.state, previous,
                                          round(rate, 3) if rate is not None else None, total or None))
 
-    def create(self, request: Completion) -> CompletionRun:
+    def create(self, request: Completion, owner: str = "anonymous", ticket: Ticket | None = None) -> CompletionRun:
         """Open ``completion:<id>`` for a new completion (not started yet: subscribe the
         requester, send its acknowledgement, then call :meth:`CompletionRun.start`).
+
+        Args:
+            owner: the subject that asks for it.
+            ticket: its rate-limit ticket, released (with the tokens used) when it ends.
 
         Raises:
             ProtocolError: ``duplicate_id`` when a completion with that id is running or retained.
@@ -521,7 +537,7 @@ class CompletionManager:
         channel = self.open_channel(f"completion:{completion_id}", on_idle=lambda: run.on_idle(),
                                     on_subscribe=lambda: run.on_subscribe(), snapshot=lambda: run.snapshot(),
                                     control=lambda command, argument: run.control(command, argument))
-        run = CompletionRun(self, completion_id, request, channel)
+        run = CompletionRun(self, completion_id, request, channel, owner, ticket)
         self.runs[completion_id] = run
         return run
 
@@ -551,8 +567,11 @@ class CompletionManager:
         return self.broker.subscribe(subscriber, run.channel.name, since)
 
     def finished(self, run: CompletionRun) -> None:
-        """Called once by a run when its terminal message is out: retain, then forget it."""
+        """Called once by a run when its terminal message is out: release its rate-limit
+        ticket, retain it, then forget it."""
         run.on_subscribe()  # calls off the grace period: nothing is left to cancel
+        if run.ticket is not None:
+            run.ticket.release(run.used_tokens)
         loop = asyncio.get_running_loop()
         self._retirements[run.id] = loop.call_later(self.config.retention_s, self._retire, run.id)
 

@@ -28,6 +28,7 @@ from hub.broker import Broker
 from hub.channel import Channel, EncodedEvent
 from hub.config import HubConfig
 from hub.outbox import Outbox
+from hub.ratelimit import Ticket, estimate_tokens
 from protocol.errors import ErrorCode, HubError, ProtocolError
 from protocol.messages import (
     CHANNEL_PATTERN,
@@ -131,8 +132,8 @@ class Runnable(Protocol):
 class CompletionFactory(Protocol):
     """Creates completions (:class:`hub.completions.CompletionManager`)."""
 
-    def create(self, request: Completion) -> Runnable:
-        """A registered, not yet started run; raises HubError (``duplicate_id``,
+    def create(self, request: Completion, owner: str = ..., ticket: Ticket | None = None) -> Runnable:
+        """A registered, not yet started run of ``owner``; raises HubError (``duplicate_id``,
         ``shutting_down``)."""
 
 
@@ -140,7 +141,7 @@ class WorkflowFactory(Protocol):
     """Creates workflow runs (:class:`hub.workflows.WorkflowManager`)."""
 
     def create(self, workflow_id: str | None, definition: dict[str, Any] | None, definition_name: str | None,
-               run_input: dict[str, Any]) -> Runnable:
+               run_input: dict[str, Any], owner: str = ..., ticket: Ticket | None = None) -> Runnable:
         """A validated, not yet started run; raises HubError (``invalid_workflow``,
         ``unknown_workflow_definition``, ``duplicate_id``, ``shutting_down``)."""
 
@@ -167,6 +168,10 @@ class SessionServices(Protocol):
 
     def admit_completion(self) -> None:
         """Raise HubError (``too_many_completions``, ``hub_overloaded``) at a hub limit."""
+
+    def admit_request(self, principal: Principal, estimate_tokens: int) -> Ticket:
+        """The principal's rate limits (:class:`hub.ratelimit.RateLimiter`): a ticket, or
+        HubError ``rate_limited`` with ``retry_after_ms``."""
 
     def authorize(self, principal: Principal, action: str, channel: str) -> None:
         """Raise HubError when ``principal`` may not do ``action`` (``subscribe``, ``cancel``,
@@ -310,8 +315,13 @@ class Session:
                            f"(max_completions_per_connection); wait for one to end", ErrorCode.TOO_MANY_COMPLETIONS,
                            retryable=True)
         services.authorize(self.principal, "completion", f"completion:{message.id or ''}")
-        services.admit_completion()
-        run = services.completions.create(message)
+        ticket = services.admit_request(self.principal, estimate_tokens(message.messages, message.max_tokens))
+        try:
+            services.admit_completion()
+            run = services.completions.create(message, owner=self.principal.subject, ticket=ticket)
+        except BaseException:
+            ticket.release()
+            raise
         self.started.append(run)
         self._start(run, completion_id=run.id)
         return run
@@ -319,9 +329,14 @@ class Session:
     def _create_workflow(self, message: CreateWorkflow) -> None:
         services = self.services
         services.authorize(self.principal, "create_workflow", f"workflow:{message.workflow_id or ''}")
-        services.admit_completion()
-        run = services.workflows.create(message.workflow_id, message.definition, message.definition_name,
-                                        message.input)
+        ticket = services.admit_request(self.principal, 0)
+        try:
+            services.admit_completion()
+            run = services.workflows.create(message.workflow_id, message.definition, message.definition_name,
+                                            message.input, owner=self.principal.subject, ticket=ticket)
+        except BaseException:
+            ticket.release()
+            raise
         self._start(run, workflow_id=run.id)
 
     def _start(self, run: Runnable, completion_id: str | None = None, workflow_id: str | None = None) -> None:

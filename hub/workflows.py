@@ -36,6 +36,7 @@ import yaml
 from hub.broker import Broker
 from hub.channel import Channel, EncodedEvent
 from hub.config import HubConfig
+from hub.ratelimit import Ticket
 from protocol.errors import ErrorCode, HubError, ProtocolError
 from protocol.lifecycle import Lifecycle, WorkflowEvent, WorkflowState
 from protocol.messages import (
@@ -339,11 +340,16 @@ class WorkflowRun:
             ``status`` reads it: ``running``, ``completed``, ``failed`` or ``cancelled``.
         place: where the token is.
         data: the token's data (``input``, ``results``).
+        owner: the subject that started it; its agents' completions are the owner's too.
+        ticket: its rate-limit ticket, released with the run's token usage when it ends.
     """
 
     def __init__(self, manager: WorkflowManager, workflow_id: str, definition: WorkflowDefinition,
-                 run_input: dict[str, Any], channel: Channel) -> None:
+                 run_input: dict[str, Any], channel: Channel, owner: str = "anonymous",
+                 ticket: Ticket | None = None) -> None:
         self.manager = manager
+        self.owner = owner
+        self.ticket = ticket
         self.id = workflow_id
         self.definition = definition
         self.channel = channel
@@ -477,7 +483,7 @@ class WorkflowRun:
                 "model": agent.model, "messages": messages, "id": f"{self.id}.{agent.id}.{next(self._calls)}",
                 "tools": tools, "fallbacks": agent.fallbacks, "max_tokens": agent.max_tokens,
             }, Completion)
-            run = completions.create(request)
+            run = completions.create(request, owner=self.owner)
             self.completions.append(run)
             listener = _AgentListener(self, agent)
             self.manager.broker.subscribe(listener, run.channel.name)
@@ -551,8 +557,9 @@ class WorkflowManager:
         self._retirements: dict[str, asyncio.TimerHandle] = {}
 
     def create(self, workflow_id: str | None, definition: dict[str, Any] | None, definition_name: str | None,
-               run_input: dict[str, Any]) -> WorkflowRun:
-        """Validate and register a run (start it with :meth:`WorkflowRun.start`).
+               run_input: dict[str, Any], owner: str = "anonymous", ticket: Ticket | None = None) -> WorkflowRun:
+        """Validate and register a run (start it with :meth:`WorkflowRun.start`); ``owner`` is
+        the subject asking, ``ticket`` its rate-limit ticket (released when the run ends).
 
         Raises:
             DefinitionError: invalid or unknown definition.
@@ -569,7 +576,7 @@ class WorkflowManager:
         run: WorkflowRun
         channel = self.completions.open_channel(f"workflow:{workflow_id}", snapshot=lambda: run.snapshot(),
                                                 control=lambda command, argument: run.control(command, argument))
-        run = WorkflowRun(self, workflow_id, spec, run_input, channel)
+        run = WorkflowRun(self, workflow_id, spec, run_input, channel, owner, ticket)
         self.runs[workflow_id] = run
         return run
 
@@ -577,7 +584,11 @@ class WorkflowManager:
         return self.runs.get(workflow_id)
 
     def finished(self, run: WorkflowRun) -> None:
-        """Retain the run's channels for ``retention_s``, then forget them."""
+        """Release the run's rate-limit ticket (with the tokens its agents used), retain its
+        channels for ``retention_s``, then forget them."""
+        if run.ticket is not None:
+            usage = run.usage
+            run.ticket.release(usage.prompt_tokens + usage.completion_tokens if usage is not None else None)
         loop = asyncio.get_running_loop()
         self._retirements[run.id] = loop.call_later(self.config.retention_s, self._retire, run.id)
 
