@@ -117,11 +117,14 @@ class SseOutbox(Outbox):
             self._transport.abort()
 
 
-def _json_error(code: str, message: str, status: int | None) -> web.Response:
-    """OpenAI's error body with the HTTP status of ``code`` (protocol.errors.http_status_of)."""
+def _json_error(code: str, message: str, status: int | None, retry_after_ms: int | None = None) -> web.Response:
+    """OpenAI's error body with the HTTP status of ``code`` (protocol.errors.http_status_of);
+    with ``retry_after_ms`` (a rate limit of the hub) a ``Retry-After`` header in whole
+    seconds, rounded up (RFC 9110 §10.2.3)."""
     http_status = http_status_of(code, status)
+    headers = {"Retry-After": str(-(-retry_after_ms // 1000))} if retry_after_ms is not None else None
     return web.Response(body=error_body(code, message, http_status), status=http_status,
-                        content_type="application/json")
+                        content_type="application/json", headers=headers)
 
 
 def _is_terminal(message: Any, completion_id: str) -> bool:
@@ -145,7 +148,7 @@ async def _serve(
         try:
             run = session.start_completion(chat.to_completion())
         except HubError as exc:
-            return _json_error(exc.code, exc.message, exc.status)
+            return _json_error(exc.code, exc.message, exc.status, exc.retry_after_ms)
         return await _respond(hub, request, chat, outbox, run.id, tag_events)
     except ConnectionResetError:
         # Dropped before the headers went out (past the hard limit): nothing reaches the client.
