@@ -28,6 +28,7 @@ from hub.providers import ProviderClient
 from hub.ratelimit import RateLimiter, Ticket
 from hub.resilience import DeadLetterLog
 from hub.session import Principal
+from hub.transports import guard
 from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.transports.websocket import websocket_handler
 from hub.workflows import WorkflowManager
@@ -184,6 +185,7 @@ def create_app(config: HubConfig | None = None) -> web.Application:
     hub = Hub(config or HubConfig.from_env())
     app = web.Application(client_max_size=hub.config.max_message_bytes)
     app[HUB_KEY] = hub
+    guard.install(app)  # Host, Origin, CORS and JSON-only /v1 POSTs, before any handler
     app.on_startup.append(hub.startup)
     app.on_shutdown.append(hub.shutdown)
     app.router.add_get("/ws/stream", websocket_handler)
