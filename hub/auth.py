@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from hub.config import ApiKeyEntry, ConfigError, HubConfig
 from protocol.errors import ErrorCode, HubError
+from protocol.messages import MAX_TOKEN_CHARS
 
 __all__ = ["AuthPrincipal", "Authenticator", "HS_ALGORITHMS", "api_key_digest", "is_loopback_host"]
 
@@ -57,8 +58,6 @@ _RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512", "secp256k1": "ES256K"}
 #: The shortest shared secret accepted (RFC 7518 §3.2: at least the hash output, 256 bits).
 MIN_SECRET_BYTES = 32
-#: The longest credential looked at (a JWT with generous claims fits many times over).
-MAX_TOKEN_CHARS = 16384
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ __all__ = [
     "Unsubscribe",
     "Cancel",
     "Ping",
+    "Auth",
     "ClientMessage",
     "decode_client_message",
     "UsageInfo",
@@ -38,6 +39,7 @@ __all__ = [
     "ErrorMessage",
     "Pong",
     "Ack",
+    "Authenticated",
     "RequestId",
     "request_id_of",
     "Snapshot",
@@ -201,13 +203,25 @@ class Ping(_ClientMessage, tag="ping"):
     """Liveness check; answered with ``{"type": "pong"}``."""
 
 
+#: The longest token an ``auth`` message may carry.
+MAX_TOKEN_CHARS = 16384
+
+
+class Auth(_ClientMessage, tag="auth"):
+    """Present a credential (docs/PROTOCOL.md "Authentication"): ``{"type":"auth","token":"eyJ..."}``,
+    the first message when the hub requires authentication and the connection brought none,
+    and later again to refresh the token before it expires. Answered with ``authenticated``."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_CHARS)]
+
+
 ClientMessage: TypeAlias = (
-    Completion | Subscribe | Unsubscribe | Cancel | Ping | CreateWorkflow | SubscribeWorkflow | CancelWorkflow
+    Completion | Subscribe | Unsubscribe | Cancel | Ping | CreateWorkflow | SubscribeWorkflow | CancelWorkflow | Auth
 )
 
 _CLIENT_DECODER = msgspec.json.Decoder(ClientMessage)
 _CLIENT_TAGS = frozenset(("completion", "subscribe", "unsubscribe", "cancel", "ping", "create_workflow",
-                          "subscribe_workflow", "cancel_workflow"))
+                          "subscribe_workflow", "cancel_workflow", "auth"))
 _ANY_DECODER = msgspec.json.Decoder()
 
 
@@ -454,6 +468,17 @@ class Ack(_HubMessage, tag="ack"):
     rid: str
 
 
+class Authenticated(_HubMessage, tag="authenticated"):
+    """Accepts an ``auth`` message: ``{"type":"authenticated","subject":"alice",
+    "expiresAt":1767225600000}``. ``expiresAt`` is when the token expires, in ms since the
+    epoch (absent for an API key, and with ``auth.mode: none``, where the subject is
+    ``anonymous``); refresh it with another ``auth`` message before then."""
+
+    subject: str
+    expires_at: int | None = None
+    rid: str | None = None
+
+
 class TokenCreated(_HubMessage, tag="token_created"):
     """A workflow run's token was put on its initial place, carrying the run's input."""
 
@@ -603,6 +628,7 @@ HubMessage: TypeAlias = (
     | ErrorMessage
     | Pong
     | Ack
+    | Authenticated
     | CircuitState
     | Snapshot
     | TokenCreated

@@ -141,6 +141,17 @@ export interface CancelWorkflow {
 }
 
 /**
+ * Present a credential (docs/PROTOCOL.md "Authentication"): `{"type":"auth","token":"eyJ..."}`,
+ * the first message when the hub requires authentication and the connection brought none,
+ * and later again to refresh the token before it expires. Answered with `authenticated`.
+ */
+export interface Auth {
+  type: "auth";
+  token: string;
+  rid?: string | null;
+}
+
+/**
  * Acknowledges a subscribe, or a completion start (then `completionId` says which id).
  *
  * Per channel: `epochs` (the channel instance's epoch), `seqs` (its latest `seq` when
@@ -322,6 +333,19 @@ export interface Ack {
 }
 
 /**
+ * Accepts an `auth` message: `{"type":"authenticated","subject":"alice",
+ * "expiresAt":1767225600000}`. `expiresAt` is when the token expires, in ms since the
+ * epoch (absent for an API key, and with `auth.mode: none`, where the subject is
+ * `anonymous`); refresh it with another `auth` message before then.
+ */
+export interface Authenticated {
+  type: "authenticated";
+  subject: string;
+  expiresAt?: number;
+  rid?: string;
+}
+
+/**
  * A provider's circuit breaker changed state; published on the `system` channel:
  * `{"type":"circuit_state","seq":3,"provider":"openai","baseUrl":"https://api.openai.com/v1",
  * "state":"open","previous":"closed","failureRate":0.6,"requests":10}`. `state` is
@@ -479,16 +503,16 @@ export interface WorkflowSnapshot {
 }
 
 /** Any client → hub message. */
-export type ClientMessage = Completion | Subscribe | Unsubscribe | Cancel | Ping | CreateWorkflow | SubscribeWorkflow | CancelWorkflow;
+export type ClientMessage = Completion | Subscribe | Unsubscribe | Cancel | Ping | CreateWorkflow | SubscribeWorkflow | CancelWorkflow | Auth;
 
 /** Any hub → client message. */
-export type HubMessage = Subscribed | Unsubscribed | ContentChunk | ThinkingStatus | RefusalChunk | ToolCallMessage | CitationMessage | Completed | ErrorMessage | Pong | Ack | CircuitState | Snapshot | TokenCreated | WorkflowTransition | AgentStarted | AgentProgress | FunctionExecuted | AgentCompleted | WorkflowCompleted | WorkflowSnapshot;
+export type HubMessage = Subscribed | Unsubscribed | ContentChunk | ThinkingStatus | RefusalChunk | ToolCallMessage | CitationMessage | Completed | ErrorMessage | Pong | Ack | Authenticated | CircuitState | Snapshot | TokenCreated | WorkflowTransition | AgentStarted | AgentProgress | FunctionExecuted | AgentCompleted | WorkflowCompleted | WorkflowSnapshot;
 
 /** The `type` of a client message. */
-export type ClientMessageType = "completion" | "subscribe" | "unsubscribe" | "cancel" | "ping" | "create_workflow" | "subscribe_workflow" | "cancel_workflow";
+export type ClientMessageType = "completion" | "subscribe" | "unsubscribe" | "cancel" | "ping" | "create_workflow" | "subscribe_workflow" | "cancel_workflow" | "auth";
 
 /** The `type` of a hub message. */
-export type HubMessageType = "subscribed" | "unsubscribed" | "content_chunk" | "thinking_status" | "refusal" | "tool_call" | "citation" | "completed" | "error" | "pong" | "ack" | "circuit_state" | "snapshot" | "token_created" | "workflow_transition" | "agent_started" | "agent_progress" | "function_executed" | "agent_completed" | "workflow_completed" | "workflow_snapshot";
+export type HubMessageType = "subscribed" | "unsubscribed" | "content_chunk" | "thinking_status" | "refusal" | "tool_call" | "citation" | "completed" | "error" | "pong" | "ack" | "authenticated" | "circuit_state" | "snapshot" | "token_created" | "workflow_transition" | "agent_started" | "agent_progress" | "function_executed" | "agent_completed" | "workflow_completed" | "workflow_snapshot";
 
 /** The hub message of a given `type`. */
 export type HubMessageOf<T extends HubMessageType> = Extract<HubMessage, { type: T }>;
