@@ -262,6 +262,15 @@ export interface ClientOptions {
   onReconnect?(info: ReconnectInfo): void;
   /** Called on every status change. */
   onStatus?(status: ClientStatus): void;
+  /**
+   * A JWT or API key for a hub with `auth.mode` set (docs/PROTOCOL.md "Authentication"): sent in
+   * the first message of every connection; nothing else is sent until the hub answers
+   * `authenticated`. A close 4001/4003 stops reconnecting and rejects with code
+   * `unauthorized` / `forbidden`.
+   */
+  token?: string;
+  /** Called for the token on every connection and before it expires (refresh); wins over `token`. */
+  getToken?(): string | Promise<string>;
 }
 
 export interface HubClient {

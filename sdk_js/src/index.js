@@ -325,8 +325,17 @@ class HubClient {
     this.#reconnect = options.reconnect === false ? null : { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
     this.#onReconnect = options.onReconnect;
     this.#onStatus = options.onStatus;
+    if (options.token != null && typeof options.token !== 'string') throw new TypeError('createClient: `token` must be a string');
+    if (options.getToken != null && typeof options.getToken !== 'function') throw new TypeError('createClient: `getToken` must be a function');
+    this.#token = options.token ?? null;
+    this.#getToken = options.getToken ?? null;
     this.#connect();
   }
+
+  #token;
+  #getToken;
+  #authed = false; // the current socket has been answered `authenticated` (or needs no auth)
+  #refreshTimer = null;
 
   #WebSocket;
   #url;
@@ -457,6 +466,7 @@ class HubClient {
     this.#closed = true;
     clearTimeout(this.#timer);
     clearTimeout(this.#stableTimer);
+    clearTimeout(this.#refreshTimer);
     const ws = this.#ws;
     this.#ws = null;
     if (ws) {
@@ -539,7 +549,11 @@ class HubClient {
   // Sending.
 
   #isOpen() {
-    return this.#ws != null && this.#ws.readyState === OPEN;
+    return this.#ws != null && this.#ws.readyState === OPEN && this.#authed;
+  }
+
+  #needsAuth() {
+    return this.#token != null || this.#getToken != null;
   }
 
   #send(message, expected) {
@@ -573,14 +587,73 @@ class HubClient {
     }
     this.#ws = ws;
     this.#expected = [];
+    this.#authed = !this.#needsAuth();
     ws.onopen = () => {
-      if (ws === this.#ws) this.#handleOpen();
+      if (ws !== this.#ws) return;
+      if (this.#authed) this.#handleOpen();
+      else this.#authenticate(ws);
     };
     ws.onmessage = (event) => {
       if (ws === this.#ws) this.#handleFrame(event.data);
     };
     ws.onclose = (event) => this.#handleClose(ws, event.code, event.reason);
     ws.onerror = () => {}; // a close event follows
+  }
+
+  // Authentication (docs/PROTOCOL.md "Authentication"): the token goes in the first message of
+  // every socket; nothing else is sent until the hub answers `authenticated`, and a fresh
+  // token is sent again before `expiresAt`.
+
+  async #currentToken() {
+    return this.#getToken ? String(await this.#getToken()) : this.#token;
+  }
+
+  async #authenticate(ws) {
+    let token;
+    try {
+      token = await this.#currentToken();
+    } catch (error) {
+      this.#fatal(new HubError({ code: 'unauthorized', message: `getToken failed: ${error?.message ?? error}` }));
+      return;
+    }
+    if (ws !== this.#ws || ws.readyState !== OPEN) return;
+    ws.send(JSON.stringify({ type: 'auth', token }));
+  }
+
+  #authenticated(message) {
+    clearTimeout(this.#refreshTimer);
+    const expiresAt = Number(message.expiresAt);
+    if (Number.isFinite(expiresAt) && expiresAt > 0) {
+      // Refresh a little before expiry: 10% of the remaining time, 5 s to 60 s ahead.
+      const remaining = expiresAt - Date.now();
+      const ahead = Math.min(60_000, Math.max(5_000, remaining / 10));
+      const ws = this.#ws;
+      this.#refreshTimer = setTimeout(() => {
+        if (ws === this.#ws && ws.readyState === OPEN) this.#authenticate(ws);
+      }, Math.max(0, remaining - ahead));
+    }
+    if (!this.#authed) {
+      this.#authed = true;
+      this.#handleOpen();
+    }
+  }
+
+  #fatal(error) {
+    this.#closed = true;
+    clearTimeout(this.#refreshTimer);
+    this.#failAll(error);
+    this.#setStatus('closed');
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      ws.onerror = () => {};
+      try {
+        ws.close(1000);
+      } catch {
+        // already closing
+      }
+    }
   }
 
   #handleOpen() {
@@ -620,6 +693,13 @@ class HubClient {
 
   #afterClose(code, reason) {
     if (this.#closed) return;
+    clearTimeout(this.#refreshTimer);
+    if (code === 4001 || code === 4003) {
+      // The credential is refused: reconnecting with it would be refused again.
+      const kind = code === 4001 ? 'unauthorized' : 'forbidden';
+      this.#fatal(new HubError({ code: kind, message: `the hub closed the connection with ${code}${reason ? ` (${reason})` : ''}: ${kind}` }));
+      return;
+    }
     const policy = this.#reconnect;
     if (!policy || !shouldReconnect(code)) {
       this.#closed = true;
@@ -675,7 +755,17 @@ class HubClient {
       case 'ack':
         this.#answer(message, (expected) => expected.kind === 'cancel');
         return;
+      case 'authenticated':
+        this.#authenticated(message);
+        return;
       case 'error':
+        if (this.#needsAuth() && message.rid == null && message.seq == null
+            && ['invalid_token', 'unauthorized', 'token_expired'].includes(message.error?.code)) {
+          // token_expired while authenticated: send a fresh token now; otherwise the hub refused it.
+          if (this.#authed && message.error.code === 'token_expired') this.#authenticate(this.#ws);
+          else this.#fatal(HubError.fromMessage(message));
+          return;
+        }
         if (message.rid != null || (message.completionId == null && message.workflowId == null)) {
           this.#answer(message, () => true);
           return;
