@@ -66,6 +66,7 @@ from protocol.messages import (
     ToolCallMessage,
     UsageInfo,
 )
+from protocol.redaction import Redactor, StreamRedactor, compile_redactor, redact_messages, redact_value
 
 __all__ = ["CompletionRun", "CompletionManager", "retry_delay_s"]
 
@@ -124,6 +125,12 @@ class CompletionRun:
         }
         self._buffer = StreamBuffer(**self._buffer_settings)
         self._loop = asyncio.get_running_loop()
+        # Redaction (docs/PROTOCOL.md "Redaction"): None when no rule is on, so the hot path
+        # is untouched; else one StreamRedactor per streamed field.
+        self._redactor = redactor_of(config)
+        self._streams: _FieldRedactors | None = None
+        if self._redactor is not None:
+            self._streams = _FieldRedactors(self._redactor)
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -148,6 +155,10 @@ class CompletionRun:
         at once when no candidate can be called: every model is unknown, its provider is
         not configured, or the request cannot be translated for it."""
         candidates: list[tuple[str, UpstreamRequest | HubError]] = []
+        if self._redactor is not None and self.manager.config.redaction_requests:
+            # Prompts are masked before anything is sent upstream (redaction.requests).
+            self.request = msgspec.structs.replace(
+                self.request, messages=redact_messages(self.request.messages, self._redactor))
         for model in self._candidate_models():
             try:
                 candidates.append((model, build_request(self._with_model(model), self.manager.config)))
@@ -287,6 +298,8 @@ class CompletionRun:
         flush = self.manager.broker.flush
         total_s = self.manager.config.total_timeout_s
         self._buffer = StreamBuffer(**self._buffer_settings)  # nothing of a failed attempt carries over
+        if self._redactor is not None:
+            self._streams = _FieldRedactors(self._redactor)  # nor text held back by redaction
         push = self._buffer.push
         try:
             async with asyncio.timeout(total_s if total_s > 0 else None):
@@ -346,6 +359,9 @@ class CompletionRun:
 
     def _emit(self, events: list[StreamEvent]) -> None:
         """Publish the hub messages of normalized events (the channel numbers them)."""
+        if self._streams is not None:
+            self._emit_redacted(events, self._streams)
+            return
         for event in events:
             if self.finished:
                 return
@@ -355,8 +371,6 @@ class CompletionRun:
                 case ReasoningDelta():
                     self._reasoning_open = True
                     self._publish(ThinkingStatus(self.id, 0, "thinking", event.text, event.signature, event.redacted))
-                case ReasoningDone():
-                    self._end_reasoning()
                 case RefusalDelta():
                     self._publish(RefusalChunk(self.id, 0, event.text))
                 case ToolCall():
@@ -365,28 +379,97 @@ class CompletionRun:
                                                   event.arguments_valid, event.server, event.signature))
                 case Citation():
                     self._publish(CitationMessage(self.id, 0, event.citation))
-                case StreamEnd():
-                    self._end_reasoning()
-                    self._move(CompletionEvent.FINISH)
-                    self._close_attempt(None)
-                    if event.usage is not None:
-                        self.used_tokens = event.usage.prompt_tokens + event.usage.completion_tokens
-                    self._publish(Completed(self.id, 0, event.finish_reason, self.provider, event.model or self.model,
-                                            _usage_info(event.usage), self.ttft_ms, self._attempts))
-                    self.manager.finished(self)
-                case StreamFailed():
-                    self._fail(ProviderError(event.message, event.code, retryable=event.retryable,
-                                             status=event.status), usage=event.usage)
+                case _:
+                    self._emit_end(event)
+
+    def _emit_end(self, event: StreamEvent) -> None:
+        """The events that end something: reasoning, or the stream (its terminal message)."""
+        match event:
+            case ReasoningDone():
+                self._end_reasoning()
+            case StreamEnd():
+                self._end_reasoning()
+                self._move(CompletionEvent.FINISH)
+                self._close_attempt(None)
+                if event.usage is not None:
+                    self.used_tokens = event.usage.prompt_tokens + event.usage.completion_tokens
+                self._publish(Completed(self.id, 0, event.finish_reason, self.provider, event.model or self.model,
+                                        _usage_info(event.usage), self.ttft_ms, self._attempts))
+                self.manager.finished(self)
+            case StreamFailed():
+                self._fail(ProviderError(event.message, event.code, retryable=event.retryable,
+                                         status=event.status), usage=event.usage)
 
     def _end_reasoning(self) -> None:
         if self._reasoning_open:
             self._reasoning_open = False
+            if self._streams is not None:
+                held = self._streams.reasoning.flush()
+                if held:
+                    self._publish(ThinkingStatus(self.id, 0, "thinking", held))
             self._publish(ThinkingStatus(self.id, 0, "done"))
+
+    def _emit_redacted(self, events: list[StreamEvent], streams: _FieldRedactors) -> None:
+        """:meth:`_emit` with redaction on: text goes through its field's StreamRedactor, which
+        holds back what a later chunk could still turn into a match; held text is flushed
+        before a tool call, a citation, the end of reasoning and the terminal message, so the
+        order is kept. Tool-call arguments are masked whole."""
+        redactor = streams.redactor
+        for event in events:
+            if self.finished:
+                return
+            match event:
+                case TextDelta():
+                    text = streams.content.feed(event.text)
+                    if text:
+                        self._publish(ContentChunk(self.id, 0, text))
+                case ReasoningDelta():
+                    self._reasoning_open = True
+                    text = streams.reasoning.feed(event.text)
+                    if text or event.signature or event.redacted:
+                        self._publish(ThinkingStatus(self.id, 0, "thinking", text, event.signature, event.redacted))
+                case RefusalDelta():
+                    text = streams.refusal.feed(event.text)
+                    if text:
+                        self._publish(RefusalChunk(self.id, 0, text))
+                case ToolCall():
+                    self._flush_held()
+                    self._publish(ToolCallMessage(self.id, 0, event.id, event.name,
+                                                  redact_value(event.arguments, redactor), event.arguments_valid,
+                                                  event.server, event.signature))
+                case Citation():
+                    self._flush_held(end_reasoning=False)
+                    self._publish(CitationMessage(self.id, 0, event.citation))
+                case _:
+                    self._flush_held(end_reasoning=type(event) is not StreamFailed)
+                    self._emit_end(event)
+
+    def _flush_held(self, end_reasoning: bool = True) -> None:
+        """Publish the text the redactors hold back; ``end_reasoning``: reasoning ends too
+        (before a tool call or the end of the stream, as without redaction)."""
+        streams = self._streams
+        if streams is None:
+            return
+        if end_reasoning:
+            self._end_reasoning()
+        else:
+            text = streams.reasoning.flush()
+            if text:
+                self._publish(ThinkingStatus(self.id, 0, "thinking", text))
+        text = streams.content.flush()
+        if text:
+            self._publish(ContentChunk(self.id, 0, text))
+        text = streams.refusal.flush()
+        if text:
+            self._publish(RefusalChunk(self.id, 0, text))
 
     def _fail(self, error: HubError, cancelled: bool = False, usage: Usage | None = None) -> None:
         if self.finished:
             return
         self._emit(self._buffer.flush())  # what was received before the failure still goes out
+        if self._ended():
+            return
+        self._flush_held(end_reasoning=False)
         if self._ended():
             return
         self._move(CompletionEvent.CANCEL if cancelled else CompletionEvent.FAIL)
@@ -436,6 +519,26 @@ class CompletionRun:
         return Snapshot(self.id, self.channel.name, self.channel.epoch, self._state_seq, "".join(self._text),
                         "".join(self._reasoning), list(self._tool_calls), "".join(self._refusal),
                         list(self._citations))
+
+
+class _FieldRedactors:
+    """The redactor of a completion and one StreamRedactor per streamed field."""
+
+    __slots__ = ("redactor", "content", "reasoning", "refusal")
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+        self.content: StreamRedactor = redactor.stream()
+        self.reasoning: StreamRedactor = redactor.stream()
+        self.refusal: StreamRedactor = redactor.stream()
+
+
+def redactor_of(config: HubConfig) -> Redactor | None:
+    """The configured :class:`~protocol.redaction.Redactor` (compiled once per configuration),
+    or None when no redaction rule is on."""
+    if not config.redaction_builtins and not config.redaction_rules:
+        return None
+    return compile_redactor(config.redaction_builtins, config.redaction_rules, config.redaction_max_match_chars)
 
 
 def retry_delay_s(failure: HubError, attempt: int, config: HubConfig) -> float:
