@@ -43,7 +43,26 @@ const ui = {
 const running = new Map();
 let reconnectCount = 0;
 
+// A hub with auth.mode set wants a token: from the URL fragment (#token=..., removed from the
+// address bar at once) or the token field, kept in this tab's sessionStorage only.
+const TOKEN_KEY = 'cbhub-token';
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has('token')) {
+  sessionStorage.setItem(TOKEN_KEY, fragment.get('token'));
+  history.replaceState(null, '', location.pathname + location.search);
+}
+const token = sessionStorage.getItem(TOKEN_KEY) || undefined;
+
+$('token-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const value = $('token').value.trim();
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  location.reload();
+});
+
 const client = createClient({
+  token,
   batch: true,
   reconnect: { baseDelayMs: 250, maxDelayMs: 4000 },
   onStatus: showConnectionStatus,
