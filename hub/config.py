@@ -62,6 +62,7 @@ import yaml
 
 from protocol.errors import ErrorCode, HubError, ProviderError
 from protocol.providers import PROVIDERS, ProviderSettings, ProviderSpec
+from protocol.redaction import check_rules
 
 __all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "Key", "PRESETS_DIR", "key", "preset_names"]
 
@@ -872,6 +873,10 @@ def _normalize_and_check(config: HubConfig, origins: dict[str, str]) -> None:
             raise _fail(low_key.path, f"must be <= {high_key.path} ({_show(getattr(config, high))}), "
                                       f"got {_show(getattr(config, low))}", origins.get(low) or origins.get(high))
     _check_fallbacks(config.fallbacks, origins.get("fallbacks"))
+    # Every redaction rule must fit in max_match_chars, or streamed text could leak a match.
+    problem = check_rules(config.redaction_builtins, config.redaction_rules, config.redaction_max_match_chars)
+    if problem:
+        raise _fail("redaction.rules", problem, origins.get("redaction_rules") or origins.get("redaction_builtins"))
     config.log_level = config.log_level.upper()
 
 

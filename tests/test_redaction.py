@@ -151,3 +151,14 @@ def test_held_back_text_never_exceeds_max_match_chars(case):
     for chunk in chunks:
         streamer.feed(chunk)
         assert streamer.pending <= 64
+
+
+def test_config_load_refuses_a_rule_wider_than_max_match_chars(tmp_path):
+    from hub.config import ConfigError, HubConfig
+
+    path = tmp_path / "hub.yaml"
+    path.write_text("redaction:\n  rules:\n    - {name: long, pattern: 'X[0-9]+'}\n")
+    with pytest.raises(ConfigError, match=r"redaction.rules: rule 'long'.*unbounded"):
+        HubConfig.load(str(path))
+    path.write_text("redaction:\n  max_match_chars: 16\n  rules:\n    - {name: t, pattern: 'T[0-9]{4}'}\n")
+    assert HubConfig.load(str(path)).redaction_max_match_chars == 16
