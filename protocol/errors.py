@@ -42,8 +42,10 @@ upstream text before it is stored in an error.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
+import functools
 import re
 from typing import ClassVar, Self
 
@@ -65,10 +67,11 @@ __all__ = [
 ]
 
 # Shapes of the secrets we know: OpenAI (sk-..., sk-proj-...), Anthropic (sk-ant-...),
-# Google API keys (AIza...), bearer tokens in echoed headers, and ?key= query parameters.
+# Google API keys (AIza...), bearer tokens in echoed headers, ?key= query parameters, and
+# JWTs (client tokens: base64url header and payload that start with '{"', a signature).
 _SECRET_PATTERNS = re.compile(
     r"(\bsk-[A-Za-z0-9_\-]{8,}|\bAIza[0-9A-Za-z_\-]{20,}|(?i:\bbearer)\s+[A-Za-z0-9._\-]{8,}"
-    r"|(?<=[?&]key=)[^&\s\"']+)"
+    r"|(?<=[?&]key=)[^&\s\"']+|\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
 )
 
 RETRYABLE_STATUSES = (408, 409, 429, 500, 502, 503, 504, 529)
@@ -79,13 +82,57 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Return ``text`` with API keys replaced by ``[REDACTED]``.
 
     Args:
-        text: any text that may echo a request (an upstream error body, an exception).
-        secrets: the configured keys; each exact occurrence is replaced, whatever its shape.
+        text: any text that may echo a request (an upstream error body, an exception, a log
+            record).
+        secrets: the configured secrets (provider keys, the JWT secret, client tokens); each
+            is replaced whatever its case (an upstream that echoes it upper-cased), and so is
+            any base64 token that encodes it (standard or URL-safe alphabet, with or without
+            padding, alone or inside ``user:key`` as in HTTP Basic auth).
     """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[REDACTED]")
+    if secrets:
+        pattern = _secrets_pattern(tuple(secrets))
+        if pattern is not None:
+            text = pattern.sub("[REDACTED]", text)
     return _SECRET_PATTERNS.sub("[REDACTED]", text)
+
+
+_B64_CHARS = "A-Za-z0-9+/_\\-"
+_MIN_B64_CORE = 8  # shorter cores would mask ordinary words
+
+
+def _base64_cores(secret: str) -> set[str]:
+    """The base64 text that encodes ``secret`` whatever precedes it (its offset modulo 3)
+    and whatever follows it: the characters fixed by the secret's bytes alone, in the
+    standard and the URL-safe alphabets."""
+    data = secret.encode()
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + data).decode().rstrip("=")
+        start = 4 if offset else 0  # the first group mixes the unknown prefix in
+        whole = (offset + len(data)) // 3 * 4  # groups made of known bytes only at the end
+        core = encoded[start:whole]
+        if len(core) >= _MIN_B64_CORE:
+            cores.add(core)
+            cores.add(core.translate(_URLSAFE))
+    return cores
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+@functools.lru_cache(maxsize=32)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regular expression for the secrets: each literally, in any case, and each base64
+    token that contains the encoding of a secret (the whole token is masked)."""
+    literal = sorted({s for s in secrets if s}, key=len, reverse=True)
+    if not literal:
+        return None
+    cores = sorted({core for s in literal for variant in {s, s.upper()} for core in _base64_cores(variant)},
+                   key=len, reverse=True)
+    parts = ["(?i:" + "|".join(map(re.escape, literal)) + ")"]
+    if cores:
+        parts.append(f"[{_B64_CHARS}]*(?:" + "|".join(map(re.escape, cores)) + f")[{_B64_CHARS}]*=*")
+    return re.compile("|".join(parts))
 
 
 def retryable_status(status: int | None) -> bool:
