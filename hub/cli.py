@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                       "pip install 'circuit-breaker-hub[uvloop]'", file=sys.stderr)
                 return 2
         from hub.app import serve_forever
+        from hub.logsafe import install_secret_filter
 
+        install_secret_filter(config.secrets())  # every log record masked (docs/PROTOCOL.md "Redaction")
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if config.loop == "uvloop":
             uvloop.run(serve_forever(config))
