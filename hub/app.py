@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from hub.appkeys import HUB_KEY
+from hub.auth import Authenticator
 from hub.broker import Broker
 from hub.completions import CompletionManager
 from hub.config import HubConfig
@@ -27,12 +30,13 @@ from hub.outbox import Outbox, WriteScheduler
 from hub.providers import ProviderClient
 from hub.ratelimit import RateLimiter, Ticket
 from hub.resilience import DeadLetterLog
-from hub.session import Principal
+from hub.session import ANONYMOUS, Principal
 from hub.transports import guard
 from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.transports.websocket import websocket_handler
-from hub.workflows import WorkflowManager
-from protocol.errors import ErrorCode, HubError
+from hub.workflows import WorkflowManager, load_definition, named_definition
+from protocol.errors import ErrorCode, HubError, ProtocolError
+from protocol.providers import PROVIDERS
 
 __all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
 
@@ -49,10 +53,15 @@ class Hub:
         connections: the outbox of every open client, WebSocket and SSE alike.
         url: ``http://host:port`` once listening (set by :func:`run_hub`).
         ready: True between startup and shutdown (``/healthz`` answers 200 then).
+        authenticator: verifies credentials for ``auth.mode`` (hub/auth.py).
+
+    Raises:
+        ConfigError: the ``auth`` section cannot work (a missing or unreadable key source).
     """
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
+        self.authenticator = Authenticator(config)
         self.write_scheduler = WriteScheduler()
         self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
         self.broker: Broker = self.multiplexer
@@ -78,10 +87,80 @@ class Hub:
         """Whether ``max_connections`` clients (WebSocket and SSE together) are open."""
         return len(self.connections) >= self.config.max_connections
 
+    async def authenticate(self, token: str) -> Principal:
+        """The principal a credential stands for (hub/auth.py); with ``auth.mode: none``
+        the anonymous one, whatever the token.
+
+        Raises:
+            HubError: ``invalid_token`` or ``token_expired``.
+        """
+        if not self.authenticator.enabled:
+            return ANONYMOUS
+        return await self.authenticator.authenticate(token)
+
     def authorize(self, principal: Principal, action: str, channel: str) -> None:
         """The one authorization decision every session action passes (docs/ARCHITECTURE.md
-        decision 12). Today every principal may do everything; the security issue makes it
-        raise HubError for what a principal may not do."""
+        decision 12; docs/PROTOCOL.md "Authentication"). With ``auth.mode: none`` everything is
+        allowed. Under auth:
+
+        - ``completion``, ``create_workflow``: allowed (limits are :meth:`admit_request`'s;
+          an id another subject holds is ``duplicate_id`` as for one's own).
+        - ``use_model``: the principal's ``models`` patterns, when it has any, must match the
+          model as ``provider/model`` (or as given); else ``forbidden``.
+        - ``subscribe_type`` (all completions, all workflows...) and the ``system`` channel:
+          admins only, else ``forbidden``.
+        - ``subscribe`` and ``cancel`` of a run's channel: its owner, a principal whose
+          ``channels`` patterns match it (an agent channel also by its workflow's channel),
+          and admins; anyone else gets ``unknown_channel``, which the session answers
+          exactly as for a channel that does not exist.
+        """
+        if not self.authenticator.enabled:
+            return
+        if action == "use_model":
+            if principal.models and not _model_allowed(principal.models, channel):
+                raise HubError(f"{principal.subject!r} may not use model {channel!r}", ErrorCode.FORBIDDEN)
+            return
+        if action in ("completion", "create_workflow") or principal.admin:
+            return
+        if action == "subscribe_type":
+            raise HubError("type-level subscriptions are for admins", ErrorCode.FORBIDDEN)
+        if channel == "system":
+            raise HubError("the system channel is for admins", ErrorCode.FORBIDDEN)
+        owner, names = self._owner_of(channel)
+        if principal.subject and owner == principal.subject:
+            return
+        if any(fnmatchcase(name, pattern) for name in names for pattern in principal.channels):
+            return
+        raise ProtocolError(f"no channel {channel!r} is open", ErrorCode.UNKNOWN_CHANNEL)
+
+    def _owner_of(self, channel: str) -> tuple[str | None, tuple[str, ...]]:
+        """The owner of the run behind ``channel`` (None: no such run) and the channel names
+        a pattern may match to read it (an agent channel: its workflow's too)."""
+        kind, _, ident = channel.partition(":")
+        if kind == "completion":
+            run = self.completions.runs.get(ident)
+            return (run.owner if run is not None else None), (channel,)
+        if kind == "workflow":
+            workflow = self.workflows.runs.get(ident)
+            return (workflow.owner if workflow is not None else None), (channel,)
+        if kind == "agent":  # agent:<workflowId>.<agentId>; either id may hold dots
+            for index, char in enumerate(ident):
+                if char == ".":
+                    workflow = self.workflows.runs.get(ident[:index])
+                    if workflow is not None:
+                        return workflow.owner, (channel, f"workflow:{workflow.id}")
+        return None, (channel,)
+
+    def workflow_models(self, definition: dict[str, Any] | None, definition_name: str | None) -> list[str]:
+        """Every model the agents of a definition (inline, or by name in the workflow
+        directory) use, fallbacks included.
+
+        Raises:
+            DefinitionError: the definition is invalid or unknown.
+        """
+        spec = load_definition(definition) if definition is not None else named_definition(
+            definition_name or "", self.workflows.definitions_dir)
+        return [model for agent in spec.agents for model in (agent.model, *agent.fallbacks)]
 
     def admit_completion(self) -> None:
         """Refuse a new completion when the hub is at a limit (docs/PROTOCOL.md "Limits").
@@ -147,6 +226,18 @@ class Hub:
             await self.session.close()
         if self.dead_letters is not None:
             self.dead_letters.close()
+
+
+def _model_allowed(patterns: Sequence[str], model: str) -> bool:
+    """Whether a ``models`` pattern (``openai/*``) matches ``model`` as given or as the
+    provider's ``prefix/model`` it routes to (``gemini/x`` is ``google/x``)."""
+    names = [model]
+    try:
+        spec, upstream = PROVIDERS.route(model)
+        names.append(spec.prefix + upstream)
+    except HubError:
+        pass  # no provider serves it: the completion fails with model_not_found if allowed
+    return any(fnmatchcase(name, pattern) for name in names for pattern in patterns)
 
 
 async def healthz_handler(request: web.Request) -> web.Response:

@@ -13,14 +13,25 @@ Rules kept here:
   lost: the session's other streams and everyone else's go on.
 - A message's ``rid`` is echoed on the reply it causes (``subscribed``, ``unsubscribed``,
   ``pong``, ``ack``) and on every ``error`` answering it (docs/PROTOCOL.md "Request ids").
-- Every action passes :meth:`SessionServices.authorize` with the session's principal (today
-  the hub allows everything; the security issue plugs in here).
+- Every action passes :meth:`SessionServices.authorize` with the session's principal.
+- Authentication (docs/PROTOCOL.md "Authentication"): a session made without a principal
+  (``principal=None``: the hub requires a credential and the connection brought none) acts on
+  nothing but an ``auth`` message; other messages are answered ``unauthorized``, and without
+  a good ``auth`` message within ``auth.timeout_s`` it closes 4001. While a credential is
+  being checked, the messages that follow it wait, in order. A later ``auth`` message
+  refreshes the token; when the token expires without one, ``token_expired`` is sent on a
+  timer, messages are refused with it, and ``auth.expiry_grace_s`` later the session closes
+  4001. A refused subscribe or cancel is answered exactly as for a channel or run that does
+  not exist (no existence oracle), unless the refusal is ``forbidden`` (type-level
+  subscriptions, ``system``, a model), which is said.
 - One place builds ``subscribed`` acknowledgements (:func:`subscribed_ack`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
@@ -29,11 +40,13 @@ from hub.channel import Channel, EncodedEvent
 from hub.config import HubConfig
 from hub.outbox import Outbox
 from hub.ratelimit import Ticket, estimate_tokens
-from protocol.errors import ErrorCode, HubError, ProtocolError
+from protocol.errors import CloseCode, ErrorCode, HubError, ProtocolError
 from protocol.messages import (
     CHANNEL_PATTERN,
     STREAM_TYPES,
     Ack,
+    Auth,
+    Authenticated,
     Cancel,
     CancelWorkflow,
     ClientMessage,
@@ -70,6 +83,7 @@ class Principal(Protocol):
         models: allowed model patterns (``openai/*``); empty: every model.
         channels: channel patterns readable besides the subject's own.
         rpm, tpm, max_concurrent: this principal's limits; None: ``auth.default_limits``.
+        expires_at: when its credential expires (seconds since the epoch); None: never.
     """
 
     @property
@@ -93,6 +107,9 @@ class Principal(Protocol):
     @property
     def max_concurrent(self) -> int | None: ...
 
+    @property
+    def expires_at(self) -> float | None: ...
+
 
 class Anonymous:
     """The principal of a client when the hub has no authentication configured: no claims,
@@ -105,9 +122,23 @@ class Anonymous:
     rpm: int | None = None
     tpm: int | None = None
     max_concurrent: int | None = None
+    expires_at: float | None = None
 
 
 ANONYMOUS = Anonymous()
+
+
+class _Unauthenticated(Anonymous):
+    """The placeholder principal of a session that has not authenticated yet (it acts on
+    nothing but ``auth``; the hub would refuse this subject everything anyway)."""
+
+    subject = ""
+
+
+_NOBODY = _Unauthenticated()
+
+#: How many messages may wait for a credential being checked; more are refused.
+MAX_HELD_MESSAGES = 64
 
 
 class Runnable(Protocol):
@@ -178,7 +209,20 @@ class SessionServices(Protocol):
         ``completion``, ``create_workflow``) on ``channel``; return to allow. For
         ``completion`` and ``create_workflow`` the channel is ``completion:<id>`` /
         ``workflow:<id>`` with the id the client chose, or with an empty id when it let the
-        hub choose one (asked before the run exists)."""
+        hub choose one (asked before the run exists). Two more actions: ``subscribe_type``
+        (``channel``: a stream type of a type-level subscription) and ``use_model``
+        (``channel``: a model name the client asked for).
+
+        A refusal of ``subscribe`` or ``cancel`` is answered as for a channel that is not open
+        (the client cannot tell the two apart), unless its code is ``forbidden``."""
+
+    async def authenticate(self, token: str) -> Principal:
+        """The principal of ``token`` (an ``auth`` message's); raises HubError
+        ``invalid_token`` or ``token_expired``. Without authentication: the anonymous one."""
+
+    def workflow_models(self, definition: dict[str, Any] | None, definition_name: str | None) -> list[str]:
+        """Every model the agents of a workflow definition (inline or by name) ask for;
+        raises HubError (``invalid_workflow``, ``unknown_workflow_definition``)."""
 
 
 def subscribed_ack(broker: Broker, channels: list[str], since: dict[str, Cursor] | None = None,
@@ -213,19 +257,34 @@ class Session:
         services: the hub's services.
         outbox: where every answer and every subscribed event goes; it is the session's
             subscriber identity in the broker.
-        principal: who the client is.
+        principal: who the client is; None: nobody yet, an ``auth`` message must come within
+            ``auth.timeout_s`` (module docstring).
 
     Attributes:
         started: the runs this session started and that may still run (for
             ``max_completions_per_connection``).
+        authenticated: a principal is known (given, or from an ``auth`` message).
     """
 
-    def __init__(self, services: SessionServices, outbox: Outbox, principal: Principal = ANONYMOUS) -> None:
+    def __init__(self, services: SessionServices, outbox: Outbox, principal: Principal | None = ANONYMOUS) -> None:
         self.services = services
         self.outbox = outbox
-        self.principal = principal
+        self.principal: Principal = principal if principal is not None else _NOBODY
+        self.authenticated = principal is not None
         self.started: list[Runnable] = []
         self._rid: str | None = None
+        # Authentication: what refuses messages (no credential, an expired one), the messages
+        # waiting for a credential being checked, the timer (auth timeout, expiry or grace).
+        self._refusal: HubError | None = None
+        self._held: list[ClientMessage] | None = None
+        self._auth_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if principal is None:
+            self._refusal = HubError("authenticate first: send an auth message with a token",
+                                     ErrorCode.UNAUTHORIZED)
+            self._set_timer(services.config.auth_timeout_s, self._auth_timed_out)
+        else:
+            self._watch_expiry()
 
     # Input.
 
@@ -245,6 +304,9 @@ class Session:
 
     def dispatch(self, message: ClientMessage) -> None:
         """Handle one decoded client message; errors are answered, never raised."""
+        if self._held is not None or self._refusal is not None:
+            if self._gate(message):
+                return
         self._rid = message.rid
         try:
             match message:
@@ -265,6 +327,8 @@ class Session:
                     self._subscribe([name], [], {name: message.since} if message.since is not None else {})
                 case CancelWorkflow():
                     self._cancel("workflow", message.workflow_id)
+                case Auth():
+                    self._authenticate(message)
         except HubError as exc:
             self.send_error(exc)
         except Exception as exc:  # a bug of ours must not drop the session's other streams
@@ -276,8 +340,112 @@ class Session:
     def close(self) -> None:
         """The client went away: drop every subscription (running completions go on for
         their grace period)."""
+        self._set_timer(None, None)
+        if self._auth_task is not None:
+            self._auth_task.cancel()
+        self._held = None
         self.outbox.stop()
         self.services.broker.remove(self.outbox)
+
+    # Authentication.
+
+    def _gate(self, message: ClientMessage) -> bool:
+        """Whether ``message`` was dealt with here: held while a credential is checked,
+        refused without a valid one (an ``auth`` message passes)."""
+        if self._held is not None:
+            if len(self._held) >= MAX_HELD_MESSAGES:
+                self._send_error(HubError("too many messages while the credential is checked",
+                                          ErrorCode.UNAUTHORIZED), message.rid)
+            else:
+                self._held.append(message)
+            return True
+        if self._refusal is not None and not isinstance(message, Auth):
+            self._send_error(self._refusal, message.rid)
+            return True
+        return False
+
+    def _authenticate(self, message: Auth) -> None:
+        """Check an ``auth`` message's token; the messages after it wait until it is done."""
+        self._held = []
+        self._auth_task = asyncio.get_running_loop().create_task(self._check_token(message.token, message.rid),
+                                                                 name="auth")
+
+    async def _check_token(self, token: str, rid: str | None) -> None:
+        try:
+            principal = await self.services.authenticate(token)
+        except HubError as exc:
+            self._refused(exc, rid)
+        except Exception as exc:  # a bug of ours (or a key source failing): refuse, say nothing more
+            log.exception("checking a token failed")
+            self._refused(HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR), rid)
+        else:
+            self._accepted(principal, rid)
+        finally:
+            self._auth_task = None
+        held, self._held = self._held or [], None
+        for index, waiting in enumerate(held):
+            if self.outbox.closed:
+                return
+            self.dispatch(waiting)
+            if self._held is not None:  # another auth message: the rest wait for it too
+                self._held.extend(held[index + 1:])
+                return
+
+    def _accepted(self, principal: Principal, rid: str | None) -> None:
+        if self.authenticated and principal.subject != self.principal.subject:
+            self._send_error(HubError("a refreshed token must be for the same subject", ErrorCode.INVALID_TOKEN), rid)
+            return
+        self.principal = principal
+        self.authenticated = True
+        self._refusal = None
+        self._watch_expiry()
+        expires_at = principal.expires_at
+        self._reply(Authenticated(principal.subject, None if expires_at is None else int(expires_at * 1000), rid))
+
+    def _refused(self, error: HubError, rid: str | None) -> None:
+        self._send_error(error, rid)
+        if not self.authenticated:
+            self._close(str(error.code))
+        # Else the token in use stays (until it expires, or to the end of the grace period).
+
+    def _watch_expiry(self) -> None:
+        """Arm the expiry timer of the principal's credential (none when it does not expire);
+        it fires when the hub stops accepting the token (``exp`` plus the leeway)."""
+        expires_at = self.principal.expires_at
+        if expires_at is None:
+            self._set_timer(None, None)
+            return
+        delay = expires_at + self.services.config.jwt_leeway_s - time.time()
+        self._set_timer(max(delay, 0.0), self._expired)
+
+    def _expired(self) -> None:
+        grace = self.services.config.auth_expiry_grace_s
+        self._refusal = HubError(f"the token expired; send a fresh one in an auth message within {grace:g} s",
+                                 ErrorCode.TOKEN_EXPIRED)
+        self._send_error(self._refusal, None)
+        self._set_timer(grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._close(ErrorCode.TOKEN_EXPIRED)
+
+    def _auth_timed_out(self) -> None:
+        if not self.authenticated:
+            self._send_error(HubError("no credential within auth.timeout_s", ErrorCode.UNAUTHORIZED), None)
+            self._close(ErrorCode.UNAUTHORIZED)
+
+    def _close(self, reason: str) -> None:
+        """Close 4001 with ``reason`` after what is pending (the error that says why)."""
+        self._set_timer(None, None)
+        self.outbox.flush(force=True)
+        self.outbox.close_now(CloseCode.UNAUTHORIZED, reason)
+
+    def _set_timer(self, delay_s: float | None, callback: Any) -> None:
+        """Replace the session's one auth timer (None: just cancel it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if delay_s is not None and callback is not None and not self.outbox.closed:
+            self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
 
     # Output.
 
@@ -315,6 +483,9 @@ class Session:
                            f"(max_completions_per_connection); wait for one to end", ErrorCode.TOO_MANY_COMPLETIONS,
                            retryable=True)
         services.authorize(self.principal, "completion", f"completion:{message.id or ''}")
+        if self.principal.models:  # a principal restricted to some models
+            for model in (message.model, *message.fallbacks):
+                services.authorize(self.principal, "use_model", model)
         ticket = services.admit_request(self.principal, estimate_tokens(message.messages, message.max_tokens))
         try:
             services.admit_completion()
@@ -329,6 +500,9 @@ class Session:
     def _create_workflow(self, message: CreateWorkflow) -> None:
         services = self.services
         services.authorize(self.principal, "create_workflow", f"workflow:{message.workflow_id or ''}")
+        if self.principal.models:  # its agents' models too (the definition is read twice only then)
+            for model in services.workflow_models(message.definition, message.definition_name):
+                services.authorize(self.principal, "use_model", model)
         ticket = services.admit_request(self.principal, 0)
         try:
             services.admit_completion()
@@ -358,19 +532,29 @@ class Session:
             if not CHANNEL_PATTERN.fullmatch(name):
                 self.send_error(ProtocolError(f"{name!r} is not a channel name", ErrorCode.UNKNOWN_CHANNEL))
                 continue
-            channel = broker.channel(name)
-            if channel is None:
-                self.send_error(ProtocolError(f"no channel {name!r} is open", ErrorCode.UNKNOWN_CHANNEL))
-                continue
+            # Asked first: a channel the principal may not read is answered as one not open.
             try:
                 services.authorize(self.principal, "subscribe", name)
+                channel = broker.channel(name)
             except HubError as exc:
-                self.send_error(exc)
+                if exc.code == ErrorCode.FORBIDDEN:
+                    self.send_error(exc)
+                    continue
+                channel = None
+            if channel is None:
+                self.send_error(ProtocolError(f"no channel {name!r} is open", ErrorCode.UNKNOWN_CHANNEL))
                 continue
             accepted.append(name)
             if channel.snapshot is not None:
                 with_snapshot.add(name)
-        valid_streams = self._check_streams(streams)
+        valid_streams = []
+        for stream in self._check_streams(streams):
+            try:
+                services.authorize(self.principal, "subscribe_type", stream)
+            except HubError as exc:
+                self.send_error(exc)
+                continue
+            valid_streams.append(stream)
         if not accepted and not valid_streams:
             return
         ack = subscribed_ack(broker, accepted, since, valid_streams, rid=self._rid)
@@ -409,12 +593,19 @@ class Session:
         subscribed to its channel. ``ack`` follows when the message had a ``rid``."""
         broker = self.services.broker
         name = f"{kind}:{ident}"
+        unknown = ProtocolError(f"no {kind} {ident!r}", ErrorCode.UNKNOWN_COMPLETION if kind == "completion"
+                                else ErrorCode.UNKNOWN_WORKFLOW)
+        # Asked first: a run the principal may not touch is answered as one that does not exist.
+        try:
+            self.services.authorize(self.principal, "cancel", name)
+        except HubError as exc:
+            if exc.code == ErrorCode.FORBIDDEN:
+                raise
+            raise unknown from None
         if broker.channel(name) is None:
-            unknown = ErrorCode.UNKNOWN_COMPLETION if kind == "completion" else ErrorCode.UNKNOWN_WORKFLOW
-            raise ProtocolError(f"no {kind} {ident!r}", unknown)
+            raise unknown
         if not broker.is_subscribed(self.outbox, name):
             raise ProtocolError(f"subscribe to {kind} {ident!r} before cancelling it", ErrorCode.NOT_SUBSCRIBED)
-        self.services.authorize(self.principal, "cancel", name)
         if self._rid is not None:
             self._reply(Ack(self._rid))  # first: the stream's terminal error may follow at once
         broker.control(name, "cancel")
