@@ -31,6 +31,8 @@ from typing import Any
 
 import orjson
 
+from protocol.errors import redact
+
 __all__ = ["backoff_delay_s", "retry_after_s", "CircuitBreaker", "BreakerRegistry", "DeadLetterLog"]
 
 log = logging.getLogger("cbhub.resilience")
@@ -189,7 +191,9 @@ class DeadLetterLog:
     (``path``, ``path.1`` … ``path.<backups>``). Each record: ``time`` (ISO 8601 UTC),
     ``requestId``, ``provider``, ``model``, ``url``, ``status``, ``contentType``, ``code``,
     ``message`` and ``excerpt`` (the body's first bytes, at most ``excerpt_bytes``). Keys are
-    never written: callers redact ``message`` and ``excerpt`` with the configured secrets.
+    never written: callers redact ``message`` and ``excerpt`` with the configured secrets, and
+    every string value is masked again here with :attr:`secrets` and the key shapes
+    protocol.errors.redact knows (an echo upper-cased or base64-encoded included).
 
     Args:
         path: the file; "" turns the log off.
@@ -200,6 +204,7 @@ class DeadLetterLog:
     def __init__(self, path: str, max_bytes: int, backups: int, excerpt_bytes: int = 2048) -> None:
         self.path = path
         self.excerpt_bytes = excerpt_bytes
+        self.secrets: tuple[str, ...] = ()  # the configured secrets (HubConfig.secrets())
         self._logger: logging.Logger | None = None
         if path:
             directory = os.path.dirname(path)
@@ -217,7 +222,10 @@ class DeadLetterLog:
         """Append one record (a failure to write is logged, never raised)."""
         if self._logger is None:
             return
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
+        secrets = self.secrets
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **{name: redact(value, secrets) if isinstance(value, str) else value
+                     for name, value in record.items()}}
         try:
             self._logger.info(orjson.dumps(record).decode())
         except Exception:  # the dead-letter log must never break a completion
