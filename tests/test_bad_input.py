@@ -390,7 +390,8 @@ async def test_message_one_byte_under_the_limit_is_handled(connect: Any, small_h
 async def test_http_body_nested_too_deeply_is_a_400(hub: Hub) -> None:
     body = ('{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"Hi"}],"x":'
             + "[" * _TOO_DEEP + "]" * _TOO_DEEP + "}")
-    async with aiohttp.ClientSession() as http, http.post(hub.url + "/v1/chat/completions", data=body) as response:
+    async with aiohttp.ClientSession() as http, http.post(hub.url + "/v1/chat/completions", data=body,
+                                                          headers={"Content-Type": "application/json"}) as response:
         assert response.status == 400, await response.text()
         error = (await response.json())["error"]
         assert error["code"] in ("invalid_json", "invalid_message") and error["type"] == "invalid_request_error"

@@ -33,8 +33,8 @@ def _raw_sse_request(hub: Hub, prompt: str, rcvbuf: int = 4096) -> socket.socket
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect((host, int(port)))
     body = _body(prompt)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + f"{host}:{port}".encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
     sock.setblocking(False)
     return sock
 
@@ -72,7 +72,8 @@ async def test_one_max_connections_for_websocket_and_sse(mock) -> None:
             await first.send('{"type":"ping"}')
             await first.recv()
             async with aiohttp.ClientSession() as http:
-                async with http.post(hub.url + "/v1/chat/completions", data=_body("hi")) as response:
+                async with http.post(hub.url + "/v1/chat/completions", data=_body("hi"),
+                                     headers={"Content-Type": "application/json"}) as response:
                     assert response.status == 503
                     error = (await response.json())["error"]
                     assert error["code"] == "hub_overloaded" and "max_connections" in error["message"]
