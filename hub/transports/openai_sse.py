@@ -11,6 +11,13 @@ Each request is a :class:`~hub.session.Session` like a WebSocket client's: the s
 and starts the completion and subscribes the request's :class:`SseOutbox`, so SSE obeys the
 same limits as WebSocket (``max_connections``, the memory budget, the slow-consumer policy:
 past the soft limit content chunks are merged, past the hard limit the response is cut).
+Authentication (docs/PROTOCOL.md "Authentication"): when ``auth.mode`` is not ``none`` every
+``/v1`` request needs ``Authorization: Bearer <JWT or API key>`` (the openai SDK sends its
+``api_key`` so); ``GET /v1/chat/completions/stream`` also takes ``?token=``, because an
+``EventSource`` cannot set headers. A missing credential is HTTP 401 ``unauthorized``, a
+refused one 401 ``invalid_token`` or ``token_expired``, in OpenAI's error body with
+``WWW-Authenticate: Bearer``.
+
 Errors before the first token get an HTTP status and OpenAI's error body; an error after the
 stream started is sent as a chunk with an ``error`` object, which the openai SDK raises as
 ``APIError`` (docs/PROVIDERS.md, OpenAI streaming errors).
@@ -28,7 +35,8 @@ from aiohttp import web
 
 from hub.appkeys import HUB_KEY
 from hub.outbox import Outbox, WriteScheduler
-from hub.session import Session
+from hub.session import ANONYMOUS, Principal, Session
+from hub.transports.websocket import bearer_token
 from protocol.errors import ErrorCode, HubError, ProtocolError, http_status_of
 from protocol.messages import ChatMessage, Completed, ErrorMessage
 from protocol.openai_compat import (
@@ -127,12 +135,28 @@ def _json_error(code: str, message: str, status: int | None, retry_after_ms: int
                         content_type="application/json", headers=headers)
 
 
+async def _authenticate(hub: Hub, request: web.Request, query: bool = False) -> Principal | web.Response:
+    """The request's principal, or the 401 response that refuses it."""
+    if not hub.authenticator.enabled:
+        return ANONYMOUS
+    token = bearer_token(request, query)
+    try:
+        if token is None:
+            raise HubError("this hub needs a credential: Authorization: Bearer <token or API key>",
+                           ErrorCode.UNAUTHORIZED)
+        return await hub.authenticate(token)
+    except HubError as exc:
+        response = _json_error(exc.code, exc.message, None)
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if token is not None else "Bearer"
+        return response
+
+
 def _is_terminal(message: Any, completion_id: str) -> bool:
     return isinstance(message, (Completed, ErrorMessage)) and message.completion_id == completion_id
 
 
 async def _serve(
-    hub: Hub, request: web.Request, chat: ChatCompletionRequest, *, tag_events: bool = False
+    hub: Hub, request: web.Request, chat: ChatCompletionRequest, principal: Principal, *, tag_events: bool = False
 ) -> web.StreamResponse:
     if hub.at_connection_limit():
         return _json_error(ErrorCode.HUB_OVERLOADED, "too many connections (max_connections); retry later", 503)
@@ -141,7 +165,7 @@ async def _serve(
     # and writes once at the end, so only a streamed response can pass the hard limit.
     hard_limit = config.outbound_hard_limit_bytes if chat.stream else sys.maxsize
     outbox = SseOutbox(hub.write_scheduler, request, config.outbound_soft_limit_bytes, hard_limit)
-    session = Session(hub, outbox)
+    session = Session(hub, outbox, principal)
     hub.connections.add(outbox)
     run = None
     try:
@@ -240,12 +264,15 @@ async def _stream_messages(outbox: SseOutbox, timeout_s: float, completion_id: s
 async def chat_completions_handler(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions`` (OpenAI Chat Completions API)."""
     hub: Hub = request.app[HUB_KEY]
+    principal = await _authenticate(hub, request)
+    if isinstance(principal, web.Response):
+        return principal
     body = await request.read()
     try:
         chat = decode_chat_request(body)
     except ProtocolError as exc:
         return _json_error(exc.code, exc.message, 400)
-    return await _serve(hub, request, chat)
+    return await _serve(hub, request, chat, principal)
 
 
 async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
@@ -259,6 +286,9 @@ async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
     hub: Hub = request.app[HUB_KEY]
     if "Last-Event-ID" in request.headers:
         return web.Response(status=204)
+    principal = await _authenticate(hub, request, query=True)
+    if isinstance(principal, web.Response):
+        return principal
     query = request.query
     model = query.get("model")
     raw_messages = query.get("messages")
@@ -280,7 +310,7 @@ async def chat_stream_get_handler(request: web.Request) -> web.StreamResponse:
         stream_options=StreamOptions(include_usage=query.get("include_usage", "").lower() in ("1", "true", "yes")),
         max_tokens=int(max_tokens) if max_tokens and max_tokens.isdigit() else None,
     )
-    return await _serve(hub, request, chat, tag_events=True)
+    return await _serve(hub, request, chat, principal, tag_events=True)
 
 
 async def models_handler(request: web.Request) -> web.Response:
@@ -291,4 +321,7 @@ async def models_handler(request: web.Request) -> web.Response:
     examples: any of the provider's model names works with its ``provider/`` prefix.
     """
     hub: Hub = request.app[HUB_KEY]
+    principal = await _authenticate(hub, request)
+    if isinstance(principal, web.Response):
+        return principal
     return web.json_response({"object": "list", "data": model_catalogue(hub.config.provider_configured)})

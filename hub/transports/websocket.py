@@ -13,6 +13,12 @@ A client may opt in with ``?batch=1`` to several messages per frame, separated b
 
 Text frames go to :meth:`hub.session.Session.handle` one at a time, in order; a binary frame
 is answered with ``invalid_message``. Everything else about the protocol is the session's.
+
+Authentication (docs/PROTOCOL.md "Authentication"): when ``auth.mode`` is not ``none``, the
+upgrade request's credential, ``Authorization: Bearer <token>`` or ``?token=<token>`` (a
+browser cannot set headers), is checked after the upgrade: a refused one closes the socket
+with 4001 and the reason ``invalid_token`` or ``token_expired``. Without one the session
+starts unauthenticated and waits for an ``auth`` message (hub/session.py).
 """
 
 from __future__ import annotations
@@ -25,14 +31,14 @@ from aiohttp import WSMsgType, web
 
 from hub.appkeys import HUB_KEY
 from hub.outbox import Outbox, WriteScheduler
-from hub.session import Session
-from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from hub.session import ANONYMOUS, Principal, Session
+from protocol.errors import CloseCode, ErrorCode, HubError, ProtocolError
 from protocol.wsframe import batch_frames, close_frame
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-__all__ = ["WebSocketOutbox", "WebSocketConnection", "websocket_handler"]
+__all__ = ["WebSocketOutbox", "WebSocketConnection", "websocket_handler", "bearer_token"]
 
 log = logging.getLogger("cbhub.ws")
 
@@ -187,6 +193,19 @@ async def serve(session: Session, outbox: WebSocketOutbox) -> None:
         await outbox.stop_draining()
 
 
+def bearer_token(request: web.Request, query: bool = False) -> str | None:
+    """The credential of a request: its ``Authorization: Bearer`` value, else (``query``) its
+    ``token`` query parameter; None when it has neither. A header with another scheme counts
+    as a credential that will be refused (empty string)."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else ""
+    if query:
+        return request.query.get("token")
+    return None
+
+
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     """aiohttp handler of ``GET /ws/stream`` (query ``batch=1``: several messages per frame).
 
@@ -205,10 +224,20 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     if hub.at_connection_limit():
         await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections; try again later")
         return ws
+    principal: Principal | None = ANONYMOUS
+    if hub.authenticator.enabled:
+        token = bearer_token(request, query=True)
+        principal = None
+        if token is not None:
+            try:
+                principal = await hub.authenticate(token)
+            except HubError as exc:
+                await ws.close(code=CloseCode.UNAUTHORIZED, message=str(exc.code).encode())
+                return ws
     batch = request.query.get("batch", "").lower() in _TRUE
     outbox = WebSocketOutbox(hub.write_scheduler, ws, request, config.outbound_soft_limit_bytes,
                              config.outbound_hard_limit_bytes, batch=batch)
-    session = Session(hub, outbox)
+    session = Session(hub, outbox, principal)
     hub.connections.add(outbox)
     try:
         await serve(session, outbox)
