@@ -7,6 +7,10 @@ Commands::
                                             < environment < these flags (hub/config.py)
     cbhub config [--config FILE] [--preset NAME]
                                             check the configuration and print it as YAML
+    cbhub keys new --name NAME [--subject S] [--models P ...] [--channels P ...] [--rpm N]
+                   [--tpm N] [--max-concurrent N] [--admin]
+                                            a new API key: the key alone on the first line,
+                                            then its auth.api_keys entry (SHA-256 only)
     cbhub demo [--live]                     mock provider + hub in one process, four providers
                                             streamed concurrently over one WebSocket
     cbhub demo workflow [--live] [--topic T] [--model M]
@@ -44,7 +48,7 @@ __all__ = ["main", "COMMAND_GROUP", "plugin_command"]
 #: The entry point group of commands that installed packages add to ``cbhub``.
 COMMAND_GROUP = "cbhub.commands"
 
-_BUILTIN = ("serve", "config", "demo", "chat", "mock-provider")
+_BUILTIN = ("serve", "config", "keys", "demo", "chat", "mock-provider")
 
 #: Plugin commands ``cbhub`` names in its help, with where they usually come from.
 _KNOWN_PLUGINS = {"bench": "the benchmark suite in tools/bench of a source checkout (pip install -e '.[bench]')"}
@@ -66,6 +70,25 @@ def _build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="check the configuration and print it as YAML (API keys hidden)")
     _add_config_arguments(config)
+
+    keys = commands.add_parser("keys", help="API keys for auth.mode api_key (cbhub keys new --name NAME)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new_key = key_commands.add_parser(
+        "new", help="make a new API key",
+        description="Print a new random API key alone on the first line (give it to the client; it is not "
+                    "shown again), then the YAML entry to add under auth.api_keys, which stores only the key's "
+                    "SHA-256 digest with its subject and limits.")
+    new_key.add_argument("--name", required=True, help="a label for the key (logs show it, never the key)")
+    new_key.add_argument("--subject", help="who the key authenticates as (default key:NAME)")
+    new_key.add_argument("--models", nargs="+", metavar="PATTERN",
+                         help="allowed models, e.g. 'openai/*' (default: all)")
+    new_key.add_argument("--channels", nargs="+", metavar="PATTERN",
+                         help="channels readable besides its own runs, e.g. 'completion:team7-*'")
+    new_key.add_argument("--rpm", type=_positive, help="requests per minute (default: auth.default_limits.rpm)")
+    new_key.add_argument("--tpm", type=_positive, help="tokens per minute (default: auth.default_limits.tpm)")
+    new_key.add_argument("--max-concurrent", type=_positive,
+                         help="running completions and workflows (default: auth.default_limits.max_concurrent)")
+    new_key.add_argument("--admin", action="store_true", help="may read every channel, type-level and system")
 
     demo = commands.add_parser(
         "demo", help="stream from all four provider formats over one WebSocket; `demo workflow`: a workflow run",
@@ -102,6 +125,13 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("mock-provider", help="run the mock LLM provider", add_help=False)
     commands.add_parser("bench", help="run a benchmark scenario (cbhub bench --help)", add_help=False)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def plugin_command(name: str) -> Callable[[list[str]], int] | None:
@@ -161,9 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# effective configuration of circuit-breaker-hub: {' < '.join(layers)}; API keys shown as ***")
         sys.stdout.write(config.to_yaml())
         return 0
+    if args.command == "keys":
+        return _new_key(args)
     if args.command == "serve":
         config = _load_config(args, host=args.host, port=args.port, log_level=args.log_level, loop=args.loop)
         if config is None:
+            return 2
+        refusal = _auth_refusal(config)
+        if refusal is not None:
+            print(f"cbhub: {refusal}", file=sys.stderr)
             return 2
         if config.loop == "uvloop":
             try:
@@ -214,6 +250,45 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
     return 2
+
+
+def _auth_refusal(config: HubConfig) -> str | None:
+    """Why ``cbhub serve`` must not start with this ``auth`` section, or None: ``auth.mode:
+    none`` on an address other hosts reach (not loopback) without ``auth.allow_anonymous``,
+    or a JWT/API key setting that cannot work."""
+    from hub.auth import Authenticator, is_loopback_host
+    from hub.config import ConfigError
+
+    if config.auth_mode == "none" and not config.auth_allow_anonymous and not is_loopback_host(config.host):
+        return (f"refusing to listen on {config.host!r} without authentication: auth.mode is none, so anyone "
+                "who reaches the port spends the hub's provider keys. Set auth.mode (jwt, api_key or "
+                "jwt_or_api_key; CBHUB_AUTH_MODE), listen on 127.0.0.1, or set auth.allow_anonymous: true "
+                "on purpose")
+    try:
+        Authenticator(config)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _new_key(args: argparse.Namespace) -> int:
+    """``cbhub keys new``: the key on the first line, then its ``auth.api_keys`` entry."""
+    import secrets
+
+    import yaml
+
+    from hub.auth import api_key_digest
+
+    key = "cbk-" + secrets.token_urlsafe(32)
+    entry: dict[str, object] = {"name": args.name, "sha256": api_key_digest(key)}
+    optional = {"subject": args.subject, "models": args.models, "channels": args.channels, "rpm": args.rpm,
+                "tpm": args.tpm, "max_concurrent": args.max_concurrent, "admin": args.admin or None}
+    entry.update({field: value for field, value in optional.items() if value is not None})
+    print(key)
+    print(f"# the entry of key {args.name!r} under auth.api_keys (only its SHA-256 digest is stored; the key "
+          "above is not shown again):")
+    sys.stdout.write(yaml.safe_dump([entry], sort_keys=False, default_flow_style=None))
+    return 0
 
 
 async def _chat(args: argparse.Namespace, prompt: str) -> int:
