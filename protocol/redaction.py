@@ -62,13 +62,17 @@ class RuleSpec(Protocol):
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One compiled rule. ``validate`` (optional) accepts or refuses a candidate match's text;
-    ``tail`` (optional) matches one character that extends a match (``api_key``)."""
+    ``tail`` (optional) matches one character that extends a match (``api_key``); ``anchor``
+    (optional) is text every match contains, at most ``anchor_back`` characters after its start
+    (a match cannot start before the first anchor minus ``anchor_back``: the scan skips there)."""
 
     name: str
     regex: re.Pattern[str]
     replacement: str
     validate: Callable[[str], bool] | None = None
     tail: re.Pattern[str] | None = None
+    anchor: re.Pattern[str] | None = None
+    anchor_back: int = 0
 
 
 def luhn_valid(digits: str) -> bool:
@@ -123,6 +127,15 @@ _BUILTIN_SOURCES: dict[str, tuple[str, Callable[[str], bool] | None, str | None]
                 r"|gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22})", None, r"[A-Za-z0-9_-]"),
 }
 
+# What every match of a built-in contains, and how far after the match's start at most.
+_ANCHORS: dict[str, tuple[str, int]] = {
+    "email": ("@", 24),
+    "phone": (r"\d", 1),
+    "credit_card": (r"\d", 0),
+    "iban": (r"\d", 2),
+    "api_key": ("sk-|AKIA|AIza|gh[pousr]_|github_pat_", 0),
+}
+
 #: The built-in rule names, in the order they are tried on a tie.
 BUILTINS = ("api_key", "credit_card", "iban", "email", "phone")
 
@@ -134,8 +147,9 @@ def _default_replacement(name: str) -> str:
 def builtin_rule(name: str) -> Rule:
     """The compiled built-in rule ``name`` (KeyError for an unknown one)."""
     source, validate, tail = _BUILTIN_SOURCES[name]
+    anchor, back = _ANCHORS[name]
     return Rule(name, re.compile(source), _default_replacement(name), validate,
-                re.compile(tail) if tail else None)
+                re.compile(tail) if tail else None, re.compile(anchor), back)
 
 
 def max_width(pattern: str) -> int | None:
@@ -190,6 +204,20 @@ class Redactor:
     def __init__(self, rules: Sequence[Rule], max_match_chars: int = 64) -> None:
         self.rules = tuple(rules)
         self.max_match_chars = max_match_chars
+        unanchored = [rule for rule in self.rules if rule.anchor is None]
+        self._any = _alternation(unanchored) if len(unanchored) > 1 else None
+        # Where any match may be near: an anchor, or where an unanchored rule matches. Searched
+        # one by one (a single-class or literal pattern is scanned fast by the engine; their
+        # alternation is not). None: no fast path.
+        self._triggers: list[re.Pattern[str]] | None = None
+        self._back = max((rule.anchor_back for rule in self.rules), default=0)
+        whole = self._any or (unanchored[0].regex if len(unanchored) == 1 else None)
+        if not unanchored or whole is not None:
+            anchors = list(dict.fromkeys(rule.anchor.pattern for rule in self.rules if rule.anchor is not None))
+            singles = [a for a in anchors if a in (r"\d", "@")]
+            others = [a for a in anchors if a not in singles]
+            self._triggers = ([re.compile(f"[{''.join(singles)}]")] if singles else []) + (
+                [re.compile("|".join(others))] if others else []) + ([whole] if whole is not None else [])
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -209,6 +237,11 @@ class Redactor:
         """The rule's leftmost accepted match starting in ``[pos, horizon)``."""
         search = rule.regex.search
         validate = rule.validate
+        if rule.anchor is not None:
+            anchor = rule.anchor.search(text, pos)
+            if anchor is None:
+                return None
+            pos = max(pos, anchor.start() - rule.anchor_back)
         while pos < horizon:
             match = search(text, pos)
             if match is None or match.start() >= horizon:
@@ -225,11 +258,28 @@ class Redactor:
         out: list[str] = []
         rules = self.rules
         end = len(text)
+        any_rule = self._any
+        triggers = self._triggers
         while pos < horizon:
+            if triggers is not None:  # the common case: no rule can match before the horizon
+                limit = horizon + self._back
+                for trigger in triggers:
+                    near = trigger.search(text, pos)
+                    if near is not None and near.start() < limit:
+                        break
+                else:
+                    out.append(text[pos:horizon])
+                    return out, horizon, None
+            # One scan finds where the first match of an unanchored rule may start (none before).
+            unanchored = pos
+            if any_rule is not None:
+                first = any_rule.search(text, pos)
+                unanchored = first.start() if first is not None and first.start() < horizon else horizon
             best: re.Match[str] | None = None
             best_rule: Rule | None = None
             for rule in rules:
-                match = self._candidate(rule, text, pos, horizon if best is None else best.start() + 1)
+                start = pos if rule.anchor is not None else unanchored
+                match = self._candidate(rule, text, start, horizon if best is None else best.start() + 1)
                 if match is None:
                     continue
                 if best is None or match.start() < best.start() or (
@@ -298,6 +348,22 @@ class StreamRedactor:
             return ""  # only tail characters were pending: swallowed
         out, pos, _ = self._redactor._scan(buffer, pos, len(buffer), final=True)
         return "".join(out) + buffer[pos:]
+
+
+def _alternation(rules: Sequence[Rule]) -> re.Pattern[str] | None:
+    """One pattern that matches at a position exactly when some rule's pattern does (their
+    alternation), to skip text no rule matches in one scan; None when the patterns cannot be
+    joined (back-references, flags, repeated group names): the rules are then tried one by one."""
+    return _alternation_of([rule.regex.pattern for rule in rules])
+
+
+def _alternation_of(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    if not patterns or any(re.search(r"\\[1-9]|\(\?P=|\(\?[aiLmsux]+\)", pattern) for pattern in patterns):
+        return None
+    try:
+        return re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
+    except re.error:
+        return None
 
 
 @functools.lru_cache(maxsize=16)
