@@ -9,6 +9,7 @@ Scenarios (``cbhub bench SCENARIO --help`` for each one's options)::
     ingest       protocol/ alone: framing + normalizer throughput per provider format
     sse          the OpenAI-compatible SSE endpoint, hub vs the LiteLLM proxy (when installed)
     resume       resume time after reconnect, replay throughput, memory per history entry
+    redaction    protocol/ alone: redaction cost per streamed chunk and the hold-back latency
 
 Every scenario takes ``--out FILE`` (JSON lines appended there instead of stdout) and
 ``--quiet`` (no table or progress bar).
@@ -33,6 +34,7 @@ SCENARIOS = {
     "ingest": ("ingest", "framing + normalizer throughput per provider format (no network)"),
     "sse": ("sse", "OpenAI-compatible SSE endpoint: hub vs the LiteLLM proxy"),
     "resume": ("resume", "resume time after reconnect, replay throughput, memory per history entry"),
+    "redaction": ("redaction", "redaction cost per streamed chunk and the hold-back latency (no network)"),
 }
 
 
