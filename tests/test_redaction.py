@@ -162,3 +162,15 @@ def test_config_load_refuses_a_rule_wider_than_max_match_chars(tmp_path):
         HubConfig.load(str(path))
     path.write_text("redaction:\n  max_match_chars: 16\n  rules:\n    - {name: t, pattern: 'T[0-9]{4}'}\n")
     assert HubConfig.load(str(path)).redaction_max_match_chars == 16
+
+
+def test_the_bench_scenario_runs_and_checks_its_output(tmp_path):
+    import json
+
+    from tools.bench.cli import main
+
+    out = tmp_path / "redaction.jsonl"
+    assert main(["redaction", "--tokens", "120", "--seconds", "0.01", "--quiet", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    assert len(rows) == 8 and all(row.get("check", "ok") == "ok" for row in rows)
+    assert all(row["held_chars_max"] <= 64 for row in rows)
