@@ -1,8 +1,10 @@
 // Test support: a real hub and mock provider as child processes, the mock's expected text,
 // a fake WebSocket for tests that script the hub's side, and a small JSON Schema check.
 //
-// The Python is $CBHUB_PYTHON (default: the checkout's .venv/bin/python, else python3) and must have the hub installed (CI sets it to
-// the virtualenv's). Servers run on 127.0.0.1 with port 0 and print `listening on http://...`.
+// The Python is $CBHUB_PYTHON (default: the checkout's .venv/bin/python when it exists, else
+// python3) and must have the hub installed (CI sets it to the virtualenv's). When it cannot run
+// the mock or the hub, the error says what to set. Servers run on 127.0.0.1 with port 0 and
+// print `listening on http://...`.
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
@@ -13,6 +15,10 @@ import { SCHEMA } from '../src/protocol.js';
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const VENV_PYTHON = `${ROOT}.venv/bin/python`;
 export const PYTHON = process.env.CBHUB_PYTHON || (existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
+/** What to do when PYTHON cannot run the hub: appended to the errors of the servers it starts. */
+export const PYTHON_HINT = `${PYTHON} (${process.env.CBHUB_PYTHON ? '$CBHUB_PYTHON' : 'the default'}) must be a Python with the hub `
+  + `installed: create the checkout's virtualenv (python3 -m venv .venv && .venv/bin/pip install -e '.[test]' in ${ROOT}) `
+  + `or set CBHUB_PYTHON to such a Python, e.g. CBHUB_PYTHON=${VENV_PYTHON} npm test`;
 export const MODEL = 'openai/gpt-4o-mini';
 /** Upper bound for anything a test waits on: a safety net, never a measured timing. */
 export const TIMEOUT_MS = 10_000;
@@ -55,11 +61,11 @@ export function startServer(name, args, env = {}) {
     child.stdout.on('data', onData);
     child.once('error', (error) => {
       clearTimeout(timer);
-      reject(new Error(`${name}: cannot run ${PYTHON}: ${error.message}`));
+      reject(new Error(`${name}: cannot run ${PYTHON}: ${error.message}\n${PYTHON_HINT}`));
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`${name} exited with ${code} before listening: ${output}`));
+      reject(new Error(`${name} exited with ${code} before listening: ${output}\n${PYTHON_HINT}`));
     });
   });
 }
@@ -91,6 +97,18 @@ export async function startHub(mockUrl, config = {}) {
   return { ...hub, wsUrl: `${hub.url.replace('http', 'ws')}/ws/stream` };
 }
 
+/** Run PYTHON with `args` in the checkout; its stdout. A failure's error says what to set. */
+export function runPython(args) {
+  try {
+    return execFileSync(PYTHON, args, {
+      cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' },
+    });
+  } catch (error) {
+    error.message += `\n${PYTHON_HINT}`;
+    throw error;
+  }
+}
+
 const expectedCache = new Map();
 
 /** The answer text of `[[mock tokens=N seed=S]]` (hub/testing/mock_provider.py expected_text). */
@@ -98,7 +116,7 @@ export function expectedText(tokens, seed = 0) {
   const key = `${tokens}:${seed}`;
   if (!expectedCache.has(key)) {
     const code = `import sys; from hub.testing.mock_provider import expected_text; sys.stdout.write(expected_text(${tokens}, ${seed}))`;
-    expectedCache.set(key, execFileSync(PYTHON, ['-c', code], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' } }));
+    expectedCache.set(key, runPython(['-c', code]));
   }
   return expectedCache.get(key);
 }
@@ -122,10 +140,7 @@ export function expectedAgentTexts(definitionName, input) {
     '    out[agent.id] = expected_text(d.tokens, d.seed)',
     'sys.stdout.write(json.dumps(out))',
   ].join('\n');
-  const out = execFileSync(PYTHON, ['-c', code, definitionName, JSON.stringify(input)], {
-    cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' },
-  });
-  return JSON.parse(out);
+  return JSON.parse(runPython(['-c', code, definitionName, JSON.stringify(input)]));
 }
 
 /**

@@ -17,12 +17,11 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { PYTHON, ROOT, expectedAgentTexts, startHub, startMock } from '../support.js';
+import { expectedAgentTexts, runPython, startHub, startMock } from '../support.js';
 const CHROMIUM = process.env.CBHUB_CHROMIUM || '/usr/bin/chromium';
 const SCREENSHOT = process.env.CBHUB_SCREENSHOT
   ? path.resolve(process.env.CBHUB_SCREENSHOT)
@@ -50,10 +49,7 @@ const promptOf = ({ seed, tool }) =>
 
 /** Run Python code in the checkout and parse what it prints as JSON. */
 function python(code, ...args) {
-  const out = execFileSync(PYTHON, ['-c', code, ...args], {
-    cwd: ROOT, encoding: 'utf8', env: { ...process.env, PYTHONIOENCODING: 'utf-8' },
-  });
-  return JSON.parse(out);
+  return JSON.parse(runPython(['-c', code, ...args]));
 }
 
 // The workflow run: 40 tokens at 30 tokens/s for every agent whose prompt quotes the topic
