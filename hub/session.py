@@ -593,8 +593,8 @@ class Session:
         subscribed to its channel. ``ack`` follows when the message had a ``rid``."""
         broker = self.services.broker
         name = f"{kind}:{ident}"
-        unknown = ProtocolError(f"no {kind} {ident!r}", ErrorCode.UNKNOWN_COMPLETION if kind == "completion"
-                                else ErrorCode.UNKNOWN_WORKFLOW)
+        code = ErrorCode.UNKNOWN_COMPLETION if kind == "completion" else ErrorCode.UNKNOWN_WORKFLOW
+        unknown = ProtocolError(f"no {kind} {ident!r}", code)
         # Asked first: a run the principal may not touch is answered as one that does not exist.
         try:
             self.services.authorize(self.principal, "cancel", name)
