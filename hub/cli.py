@@ -16,7 +16,7 @@ Commands::
     cbhub demo workflow [--live] [--topic T] [--model M]
                                             the content_creation workflow in one process: every
                                             agent's tokens live, then a summary
-    cbhub chat [--url URL] [--model M] [PROMPT]
+    cbhub chat [--url URL] [--model M] [--token T] [PROMPT]
                                             one completion from a running hub through the Python
                                             SDK (hub/client.py): tokens as they arrive, then TTFT
                                             and tokens/s; the prompt from stdin when not given
@@ -116,6 +116,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "token and tokens/s. Exit status 1 on a hub error or when the hub cannot be reached.")
     chat.add_argument("prompt", nargs="?", help="the user message; read from stdin when absent or '-'")
     chat.add_argument("--url", default="ws://127.0.0.1:8765/ws/stream", help="the hub's WebSocket URL")
+    chat.add_argument("--token", help="a JWT or API key, for a hub whose auth.mode is set (default: the variable "
+                                      "CBHUB_TOKEN)")
     chat.add_argument("--model", default="openai/gpt-4o-mini", help="provider/model (default openai/gpt-4o-mini)")
     chat.add_argument("--system", help="a system message before the prompt")
     chat.add_argument("--max-tokens", type=int, help="output token limit")
@@ -314,7 +316,8 @@ async def _chat(args: argparse.Namespace, prompt: str) -> int:
 
     wrote_text = thinking = False
     try:
-        async with HubClient(args.url, on_reconnect=reconnected) as client:
+        token = args.token or os.environ.get("CBHUB_TOKEN") or None
+        async with HubClient(args.url, on_reconnect=reconnected, token=token) as client:
             stream = client.completion(model=args.model, messages=messages, **options)
             try:
                 async for event in stream:

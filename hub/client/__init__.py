@@ -92,6 +92,7 @@ from __future__ import annotations
 
 from hub.client.connection import FATAL_CLOSE_CODES, HubClient, backoff_delay_s
 from hub.client.errors import (
+    HubAuthError,
     HubClientError,
     HubConnectionError,
     HubRequestError,
@@ -123,6 +124,7 @@ __all__ = [
     "HubRequestError",
     "HubStreamError",
     "HubConnectionError",
+    "HubAuthError",
     "ResumeError",
     "InvalidArgumentError",
     "UnknownOptionError",

@@ -12,6 +12,12 @@ with a ``rid`` is answered by an ``ack`` (or its ``error``), so no ``ping`` has 
 answer without ``rid`` (a hub that does not echo it) goes to the oldest request, which is right
 too: the hub handles a connection's messages one at a time and answers them in order.
 
+Authentication (docs/PROTOCOL.md "Authentication"): with ``token=`` or ``get_token=``, every
+connection, the first and each reconnect, sends an ``auth`` message first and waits for
+``authenticated``; with ``get_token`` the token is fetched again for each connection and
+refreshed on the open connection before it expires (``expiresAt``). A refusal (an ``error``
+answer, or close 4001/4003) raises :class:`HubAuthError` and stops reconnecting.
+
 Timeouts and backoff live here; nothing in :mod:`hub.client.state` knows about sockets.
 """
 
@@ -31,7 +37,13 @@ import msgspec
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from hub.client.errors import HubConnectionError, HubRequestError, InvalidArgumentError, UnknownOptionError
+from hub.client.errors import (
+    HubAuthError,
+    HubConnectionError,
+    HubRequestError,
+    InvalidArgumentError,
+    UnknownOptionError,
+)
 from hub.client.results import CompletionResult, Reconnect
 from hub.client.state import state_for
 from hub.client.streams import HubStream, WorkflowStream
@@ -43,6 +55,7 @@ from protocol.messages import (
     AgentCompleted,
     AgentProgress,
     AgentStarted,
+    Authenticated,
     ChatMessage,
     CircuitState,
     Completion,
@@ -66,7 +79,11 @@ log = logging.getLogger("cbhub.client")
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 4001, 4003})
 
 _OPTIONS = frozenset(Completion.__struct_fields__) - {"model", "messages", "id", "rid"}
-_ANSWERS = (Subscribed, Unsubscribed, Pong, Ack)
+_ANSWERS = (Subscribed, Unsubscribed, Pong, Ack, Authenticated)
+#: Close codes that say the credential was refused.
+_AUTH_CLOSE_CODES = frozenset({4001, 4003})
+#: A token is refreshed this long before it expires: a tenth of its lifetime, within these bounds (s).
+_REFRESH_MARGIN_S = (5.0, 60.0)
 _AGENT_EVENTS = (AgentStarted, AgentProgress, FunctionExecuted, AgentCompleted)
 _CONNECT_ERRORS = (OSError, InvalidHandshake, TimeoutError, asyncio.TimeoutError)
 _PING: dict[str, Any] = {"type": "ping"}
@@ -245,6 +262,10 @@ class HubClient:
         open_timeout_s: timeout of one connection attempt (TCP + WebSocket handshake), in s.
         max_message_bytes: largest hub message accepted, in bytes (None: no limit, the hub's
             own messages have none; docs/PROTOCOL.md "Transport").
+        token: a JWT or API key for a hub that requires authentication, sent in an ``auth``
+            message first on every connection.
+        get_token: instead of ``token``, a function (plain or coroutine) returning a fresh
+            token; called for every connection and before the current token expires.
         **connect_options: passed to :func:`websockets.asyncio.client.connect`
             (``additional_headers``, ``ssl``, ``proxy``, ``ping_interval``...).
     """
@@ -253,8 +274,16 @@ class HubClient:
                  base_delay_s: float = 0.1, max_delay_s: float = 5.0, max_reconnect_attempts: int | None = 10,
                  on_reconnect: Callable[[Reconnect], None | Awaitable[None]] | None = None,
                  open_timeout_s: float = 10.0, max_message_bytes: int | None = None,
+                 token: str | None = None, get_token: Callable[[], str | Awaitable[str]] | None = None,
                  **connect_options: Any) -> None:
+        if token is not None and get_token is not None:
+            raise InvalidArgumentError("give token or get_token, not both")
         self.url = url
+        self.token = token
+        self.get_token = get_token
+        #: The subject and expiry (epoch ms) the hub last confirmed (``authenticated``).
+        self.authenticated: Authenticated | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self.reconnect = reconnect
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
@@ -300,10 +329,82 @@ class HubClient:
             raise HubConnectionError(f"not a WebSocket URL: {self.url!r} ({exc})") from exc
         except _CONNECT_ERRORS as exc:
             raise HubConnectionError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
-        self._conn = self._install(ws)
+        conn = self._install(ws)
+        try:
+            await self._authenticate(conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            if conn.reader is not None:
+                await asyncio.gather(conn.reader, return_exceptions=True)
+            raise
+        self._conn = conn
         self._supervisor = asyncio.create_task(self._supervise(), name="cbhub-client")
         self._notify()
         return self
+
+    # Authentication.
+
+    async def _fresh_token(self) -> str | None:
+        if self.get_token is None:
+            return self.token
+        token = self.get_token()
+        return await token if inspect.isawaitable(token) else token
+
+    async def _authenticate(self, conn: Connection) -> None:
+        """Send the ``auth`` message on ``conn`` and wait for its answer (nothing to do
+        without a token).
+
+        Raises:
+            HubAuthError: the hub refused the token.
+            HubConnectionError: the connection closed first.
+        """
+        token = await self._fresh_token()
+        if token is None:
+            return
+        waiter = _Waiter()
+        try:
+            await conn.send([({"type": "auth", "token": token}, waiter)])
+        except _Lost:
+            raise HubConnectionError(f"the connection to {self.url} closed before authenticating") from None
+        answer = await waiter.future
+        if answer is _Lost:
+            code = conn.close_code
+            raise HubAuthError(f"the hub closed the connection ({code}: {conn.close_reason})",
+                               conn.close_reason or "unauthorized", code) if code in _AUTH_CLOSE_CODES \
+                else HubConnectionError(f"the connection to {self.url} closed before authenticating ({code})", code)
+        if waiter.error is not None:
+            raise HubAuthError(f"the hub refused the token: {waiter.error.code}: {waiter.error.message}",
+                               waiter.error.code)
+        assert isinstance(answer, Authenticated)
+        self.authenticated = answer
+        self._schedule_refresh(answer)
+
+    def _schedule_refresh(self, answer: Authenticated) -> None:
+        """With ``get_token``: refresh on the open connection before ``expiresAt``."""
+        if self._refresher is not None and self._refresher is not asyncio.current_task():
+            self._refresher.cancel()
+        self._refresher = None
+        if self.get_token is None or answer.expires_at is None:
+            return
+        lifetime_s = answer.expires_at / 1000.0 - time.time()
+        low, high = _REFRESH_MARGIN_S
+        delay_s = max(0.0, lifetime_s - min(high, max(low, lifetime_s / 10)))
+        self._refresher = asyncio.create_task(self._refresh_after(delay_s), name="cbhub-client-refresh")
+        self._tasks.add(self._refresher)
+        self._refresher.add_done_callback(self._tasks.discard)
+
+    async def _refresh_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        conn = self._conn
+        if conn is None or conn.lost:
+            return  # the next connection authenticates anyway
+        try:
+            await self._authenticate(conn)
+        except HubAuthError as exc:
+            log.warning("refreshing the token failed: %s", exc)  # the hub closes 4001 when it expires
+        except HubConnectionError:
+            pass
 
     async def close(self) -> None:
         """Close the connection and stop reconnecting. Open streams raise
@@ -664,6 +765,10 @@ class HubClient:
             if self._closing:
                 return
             code, reason = conn.close_code, conn.close_reason
+            if code in _AUTH_CLOSE_CODES:
+                self._give_up(HubAuthError(f"the hub closed the connection ({code}: {reason or 'unauthorized'}); "
+                                           "a new token is needed", reason or "unauthorized", code))
+                return
             if not self.reconnect or code in FATAL_CLOSE_CODES:
                 self._give_up(HubConnectionError(
                     f"the connection to {self.url} closed ({code}{': ' + reason if reason else ''})", code))
@@ -686,6 +791,22 @@ class HubClient:
                     continue
                 break
             new = self._install(ws)
+            try:
+                await self._authenticate(new)
+            except HubAuthError as exc:
+                self._give_up(exc)
+                with contextlib.suppress(Exception):
+                    await ws.close()
+                return
+            except HubConnectionError:
+                self._conn = new  # lost already: the loop above waits for its reader, then reconnects
+                continue
+            except Exception as exc:  # get_token raised
+                log.exception("get_token raised")
+                self._give_up(HubAuthError(f"get_token raised {type(exc).__name__}: {exc}", "unauthorized"))
+                with contextlib.suppress(Exception):
+                    await ws.close()
+                return
             channels = await self._resume(new)
             if new.lost:
                 self._conn = new  # the loop above waits for its reader, then reconnects

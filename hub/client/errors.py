@@ -8,6 +8,8 @@
     │                              usage, result (also the SDK's own ``resume_failed``,
     │                              ``stream_gap`` and ``workflow_failed``)
     ├── HubConnectionError         no usable connection: close_code
+    │   └── HubAuthError           the hub refused the credential (4001/4003, or an error
+    │                              answer to ``auth``): code
     ├── ResumeError                a channel's state cannot continue (hub.client.state; a stream
     │                              turns it into a HubStreamError with the same code)
     ├── InvalidArgumentError       also a ValueError: a malformed id, channel name or request,
@@ -37,6 +39,7 @@ __all__ = [
     "HubRequestError",
     "HubStreamError",
     "HubConnectionError",
+    "HubAuthError",
     "ResumeError",
     "InvalidArgumentError",
     "UnknownOptionError",
@@ -110,6 +113,21 @@ class HubConnectionError(HubClientError):
     def __init__(self, message: str, close_code: int | None = None) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+class HubAuthError(HubConnectionError):
+    """The hub refused the client's credential (docs/PROTOCOL.md "Authentication"): it answered
+    the ``auth`` message with an ``error``, or closed the connection with 4001 (unauthorized)
+    or 4003 (forbidden). The client does not reconnect: a new token is needed first.
+
+    Attributes:
+        code: ``unauthorized``, ``invalid_token``, ``token_expired`` or ``forbidden`` (the
+            error's code, or the close reason).
+    """
+
+    def __init__(self, message: str, code: str, close_code: int | None = None) -> None:
+        super().__init__(message, close_code)
+        self.code = code
 
 
 class ResumeError(HubClientError):
