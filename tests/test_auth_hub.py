@@ -18,7 +18,7 @@ import websockets
 from hub.app import Hub, run_hub
 from hub.auth import api_key_digest
 from hub.config import ApiKeyEntry
-from protocol.messages import Ack, Authenticated, Completed, ErrorMessage, Subscribed
+from protocol.messages import Ack, AgentStarted, Authenticated, Completed, ErrorMessage, Subscribed
 from tests.conftest import RECV_TIMEOUT_S, WSClient, hub_config
 from tools.mock_provider import MockProvider
 
@@ -278,7 +278,7 @@ async def test_a_channel_pattern_grants_reading_matching_runs(connect: Any) -> N
     assert isinstance(await answer(claims, {"type": "subscribe", "channels": ["completion:private-1"]}), Subscribed)
 
 
-async def test_another_subject_cannot_subscribe_to_or_cancel_a_workflow(connect: Any) -> None:
+async def test_another_subject_cannot_subscribe_to_or_cancel_a_workflow(hub: Hub, connect: Any) -> None:
     alice = await connect(make_token("alice"))
     await alice.send({"type": "create_workflow", "workflowId": "wf-a", "definitionName": "content_creation",
                       "input": {"topic": "tides [[mock tokens=300 tps=100]]", "audience": "x"}})
@@ -294,6 +294,14 @@ async def test_another_subject_cannot_subscribe_to_or_cancel_a_workflow(connect:
     assert cancel_a == (cancel_missing[0], cancel_missing[1].replace("wf-z", "wf-a"), *cancel_missing[2:])
     admin = await connect(ADMIN_KEY)
     assert isinstance(await answer(admin, {"type": "subscribe_workflow", "workflowId": "wf-a"}), Subscribed)
+    # An agent's channel, once it is open, belongs to the workflow's owner too.
+    while not isinstance(await alice.recv(), AgentStarted):
+        pass
+    agent = "agent:wf-a.researcher"
+    assert hub.broker.channel(agent) is not None
+    for_agent = shape(await answer(bob, {"type": "subscribe", "channels": [agent]}))
+    assert for_agent == ("unknown_channel", f"no channel {agent!r} is open", False, None)
+    assert isinstance(await answer(alice, {"type": "subscribe", "channels": [agent]}), Subscribed)
     assert await answer(alice, {"type": "cancel_workflow", "workflowId": "wf-a"}) == Ack("q")
 
 
