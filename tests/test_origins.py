@@ -5,10 +5,12 @@ JSON-only ``/v1`` POST."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jwt
 import msgspec
 import openai
 import pytest
@@ -308,3 +310,33 @@ def test_host_rules() -> None:
         assert not host_allowed(host, default, "192.168.1.5"), host
     assert host_allowed("[fe80::1]:8765", default, "fe80::1")
     assert host_allowed("anything.example", HubConfig(allowed_hosts=["*"]), None)
+
+
+# Whatever auth.mode is.
+
+
+async def test_origins_are_checked_before_auth(mock: MockProvider) -> None:
+    secret = "origins-test-secret-of-at-least-32-bytes"
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
+    config = hub_config(mock, auth_mode="jwt", jwt_secret=secret, allowed_origins=[APP])
+    async with run_hub(config) as hub:
+        # A valid credential does not let a foreign page in...
+        refused = await refused_upgrade(hub, origin=FOREIGN, additional_headers={"Authorization": f"Bearer {token}"})
+        assert refused.response.status_code == 403
+        async with aiohttp.ClientSession() as http:
+            async with http.post(hub.url + "/v1/chat/completions", data=chat(), headers={
+                    **JSON, "Origin": FOREIGN, "Authorization": f"Bearer {token}"}) as response:
+                assert response.status == 403
+            # ...nor a text/plain POST, with or without one.
+            for headers in ({"Authorization": f"Bearer {token}"}, {}):
+                async with http.post(hub.url + "/v1/chat/completions", data=chat(),
+                                     headers={**headers, "Content-Type": "text/plain"}) as response:
+                    assert response.status == 415
+            # An allowed origin gets past the guard; auth then decides.
+            async with http.post(hub.url + "/v1/chat/completions", data=chat(), headers={**JSON, "Origin": APP}) as response:
+                assert response.status == 401
+                assert response.headers["Access-Control-Allow-Origin"] == APP
+            async with http.post(hub.url + "/v1/chat/completions", data=chat(), headers={
+                    **JSON, "Origin": APP, "Authorization": f"Bearer {token}"}) as response:
+                assert response.status == 200
+        assert len(hub.completions.runs) == 1
