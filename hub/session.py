@@ -259,6 +259,8 @@ class Session:
             subscriber identity in the broker.
         principal: who the client is; None: nobody yet, an ``auth`` message must come within
             ``auth.timeout_s`` (module docstring).
+        watch_expiry: end the session when the principal's credential expires without a
+            refresh (a WebSocket); False for a client authorized once per request (HTTP).
 
     Attributes:
         started: the runs this session started and that may still run (for
@@ -266,8 +268,10 @@ class Session:
         authenticated: a principal is known (given, or from an ``auth`` message).
     """
 
-    def __init__(self, services: SessionServices, outbox: Outbox, principal: Principal | None = ANONYMOUS) -> None:
+    def __init__(self, services: SessionServices, outbox: Outbox, principal: Principal | None = ANONYMOUS,
+                 *, watch_expiry: bool = True) -> None:
         self.services = services
+        self._watches_expiry = watch_expiry
         self.outbox = outbox
         self.principal: Principal = principal if principal is not None else _NOBODY
         self.authenticated = principal is not None
@@ -412,7 +416,7 @@ class Session:
         """Arm the expiry timer of the principal's credential (none when it does not expire);
         it fires when the hub stops accepting the token (``exp`` plus the leeway)."""
         expires_at = self.principal.expires_at
-        if expires_at is None:
+        if expires_at is None or not self._watches_expiry:
             self._set_timer(None, None)
             return
         delay = expires_at + self.services.config.jwt_leeway_s - time.time()

@@ -376,3 +376,15 @@ async def test_eventsource_get_takes_a_token_in_the_query(hub: Hub) -> None:
         async with http.get(hub.url + "/v1/chat/completions/stream",
                             params={**query, "token": make_token()}) as response:
             assert response.status == 200 and "[DONE]" in await response.text()
+
+
+async def test_an_http_stream_outlives_its_token(mock: MockProvider) -> None:
+    """An HTTP request is authorized once: the token expiring mid-stream does not cut it."""
+    async with run_hub(auth_config(mock, auth_expiry_grace_s=0.1)) as hub:
+        async with openai.AsyncOpenAI(base_url=hub.url + "/v1", api_key=make_token(ttl_s=2),
+                                      max_retries=0) as sdk:
+            stream = await sdk.chat.completions.create(
+                model="openai/gpt-4o-mini", stream=True,
+                messages=[{"role": "user", "content": "[[mock tokens=300 tps=75]]"}])
+            chunks = [chunk async for chunk in stream]
+        assert chunks[-1].choices[0].finish_reason == "stop"

@@ -165,7 +165,9 @@ async def _serve(
     # and writes once at the end, so only a streamed response can pass the hard limit.
     hard_limit = config.outbound_hard_limit_bytes if chat.stream else sys.maxsize
     outbox = SseOutbox(hub.write_scheduler, request, config.outbound_soft_limit_bytes, hard_limit)
-    session = Session(hub, outbox, principal)
+    # Authorized once, for this request: a token that expires while the answer streams does
+    # not cut it.
+    session = Session(hub, outbox, principal, watch_expiry=False)
     hub.connections.add(outbox)
     run = None
     try:
