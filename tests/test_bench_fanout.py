@@ -45,6 +45,16 @@ def test_connections_quick_reaches_every_connection(tmp_path):
     assert 0 <= row["broadcast_p50_ms"] <= row["broadcast_last_ms"]
 
 
+def test_fanout_and_connections_with_jwt_auth_reach_every_client(tmp_path):
+    # Every client presents the bench token on the upgrade; all are the owner of every stream.
+    [row] = _run(tmp_path, "fanout", "--servers", "hub", "--shape", "3x4", "--auth", "jwt")[1:]
+    assert row["auth"] == "jwt" and row["ok"] and not row["errors"] and row["gaps"] == 0
+    assert row["tokens_delivered"] == row["tokens_expected"] == 12 * row["tokens_per_stream"]
+    (tmp_path / "more").mkdir()
+    [row] = _run(tmp_path / "more", "connections", "--counts", "30", "--auth", "jwt")[1:]
+    assert row["auth"] == "jwt" and row["ok"] and row["handshakes_per_s"] > 0
+
+
 def test_resume_quick_continues_every_stream_exactly(tmp_path):
     rows = _run(tmp_path, "resume")
     measures = {row["measure"]: row["value"] for row in rows[1:]}

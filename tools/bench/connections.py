@@ -24,13 +24,13 @@ import aiohttp
 
 from tools.bench.fanout import _wait_gate
 from tools.bench.loadgen import Plan, Workers, split
-from tools.bench.procs import start_hub, start_mock
+from tools.bench.procs import bench_auth, start_hub, start_mock
 from tools.bench.report import Reporter, percentile
 
 __all__ = ["add_arguments", "run"]
 
-COLUMNS = ["connections", "accept_s", "rss_before_mb", "rss_after_mb", "rss_per_connection_kb",
-           "broadcast_p50_ms", "broadcast_last_ms", "ok"]
+COLUMNS = ["connections", "auth", "accept_s", "handshakes_per_s", "rss_before_mb", "rss_after_mb",
+           "rss_per_connection_kb", "broadcast_p50_ms", "broadcast_last_ms", "ok"]
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--procs", type=int, default=None, help="load-generator processes (default 2)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="hub event loop")
     parser.add_argument("--quick", action="store_true", help="one small run (N=200)")
+    parser.add_argument("--auth", choices=("none", "jwt"), default="none",
+                        help="hub auth.mode: jwt makes every connection present an HS256 token (?token=)")
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -53,7 +55,7 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
     failures = 0
     with reporter.progress("connections", total=len(counts)) as advance:
         for count in counts:
-            row = await _measure(count, procs, args.loop)
+            row = await _measure(count, procs, args.loop, args.auth)
             reporter.emit(row)
             failures += not row["ok"]
             advance()
@@ -61,11 +63,12 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
     return 1 if failures else 0
 
 
-async def _measure(count: int, procs: int, loop: str) -> dict[str, Any]:
-    async with start_mock() as mock, start_hub(mock.url, loop=loop, grace_period_s=60) as hub:
+async def _measure(count: int, procs: int, loop: str, auth: str = "none") -> dict[str, Any]:
+    settings, token_query = bench_auth(auth)
+    async with start_mock() as mock, start_hub(mock.url, loop=loop, grace_period_s=60, **settings) as hub:
         gate = f"conn-{uuid.uuid4().hex[:8]}"
         prompt = f"[[mock tokens=1 stamp=1 gate={gate}]]"
-        ws_url = hub.url.replace("http", "ws", 1) + "/ws/stream"
+        ws_url = hub.url.replace("http", "ws", 1) + "/ws/stream" + (f"?{token_query}" if token_query else "")
         await asyncio.sleep(0.2)  # let the hub settle before the baseline
         rss_before = hub.rss_bytes()
         workers = Workers([Plan(ws_url, "hub", indexes, 1, prompt) for indexes in split(count, procs)])
@@ -90,6 +93,8 @@ async def _measure(count: int, procs: int, loop: str) -> dict[str, Any]:
     return {
         "scenario": "connections",
         "connections": count,
+        "auth": auth,
+        "handshakes_per_s": round(count / accept_s, 1) if accept_s else None,
         "accept_s": round(accept_s, 3) if accept_s is not None else None,
         "rss_before_mb": round(rss_before / 2**20, 1),
         "rss_after_mb": round(rss_after / 2**20, 1),

@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 
 from tools.bench.loadgen import Plan, WorkerResult, Workers, split
-from tools.bench.procs import ServerProcess, start_hub, start_mock
+from tools.bench.procs import ServerProcess, bench_auth, start_hub, start_mock
 from tools.bench.report import Reporter, percentile
 
 __all__ = ["add_arguments", "run", "run_shape"]
@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--procs", type=int, default=None,
                         help="load-generator processes (default: 2 on machines with 2+ CPUs, else 1)")
     parser.add_argument("--batch", action="store_true", help="hub clients opt in to batched frames (?batch=1)")
+    parser.add_argument("--auth", choices=("none", "jwt"), default="none",
+                        help="hub auth.mode: jwt makes every client present an HS256 token (?token=)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="server event loop")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is abandoned")
     parser.add_argument("--quick", action="store_true",
@@ -118,6 +120,7 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
                     continue  # the reference server does not coalesce; its coalesce=off row is the reference
                 row = await run_shape(server, streams, subscribers, tokens, rate, coalesce, procs=procs,
                                       batch=args.batch, burst=args.burst, aligned=args.aligned, loop=args.loop,
+                                      auth=args.auth,
                                       flush_interval_ms=args.flush_interval_ms, timeout_s=args.timeout)
                 reporter.emit(row)
                 failures += not row["ok"]
@@ -129,7 +132,7 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
 async def run_shape(server: str, streams: int, subscribers: int, tokens: int, rate: float, coalesce: bool, *,
                     procs: int = 2, batch: bool = False, burst: int = 1, aligned: bool = False,
                     loop: str = "asyncio", flush_interval_ms: float = 25.0,
-                    timeout_s: float = 300.0) -> dict[str, Any]:
+                    timeout_s: float = 300.0, auth: str = "none") -> dict[str, Any]:
     """Measure one configuration in fresh server processes; returns the result row."""
     connections = streams * subscribers
     processes: list[ServerProcess] = []
@@ -137,10 +140,12 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
         if server == "hub":
             mock = await start_mock().start()
             processes.append(mock)
+            settings, token_query = bench_auth(auth)
             target = await start_hub(mock.url, loop=loop, flush_interval_ms=flush_interval_ms,
-                                     grace_period_s=60, retention_s=60).start()
+                                     grace_period_s=60, retention_s=60, **settings).start()
             processes.append(target)
-            ws_url = target.url.replace("http", "ws", 1) + "/ws/stream" + ("?batch=1" if batch else "")
+            query = "&".join(part for part in ("batch=1" if batch else "", token_query) if part)
+            ws_url = target.url.replace("http", "ws", 1) + "/ws/stream" + (f"?{query}" if query else "")
             gate = f"bench-{uuid.uuid4().hex[:8]}"
             prompt = (f"bench [[mock tokens={tokens} tps={rate:g} burst={burst} ttft_ms={{offset_ms}} stamp=1 "
                       f"gate={gate}]]")
@@ -180,7 +185,7 @@ async def run_shape(server: str, streams: int, subscribers: int, tokens: int, ra
         finally:
             await workers.close()
         row = _row(server, streams, subscribers, tokens, rate, coalesce, batch, results, started, cpu_used,
-                   peak, rss_before)
+                   peak, rss_before, auth if server == "hub" else "none")
         row["upstream_cpu_s"] = round(mock_cpu, 3) if mock_cpu is not None else None
         row["burst"] = burst if server == "hub" else None
         row["cpu_system_share"] = round(system_used / cpu_used, 3) if cpu_used else None
@@ -204,7 +209,7 @@ async def _wait_gate(session: aiohttp.ClientSession, mock_url: str, gate: str, s
 
 def _row(server: str, streams: int, subscribers: int, tokens: int, rate: float, coalesce: bool, batch: bool,
          results: list[WorkerResult], started_ns: int, cpu_used_s: float, peak_rss: int | None,
-         rss_before: int) -> dict[str, Any]:
+         rss_before: int, auth: str = "none") -> dict[str, Any]:
     latencies = array.array("q")
     for result in results:
         latencies.frombytes(result.latencies_ns)
@@ -235,6 +240,7 @@ def _row(server: str, streams: int, subscribers: int, tokens: int, rate: float, 
         "rate": rate or "max",
         "coalesce": coalesce,
         "batch": batch,
+        "auth": auth,
         "events_delivered": events,
         "tokens_delivered": delivered_tokens,
         "tokens_expected": expected_tokens,

@@ -141,6 +141,24 @@ def start_mock(**options: Any) -> ServerProcess:
     return ServerProcess("mock", argv)
 
 
+#: The HS256 secret of benchmark hubs run with ``--auth jwt`` (a benchmark, not a deployment).
+BENCH_JWT_SECRET = "bench-secret-of-at-least-32-bytes-0123456789"
+
+
+def bench_auth(auth: str) -> tuple[dict[str, Any], str]:
+    """``(hub settings, query string)`` for a benchmark hub with ``auth`` (``none`` or
+    ``jwt``): under ``jwt`` the hub requires HS256 tokens and every client presents the same
+    valid one as ``?token=`` on the upgrade (one subject: the owner of every stream)."""
+    if auth == "none":
+        return {}, ""
+    import time
+
+    import jwt
+
+    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 3600}, BENCH_JWT_SECRET, algorithm="HS256")
+    return {"auth_mode": "jwt", "jwt_secret": BENCH_JWT_SECRET}, f"token={token}"
+
+
 def hub_env(mock_url: str, **config: Any) -> dict[str, str]:
     """Environment for a hub whose every provider points at the mock provider at ``mock_url``;
     ``config`` adds ``CBHUB_<KEY>`` settings (e.g. ``flush_interval_ms=25``)."""
