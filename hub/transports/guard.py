@@ -50,6 +50,8 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
 MAX_AGE_S = "600"
+#: Response headers a browser app may read besides the safelisted ones (a 429's wait).
+EXPOSE_HEADERS = "Retry-After"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -230,13 +232,14 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: on ``/v1`` every response varies by ``Origin``, and one to an
     allowed origin carries ``Access-Control-Allow-Origin`` (an SSE stream's too, since this
-    runs before its headers go out)."""
+    runs before its headers go out) and exposes ``Retry-After`` (a 429's wait) to the page."""
     if not request.path.startswith(API_PREFIX):
         return
     response.headers.add("Vary", "Origin")
     origin = _checked_origin(request)
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
 
 
 def install(app: web.Application) -> None:
