@@ -388,3 +388,14 @@ async def test_an_http_stream_outlives_its_token(mock: MockProvider) -> None:
                 messages=[{"role": "user", "content": "[[mock tokens=300 tps=75]]"}])
             chunks = [chunk async for chunk in stream]
         assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+async def test_v1_models_lists_only_the_subject_s_models(hub: Hub) -> None:
+    async with aiohttp.ClientSession() as http:
+        everything = {"Authorization": f"Bearer {make_token()}"}
+        async with http.get(hub.url + "/v1/models", headers=everything) as response:
+            all_ids = {entry["id"] for entry in (await response.json())["data"]}
+        only = {"Authorization": f"Bearer {make_token(models=['anthropic/*'])}"}
+        async with http.get(hub.url + "/v1/models", headers=only) as response:
+            ids = {entry["id"] for entry in (await response.json())["data"]}
+    assert ids and ids < all_ids and all(model.startswith("anthropic/") for model in ids)

@@ -5,7 +5,8 @@
   ``stream_options.include_usage`` is true), ``stream: false`` with one ``chat.completion``.
 - ``GET /v1/chat/completions/stream?model=…&messages=<JSON>``: the same stream for a browser
   ``EventSource`` (which can only GET); ``include_usage=true`` adds the usage chunk.
-- ``GET /v1/models``: the models this hub can route to (see :func:`models_handler`).
+- ``GET /v1/models``: the models this hub can route to (see :func:`models_handler`), those
+  the subject's ``models`` claim allows when it has one.
 
 Each request is a :class:`~hub.session.Session` like a WebSocket client's: the session admits
 and starts the completion and subscribes the request's :class:`SseOutbox`, so SSE obeys the
@@ -326,4 +327,15 @@ async def models_handler(request: web.Request) -> web.Response:
     principal = await _authenticate(hub, request)
     if isinstance(principal, web.Response):
         return principal
-    return web.json_response({"object": "list", "data": model_catalogue(hub.config.provider_configured)})
+    data = model_catalogue(hub.config.provider_configured)
+    if principal.models:  # only what this subject may use
+        data = [entry for entry in data if _may_use(hub, principal, str(entry.get("id", "")))]
+    return web.json_response({"object": "list", "data": data})
+
+
+def _may_use(hub: Hub, principal: Principal, model: str) -> bool:
+    try:
+        hub.authorize(principal, "use_model", model)
+    except HubError:
+        return False
+    return True
