@@ -301,7 +301,7 @@ class HubConfig(msgspec.Struct, kw_only=True):
     # performance: the event loop.
     loop: Annotated[str, key(
         "performance.loop", "CBHUB_LOOP",
-        "event loop: `asyncio` or `uvloop` (pip install 'circuit-breaker-hub[uvloop]'; `--loop`)",
+        "event loop: `asyncio` or `uvloop` (installed with the hub except on Windows; `--loop`)",
         _one_of(*LOOPS))] = "asyncio"
 
     # error_handling: retries (before the first content is forwarded), timeouts, the circuit
