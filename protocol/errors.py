@@ -67,11 +67,12 @@ __all__ = [
 ]
 
 # Shapes of the secrets we know: OpenAI (sk-..., sk-proj-...), Anthropic (sk-ant-...),
-# Google API keys (AIza...), bearer tokens in echoed headers, ?key= query parameters, and
+# Google API keys (AIza...), bearer tokens in echoed headers, ?key= and ?token= (a browser's
+# WebSocket credential) query parameters, and
 # JWTs (client tokens: base64url header and payload that start with '{"', a signature).
 _SECRET_PATTERNS = re.compile(
     r"(\bsk-[A-Za-z0-9_\-]{8,}|\bAIza[0-9A-Za-z_\-]{20,}|(?i:\bbearer)\s+[A-Za-z0-9._\-]{8,}"
-    r"|(?<=[?&]key=)[^&\s\"']+|\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
+    r"|(?<=[?&]key=)[^&\s\"']+|(?<=[?&]token=)[^&\s\"']+|(?<=[?&]access_token=)[^&\s\"']+|\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
 )
 
 RETRYABLE_STATUSES = (408, 409, 429, 500, 502, 503, 504, 529)

@@ -76,3 +76,19 @@ async def test_prompts_are_masked_upstream_only_with_redaction_requests(mock, ws
     assert "TCK-123456" in await prompts_seen(mock, False, ws_factory)
     seen = await prompts_seen(mock, True, ws_factory)
     assert "TCK-123456" not in seen and "[REDACTED:ticket]" in seen
+
+
+async def test_the_openai_compatible_api_gets_masked_text_too(mock):
+    import json
+
+    async with run_hub(hub_config(mock, redaction_builtins=BUILTINS)) as hub, aiohttp.ClientSession() as session:
+        body = {"model": OPENAI, "messages": [{"role": "user", "content": "[[mock replay=redaction_split.sse]]"}]}
+        async with session.post(hub.url + "/v1/chat/completions", json=body) as response:
+            whole = await response.text()
+        async with session.post(hub.url + "/v1/chat/completions", json={**body, "stream": True}) as response:
+            streamed = await response.text()
+    for text in (whole, streamed):
+        assert not any(raw in text for raw in RAW), text
+    message = json.loads(whole)["choices"][0]["message"]
+    assert message["content"] == "Sure, write to [REDACTED:email] or pay to [REDACTED:iban]. Bye!"
+    assert "[REDACTED:email]" in streamed

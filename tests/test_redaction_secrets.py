@@ -134,3 +134,7 @@ async def test_keys_never_leave_the_hub(mock, ws_factory, tmp_path, capsys):
     for name, text in [("log", log_text), ("frames", "".join(client.frames)), ("dead letters", dead.read_text()),
                        ("cbhub config", printed), *zip(("/healthz", "/v1/models", "/v1 error"), bodies, strict=True)]:
         assert not leaks(text), (name, leaks(text))
+
+
+def test_a_websocket_token_in_a_url_is_masked():
+    assert redact("GET /ws/stream?token=abc.def-123&x=1 failed") == "GET /ws/stream?token=[REDACTED]&x=1 failed"
