@@ -66,12 +66,13 @@ __all__ = [
     "retryable_status",
 ]
 
-# Shapes of the secrets we know: OpenAI (sk-..., sk-proj-...), Anthropic (sk-ant-...),
+# Shapes of the secrets we know: OpenAI (sk-..., sk-proj-...), Anthropic (sk-ant-...), the
+# hub's own client API keys (cbk-..., from `cbhub keys new`),
 # Google API keys (AIza...), bearer tokens in echoed headers, ?key= and ?token= (a browser's
 # WebSocket credential) query parameters, and
 # JWTs (client tokens: base64url header and payload that start with '{"', a signature).
 _SECRET_PATTERNS = re.compile(
-    r"(\bsk-[A-Za-z0-9_\-]{8,}|\bAIza[0-9A-Za-z_\-]{20,}|(?i:\bbearer)\s+[A-Za-z0-9._\-]{8,}"
+    r"(\bsk-[A-Za-z0-9_\-]{8,}|\bcbk-[A-Za-z0-9_\-]{16,}|\bAIza[0-9A-Za-z_\-]{20,}|(?i:\bbearer)\s+[A-Za-z0-9._\-]{8,}"
     r"|(?<=[?&]key=)[^&\s\"']+|(?<=[?&]token=)[^&\s\"']+|(?<=[?&]access_token=)[^&\s\"']+|\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*)"
 )
 

@@ -138,3 +138,10 @@ async def test_keys_never_leave_the_hub(mock, ws_factory, tmp_path, capsys):
 
 def test_a_websocket_token_in_a_url_is_masked():
     assert redact("GET /ws/stream?token=abc.def-123&x=1 failed") == "GET /ws/stream?token=[REDACTED]&x=1 failed"
+
+
+def test_a_client_api_key_is_masked_without_being_configured():
+    import secrets
+
+    key = "cbk-" + secrets.token_urlsafe(32)
+    assert redact(f"api key {key} refused") == "api key [REDACTED] refused"
