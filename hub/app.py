@@ -25,6 +25,7 @@ from hub.auth import Authenticator
 from hub.broker import Broker
 from hub.completions import CompletionManager
 from hub.config import HubConfig
+from hub.logsafe import install_secret_filter
 from hub.multiplexer import StreamMultiplexer
 from hub.outbox import Outbox, WriteScheduler
 from hub.providers import ProviderClient
@@ -189,6 +190,7 @@ class Hub:
         config = self.config
         self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes,
                                           config.dead_letter_backups)
+        self.dead_letters.secrets = config.secrets()
         client = ProviderClient(self.session, config, self.dead_letters)
         self.completions = CompletionManager(config, self.broker, client)
         self.workflows = WorkflowManager(config, self.broker, self.completions)
@@ -297,6 +299,7 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
     """
     app = create_app(config)
     hub: Hub = app[HUB_KEY]
+    install_secret_filter(hub.config.secrets())  # no configured secret reaches a log record
     # handler_cancellation: a client that disconnects cancels its handler, so an HTTP request
     # waiting for a non-streamed answer stops its upstream completion at once.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
