@@ -247,12 +247,12 @@ class ErrorCode(enum.StrEnum):
     DUPLICATE_ID = "duplicate_id", _doc(Fault.CLIENT, False, 409, (
         _ANSWER, "a `completion` reuses the id of a running or retained completion"))
     UNKNOWN_COMPLETION = "unknown_completion", _doc(Fault.CLIENT, False, None, (
-        _ANSWER, "`cancel` names no known completion"))
+        _ANSWER, "`cancel` names no known completion, or one the subject may not see (the same answer)"))
     NOT_SUBSCRIBED = "not_subscribed", _doc(Fault.CLIENT, False, None, (
         _ANSWER, "`cancel` of a completion whose channel the connection does not watch"))
     UNKNOWN_CHANNEL = "unknown_channel", _doc(Fault.CLIENT, False, None, (
-        _ANSWER, "`subscribe` to a malformed or not-open channel; an unknown stream type in `subscribe` or "
-                 "`unsubscribe`"))
+        _ANSWER, "`subscribe` to a malformed or not-open channel, or to one the subject may not see (the same "
+                 "answer); an unknown stream type in `subscribe` or `unsubscribe`"))
     MODEL_NOT_FOUND = "model_not_found", _doc(Fault.CLIENT, False, 404, (
         _TERMINAL, "no provider serves the model name (`status` 404), or the provider answered HTTP 404"))
     # The operator's and the provider's state.
@@ -267,7 +267,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_WORKFLOW_DEFINITION = "unknown_workflow_definition", _doc(Fault.CLIENT, False, 404, (
         _ANSWER, "no shipped definition has that `definitionName` (the message lists them)"))
     UNKNOWN_WORKFLOW = "unknown_workflow", _doc(Fault.CLIENT, False, 404, (
-        _ANSWER, "`cancel_workflow` names no workflow run"))
+        _ANSWER, "`cancel_workflow` names no workflow run, or one the subject may not see (the same answer)"))
     WORKFLOW_STUCK = "workflow_stuck", _doc(Fault.OPERATOR, False, 500, (
         "terminal (workflow)", "no transition can fire from the token's place, or an agent kept calling tools"))
     # Limits.
@@ -286,7 +286,8 @@ class ErrorCode(enum.StrEnum):
         _ANSWER, "the token expired; on a WebSocket sent on a timer, then close 4001 after "
                  "`auth.expiry_grace_s` unless a fresh `auth` message comes"))
     FORBIDDEN = "forbidden", _doc(Fault.CLIENT, False, 403, (
-        _ANSWER, "the subject may not use that model (its `models` claim)"))
+        _ANSWER, "the subject may not use that model (its `models` claim); under auth, a type-level "
+                 "subscription or the `system` channel asked by a subject that is not an admin"))
     # What the provider answered, or failed to.
     AUTH_FAILED = "auth_failed", _doc(Fault.OPERATOR, False, 502, (
         _TERMINAL, "the provider answered HTTP 401 or 403"))

@@ -91,7 +91,7 @@ export const ERROR_CODES = deepFreeze({
     "fault": "client",
     "retryable": false,
     "sentAs": "answer",
-    "when": "`cancel` names no known completion",
+    "when": "`cancel` names no known completion, or one the subject may not see (the same answer)",
     "http": null
   },
   "not_subscribed": {
@@ -105,7 +105,7 @@ export const ERROR_CODES = deepFreeze({
     "fault": "client",
     "retryable": false,
     "sentAs": "answer",
-    "when": "`subscribe` to a malformed or not-open channel; an unknown stream type in `subscribe` or `unsubscribe`",
+    "when": "`subscribe` to a malformed or not-open channel, or to one the subject may not see (the same answer); an unknown stream type in `subscribe` or `unsubscribe`",
     "http": null
   },
   "model_not_found": {
@@ -147,7 +147,7 @@ export const ERROR_CODES = deepFreeze({
     "fault": "client",
     "retryable": false,
     "sentAs": "answer",
-    "when": "`cancel_workflow` names no workflow run",
+    "when": "`cancel_workflow` names no workflow run, or one the subject may not see (the same answer)",
     "http": 404
   },
   "workflow_stuck": {
@@ -196,7 +196,7 @@ export const ERROR_CODES = deepFreeze({
     "fault": "client",
     "retryable": false,
     "sentAs": "answer",
-    "when": "the subject may not use that model (its `models` claim)",
+    "when": "the subject may not use that model (its `models` claim); under auth, a type-level subscription or the `system` channel asked by a subject that is not an admin",
     "http": 403
   },
   "auth_failed": {
