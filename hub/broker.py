@@ -133,6 +133,10 @@ class Broker(ABC):
         """Whether ``subscriber`` watches channel ``name``."""
 
     @abstractmethod
+    def subscription_count(self, subscriber: Subscriber) -> int:
+        """How many channels ``subscriber`` watches (type-level subscriptions not counted)."""
+
+    @abstractmethod
     def subscribe_type(self, subscriber: Subscriber, stream_type: str) -> None:
         """Deliver every future event of channels of ``stream_type`` to ``subscriber``."""
 

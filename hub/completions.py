@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -608,8 +607,6 @@ class CompletionManager:
             on_change=self._circuit_changed,
         )
         self.runs: dict[str, CompletionRun] = {}
-        self._counter = itertools.count(1)
-        self._prefix = os.urandom(4).hex()
         self._retirements: dict[str, asyncio.TimerHandle] = {}
         self.closing = False
 
@@ -633,7 +630,8 @@ class CompletionManager:
         """
         if self.closing:
             raise HubError("the hub is shutting down; reconnect and retry", ErrorCode.SHUTTING_DOWN, retryable=True)
-        completion_id = request.id or f"comp-{self._prefix}-{next(self._counter)}"
+        # 96 random bits: an id the hub chose cannot be guessed from another one.
+        completion_id = request.id or f"comp-{secrets.token_hex(12)}"
         if completion_id in self.runs:
             raise ProtocolError(f"completion id {completion_id!r} is already in use", ErrorCode.DUPLICATE_ID)
         run: CompletionRun

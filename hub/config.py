@@ -393,6 +393,12 @@ class HubConfig(msgspec.Struct, kw_only=True):
     max_completions_per_connection: Annotated[int, key(
         "limits.max_completions_per_connection", "CBHUB_MAX_COMPLETIONS_PER_CONNECTION",
         "completions one WebSocket connection may start and hold at once", _POSITIVE_INT)] = 100
+    max_channels_per_message: Annotated[int, key(
+        "limits.max_channels_per_message", "CBHUB_MAX_CHANNELS_PER_MESSAGE",
+        "channels one subscribe may name (duplicates collapsed first)", _POSITIVE_INT)] = 100
+    max_subscriptions_per_connection: Annotated[int, key(
+        "limits.max_subscriptions_per_connection", "CBHUB_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        "channels one connection may watch at once", _POSITIVE_INT)] = 1000
     memory_budget_bytes: Annotated[int, key(
         "limits.memory_budget_bytes", "CBHUB_MEMORY_BUDGET_BYTES",
         "bytes the hub may buffer in all", _POSITIVE_INT)] = 1 << 30

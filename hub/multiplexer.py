@@ -162,6 +162,10 @@ class StreamMultiplexer(Broker):
         """Whether ``subscriber`` watches channel ``name``."""
         return name in self._subscriptions.get(subscriber, ())
 
+    def subscription_count(self, subscriber: Subscriber) -> int:
+        """How many channels ``subscriber`` watches."""
+        return len(self._subscriptions.get(subscriber, ()))
+
     def unsubscribe(self, subscriber: Subscriber, name: str) -> bool:
         """Remove ``subscriber`` from a channel; returns whether it was subscribed."""
         channel = self.channels.get(name)

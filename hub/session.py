@@ -225,6 +225,12 @@ class SessionServices(Protocol):
         raises HubError (``invalid_workflow``, ``unknown_workflow_definition``)."""
 
 
+def _shown(name: str, limit: int = 80) -> str:
+    """``name`` quoted for an error message, cut to ``limit`` characters (a reply stays small
+    however long the name a client sent)."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
+
+
 def subscribed_ack(broker: Broker, channels: list[str], since: dict[str, Cursor] | None = None,
                    streams: list[str] | None = None, *, completion_id: str | None = None,
                    workflow_id: str | None = None, rid: str | None = None) -> Subscribed:
@@ -528,14 +534,32 @@ class Session:
     # Subscriptions.
 
     def _subscribe(self, channels: list[str], streams: list[str], since: dict[str, Cursor]) -> None:
+        """Subscribe to ``channels`` and ``streams`` (docs/PROTOCOL.md "subscribe"). The replies
+        are bounded whatever the message's size (docs/PROTOCOL.md "Limits"): duplicates are
+        collapsed, at most ``max_channels_per_message`` channels may be named, names are
+        echoed shortened, and past ``max_subscriptions_per_connection`` one error ends it."""
         services = self.services
         broker = services.broker
+        config = services.config
+        channels = list(dict.fromkeys(channels))
+        streams = list(dict.fromkeys(streams))
+        if len(channels) > config.max_channels_per_message:
+            raise ProtocolError(f"a subscribe names at most {config.max_channels_per_message} channels "
+                                f"(max_channels_per_message), this one {len(channels)}", ErrorCode.INVALID_MESSAGE)
+        room = config.max_subscriptions_per_connection - broker.subscription_count(self.outbox)
         accepted: list[str] = []
         with_snapshot: set[str] = set()
         for name in channels:
             if not CHANNEL_PATTERN.fullmatch(name):
-                self.send_error(ProtocolError(f"{name!r} is not a channel name", ErrorCode.UNKNOWN_CHANNEL))
+                self.send_error(ProtocolError(f"{_shown(name)} is not a channel name", ErrorCode.UNKNOWN_CHANNEL))
                 continue
+            new = not broker.is_subscribed(self.outbox, name)
+            if new and room <= 0:
+                self.send_error(ProtocolError(
+                    f"this connection watches {config.max_subscriptions_per_connection} channels "
+                    f"(max_subscriptions_per_connection); unsubscribe from some first",
+                    ErrorCode.TOO_MANY_SUBSCRIPTIONS))
+                break
             # Asked first: a channel the principal may not read is answered as one not open.
             try:
                 services.authorize(self.principal, "subscribe", name)
@@ -546,9 +570,10 @@ class Session:
                     continue
                 channel = None
             if channel is None:
-                self.send_error(ProtocolError(f"no channel {name!r} is open", ErrorCode.UNKNOWN_CHANNEL))
+                self.send_error(ProtocolError(f"no channel {_shown(name)} is open", ErrorCode.UNKNOWN_CHANNEL))
                 continue
             accepted.append(name)
+            room -= new
             if channel.snapshot is not None:
                 with_snapshot.add(name)
         valid_streams = []
@@ -586,7 +611,8 @@ class Session:
                 valid.append(stream)
             else:
                 self.send_error(ProtocolError(
-                    f"unknown stream type {stream!r}; expected one of {list(STREAM_TYPES)}", ErrorCode.UNKNOWN_CHANNEL
+                    f"unknown stream type {_shown(stream)}; expected one of {list(STREAM_TYPES)}",
+                    ErrorCode.UNKNOWN_CHANNEL
                 ))
         return valid
 

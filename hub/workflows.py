@@ -24,9 +24,9 @@ import asyncio
 import inspect
 import itertools
 import logging
-import os
 import pathlib
 import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -552,8 +552,6 @@ class WorkflowManager:
         self.completions = completions
         self.definitions_dir = definitions_dir
         self.runs: dict[str, WorkflowRun] = {}
-        self._counter = itertools.count(1)
-        self._prefix = os.urandom(4).hex()
         self._retirements: dict[str, asyncio.TimerHandle] = {}
 
     def create(self, workflow_id: str | None, definition: dict[str, Any] | None, definition_name: str | None,
@@ -570,7 +568,7 @@ class WorkflowManager:
             raise HubError("the hub is shutting down; reconnect and retry", ErrorCode.SHUTTING_DOWN, retryable=True)
         spec = load_definition(definition) if definition is not None else named_definition(
             definition_name or "", self.definitions_dir)
-        workflow_id = workflow_id or f"wf-{self._prefix}-{next(self._counter)}"
+        workflow_id = workflow_id or f"wf-{secrets.token_hex(12)}"  # 96 random bits: not guessable
         if workflow_id in self.runs:
             raise ProtocolError(f"workflow id {workflow_id!r} is already in use", ErrorCode.DUPLICATE_ID)
         run: WorkflowRun

@@ -248,6 +248,9 @@ class ErrorCode(enum.StrEnum):
         _ANSWER, "a `completion` reuses the id of a running or retained completion"))
     UNKNOWN_COMPLETION = "unknown_completion", _doc(Fault.CLIENT, False, None, (
         _ANSWER, "`cancel` names no known completion, or one the subject may not see (the same answer)"))
+    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions", _doc(Fault.CLIENT, False, None, (
+        _ANSWER, "a `subscribe` would make the connection watch more than `max_subscriptions_per_connection` "
+                 "channels ([Limits](#limits)); the channels before the limit are subscribed"))
     NOT_SUBSCRIBED = "not_subscribed", _doc(Fault.CLIENT, False, None, (
         _ANSWER, "`cancel` of a completion whose channel the connection does not watch"))
     UNKNOWN_CHANNEL = "unknown_channel", _doc(Fault.CLIENT, False, None, (

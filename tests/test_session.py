@@ -9,6 +9,7 @@ test says so, and reads what the session wrote to a :class:`RecordingOutbox`.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -434,3 +435,66 @@ async def test_past_the_hard_limit_the_client_is_closed_4008_and_others_keep_eve
     assert slow.close_code == 4008 and slow.closed
     messages = [m for m in fast.drain() if not isinstance(m, Subscribed)]
     assert [m.seq for m in messages] == list(range(1, 22)) and isinstance(messages[-1], Completed)
+
+
+# Bounded replies and unguessable ids (issue 12).
+
+
+async def test_ids_the_hub_chooses_carry_96_random_bits(services):
+    hub, _ = services
+    session, outbox = client(hub)
+    request = completion("x")
+    del request["id"]
+    send(session, request)
+    send(session, request)
+    acks = [m for m in outbox.drain() if isinstance(m, Subscribed)]
+    ids = [ack.completion_id for ack in acks]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    assert all(re.fullmatch(r"comp-[0-9a-f]{24}", ident) for ident in ids)
+
+
+async def test_a_subscribe_naming_one_channel_many_times_is_one_subscription(services):
+    hub, _ = services
+    session, outbox = client(hub)
+    send(session, {"type": "subscribe", "channels": ["system"] * 50_000, "streams": ["system"] * 1000})
+    [ack] = outbox.drain()
+    assert ack.channels == ["system"] and ack.streams == ["system"]
+    assert sum(len(p) for p in outbox.payloads) < 1000
+
+
+async def test_too_many_channels_in_one_subscribe_get_one_small_error(services):
+    hub, _ = services
+    session, outbox = client(hub)
+    send(session, {"type": "subscribe", "channels": [f"completion:bad-{n}" for n in range(60_000)], "rid": "big"})
+    [error] = outbox.drain()
+    assert error.error.code == "invalid_message" and error.rid == "big" and "max_channels_per_message" in error.error.message
+    assert sum(len(p) for p in outbox.payloads) < 1000
+
+
+async def test_replies_echo_long_names_shortened(services):
+    hub, _ = services
+    session, outbox = client(hub)
+    send(session, {"type": "subscribe", "channels": ["x" * 100_000, "completion:" + "y" * 120]})
+    first, second = outbox.drain()
+    assert first.error.code == second.error.code == "unknown_channel"
+    assert sum(len(p) for p in outbox.payloads) < 1000
+
+
+async def test_a_connection_holds_at_most_max_subscriptions(services, monkeypatch):
+    hub, _ = services
+    monkeypatch.setattr(hub, "config", msgspec.structs.replace(hub.config, max_subscriptions_per_connection=3,
+                                                          max_completions_per_connection=5))
+    owner, _ = client(hub)
+    for n in range(5):
+        send(owner, completion(f"s{n}"))
+    session, outbox = client(hub)
+    send(session, {"type": "subscribe", "channels": ["completion:s0", "completion:s1"]})
+    send(session, {"type": "subscribe", "channels": ["completion:s1", "completion:s2", "completion:s3"], "rid": "more"})
+    first, error, second = [m for m in outbox.drain() if isinstance(m, Subscribed)
+                            or (isinstance(m, ErrorMessage) and m.seq is None)]
+    assert first.channels == ["completion:s0", "completion:s1"]
+    assert (error.error.code, error.rid) == ("too_many_subscriptions", "more")
+    assert second.channels == ["completion:s1", "completion:s2"]  # up to the limit; s1 was already watched
+    send(session, {"type": "unsubscribe", "channels": ["completion:s0"]})
+    send(session, {"type": "subscribe", "channels": ["completion:s4"]})
+    assert [m.channels for m in outbox.drain() if isinstance(m, Subscribed)] == [["completion:s4"]]

@@ -524,6 +524,7 @@ export type ErrorCode =
   | "invalid_message"
   | "duplicate_id"
   | "unknown_completion"
+  | "too_many_subscriptions"
   | "not_subscribed"
   | "unknown_channel"
   | "model_not_found"

@@ -94,6 +94,13 @@ export const ERROR_CODES = deepFreeze({
     "when": "`cancel` names no known completion, or one the subject may not see (the same answer)",
     "http": null
   },
+  "too_many_subscriptions": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "answer",
+    "when": "a `subscribe` would make the connection watch more than `max_subscriptions_per_connection` channels (Limits); the channels before the limit are subscribed",
+    "http": null
+  },
   "not_subscribed": {
     "fault": "client",
     "retryable": false,
