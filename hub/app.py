@@ -172,9 +172,9 @@ class Hub:
                 ``memory_budget_bytes``. Both retryable.
         """
         config = self.config
-        running = self.completions.running_count()
+        running = self.completions.running_count() + self.workflows.running_count()
         if running >= config.max_completions:
-            raise HubError(f"the hub runs {running} completions (max_completions); retry later",
+            raise HubError(f"the hub runs {running} completions and workflows (max_completions); retry later",
                            ErrorCode.TOO_MANY_COMPLETIONS, retryable=True)
         used = self.broker.history_bytes + sum(outbox.pending_bytes for outbox in self.connections)
         if used > config.memory_budget_bytes:

@@ -399,6 +399,16 @@ class HubConfig(msgspec.Struct, kw_only=True):
     max_subscriptions_per_connection: Annotated[int, key(
         "limits.max_subscriptions_per_connection", "CBHUB_MAX_SUBSCRIPTIONS_PER_CONNECTION",
         "channels one connection may watch at once", _POSITIVE_INT)] = 1000
+    workflow_max_steps: Annotated[int, key(
+        "limits.workflow_max_steps", "CBHUB_WORKFLOW_MAX_STEPS",
+        "transitions one workflow run may fire (a definition may set a lower maxSteps)", _POSITIVE_INT)] = 100
+    workflow_max_agent_calls: Annotated[int, key(
+        "limits.workflow_max_agent_calls", "CBHUB_WORKFLOW_MAX_AGENT_CALLS",
+        "completions one workflow run's agents may make, tool rounds included (a definition may set a lower"
+        " maxAgentCalls)", _POSITIVE_INT)] = 50
+    workflow_max_duration_s: Annotated[float, key(
+        "limits.workflow_max_duration_s", "CBHUB_WORKFLOW_MAX_DURATION_S",
+        "how long one workflow run may take (a definition may set a lower maxDurationS)", _positive)] = 600.0
     memory_budget_bytes: Annotated[int, key(
         "limits.memory_budget_bytes", "CBHUB_MEMORY_BUDGET_BYTES",
         "bytes the hub may buffer in all", _POSITIVE_INT)] = 1 << 30

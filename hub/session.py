@@ -486,12 +486,7 @@ class Session:
                 ``shutting_down``, or the authorize hook's refusal.
         """
         services = self.services
-        self.started = [run for run in self.started if not run.finished]
-        limit = services.config.max_completions_per_connection
-        if len(self.started) >= limit:
-            raise HubError(f"this connection already runs {len(self.started)} completions "
-                           f"(max_completions_per_connection); wait for one to end", ErrorCode.TOO_MANY_COMPLETIONS,
-                           retryable=True)
+        self._check_per_connection_limit()
         services.authorize(self.principal, "completion", f"completion:{message.id or ''}")
         if self.principal.models:  # a principal restricted to some models
             for model in (message.model, *message.fallbacks):
@@ -507,8 +502,22 @@ class Session:
         self._start(run, completion_id=run.id)
         return run
 
+    def _check_per_connection_limit(self) -> None:
+        """``max_completions_per_connection`` over the completions and workflow runs this
+        session started and that have not ended.
+
+        Raises:
+            HubError: ``too_many_completions`` (retryable).
+        """
+        self.started = [run for run in self.started if not run.finished]
+        if len(self.started) >= self.services.config.max_completions_per_connection:
+            raise HubError(f"this connection already runs {len(self.started)} completions and workflows "
+                           f"(max_completions_per_connection); wait for one to end", ErrorCode.TOO_MANY_COMPLETIONS,
+                           retryable=True)
+
     def _create_workflow(self, message: CreateWorkflow) -> None:
         services = self.services
+        self._check_per_connection_limit()
         services.authorize(self.principal, "create_workflow", f"workflow:{message.workflow_id or ''}")
         if self.principal.models:  # its agents' models too (the definition is read twice only then)
             for model in services.workflow_models(message.definition, message.definition_name):
@@ -521,6 +530,7 @@ class Session:
         except BaseException:
             ticket.release()
             raise
+        self.started.append(run)
         self._start(run, workflow_id=run.id)
 
     def _start(self, run: Runnable, completion_id: str | None = None, workflow_id: str | None = None) -> None:

@@ -117,6 +117,9 @@ class WorkflowDefinition(msgspec.Struct, rename="camel", forbid_unknown_fields=T
     final_places: list[str] | None = None
     name: str = ""
     description: str = ""
+    max_steps: int | None = None
+    max_agent_calls: int | None = None
+    max_duration_s: float | None = msgspec.field(default=None, name="maxDurationS")
 
     def finals(self) -> set[str]:
         """The final places (given, or the places no transition leaves)."""
@@ -177,7 +180,77 @@ def load_definition(raw: Any) -> WorkflowDefinition:
                 raise DefinitionError(f"invalid workflow definition: finalPlaces: unknown place {place!r}")
     if not definition.finals():
         raise DefinitionError("invalid workflow definition: finalPlaces: the net has no final place")
+    for field, value in (("maxSteps", definition.max_steps), ("maxAgentCalls", definition.max_agent_calls),
+                         ("maxDurationS", definition.max_duration_s)):
+        if value is not None and value <= 0:
+            raise DefinitionError(f"invalid workflow definition: {field}: must be > 0, got {value}")
+    _check_termination(definition)
     return definition
+
+
+def _check_termination(definition: WorkflowDefinition) -> None:
+    """Refuse a net that could run forever without work (hardening, docs/PROTOCOL.md
+    "Workflows"): every place reachable from ``initialPlace`` must be able to reach a final
+    place, and no cycle of transitions may be without an agent (it would fire in a loop,
+    never waiting for anything).
+
+    Raises:
+        DefinitionError: naming the place or the cycle.
+    """
+    forward: dict[str, list[str]] = {}
+    backward: dict[str, list[str]] = {}
+    for transition in definition.transitions:
+        forward.setdefault(transition.from_, []).append(transition.to)
+        backward.setdefault(transition.to, []).append(transition.from_)
+    reachable = _closure([definition.initial_place], forward)
+    reaches_final = _closure(list(definition.finals()), backward)
+    for place in definition.places:
+        if place in reachable and place not in reaches_final:
+            raise DefinitionError(f"invalid workflow definition: places: {place!r} is reachable from initialPlace "
+                                  f"but no final place can be reached from it")
+    agentless: dict[str, list[str]] = {}
+    for transition in definition.transitions:
+        if transition.agent is None:
+            agentless.setdefault(transition.from_, []).append(transition.to)
+    cycle = _find_cycle(agentless)
+    if cycle:
+        raise DefinitionError(f"invalid workflow definition: transitions: the cycle {' -> '.join(cycle)} has no "
+                              f"agent on it (it would fire forever)")
+
+
+def _closure(start: list[str], edges: dict[str, list[str]]) -> set[str]:
+    seen = set(start)
+    stack = list(start)
+    while stack:
+        for following in edges.get(stack.pop(), ()):
+            if following not in seen:
+                seen.add(following)
+                stack.append(following)
+    return seen
+
+
+def _find_cycle(edges: dict[str, list[str]]) -> list[str]:
+    """A cycle in ``edges`` as the places along it, first repeated at the end; [] if none
+    (iterative depth-first search: a large definition cannot exhaust the stack)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in edges:
+        if state.get(root):
+            continue
+        path = [root]
+        iterators = [iter(edges.get(root, ()))]
+        state[root] = 1
+        while iterators:
+            following = next(iterators[-1], None)
+            if following is None:
+                state[path.pop()] = 2
+                iterators.pop()
+            elif state.get(following) == 1:
+                return path[path.index(following):] + [following]
+            elif not state.get(following):
+                state[following] = 1
+                path.append(following)
+                iterators.append(iter(edges.get(following, ())))
+    return []
 
 
 def named_definition(name: str, directory: pathlib.Path = DEFINITIONS_DIR) -> WorkflowDefinition:
@@ -366,6 +439,7 @@ class WorkflowRun:
         self._task: asyncio.Task[None] | None = None
         self._cancel_error: HubError | None = None
         self._calls = itertools.count(1)  # numbers the agents' completions within the run
+        self.agent_calls = 0  # completions its agents made, tool rounds included (max_agent_calls)
 
     @property
     def finished(self) -> bool:
@@ -425,24 +499,25 @@ class WorkflowRun:
         if command == "cancel":
             self.cancel(argument)
 
+    def _limits(self) -> tuple[int, int, float]:
+        """``(max_steps, max_agent_calls, max_duration_s)``: the hub's, or the definition's
+        when lower."""
+        config, definition = self.manager.config, self.definition
+        return (min(config.workflow_max_steps, definition.max_steps or config.workflow_max_steps),
+                min(config.workflow_max_agent_calls, definition.max_agent_calls or config.workflow_max_agent_calls),
+                min(config.workflow_max_duration_s, definition.max_duration_s or config.workflow_max_duration_s))
+
     async def _run(self) -> None:
         finals = self.definition.finals()
+        max_steps, _, max_duration_s = self._limits()
         try:
-            while self.place not in finals:
-                enabled = [t for t in self.definition.transitions
-                           if t.from_ == self.place and holds(t.condition, self.data)]
-                if not enabled:
-                    raise HubError(f"no transition can fire from place {self.place!r}", ErrorCode.WORKFLOW_STUCK)
-                transition = enabled[0]
-                if transition.agent is not None:
-                    result = await self._run_agent(self.definition.agent(transition.agent))
-                    self.data["results"][transition.agent] = result
-                from_place, self.place = self.place, transition.to
-                self.lifecycle.advance(WorkflowEvent.FIRE)
-                self.channel.publish(WorkflowTransition(self.id, 0, self.token_id, transition.id, from_place,
-                                                        self.place, self.data))
+            async with asyncio.timeout(max_duration_s):
+                await self._fire_until(finals, max_steps)
             self.lifecycle.advance(WorkflowEvent.COMPLETE)
             self.channel.publish(WorkflowCompleted(self.id, 0, self.place, self.data, self.usage))
+        except TimeoutError:
+            self._end_with(HubError(f"the run took longer than {max_duration_s:g} s (max_duration_s)",
+                                    ErrorCode.WORKFLOW_LIMIT), WorkflowEvent.FAIL)
         except asyncio.CancelledError:
             self._end_with(self._cancel_error or HubError("the workflow was cancelled", ErrorCode.CANCELLED),
                            WorkflowEvent.CANCEL)
@@ -455,6 +530,32 @@ class WorkflowRun:
         finally:
             self.current_agent = None
             self.manager.finished(self)
+
+    async def _fire_until(self, finals: set[str], max_steps: int) -> None:
+        """Fire transitions until the token is on a final place, yielding to the event loop
+        at every step.
+
+        Raises:
+            HubError: ``workflow_stuck`` (nothing can fire), ``workflow_limit`` (``max_steps``).
+        """
+        steps = 0
+        while self.place not in finals:
+            await asyncio.sleep(0)  # every step gives the loop back, agent or not
+            if steps >= max_steps:
+                raise HubError(f"the run fired {steps} transitions (max_steps {max_steps})", ErrorCode.WORKFLOW_LIMIT)
+            steps += 1
+            enabled = [t for t in self.definition.transitions
+                       if t.from_ == self.place and holds(t.condition, self.data)]
+            if not enabled:
+                raise HubError(f"no transition can fire from place {self.place!r}", ErrorCode.WORKFLOW_STUCK)
+            transition = enabled[0]
+            if transition.agent is not None:
+                result = await self._run_agent(self.definition.agent(transition.agent))
+                self.data["results"][transition.agent] = result
+            from_place, self.place = self.place, transition.to
+            self.lifecycle.advance(WorkflowEvent.FIRE)
+            self.channel.publish(WorkflowTransition(self.id, 0, self.token_id, transition.id, from_place,
+                                                    self.place, self.data))
 
     def _end_with(self, error: HubError, event: WorkflowEvent) -> None:
         if not self.lifecycle.can(event):
@@ -483,6 +584,11 @@ class WorkflowRun:
                 "model": agent.model, "messages": messages, "id": f"{self.id}.{agent.id}.{next(self._calls)}",
                 "tools": tools, "fallbacks": agent.fallbacks, "max_tokens": agent.max_tokens,
             }, Completion)
+            max_agent_calls = self._limits()[1]
+            if self.agent_calls >= max_agent_calls:
+                raise HubError(f"the run's agents made {self.agent_calls} completions (max_agent_calls "
+                               f"{max_agent_calls})", ErrorCode.WORKFLOW_LIMIT)
+            self.agent_calls += 1
             run = completions.create(request, owner=self.owner)
             self.completions.append(run)
             listener = _AgentListener(self, agent)
@@ -577,6 +683,10 @@ class WorkflowManager:
         run = WorkflowRun(self, workflow_id, spec, run_input, channel, owner, ticket)
         self.runs[workflow_id] = run
         return run
+
+    def running_count(self) -> int:
+        """Workflow runs not finished yet (they count against ``max_completions``)."""
+        return sum(1 for run in self.runs.values() if not run.finished)
 
     def get(self, workflow_id: str) -> WorkflowRun | None:
         return self.runs.get(workflow_id)

@@ -271,6 +271,9 @@ class ErrorCode(enum.StrEnum):
         _ANSWER, "no shipped definition has that `definitionName` (the message lists them)"))
     UNKNOWN_WORKFLOW = "unknown_workflow", _doc(Fault.CLIENT, False, 404, (
         _ANSWER, "`cancel_workflow` names no workflow run, or one the subject may not see (the same answer)"))
+    WORKFLOW_LIMIT = "workflow_limit", _doc(Fault.CLIENT, False, None, (
+        _TERMINAL, "a workflow run reached `max_steps`, `max_agent_calls` or `max_duration_s` (the hub's, or the "
+                   "definition's lower `maxSteps`, `maxAgentCalls`, `maxDurationS`); the message says which"))
     WORKFLOW_STUCK = "workflow_stuck", _doc(Fault.OPERATOR, False, 500, (
         "terminal (workflow)", "no transition can fire from the token's place, or an agent kept calling tools"))
     # Limits.

@@ -533,6 +533,7 @@ export type ErrorCode =
   | "invalid_workflow"
   | "unknown_workflow_definition"
   | "unknown_workflow"
+  | "workflow_limit"
   | "workflow_stuck"
   | "too_many_completions"
   | "hub_overloaded"

@@ -157,6 +157,13 @@ export const ERROR_CODES = deepFreeze({
     "when": "`cancel_workflow` names no workflow run, or one the subject may not see (the same answer)",
     "http": 404
   },
+  "workflow_limit": {
+    "fault": "client",
+    "retryable": false,
+    "sentAs": "terminal",
+    "when": "a workflow run reached `max_steps`, `max_agent_calls` or `max_duration_s` (the hub's, or the definition's lower `maxSteps`, `maxAgentCalls`, `maxDurationS`); the message says which",
+    "http": null
+  },
   "workflow_stuck": {
     "fault": "hub operator",
     "retryable": false,
