@@ -74,6 +74,45 @@ log = logging.getLogger("cbhub.completions")
 _FIRST_OUTPUT = (TextDelta, ReasoningDelta, RefusalDelta, ToolCall)
 
 
+class GracePeriod:
+    """The grace period of a run whose channel lost its last subscriber (docs/ARCHITECTURE.md
+    decision 6): :meth:`start` arms a timer of ``seconds``; when it fires and the channel still
+    has no subscriber, ``cancel`` is called with a ``cancelled`` error; :meth:`stop` (a
+    subscriber came back, or the run ended) disarms it.
+
+    Args:
+        channel: the run's channel (its ``subscribers`` are looked at when the timer fires).
+        seconds: the grace period, in s.
+        cancel: ends the run with the given error.
+        what: ``cancelled upstream`` (a completion) or similar, for the message.
+    """
+
+    __slots__ = ("_channel", "_seconds", "_cancel", "_what", "_timer")
+
+    def __init__(self, channel: Channel, seconds: float, cancel: Callable[[HubError], None], what: str) -> None:
+        self._channel = channel
+        self._seconds = seconds
+        self._cancel = cancel
+        self._what = what
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Arm the timer (no-op when armed)."""
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._seconds, self._over)
+
+    def stop(self) -> None:
+        """Disarm the timer (no-op when not armed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _over(self) -> None:
+        self._timer = None
+        if not self._channel.subscribers:
+            self._cancel(HubError(f"no subscriber for {self._seconds:g} s; {self._what}", ErrorCode.CANCELLED))
+
+
 class CompletionRun:
     """One completion: runs its upstream request and publishes its events.
 
@@ -106,7 +145,7 @@ class CompletionRun:
         self._reasoning_open = False
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._grace: asyncio.TimerHandle | None = None
+        self._grace = GracePeriod(channel, manager.config.grace_period_s, self.cancel, "cancelled upstream")
         self._cancel_error: HubError | None = None
         self._text: list[str] = []  # the state so far, for snapshots
         self._reasoning: list[str] = []
@@ -218,23 +257,12 @@ class CompletionRun:
 
     def on_idle(self) -> None:
         """The last subscriber left: cancel after the grace period unless one returns."""
-        if self.finished or self._grace is not None:
-            return
-        grace = self.manager.config.grace_period_s
-        self._grace = self._loop.call_later(grace, self._grace_over)
+        if not self.finished:
+            self._grace.start()
 
     def on_subscribe(self) -> None:
         """A subscriber arrived (or the run ended): the grace period, if running, is called off."""
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
-
-    def _grace_over(self) -> None:
-        self._grace = None
-        if not self.channel.subscribers:
-            self.cancel(HubError(
-                f"no subscriber for {self.manager.config.grace_period_s:g} s; cancelled upstream", ErrorCode.CANCELLED
-            ))
+        self._grace.stop()
 
     # The stream.
 

@@ -35,6 +35,7 @@ import yaml
 
 from hub.broker import Broker
 from hub.channel import Channel, EncodedEvent
+from hub.completions import GracePeriod
 from hub.config import HubConfig
 from hub.ratelimit import Ticket
 from protocol.errors import ErrorCode, HubError, ProtocolError
@@ -440,6 +441,7 @@ class WorkflowRun:
         self._cancel_error: HubError | None = None
         self._calls = itertools.count(1)  # numbers the agents' completions within the run
         self.agent_calls = 0  # completions its agents made, tool rounds included (max_agent_calls)
+        self._grace = GracePeriod(channel, manager.config.grace_period_s, self.cancel, "the run was cancelled")
 
     @property
     def finished(self) -> bool:
@@ -498,6 +500,16 @@ class WorkflowRun:
         with, or None for ``cancelled``)."""
         if command == "cancel":
             self.cancel(argument)
+
+    def on_idle(self) -> None:
+        """The last subscriber of ``workflow:<id>`` left: cancel the run after the grace
+        period unless one returns (the rule of completions)."""
+        if not self.finished:
+            self._grace.start()
+
+    def on_subscribe(self) -> None:
+        """A subscriber arrived (or the run ended): the grace period is called off."""
+        self._grace.stop()
 
     def _limits(self) -> tuple[int, int, float]:
         """``(max_steps, max_agent_calls, max_duration_s)``: the hub's, or the definition's
@@ -678,7 +690,9 @@ class WorkflowManager:
         if workflow_id in self.runs:
             raise ProtocolError(f"workflow id {workflow_id!r} is already in use", ErrorCode.DUPLICATE_ID)
         run: WorkflowRun
-        channel = self.completions.open_channel(f"workflow:{workflow_id}", snapshot=lambda: run.snapshot(),
+        channel = self.completions.open_channel(f"workflow:{workflow_id}", on_idle=lambda: run.on_idle(),
+                                                on_subscribe=lambda: run.on_subscribe(),
+                                                snapshot=lambda: run.snapshot(),
                                                 control=lambda command, argument: run.control(command, argument))
         run = WorkflowRun(self, workflow_id, spec, run_input, channel, owner, ticket)
         self.runs[workflow_id] = run
@@ -694,6 +708,7 @@ class WorkflowManager:
     def finished(self, run: WorkflowRun) -> None:
         """Release the run's rate-limit ticket (with the tokens its agents used), retain its
         channels for ``retention_s``, then forget them."""
+        run.on_subscribe()  # calls off the grace period: nothing is left to cancel
         if run.ticket is not None:
             usage = run.usage
             run.ticket.release(usage.prompt_tokens + usage.completion_tokens if usage is not None else None)

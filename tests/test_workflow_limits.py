@@ -114,3 +114,20 @@ async def test_workflow_runs_count_against_the_per_connection_limit(mock, ws_fac
         assert [type(answers[f"r{n}"]).__name__ for n in range(5)] == ["Subscribed"] * 2 + ["ErrorMessage"] * 3
         assert {answers[f"r{n}"].error.code for n in range(2, 5)} == {"too_many_completions"}
         assert sorted(hub.workflows.runs) == ["many-0", "many-1"]
+
+
+async def test_a_disconnected_creator_s_run_follows_the_grace_period(mock, ws_factory) -> None:
+    slow = looping()
+    slow["agents"][0]["prompt"] = "write [[mock tokens=100 tps=20]]"  # 5 s of writing
+    async with run_hub(hub_config(mock, grace_period_s=0.2)) as hub:
+        creator = await ws_factory(hub)
+        await creator.send({"type": "create_workflow", "workflowId": "left", "definition": slow, "input": {}})
+        await creator.recv()  # subscribed
+        await creator.connection.close()
+        run = hub.workflows.get("left")
+        for _ in range(300):
+            if run.finished:
+                break
+            await asyncio.sleep(0.01)
+        assert run.status == "cancelled" and run.error is not None and "no subscriber for 0.2 s" in run.error.message
+        assert all(completion.finished for completion in run.completions)  # its agents stopped upstream too
