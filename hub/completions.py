@@ -269,11 +269,17 @@ class CompletionRun:
     async def _run(self, candidates: list[tuple[str, UpstreamRequest | HubError]]) -> None:
         """Try the candidates in order, each up to ``retry_max_attempts`` times, until one
         streams to its end or fails after content was forwarded (docs/PROTOCOL.md,
-        "Retries and fallbacks")."""
+        "Retries and fallbacks").
+
+        Circuit breakers count a failure of this request once per endpoint, however many
+        retries repeat it: a breaker measures the provider across distinct requests, so one
+        client's request that keeps failing cannot open it for everyone (docs/PROTOCOL.md
+        "Retries and fallbacks"). Failures the request causes itself (400, 422) never count."""
         manager = self.manager
         config = manager.config
         self._started = self._loop.time()
         error: HubError | None = None
+        counted: set[CircuitBreaker] = set()  # breakers this request has already failed once
         try:
             for model, target in candidates:
                 if isinstance(target, HubError):
@@ -296,7 +302,8 @@ class CompletionRun:
                         return
                     self._close_attempt(failure)
                     error = failure
-                    if _counts_against_provider(failure):
+                    if _counts_against_provider(failure) and (breaker not in counted or breaker.state != CircuitBreaker.CLOSED):
+                        counted.add(breaker)  # a half-open probe is always reported: it frees the probe
                         breaker.record(self._loop.time(), ok=False)
                     if not _may_fail_over(failure):
                         self._fail(failure)  # the request itself is at fault: no retry, no fallback

@@ -4,6 +4,7 @@ of the pure pieces (backoff, Retry-After, the breaker's state machine with time 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 from pathlib import Path
@@ -279,3 +280,21 @@ async def test_circuit_opens_fails_over_at_once_and_closes_after_a_probe(mock, w
         assert isinstance(probe[-1], Completed)
         states = [(await watcher.recv()).state for _ in range(2)]
         assert states == ["half_open", "closed"]
+
+
+async def test_one_request_s_retries_count_once_against_the_breaker(mock, ws_factory, tmp_path):
+    # Fair breakers (issue 12): a request that keeps failing counts once, whatever its retries;
+    # only failures of distinct requests open the breaker for everyone.
+    config = fast(mock, tmp_path, retry_max_attempts=3, breaker_min_requests=2, breaker_failure_rate=0.5,
+                  breaker_cooldown_s=30, breaker_window_s=60)
+    async with run_hub(config) as hub:
+        client = await ws_factory(hub)
+        failed = await complete(client, "f0", "[[mock script=503,503,503 script_id=f0]]")
+        assert failed[-1].error.code == "provider_error" and len(failed[-1].attempts) == 3
+        [breaker] = hub.completions.breakers.breakers.values()
+        assert breaker.state == "closed" and breaker.stats(asyncio.get_running_loop().time())[1] == 1
+        served = await complete(client, "ok", "[[mock tokens=1]]")
+        assert isinstance(served[-1], Completed)  # the provider still serves everyone
+        for n in (1, 2):
+            await complete(client, f"f{n}", f"[[mock script=503 script_id=f{n}]]")
+        assert breaker.state == "open"  # distinct failing requests do open it
