@@ -302,8 +302,10 @@ class CompletionRun:
                         return
                     self._close_attempt(failure)
                     error = failure
-                    if _counts_against_provider(failure) and (breaker not in counted or breaker.state != CircuitBreaker.CLOSED):
-                        counted.add(breaker)  # a half-open probe is always reported: it frees the probe
+                    # A half-open probe is always reported: that frees the probe.
+                    first = breaker not in counted or breaker.state != CircuitBreaker.CLOSED
+                    if _counts_against_provider(failure) and first:
+                        counted.add(breaker)
                         breaker.record(self._loop.time(), ok=False)
                     if not _may_fail_over(failure):
                         self._fail(failure)  # the request itself is at fault: no retry, no fallback
