@@ -11,7 +11,7 @@ Overrides are keyword arguments named like the fields; ``cbhub serve`` passes it
 ``load`` without a file or preset. Only ``load`` checks values; a ``HubConfig`` built
 directly is taken as given.
 
-The file groups the fields into sections (``server``, ``protocols``, ``buffering``,
+The file groups the fields into sections (``server``, ``http``, ``protocols``, ``buffering``,
 ``performance``, ``error_handling``, ``monitoring``, ``providers``, ``fallbacks``, ``limits``,
 ``lifecycle``). Units are in the names (``flush_interval_ms``, ``connect_s``,
 ``memory_budget_bytes``). Each key is declared once, in the annotation of its field::
@@ -266,6 +266,18 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "127.0.0.1")
     port: Annotated[int, key("server.port", "CBHUB_PORT", "port to listen on, 0 for any free port (`--port`)",
                              _between(0, 65535))] = 8765
+
+    # http: what a connection may take before the hub gives up on it (docs/PROTOCOL.md "Limits").
+    http_header_timeout_s: Annotated[float, key(
+        "http.header_timeout_s", "CBHUB_HTTP_HEADER_TIMEOUT_S",
+        "a connection must send a whole request head (a WebSocket's opening handshake included) within this"
+        " long of opening, or be closed", _positive)] = 10.0
+    http_body_timeout_s: Annotated[float, key(
+        "http.body_timeout_s", "CBHUB_HTTP_BODY_TIMEOUT_S",
+        "an HTTP request body must arrive within this long of its head (408 otherwise)", _positive)] = 30.0
+    http_keepalive_timeout_s: Annotated[float, key(
+        "http.keepalive_timeout_s", "CBHUB_HTTP_KEEPALIVE_TIMEOUT_S",
+        "an idle keep-alive HTTP connection is closed after this long", _positive)] = 75.0
 
     # protocols: WebSocket and server-sent events.
     max_message_bytes: Annotated[int, key(
@@ -647,6 +659,7 @@ KEYS, _FIELD_TYPES = _read_keys(HubConfig, _provider_keys())
 
 _SECTION_HELP = {
     "server": "Where the hub listens.",
+    "http": "Timeouts of HTTP connections: the request head (WebSocket handshakes too), the body, idle keep-alive.",
     "protocols": "The client protocols: WebSocket (/ws/stream) and server-sent events.",
     "buffering": "Coalescing of text deltas and what each completion keeps.",
     "performance": "The event loop.",
