@@ -10,6 +10,7 @@ Scenarios (``cbhub bench SCENARIO --help`` for each one's options)::
     sse          the OpenAI-compatible SSE endpoint, hub vs the LiteLLM proxy (when installed)
     resume       resume time after reconnect, replay throughput, memory per history entry
     redaction    protocol/ alone: redaction cost per streamed chunk and the hold-back latency
+    soak         normal clients and attackers over time: RSS, open fds, tasks, p99 latency per phase
 
 Every scenario takes ``--out FILE`` (JSON lines appended there instead of stdout) and
 ``--quiet`` (no table or progress bar).
@@ -35,6 +36,7 @@ SCENARIOS = {
     "sse": ("sse", "OpenAI-compatible SSE endpoint: hub vs the LiteLLM proxy"),
     "resume": ("resume", "resume time after reconnect, replay throughput, memory per history entry"),
     "redaction": ("redaction", "redaction cost per streamed chunk and the hold-back latency (no network)"),
+    "soak": ("soak", "normal clients and attackers over time: RSS, open fds, tasks, p99 latency per phase"),
 }
 
 

@@ -8,6 +8,10 @@ Usage::
 Reads the ``fanout`` rows of ``cbhub bench fanout`` JSON-lines output, keeps those with
 ``subscribers == 1`` and one rate (``--rate``, default: the most common), and draws one line
 per server and coalescing mode. Needs matplotlib (``pip install 'circuit-breaker-hub[plot]'``).
+
+:func:`plot_soak` draws a ``cbhub bench soak`` run instead: the hub's RSS, open file descriptors
+and tasks over time, the attack phase shaded (``cbhub bench soak --png FILE``, or
+``python -m tools.bench.soak RESULTS.jsonl --png FILE`` from a saved run).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["load_rows", "plot", "main"]
+__all__ = ["load_rows", "plot", "main", "plot_soak"]
 
 
 def load_rows(paths: list[pathlib.Path]) -> list[dict[str, Any]]:
@@ -70,6 +74,74 @@ def plot(rows: list[dict[str, Any]], png: pathlib.Path, rate: Any = None, title:
     figure.savefig(png, dpi=110)
     plt.close(figure)
     return len(series)
+
+
+def plot_soak(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "") -> int:
+    """Draw a soak run (the ``scenario: "soak"`` rows of ``cbhub bench soak``) into ``png``.
+
+    Three panels over the run's time (seconds): the hub's RSS and the memory governor's
+    estimate of what it holds (MiB), with the budget as a dashed line; its open file
+    descriptors, client sockets and provider sockets; its asyncio tasks. The attack phase is
+    shaded, and the normal clients' p99 time to first token of each phase is in the title.
+
+    Returns:
+        The number of samples drawn (0: nothing to draw, no file written).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    samples = [row for row in rows if row.get("scenario") == "soak" and row.get("row") == "sample"]
+    summaries = [row for row in rows if row.get("scenario") == "soak" and row.get("row") == "summary"]
+    if not samples:
+        return 0
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summaries[-1] if summaries else {}
+    mib = float(2**20)
+
+    def series(key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+        points = [(row["t_s"], row[key] / scale) for row in samples if row.get(key) is not None]
+        return [t for t, _ in points], [v for _, v in points]
+
+    figure, (memory, fds, tasks) = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    memory.plot(*series("rss_bytes", mib), "-", label="RSS")
+    if any(row.get("held_bytes") is not None for row in samples):
+        memory.plot(*series("held_bytes", mib), "-", alpha=0.7, label="held stream data (governor's estimate)")
+    budget = (summary.get("settings") or {}).get("memory_budget_bytes")
+    if budget:
+        memory.axhline(budget / mib, linestyle="--", color="grey", label="memory budget")
+    memory.set(ylabel="MiB", title="hub memory")
+    fds.plot(*series("fds"), "-", label="open fds")
+    fds.plot(*series("client_sockets"), "-", label="client sockets")
+    fds.plot(*series("upstream_sockets"), "-", label="provider sockets")
+    fds.set(ylabel="count", title="hub file descriptors")
+    if any(row.get("tasks") is not None for row in samples):
+        tasks.plot(*series("tasks"), "-", label="asyncio tasks")
+    tasks.plot(*series("hub_connections"), "-", alpha=0.7, label="connections (/healthz)")
+    tasks.set(xlabel="seconds", ylabel="count", title="hub tasks and connections")
+    attack = [row["t_s"] for row in samples if row.get("phase") == "attack"]
+    phases = summary.get("phases") or {}
+    if "attack" in phases:
+        span = (phases["attack"]["from_s"], phases["attack"]["to_s"])
+    elif attack:
+        span = (min(attack), max(attack))
+    else:
+        span = None
+    for axes in (memory, fds, tasks):
+        if span is not None:
+            axes.axvspan(*span, color="tab:red", alpha=0.12, label="attack" if axes is memory else None)
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="upper left", fontsize=8)
+    ttft = ", ".join(f"{name} {stats.get('ttft_p99_ms')} ms" for name, stats in phases.items())
+    heading = title or "cbhub bench soak"
+    figure.suptitle(heading + (f"\nnormal clients' p99 time to first token: {ttft}" if ttft else ""), fontsize=9)
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    return len(samples)
 
 
 def main(argv: list[str] | None = None) -> int:
