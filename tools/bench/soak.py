@@ -51,6 +51,9 @@ during the attack phase only; each keeps attacking until the phase ends:
                      raw socket with a 4 KiB receive buffer that is not read; drained after
                      ``hold`` s (``dropped``: the hub closed it; ``done``: it sent everything)
 
+``--attacks NAME,...`` runs only some of them (to see which one costs what); the others
+report ``sent: 0``.
+
 One more connection (``observer``) subscribes to the ``system`` channel and records every
 ``circuit_state`` the hub publishes (a breaker opened by the failing requests would show there
 and in the normal clients' ``provider_unavailable``).
@@ -181,9 +184,20 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--half-open", type=int, default=None,
                         help="half-open HTTP sockets held during the attack (default 200; --quick: 20)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the hub's event loop")
+    parser.add_argument("--attacks", type=_attack_list, default=list(ATTACKS),
+                        help=f"comma-separated attackers to run (default all: {','.join(ATTACKS)})")
     parser.add_argument("--png", type=pathlib.Path, default=None,
                         help="also draw RSS, fds and tasks over time into this PNG (needs matplotlib)")
     parser.add_argument("--quick", action="store_true", help="a short run for the test suite (16 s)")
+
+
+def _attack_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(ATTACKS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown attacker(s) {', '.join(unknown)}; expected some of {', '.join(ATTACKS)}")
+    return names
 
 
 @dataclasses.dataclass
@@ -206,6 +220,7 @@ class Settings:
         hold_s: how long a non-reader holds its socket before draining it, s.
         flood_pause_s: pause between two floods, s.
         loop: the hub's event loop.
+        attacks: the attackers that run (:data:`ATTACKS` by default).
     """
 
     duration_s: float = 600.0
@@ -223,6 +238,7 @@ class Settings:
     hold_s: float = 4.0
     flood_pause_s: float = 2.0
     loop: str = "asyncio"
+    attacks: tuple[str, ...] = ATTACKS
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -244,6 +260,7 @@ class Settings:
             hold_s=1.5 if quick else 4.0,
             flood_pause_s=0.5 if quick else 2.0,
             loop=args.loop,
+            attacks=tuple(args.attacks),
         )
 
 
@@ -601,10 +618,17 @@ class _Attack:
         await asyncio.sleep(max(0.0, self.plan.start_at - time.monotonic()))
         settings = self.plan.settings
         async with aiohttp.ClientSession() as session:
-            loops = [self._workflows(session), self._floods(session), self._failing(session)]
-            loops += [self._memory() for _ in range(settings.memory_attackers)]
-            loops += [self._sse() for _ in range(settings.sse_attackers)]
-            loops += [self._half_open(n) for n in range(settings.half_open)]
+            on = set(settings.attacks)
+            loops = []
+            if on & {"workflow_cycle", "workflow_loop"}:
+                loops.append(self._workflows(session))
+            if on & {"subscribe_flood", "system_flood"}:
+                loops.append(self._floods(session))
+            if "failing" in on:
+                loops.append(self._failing(session))
+            loops += [self._memory() for _ in range(settings.memory_attackers if "memory" in on else 0)]
+            loops += [self._sse() for _ in range(settings.sse_attackers if "sse_nonreader" in on else 0)]
+            loops += [self._half_open(n) for n in range(settings.half_open if "half_open" in on else 0)]
             tasks = [asyncio.create_task(self._guard(loop)) for loop in loops]
             await asyncio.wait(tasks, timeout=max(0.0, self.left()) + 2.0)
             for task in tasks:
@@ -647,14 +671,19 @@ class _Attack:
 
     async def _workflows(self, session: aiohttp.ClientSession) -> None:
         cycle, loop = self.tallies["workflow_cycle"], self.tallies["workflow_loop"]
+        on = set(self.plan.settings.attacks)
 
         async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
-            rid = uuid.uuid4().hex[:12]
-            await ws.send_str(orjson.dumps({"type": "create_workflow", "definition": _cycle_definition(),
-                                            "input": {}, "rid": rid}).decode())
-            cycle.sent += 1
-            event = await self._until(ws, lambda e: e.get("rid") == rid, 30)
-            cycle.answers[_answer(event)] += 1
+            if "workflow_cycle" in on:
+                rid = uuid.uuid4().hex[:12]
+                await ws.send_str(orjson.dumps({"type": "create_workflow", "definition": _cycle_definition(),
+                                                "input": {}, "rid": rid}).decode())
+                cycle.sent += 1
+                event = await self._until(ws, lambda e: e.get("rid") == rid, 30)
+                cycle.answers[_answer(event)] += 1
+            if "workflow_loop" not in on:
+                await asyncio.sleep(min(1.0, max(0.0, self.left())))
+                return
             workflow_id = f"loop-{uuid.uuid4().hex[:12]}"
             await ws.send_str(orjson.dumps({"type": "create_workflow", "workflowId": workflow_id,
                                             "definition": _loop_definition(), "input": {}}).decode())
@@ -668,12 +697,14 @@ class _Attack:
         await self._ws_loop(session, "workflow_loop", body)
 
     async def _floods(self, session: aiohttp.ClientSession) -> None:
-        floods = [("subscribe_flood", [f"b{n:05d}" for n in range(60_000)]), ("system_flood", ["system"] * 50_000)]
+        floods = [(name, channels) for name, channels in (("subscribe_flood", [f"b{n:05d}" for n in range(60_000)]),
+                                                          ("system_flood", ["system"] * 50_000))
+                  if name in self.plan.settings.attacks]
         turn = 0
 
         async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
             nonlocal turn
-            name, channels = floods[turn % 2]
+            name, channels = floods[turn % len(floods)]
             turn += 1
             tally = self.tallies[name]
             rid = uuid.uuid4().hex[:12]
