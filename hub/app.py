@@ -26,6 +26,7 @@ from hub.broker import Broker
 from hub.completions import CompletionManager
 from hub.config import HubConfig
 from hub.logsafe import install_secret_filter
+from hub.memory import MemoryGovernor
 from hub.multiplexer import StreamMultiplexer
 from hub.outbox import Outbox, WriteScheduler
 from hub.providers import ProviderClient
@@ -69,6 +70,8 @@ class Hub:
         self.connections: set[Outbox] = set()
         self.limiter = RateLimiter(config.default_rpm, config.default_tpm, config.default_max_concurrent)
         self.session: aiohttp.ClientSession | None = None
+        self.provider_client: ProviderClient | None = None
+        self.memory = MemoryGovernor(self, config.memory_budget_bytes)
         self.dead_letters: DeadLetterLog | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
         self.workflows: WorkflowManager
@@ -168,17 +171,18 @@ class Hub:
 
         Raises:
             HubError: ``too_many_completions`` at ``max_completions`` running completions;
-                ``hub_overloaded`` when channel histories and pending output together pass
-                ``memory_budget_bytes``. Both retryable.
+                ``hub_overloaded`` while the stream data held is over ``memory_budget_bytes``
+                (hub/memory.py: histories, snapshot state, outbound queues, upstream framing).
+                Both retryable.
         """
         config = self.config
         running = self.completions.running_count() + self.workflows.running_count()
         if running >= config.max_completions:
             raise HubError(f"the hub runs {running} completions and workflows (max_completions); retry later",
                            ErrorCode.TOO_MANY_COMPLETIONS, retryable=True)
-        used = self.broker.history_bytes + sum(outbox.pending_bytes for outbox in self.connections)
-        if used > config.memory_budget_bytes:
-            raise HubError(f"the hub holds {used} bytes of stream data (memory_budget_bytes); retry later",
+        use = self.memory.over_budget()
+        if use is not None:
+            raise HubError(f"the hub holds {use.total} bytes of stream data (memory_budget_bytes); retry later",
                            ErrorCode.HUB_OVERLOADED, retryable=True)
 
     async def startup(self, app: web.Application) -> None:
@@ -191,9 +195,10 @@ class Hub:
         self.dead_letters = DeadLetterLog(config.dead_letter_path, config.dead_letter_max_bytes,
                                           config.dead_letter_backups)
         self.dead_letters.secrets = config.secrets()
-        client = ProviderClient(self.session, config, self.dead_letters)
+        client = self.provider_client = ProviderClient(self.session, config, self.dead_letters)
         self.completions = CompletionManager(config, self.broker, client)
         self.workflows = WorkflowManager(config, self.broker, self.completions)
+        self.memory.start()
         self.ready = True
 
     async def drain(self) -> None:
@@ -216,6 +221,7 @@ class Hub:
         WebSockets with 1012 (service restart: reconnect; a client that does not take the
         close within 1 s is dropped), close the provider session."""
         self.ready = False
+        self.memory.stop()
         await self.workflows.close()
         await self.completions.close()
         outboxes = list(self.connections)
@@ -246,8 +252,14 @@ async def healthz_handler(request: web.Request) -> web.Response:
     """``GET /healthz``: 200 ``{"status": "ok"}`` when ready, else 503."""
     hub: Hub = request.app[HUB_KEY]
     if hub.ready:
-        return web.json_response({"status": "ok", "connections": len(hub.connections),
-                                  "completions": len(hub.completions.runs)})
+        use = hub.memory.use()
+        return web.json_response({
+            "status": "ok", "connections": len(hub.connections), "completions": len(hub.completions.runs),
+            "tasks": len(asyncio.all_tasks()),
+            "memory": {"held_bytes": use.total, "budget_bytes": use.budget, "history_bytes": use.history,
+                       "state_bytes": use.state, "outbound_bytes": use.outbound, "upstream_bytes": use.upstream,
+                       "trimmed": hub.memory.trimmed, "retired": hub.memory.retired, "ended": hub.memory.ended},
+        })
     return web.json_response({"status": "starting"}, status=503)
 
 

@@ -79,6 +79,18 @@ class Broker(ABC):
     def history_bytes(self) -> int:
         """Payload bytes held by every channel history together (for the memory budget)."""
 
+    @property
+    @abstractmethod
+    def history_events(self) -> int:
+        """Events held by every channel history together (for the memory budget: each costs
+        a fixed overhead beside its payload, hub/memory.py)."""
+
+    @abstractmethod
+    def trim_history(self, name: str) -> int:
+        """Drop every held event of channel ``name`` but the latest (the memory governor's
+        first relief, for finished streams: a returning subscriber then gets the snapshot and
+        the terminal event). Returns the payload bytes dropped (0 for no such channel)."""
+
     # Publishing.
 
     @abstractmethod

@@ -195,6 +195,15 @@ class Channel:
         self.history_bytes -= dropped
         return dropped
 
+    def keep_latest(self) -> int:
+        """Drop every held event but the latest. Returns the payload bytes dropped."""
+        history = self.history
+        dropped = 0
+        while len(history) > 1:
+            dropped += len(history.popleft().payload)
+        self.history_bytes -= dropped
+        return dropped
+
     def clear(self) -> int:
         """Forget the whole history (the channel closes). Returns the bytes it held."""
         held = self.history_bytes

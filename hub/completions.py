@@ -153,6 +153,7 @@ class CompletionRun:
         self._refusal: list[str] = []
         self._citations: list[dict[str, Any]] = []
         self._state_seq = 0
+        self.state_bytes = 0
         self._attempts: list[Attempt] = []  # attempts that ended, in order
         self._current: tuple[str, str] | None = None  # (provider, model) of the attempt under way
         self._started = 0.0
@@ -532,14 +533,16 @@ class CompletionRun:
                                           error.status if error else None))
 
     def _publish(self, message: Any) -> None:
-        self.channel.publish(message)
+        payload_bytes = len(self.channel.publish(message).payload)
         # The state so far, for snapshots (docs/PROTOCOL.md "Resuming").
         match message:
             case ContentChunk():
                 self._text.append(message.content)
             case ThinkingStatus():
-                if message.content:
-                    self._reasoning.append(message.content)
+                if not message.content:
+                    self._state_seq = message.seq
+                    return
+                self._reasoning.append(message.content)
             case ToolCallMessage():
                 self._tool_calls.append(message)
             case RefusalChunk():
@@ -548,7 +551,31 @@ class CompletionRun:
                 self._citations.append(message.citation)
             case Completed() | ErrorMessage():
                 return
+            case _:
+                self._state_seq = message.seq
+                return
         self._state_seq = message.seq
+        # What the snapshot state holds, for the memory budget (hub/memory.py): about the
+        # message's encoded size (its text, plus the list slot and object header).
+        self.state_bytes += payload_bytes
+        manager = self.manager
+        manager.state_bytes += payload_bytes
+        # The memory governor's trigger between its periodic checks (hub/memory.py): the
+        # state and the history grew by at most what was published.
+        manager.published_bytes += payload_bytes
+        if manager.published_bytes > manager.growth_mark:
+            manager.grew()
+
+    def release(self) -> None:
+        """Drop the snapshot state (the run was retired: nobody can subscribe any more). A
+        session may still hold the run object for its per-connection count; the text must
+        not live on with it."""
+        self._text = []
+        self._reasoning = []
+        self._tool_calls = []
+        self._refusal = []
+        self._citations = []
+        self.state_bytes = 0
 
     def snapshot(self) -> Snapshot:
         """The state after every non-terminal event published so far."""
@@ -644,8 +671,29 @@ class CompletionManager:
             on_change=self._circuit_changed,
         )
         self.runs: dict[str, CompletionRun] = {}
-        self._retirements: dict[str, asyncio.TimerHandle] = {}
+        self._retirements: dict[str, asyncio.TimerHandle] = {}  # in the order the runs finished
         self.closing = False
+        self.state_bytes = 0  # what every run's snapshot state holds (CompletionRun.state_bytes)
+        self.published_bytes = 0  # payload bytes of content-like events published since start
+        self.growth_mark = 1 << 62  # published_bytes at which to call the growth watcher
+        self._growth_step = 0
+        self._on_growth: Callable[[], None] | None = None
+
+    def watch_growth(self, every_bytes: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` soon (from the event loop, never inside a publish) each time the
+        completions have published ``every_bytes`` more payload bytes of text, reasoning,
+        tool calls and citations: what their histories and snapshot states can have grown by.
+        The memory governor's trigger between its periodic checks: an addition and a
+        comparison per such event."""
+        self._growth_step = max(1, every_bytes)
+        self._on_growth = callback
+        self.growth_mark = self.published_bytes + self._growth_step
+
+    def grew(self) -> None:
+        """Past the growth mark: set the next one and call the watcher soon."""
+        self.growth_mark = self.published_bytes + self._growth_step
+        if self._on_growth is not None:
+            asyncio.get_running_loop().call_soon(self._on_growth)
 
     def _circuit_changed(self, provider: str, base_url: str, breaker: CircuitBreaker, previous: str) -> None:
         rate, total = breaker.stats(asyncio.get_running_loop().time())
@@ -713,10 +761,25 @@ class CompletionManager:
         loop = asyncio.get_running_loop()
         self._retirements[run.id] = loop.call_later(self.config.retention_s, self._retire, run.id)
 
+    def finished_oldest_first(self) -> list[CompletionRun]:
+        """The finished runs still retained, oldest first (for the memory governor)."""
+        runs = self.runs
+        return [runs[ident] for ident in self._retirements if ident in runs]
+
+    def retire(self, completion_id: str) -> None:
+        """Forget a finished completion now, before its retention ends (the memory
+        governor's second relief): its channel, history and snapshot state go."""
+        handle = self._retirements.get(completion_id)
+        if handle is not None:
+            handle.cancel()
+        self._retire(completion_id)
+
     def _retire(self, completion_id: str) -> None:
         self._retirements.pop(completion_id, None)
         run = self.runs.pop(completion_id, None)
         if run is not None:
+            self.state_bytes -= run.state_bytes
+            run.release()
             self.broker.close_channel(run.channel.name)
 
     async def close(self) -> None:

@@ -423,7 +423,13 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "how long one workflow run may take (a definition may set a lower maxDurationS)", _positive)] = 600.0
     memory_budget_bytes: Annotated[int, key(
         "limits.memory_budget_bytes", "CBHUB_MEMORY_BUDGET_BYTES",
-        "bytes the hub may buffer in all", _POSITIVE_INT)] = 1 << 30
+        "bytes of stream data the hub may hold in all: histories, snapshot state, outbound queues, upstream"
+        " framing (past it: trim finished streams, then end the largest consumers with hub_overloaded)",
+        _POSITIVE_INT)] = 1 << 30
+    upstream_max_event_bytes: Annotated[int, key(
+        "limits.upstream_max_event_bytes", "CBHUB_UPSTREAM_MAX_EVENT_BYTES",
+        "most bytes of a provider's body the hub holds without a complete event (more ends the attempt with"
+        " invalid_upstream_response)", _POSITIVE_INT)] = 16 << 20
     outbound_soft_limit_bytes: Annotated[int, key(
         "limits.outbound_soft_limit_bytes", "CBHUB_OUTBOUND_SOFT_LIMIT_BYTES",
         "soft limit of bytes queued for one client, at most the hard limit", _POSITIVE_INT)] = 1 << 20

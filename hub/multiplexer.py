@@ -61,6 +61,23 @@ class StreamMultiplexer(Broker):
         """Payload bytes held by all channel histories together (for the memory budget)."""
         return self._history_bytes
 
+    @property
+    def history_events(self) -> int:
+        """Events held by all channel histories together (for the memory budget). Counted
+        when asked, O(channels): the memory governor asks at most 20 times a second, and the
+        publish path stays free of it."""
+        return sum(len(channel.history) for channel in self.channels.values())
+
+    def trim_history(self, name: str) -> int:
+        """Keep only the latest event of channel ``name`` (see
+        :meth:`hub.broker.Broker.trim_history`). Returns the payload bytes dropped."""
+        channel = self.channels.get(name)
+        if channel is None:
+            return 0
+        dropped = channel.keep_latest()
+        self._history_bytes -= dropped
+        return dropped
+
     # Channels.
 
     def open_channel(self, name: str, bounds: HistoryBounds, *, on_idle: Callable[[], None] | None = None,

@@ -170,6 +170,11 @@ class ProviderClient:
     Args:
         session: the hub's ClientSession (connection pooling across all completions).
         config: provider URLs, keys and timeouts.
+
+    Attributes:
+        buffered_bytes: body bytes read from every provider and held by the framing until
+            an event completes, in all (for the memory budget; each stream's share is bounded
+            by ``limits.upstream_max_event_bytes``).
     """
 
     def __init__(self, session: aiohttp.ClientSession, config: HubConfig,
@@ -177,6 +182,7 @@ class ProviderClient:
         self.session = session
         self.config = config
         self.dead_letters = dead_letters
+        self.buffered_bytes = 0
         # The idle timeout is not aiohttp's sock_read: see IdleDeadline.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout_s)
 
@@ -209,6 +215,7 @@ class ProviderClient:
         response: aiohttp.ClientResponse | None = None
         idle: IdleDeadline | None = None
         finished = False
+        unparsed = 0  # body bytes read since the normalizer last produced events
         idle_s = config.idle_timeout_s
         first_s = config.first_byte_timeout_s if config.first_byte_timeout_s > 0 else idle_s
         try:
@@ -256,6 +263,7 @@ class ProviderClient:
             touch = idle.touch
             head = bytearray()  # the body's first bytes, for the dead-letter log
             last = b""
+            max_unparsed = config.upstream_max_event_bytes
             try:
                 async for chunk in response.content.iter_any():
                     touch()
@@ -263,7 +271,18 @@ class ProviderClient:
                         head += chunk[: self._excerpt_bytes - len(head)]
                     last = chunk
                     events = normalizer.feed(chunk)
-                    if events:
+                    if not events:
+                        # Bytes the framing holds until an event completes: bounded, and
+                        # counted for the memory budget (hub/memory.py).
+                        unparsed += len(chunk)
+                        self.buffered_bytes += len(chunk)
+                        if unparsed > max_unparsed:
+                            raise ProviderError(
+                                f"{upstream.provider} sent {unparsed} bytes without completing an event"
+                                " (limits.upstream_max_event_bytes)", "invalid_upstream_response", status=200)
+                    else:
+                        self.buffered_bytes -= unparsed
+                        unparsed = 0
                         if events[-1].__class__ is StreamFailed:
                             self._dead_letter_failed(upstream, request_id, response, events[-1], head, last)
                         yield events
@@ -298,6 +317,7 @@ class ProviderClient:
                 redact(f"could not reach {upstream.provider}: {exc}", secrets), "upstream_unreachable", retryable=True
             ) from None
         finally:
+            self.buffered_bytes -= unparsed
             if idle is not None:
                 idle.cancel()
             if response is not None:

@@ -448,6 +448,10 @@ class WorkflowRun:
         """True once the run's terminal message was published."""
         return self.lifecycle.finished
 
+    def channel_names(self) -> list[str]:
+        """The run's ``workflow:`` channel and every ``agent:`` channel it opened."""
+        return [self.channel.name, *(channel.name for channel in self._agent_channels.values())]
+
     @property
     def status(self) -> WorkflowState:
         """``running``, ``completed``, ``failed`` or ``cancelled``."""
@@ -714,6 +718,19 @@ class WorkflowManager:
             run.ticket.release(usage.prompt_tokens + usage.completion_tokens if usage is not None else None)
         loop = asyncio.get_running_loop()
         self._retirements[run.id] = loop.call_later(self.config.retention_s, self._retire, run.id)
+
+    def finished_oldest_first(self) -> list[WorkflowRun]:
+        """The finished runs still retained, oldest first (for the memory governor)."""
+        runs = self.runs
+        return [runs[ident] for ident in self._retirements if ident in runs]
+
+    def retire(self, workflow_id: str) -> None:
+        """Forget a finished run now, before its retention ends (the memory governor's
+        second relief): its workflow and agent channels go."""
+        handle = self._retirements.get(workflow_id)
+        if handle is not None:
+            handle.cancel()
+        self._retire(workflow_id)
 
     def _retire(self, workflow_id: str) -> None:
         self._retirements.pop(workflow_id, None)

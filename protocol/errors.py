@@ -281,7 +281,8 @@ class ErrorCode(enum.StrEnum):
         _ANSWER, "the connection runs `max_completions_per_connection` completions, or the hub `max_completions` "
                  "([Limits](#limits))"))
     HUB_OVERLOADED = "hub_overloaded", _doc(Fault.HUB, True, 503, (
-        _ANSWER, "histories and pending output together pass `memory_budget_bytes` ([Limits](#limits))"))
+        _ANSWER, "the stream data the hub holds is over `memory_budget_bytes`: a new completion or workflow is refused,"
+        " or a running completion that held the most is ended ([Memory budget](#memory-budget))"))
     # Authentication and permissions (docs/PROTOCOL.md "Authentication").
     UNAUTHORIZED = "unauthorized", _doc(Fault.CLIENT, False, 401, (
         _ANSWER, "no credential: a WebSocket message before the `auth` message, an HTTP request without "
@@ -393,7 +394,8 @@ class CloseCode(enum.IntEnum):
         "the hub is shutting down (reason `hub restarting; reconnect`), after the drain and after each running "
         "completion got `error` `shutting_down`", "reconnect (to this or another instance) and start again", True)
     TRY_AGAIN_LATER = 1013, _CloseDoc(
-        "the hub is at `max_connections` (reason `too many connections; try again later`)",
+        "the hub is at `max_connections` (reason `too many connections; try again later`), or is over its memory"
+        " budget and this connection's outbound queue was the largest (reason `hub_overloaded: ...`)",
         "reconnect after a backoff", True)
     UNAUTHORIZED = 4001, _CloseDoc(
         "no valid credential within `auth.timeout_s`, a refused credential, or a token that expired and was not "

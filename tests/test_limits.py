@@ -118,6 +118,7 @@ async def test_http_api_gets_429_at_the_total_limit(mock, ws_factory):
 
 async def test_memory_budget_refuses_new_completions(mock, ws_factory):
     async with run_hub(hub_config(mock, memory_budget_bytes=300)) as hub:
+        hub.memory.stop()  # admission alone: no relief (tests/test_memory_budget.py has it)
         client = await ws_factory(hub)
         await client.send({"type": "completion", "id": "m1", "model": OPENAI, "coalesce": False,
                            "messages": [{"role": "user", "content": "[[mock tokens=10]]"}]})

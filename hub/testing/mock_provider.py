@@ -100,6 +100,9 @@ optional (defaults from the server's options):
                       see a hub retry: ``[[mock script=503,429,ok]]``. ``GET /_mock/scripts``
                       shows the counters; ``POST /_mock/reset`` clears them.
 ``script_id=NAME``    separates the counters of requests that share a script text.
+``pad=N``             every answer token is its word, N dots, then the space (default 0): large
+                      answers from few tokens, e.g. ``tokens=50 pad=65536`` streams 3.2 MB in 50
+                      chunks. :func:`expected_text` takes the same ``pad``.
 ``error_after=N``     after N tokens (reasoning and answer tokens, in the order sent), an in-band
                       error: OpenAI a chunk with a top-level ``error`` (then ``[DONE]``, as
                       OpenRouter does); Anthropic ``event: error`` ``overloaded_error``; Gemini an
@@ -212,22 +215,25 @@ _LOG_SIZE = 100
 _MODELS = ("mock-model",)
 
 
-def _words(kind: str, count: int, seed: int) -> list[str]:
+def _words(kind: str, count: int, seed: int, pad: int = 0) -> list[str]:
     rng = random.Random(f"{kind}:{seed}")  # str seeds hash with SHA-512: stable across runs
-    return [rng.choice(WORDS) + " " for _ in range(count)]
+    tail = "." * pad + " "
+    return [rng.choice(WORDS) + tail for _ in range(count)]
 
 
-def expected_text(tokens: int, seed: int = 0) -> str:
-    """The answer text the mock streams for ``tokens=tokens seed=seed``.
+def expected_text(tokens: int, seed: int = 0, pad: int = 0) -> str:
+    """The answer text the mock streams for ``tokens=tokens seed=seed pad=pad``.
 
     Args:
-        tokens: number of tokens; each token is one word from :data:`WORDS` plus one space.
+        tokens: number of tokens; each token is one word from :data:`WORDS`, ``pad`` dots,
+            then one space.
         seed: the directive's ``seed``.
+        pad: the directive's ``pad``.
 
     Returns:
         The concatenation of all content deltas, e.g. ``"harbor café quick "`` for 3 tokens.
     """
-    return "".join(_words("text", tokens, seed))
+    return "".join(_words("text", tokens, seed, pad))
 
 
 def expected_reasoning(tokens: int, seed: int = 0) -> str:
@@ -312,6 +318,7 @@ _DIRECTIVE_KEYS: dict[str, Callable[[str], Any]] = {
     "retry_after_ms": _non_negative_float,
     "script": lambda value: _script_steps(value),
     "script_id": str,
+    "pad": _non_negative_int,
 }
 
 STAMP_PATTERN = re.compile(r"@(\d+) ")
@@ -340,6 +347,7 @@ class Directive:
         retry_after_ms: ``retry-after-ms`` header value for ``status`` answers, or None.
         script: scripted steps per request (see the module docstring), or None.
         script_id: name separating script counters, or None.
+        pad: dots after each answer word (large answers from few tokens: memory tests).
     """
 
     tokens: int = 20
@@ -359,6 +367,7 @@ class Directive:
     retry_after_ms: float | None = None
     script: tuple[str, ...] | None = None
     script_id: str | None = None
+    pad: int = 0
 
     @classmethod
     def parse(cls, body: bytes | str, defaults: Directive | None = None) -> Directive:
@@ -591,7 +600,7 @@ class _OpenAI(_Format):
         d = self.ctx.directive
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": expected_text(d.tokens, d.seed) if d.tokens or not d.tool else None,
+            "content": expected_text(d.tokens, d.seed, d.pad) if d.tokens or not d.tool else None,
             "refusal": None,
         }
         if d.reasoning:
@@ -741,7 +750,7 @@ class _Anthropic(_Format):
                 }
             )
         if d.tokens:
-            content.append({"type": "text", "text": expected_text(d.tokens, d.seed)})
+            content.append({"type": "text", "text": expected_text(d.tokens, d.seed, d.pad)})
         if d.tool:
             tool_id = "toolu_" + _tool_id(d.seed)
             content.append({"type": "tool_use", "id": tool_id, "name": d.tool, "input": TOOL_ARGUMENTS})
@@ -872,7 +881,7 @@ class _Gemini(_Format):
         if d.tool:
             parts.append(self._with_signature({"functionCall": {"name": d.tool, "args": TOOL_ARGUMENTS}}))
         if d.tokens or not parts or self.signature_pending:
-            parts.append(self._with_signature({"text": expected_text(d.tokens, d.seed)}))
+            parts.append(self._with_signature({"text": expected_text(d.tokens, d.seed, d.pad)}))
         return json.dumps(self._response(parts, finish=True), ensure_ascii=False, indent=2).encode()
 
     _STATUSES = {
@@ -955,7 +964,7 @@ class _Ollama(_Format):
 
     def complete(self) -> bytes:
         d = self.ctx.directive
-        message: dict[str, Any] = {"content": expected_text(d.tokens, d.seed)}
+        message: dict[str, Any] = {"content": expected_text(d.tokens, d.seed, d.pad)}
         if d.reasoning:
             message["thinking"] = expected_reasoning(d.reasoning, d.seed)
         if d.tool:
@@ -1416,7 +1425,7 @@ def _script(fmt: _Format, d: Directive) -> Iterator[tuple[str, Callable[[], byte
         for _ in range(d.tokens):
             yield "token", lambda: fmt.text(f"@{time.monotonic_ns()} ")
     else:
-        for word in _words("text", d.tokens, d.seed):
+        for word in _words("text", d.tokens, d.seed, d.pad):
             yield "token", functools.partial(fmt.text, word)
     if d.tool:
         # Built when the generator gets here, i.e. after the last token was written.

@@ -148,7 +148,13 @@ class WebSocketOutbox(Outbox):
             return
         transport.write(close_frame(code, reason))
         transport.close()  # after the buffered data is written
-        asyncio.get_running_loop().call_later(5.0, transport.abort)
+        asyncio.get_running_loop().call_later(5.0, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        """Drop the TCP connection unless it is gone already (a transport whose connection
+        was lost cannot abort: its loop is gone)."""
+        if self._transport is not None and getattr(self._protocol, "transport", None) is not None:
+            self._transport.abort()
 
     def abort(self) -> None:
         """Stop writing and drop the TCP connection (the reader then ends and cleans up)."""

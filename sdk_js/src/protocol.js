@@ -182,7 +182,7 @@ export const ERROR_CODES = deepFreeze({
     "fault": "hub",
     "retryable": true,
     "sentAs": "answer",
-    "when": "histories and pending output together pass `memory_budget_bytes` (Limits)",
+    "when": "the stream data the hub holds is over `memory_budget_bytes`: a new completion or workflow is refused, or a running completion that held the most is ended (Memory budget)",
     "http": 503
   },
   "unauthorized": {
@@ -319,7 +319,7 @@ export const CLOSE_CODES = deepFreeze({
     "reconnect": true
   },
   "1013": {
-    "when": "the hub is at `max_connections` (reason `too many connections; try again later`)",
+    "when": "the hub is at `max_connections` (reason `too many connections; try again later`), or is over its memory budget and this connection's outbound queue was the largest (reason `hub_overloaded: ...`)",
     "clientShould": "reconnect after a backoff",
     "reconnect": true
   },
