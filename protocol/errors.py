@@ -416,8 +416,12 @@ HUB_CLOSE_CODE_RANGE = (4000, 4999)
 # The exception tree.
 
 
+#: The longest error message, in characters; longer ones are cut (docs/PROTOCOL.md "Limits").
+MAX_MESSAGE_CHARS = 1000
+
+
 class HubError(Exception):
-    """Base of every error the hub reports.
+    """Base of every error the hub reports. Its message is cut to :data:`MAX_MESSAGE_CHARS`.
 
     Attributes:
         code: stable machine-readable code (:class:`ErrorCode`; equal to its string).
@@ -447,6 +451,10 @@ class HubError(Exception):
             status: the provider's HTTP status.
             retry_after_ms: the wait the client is told, in ms.
         """
+        if len(message) > MAX_MESSAGE_CHARS:
+            # A message quotes what a client sent (a model name, an id, a field): the error that
+            # answers one client message stays small however large that message was.
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} more characters cut)"
         super().__init__(message)
         self.code: ErrorCode = ErrorCode(code or self.default_code)
         self.message = message

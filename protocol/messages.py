@@ -17,6 +17,7 @@ import msgspec
 from protocol.errors import ProtocolError
 
 __all__ = [
+    "ModelName",
     "ChatMessage",
     "Completion",
     "Subscribe",
@@ -95,6 +96,11 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
 #: A request id: 1 to 64 characters chosen by the client (docs/PROTOCOL.md "Request ids").
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
+#: A model name as a client gives it (``provider/model``): 1 to 256 characters. It is echoed
+#: in ``completed``, ``attempts`` and errors, so its length bounds theirs (docs/PROTOCOL.md
+#: "Limits").
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
 
 class _ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
     """Base of client messages (tagged on ``type``; unknown fields are rejected).
@@ -129,7 +135,7 @@ class Completion(_ClientMessage, tag="completion"):
             hub's configured chain for the model.
     """
 
-    model: str
+    model: ModelName
     messages: list[ChatMessage]
     id: str | None = None
     max_tokens: int | None = None
@@ -140,7 +146,7 @@ class Completion(_ClientMessage, tag="completion"):
     reasoning: str | dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
     coalesce: bool = True
-    fallbacks: list[str] = []
+    fallbacks: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=16)] = []
 
 
 class Cursor(msgspec.Struct, gc=False):

@@ -24,6 +24,7 @@ from protocol.messages import (
     Completion,
     ContentChunk,
     ErrorMessage,
+    ModelName,
     RefusalChunk,
     ThinkingStatus,
     ToolCallMessage,
@@ -57,7 +58,7 @@ class ChatCompletionRequest(msgspec.Struct):
     becomes the hub's ``reasoning`` option; ``coalesce`` is the hub's own extension.
     """
 
-    model: str
+    model: ModelName
     messages: list[ChatMessage]
     stream: bool = False
     stream_options: StreamOptions | None = None

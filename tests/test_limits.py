@@ -179,3 +179,41 @@ async def test_slow_consumer_past_the_hard_limit_is_closed_with_4008(mock, ws_fa
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
         seqs = [m.seq for m in received if getattr(m, "seq", None) is not None]
         assert seqs == sorted(seqs) and len(seqs) < tokens  # what it got is in order; the rest it resumes
+
+
+_HUGE = "x" * 900_000
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "completion", "id": "c1", "model": _HUGE, "messages": [{"role": "user", "content": "hi"}]},
+    {"type": "completion", "id": "c2", "model": "openai/" + _HUGE, "messages": [{"role": "user", "content": "hi"}]},
+    {"type": "completion", "id": _HUGE, "model": OPENAI, "messages": [{"role": "user", "content": "hi"}]},
+    {"type": _HUGE},
+    {"type": "completion", _HUGE: 1},
+    {"type": "cancel", "completionId": _HUGE},
+    {"type": "unsubscribe", "channels": [_HUGE]},
+    {"type": "ping", "rid": _HUGE},
+    {"type": "create_workflow", "workflowId": "w", "definitionName": _HUGE},
+    {"type": "subscribe", "channels": [f"completion:{i}-{_HUGE[:8000]}" for i in range(100)]},
+], ids=["model", "provider-model", "id", "type", "field", "cancel", "unsubscribe", "rid", "workflow", "subscribe"])
+async def test_replies_to_one_huge_message_stay_under_64_kb(mock, ws_factory, message):
+    """Issue 12: whatever a client sends, the replies it causes are at most 64 KB (errors cut
+    to 1000 characters, names echoed cut to 80, model names at most 256)."""
+    async with run_hub(hub_config(mock)) as hub:
+        client = await ws_factory(hub, max_size=None)
+        await client.send(message)
+        received = 0
+        terminal = False
+        while not terminal:
+            try:
+                reply = await asyncio.wait_for(client.connection.recv(), 0.5)
+            except TimeoutError:
+                break
+            received += len(reply)
+            terminal = '"type":"error"' in reply or '"type":"completed"' in reply
+        assert 0 < received <= 64 * 1024
+        await client.send({"type": "ping", "rid": "after"})  # the connection is still served
+        while True:
+            answer = await client.recv()
+            if isinstance(answer, Pong):
+                break
