@@ -25,7 +25,12 @@ from hub.auth import Authenticator
 from hub.broker import Broker
 from hub.completions import CompletionManager
 from hub.config import HubConfig
-from hub.logsafe import install_secret_filter
+from hub.logsafe import (
+    install_log_rate_limit,
+    install_secret_filter,
+    loop_exception_handler,
+    uninstall_log_rate_limit,
+)
 from hub.memory import MemoryGovernor
 from hub.multiplexer import StreamMultiplexer
 from hub.outbox import Outbox, WriteScheduler
@@ -33,7 +38,7 @@ from hub.providers import ProviderClient
 from hub.ratelimit import RateLimiter, Ticket
 from hub.resilience import DeadLetterLog
 from hub.session import ANONYMOUS, Principal
-from hub.transports import guard
+from hub.transports import guard, http_limits
 from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
 from hub.transports.websocket import websocket_handler
 from hub.workflows import WorkflowManager, load_definition, named_definition
@@ -306,27 +311,52 @@ def create_app(config: HubConfig | None = None) -> web.Application:
 async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
     """Run the hub on ``config.host:config.port`` (port 0 picks a free one) until exit.
 
+    Connections are accepted by a :class:`~hub.transports.http_limits.Listener`, which closes
+    those that send no complete request head (a WebSocket handshake included) within
+    ``http.header_timeout_s`` and makes room when file descriptors run short; aiohttp closes
+    keep-alive connections idle for ``http.keepalive_timeout_s``. While the hub runs, repeated
+    log records are collapsed and the loop's errors are logged through the same filter
+    (hub/logsafe.py), unless the loop already has an exception handler.
+
     Yields:
         The :class:`Hub`, with ``url`` set to ``http://host:port``.
+
+    Raises:
+        OSError: the address cannot be bound.
     """
     app = create_app(config)
     hub: Hub = app[HUB_KEY]
     install_secret_filter(hub.config.secrets())  # no configured secret reaches a log record
+    loop = asyncio.get_running_loop()
+    install_log_rate_limit(loop)  # a record repeated by the thousand is one line and a count
+    own_loop_handler = loop.get_exception_handler() is None
+    if own_loop_handler:
+        loop.set_exception_handler(loop_exception_handler)
+    listener = http_limits.Listener(hub.config.http_header_timeout_s)
     # handler_cancellation: a client that disconnects cancels its handler, so an HTTP request
     # waiting for a non-streamed answer stops its upstream completion at once.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, hub.config.host, hub.config.port)
-    await site.start()
-    sockets = getattr(site._server, "sockets", None)
-    port = sockets[0].getsockname()[1] if sockets else hub.config.port
-    hub.url = f"http://{hub.config.host}:{port}"
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True,
+                           keepalive_timeout=hub.config.http_keepalive_timeout_s)
     try:
-        yield hub
+        await runner.setup()
+        assert runner.server is not None  # set by setup()
+        try:
+            await listener.start(runner.server, hub.config.host, hub.config.port)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        hub.url = f"http://{hub.config.host}:{listener.port}"
+        try:
+            yield hub
+        finally:
+            await listener.stop_accepting()  # no new connection from here on
+            await hub.drain()  # while aiohttp still serves the open connections
+            await runner.cleanup()
+            listener.close()
     finally:
-        await site.stop()  # no new connection from here on
-        await hub.drain()  # while aiohttp still serves the open connections
-        await runner.cleanup()
+        if own_loop_handler and loop.get_exception_handler() is loop_exception_handler:
+            loop.set_exception_handler(None)
+        uninstall_log_rate_limit()
 
 
 async def serve_forever(config: HubConfig) -> None:

@@ -37,6 +37,7 @@ from aiohttp import web
 from hub.appkeys import HUB_KEY
 from hub.outbox import Outbox, WriteScheduler
 from hub.session import ANONYMOUS, Principal, Session
+from hub.transports.http_limits import read_body
 from hub.transports.websocket import bearer_token
 from protocol.errors import ErrorCode, HubError, ProtocolError, http_status_of
 from protocol.messages import ChatMessage, Completed, ErrorMessage
@@ -270,7 +271,7 @@ async def chat_completions_handler(request: web.Request) -> web.StreamResponse:
     principal = await _authenticate(hub, request)
     if isinstance(principal, web.Response):
         return principal
-    body = await request.read()
+    body = await read_body(request)  # within http.body_timeout_s, else 408
     try:
         chat = decode_chat_request(body)
     except ProtocolError as exc:
