@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
@@ -76,6 +77,7 @@ class Hub:
         self.limiter = RateLimiter(config.default_rpm, config.default_tpm, config.default_max_concurrent)
         self.session: aiohttp.ClientSession | None = None
         self.provider_client: ProviderClient | None = None
+        self.listener: http_limits.Listener | None = None  # set by run_hub
         self.memory = MemoryGovernor(self, config.memory_budget_bytes)
         self.dead_letters: DeadLetterLog | None = None
         self.completions: CompletionManager  # set at startup, when a loop runs
@@ -254,16 +256,22 @@ def _model_allowed(patterns: Sequence[str], model: str) -> bool:
 
 
 async def healthz_handler(request: web.Request) -> web.Response:
-    """``GET /healthz``: 200 ``{"status": "ok"}`` when ready, else 503."""
+    """``GET /healthz``: 200 ``{"status": "ok", ...}`` when ready, else 503. Beside the
+    status: open ``connections``, ``completions`` (running and retained), event-loop
+    ``tasks``, ``memory`` (the governor's estimate in bytes, its parts, and how many streams it
+    trimmed, retired and ended; hub/memory.py) and ``http`` (the listener's counts: accepted,
+    header_timeouts, shed, waits, accept_errors; hub/transports/http_limits.py)."""
     hub: Hub = request.app[HUB_KEY]
     if hub.ready:
         use = hub.memory.use()
+        listener = hub.listener
         return web.json_response({
             "status": "ok", "connections": len(hub.connections), "completions": len(hub.completions.runs),
             "tasks": len(asyncio.all_tasks()),
             "memory": {"held_bytes": use.total, "budget_bytes": use.budget, "history_bytes": use.history,
                        "state_bytes": use.state, "outbound_bytes": use.outbound, "upstream_bytes": use.upstream,
                        "trimmed": hub.memory.trimmed, "retired": hub.memory.retired, "ended": hub.memory.ended},
+            "http": dataclasses.asdict(listener.statistics()) if listener is not None else None,
         })
     return web.json_response({"status": "starting"}, status=503)
 
@@ -332,7 +340,7 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
     own_loop_handler = loop.get_exception_handler() is None
     if own_loop_handler:
         loop.set_exception_handler(loop_exception_handler)
-    listener = http_limits.Listener(hub.config.http_header_timeout_s)
+    listener = hub.listener = http_limits.Listener(hub.config.http_header_timeout_s)
     # handler_cancellation: a client that disconnects cancels its handler, so an HTTP request
     # waiting for a non-streamed answer stops its upstream completion at once.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0, handler_cancellation=True,
