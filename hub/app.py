@@ -24,6 +24,7 @@ from aiohttp import web
 from hub.appkeys import HUB_KEY
 from hub.auth import Authenticator
 from hub.broker import Broker
+from hub.channel import HistoryBounds
 from hub.completions import CompletionManager
 from hub.config import HubConfig
 from hub.logsafe import (
@@ -56,7 +57,8 @@ class Hub:
     the services object every :class:`~hub.session.Session` runs against.
 
     Attributes:
-        broker: channels, subscriptions, history and fan-out (the in-memory broker).
+        broker: channels, subscriptions, history and fan-out: the in-memory broker, or the
+            Redis broker (hub/redis_broker.py) when ``broker.url`` is set.
         multiplexer: the same object (its name before the broker seam).
         connections: the outbox of every open client, WebSocket and SSE alike.
         url: ``http://host:port`` once listening (set by :func:`run_hub`).
@@ -65,13 +67,23 @@ class Hub:
 
     Raises:
         ConfigError: the ``auth`` section cannot work (a missing or unreadable key source).
+        BrokerUnavailable: (at startup) ``broker.url`` is set and Redis does not answer.
     """
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.authenticator = Authenticator(config)
         self.write_scheduler = WriteScheduler()
-        self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
+        self.multiplexer: StreamMultiplexer
+        if config.broker_url:
+            from hub.redis_broker import RedisBroker  # redis-py is imported only when used
+
+            bounds = HistoryBounds(config.history_max_events, config.completion_max_buffered_bytes,
+                                   config.history_max_age_s or None)
+            self.multiplexer = RedisBroker(config.broker_url, config.broker_prefix, bounds, config.retention_s,
+                                           flush=self.write_scheduler.run)
+        else:
+            self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
         self.broker: Broker = self.multiplexer
         self.connections: set[Outbox] = set()
         self.limiter = RateLimiter(config.default_rpm, config.default_tpm, config.default_max_concurrent)
@@ -150,7 +162,7 @@ class Hub:
         kind, _, ident = channel.partition(":")
         if kind == "completion":
             run = self.completions.runs.get(ident)
-            return (run.owner if run is not None else None), (channel,)
+            return (run.owner if run is not None else self.broker.remote_owner(channel)), (channel,)
         if kind == "workflow":
             workflow = self.workflows.runs.get(ident)
             return (workflow.owner if workflow is not None else None), (channel,)
@@ -193,7 +205,15 @@ class Hub:
                            ErrorCode.HUB_OVERLOADED, retryable=True)
 
     async def startup(self, app: web.Application) -> None:
-        """Open the one ClientSession every provider request shares."""
+        """Connect the broker (Redis, when ``broker.url`` is set) and open the one
+        ClientSession every provider request shares.
+
+        Raises:
+            BrokerUnavailable: Redis does not answer at ``broker.url``.
+        """
+        connect = getattr(self.broker, "connect", None)
+        if connect is not None:
+            await connect()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             auto_decompress=True,
@@ -239,6 +259,9 @@ class Hub:
         await asyncio.gather(*(outbox.shut_down() for outbox in outboxes))
         if self.session is not None:
             await self.session.close()
+        close = getattr(self.broker, "close", None)
+        if close is not None:
+            await close()  # the last batch (the final errors among it) goes out first
         if self.dead_letters is not None:
             self.dead_letters.close()
 

@@ -160,6 +160,40 @@ class Broker(ABC):
     def remove(self, subscriber: Subscriber) -> None:
         """Drop every subscription of ``subscriber`` (its client went away)."""
 
+    # Several nodes (hub/redis_broker.py). The in-memory broker keeps these defaults: the
+    # session never calls them unless ``distributed`` is True, so its path has no await.
+
+    #: True for a broker shared by several hub processes: channels may be owned by another
+    #: node, and the session awaits :meth:`attach` and :meth:`claim` before acting.
+    distributed: bool = False
+
+    async def attach(self, names: list[str]) -> None:
+        """Make the channels among ``names`` that another node runs available here (a local
+        mirror kept live), so that :meth:`channel` finds them; names that are open here or
+        unknown everywhere are left alone. Raises nothing: a channel that cannot be reached
+        stays unknown. The in-memory broker has nothing to do."""
+        return None
+
+    def release(self, names: list[str]) -> None:
+        """Drop the mirrors among ``names`` that :meth:`attach` made and nobody subscribed to
+        (the subscribe that asked for them was refused)."""
+        return None
+
+    async def claim(self, name: str, owner: str) -> bool:
+        """Reserve channel ``name`` cluster-wide for a run of ``owner`` (a subject) that this
+        node is about to open. Returns False when the name is taken (``duplicate_id``). The
+        in-memory broker's only check is the local one, at creation."""
+        return True
+
+    def unclaim(self, name: str) -> None:
+        """Give up a :meth:`claim` whose run was not created (a refused request)."""
+        return None
+
+    def remote_owner(self, name: str) -> str | None:
+        """The subject owning channel ``name`` when another node runs it and it is mirrored
+        here, else None (for authorization)."""
+        return None
+
     # Control.
 
     @abstractmethod

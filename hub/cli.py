@@ -215,10 +215,16 @@ def main(argv: list[str] | None = None) -> int:
 
         install_secret_filter(config.secrets())  # every log record masked (docs/PROTOCOL.md "Redaction")
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        if config.loop == "uvloop":
-            uvloop.run(serve_forever(config))
-        else:
-            asyncio.run(serve_forever(config))
+        try:
+            if config.loop == "uvloop":
+                uvloop.run(serve_forever(config))
+            else:
+                asyncio.run(serve_forever(config))
+        except ConnectionError as exc:
+            if type(exc).__name__ != "BrokerUnavailable":
+                raise
+            print(f"cbhub: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "demo":
         if args.which == "workflow":

@@ -251,6 +251,18 @@ def _optional_positive(value: Any) -> str | None:
     return None if value is None or value >= 1 else f"must be >= 1 or null, got {value}"
 
 
+def _optional_redis_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        return f"not a valid URL ({exc}), got {_show(value)}"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"must be a redis://, rediss:// or unix:// URL, got {_show(value)}"
+    return None
+
+
 def _default_dead_letter_path() -> str:
     return os.path.join(tempfile.gettempdir(), "cbhub", "dead-letter.jsonl")
 
@@ -516,6 +528,20 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "lifecycle.shutdown_drain_timeout_s", "CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S",
         "on SIGINT or SIGTERM, how long running completions get to finish", _NON_NEGATIVE)] = 30.0
 
+    # broker: the channels' broker; in memory (one process) unless a Redis URL is given.
+    broker_url: Annotated[str | None, key(
+        "broker.url", "CBHUB_BROKER_URL",
+        "Redis URL (`redis://127.0.0.1:6379/0`) of the broker several hubs share; null = the in-memory broker",
+        _optional_redis_url,
+        more="Setting it alone selects the Redis broker (docs/PROTOCOL.md \"Running several hubs\"); "
+             "`cbhub serve` exits 2 when it cannot reach it at start.")] = None
+    broker_prefix: Annotated[str, key(
+        "broker.prefix", "CBHUB_BROKER_PREFIX",
+        "prefix of every Redis key and PUB/SUB channel the hub uses", _not_empty)] = "cbhub:"
+    broker_node_timeout_s: Annotated[float, key(
+        "broker.node_timeout_s", "CBHUB_BROKER_NODE_TIMEOUT_S",
+        "how long a hub node may stay silent before others treat it as lost (not used yet)", _positive)] = 5.0
+
     @classmethod
     def load(
         cls,
@@ -678,6 +704,7 @@ _SECTION_HELP = {
     "auth": "Who may connect, spend, watch and cancel; browser origins and Host headers.",
     "redaction": "Patterns masked in streamed text before it is stored or sent to anyone.",
     "lifecycle": "Completion lifetimes and shutdown.",
+    "broker": "The broker of channels: in memory for one process, or Redis shared by several hubs.",
 }
 
 _BY_FIELD = {key.field: key for key in KEYS}

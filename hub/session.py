@@ -289,6 +289,7 @@ class Session:
         self._held: list[ClientMessage] | None = None
         self._auth_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._step_task: asyncio.Task[None] | None = None  # a distributed broker's awaited step
         if principal is None:
             self._refusal = HubError("authenticate first: send an auth message with a token",
                                      ErrorCode.UNAUTHORIZED)
@@ -317,6 +318,11 @@ class Session:
         if self._held is not None or self._refusal is not None:
             if self._gate(message):
                 return
+        if self.services.broker.distributed and self._needs_step(message):
+            return
+        self._dispatch(message)
+
+    def _dispatch(self, message: ClientMessage) -> None:
         self._rid = message.rid
         try:
             match message:
@@ -353,9 +359,76 @@ class Session:
         self._set_timer(None, None)
         if self._auth_task is not None:
             self._auth_task.cancel()
+        if self._step_task is not None:
+            self._step_task.cancel()
         self._held = None
         self.outbox.stop()
         self.services.broker.remove(self.outbox)
+
+    # A distributed broker (hub/redis_broker.py): steps awaited before a message is handled.
+
+    def _needs_step(self, message: ClientMessage) -> bool:
+        """Whether ``message`` needs the broker to await something first: a subscribe naming
+        channels not open here (another node may run them: :meth:`Broker.attach`), a
+        completion with an id the client chose (reserved cluster-wide: :meth:`Broker.claim`).
+        If so, the step runs as a task and this message and the ones after it wait for it,
+        in order; returns True."""
+        broker = self.services.broker
+        step: Any
+        match message:
+            case Subscribe(channels=channels):
+                names = [name for name in channels if broker.channel(name) is None]
+                if not names:
+                    return False
+                step = self._attach_then(message, names)
+            case SubscribeWorkflow():
+                return False  # workflows run on one node in this stage
+            case Completion(id=ident) if ident:
+                step = self._claim_then(message, f"completion:{ident}")
+            case _:
+                return False
+        self._held = []
+        self._step_task = asyncio.get_running_loop().create_task(step, name="broker-step")
+        return True
+
+    async def _attach_then(self, message: Subscribe, names: list[str]) -> None:
+        broker = self.services.broker
+        try:
+            await broker.attach(names)
+        except Exception:  # a broker failure: the channels stay unknown here
+            log.exception("attaching remote channels failed")
+        self._step_task = None
+        self._held_done(message)
+        broker.release(names)
+
+    async def _claim_then(self, message: Completion, name: str) -> None:
+        broker = self.services.broker
+        error: HubError | None = None
+        try:
+            if not await broker.claim(name, self.principal.subject):
+                error = ProtocolError(f"completion id {message.id!r} is already in use", ErrorCode.DUPLICATE_ID)
+        except Exception as exc:
+            log.exception("claiming %s failed", name)
+            error = HubError(f"the broker failed: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR, retryable=True)
+        self._step_task = None
+        if error is None:
+            self._held_done(message)
+            if broker.channel(name) is None:  # refused after all (a limit): give the id back
+                broker.unclaim(name)
+        else:
+            self._send_error(error, message.rid)
+            self._held_done(None)
+
+    def _held_done(self, message: ClientMessage | None) -> None:
+        """The step is over: handle ``message`` (no step again), then what waited."""
+        held, self._held = self._held, None
+        if message is not None and not self.outbox.closed:
+            self._dispatch(message)
+        if self._held is None:
+            self._held = held
+            self._release_held()
+        else:  # handling it made the rest wait again (not done by subscribe or completion)
+            self._held.extend(held or [])
 
     # Authentication.
 
@@ -392,6 +465,11 @@ class Session:
             self._accepted(principal, rid)
         finally:
             self._auth_task = None
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Handle the messages that waited (for a credential or a broker step), in order;
+        stop where one of them makes the rest wait again."""
         held, self._held = self._held or [], None
         for index, waiting in enumerate(held):
             if self.outbox.closed:
