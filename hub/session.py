@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
@@ -370,7 +371,8 @@ class Session:
     def _needs_step(self, message: ClientMessage) -> bool:
         """Whether ``message`` needs the broker to await something first: a subscribe naming
         channels not open here (another node may run them: :meth:`Broker.attach`), a
-        completion with an id the client chose (reserved cluster-wide: :meth:`Broker.claim`).
+        completion (its id, the client's or one chosen here, is reserved cluster-wide with
+        its owner: :meth:`Broker.claim`).
         If so, the step runs as a task and this message and the ones after it wait for it,
         in order; returns True."""
         broker = self.services.broker
@@ -383,8 +385,10 @@ class Session:
                 step = self._attach_then(message, names)
             case SubscribeWorkflow():
                 return False  # workflows run on one node in this stage
-            case Completion(id=ident) if ident:
-                step = self._claim_then(message, f"completion:{ident}")
+            case Completion():
+                if not message.id:  # chosen here, as CompletionManager.create would: claimed with its owner
+                    message.id = f"comp-{secrets.token_hex(12)}"
+                step = self._claim_then(message, f"completion:{message.id}")
             case _:
                 return False
         self._held = []

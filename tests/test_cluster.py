@@ -242,3 +242,20 @@ def test_serve_exits_2_naming_broker_url_when_redis_does_not_answer() -> None:
                           env={**clean_environ(), "CBHUB_BROKER_URL": url}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith(f"cbhub: broker.url {url!r}: Redis does not answer"), done.stderr
+
+
+async def test_a_completion_without_an_id_is_registered_with_its_owner(nodes, ws_factory, prefix):
+    import redis.asyncio as aioredis
+
+    client = await ws_factory(nodes[0])
+    await client.send({"type": "completion", "model": OPENAI, "messages": [{"role": "user", "content": "hi"}]})
+    ack = await client.recv()
+    assert isinstance(ack, Subscribed) and ack.completion_id
+    await client.until_terminal(ack.completion_id)
+    redis_client = aioredis.from_url(REDIS_URL)
+    try:
+        meta = await redis_client.hgetall(f"{prefix}meta:completion:{ack.completion_id}")
+    finally:
+        await redis_client.aclose()
+    assert meta[b"owner"] == b"anonymous" and meta[b"epoch"].decode() == ack.epochs[f"completion:{ack.completion_id}"]
+    assert meta[b"node"].decode() == nodes[0].broker.node_id
