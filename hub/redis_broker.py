@@ -5,12 +5,17 @@ It implements :class:`hub.broker.Broker` as a :class:`~hub.multiplexer.StreamMul
 the manner of Centrifugo's Redis engine (docs/ARCHITECTURE.md decision 9). Layout, every name
 starting with ``broker.prefix`` (P)::
 
-    P meta:<channel>   hash: epoch, node (owner node id), owner (subject), kind, state
+    P meta:<channel>   hash: epoch, node (owner node id), owner (subject), kind (completion,
+                       workflow or agent), state, parent (an agent channel's workflow channel)
     P s:<channel>      Redis Stream, entry IDs <seq>-0, field d = the event's JSON payload
     P ch:<channel>     PUB/SUB channel: every event's payload, as published
     P ctl:<node>       PUB/SUB channel of one node: control commands (cancel) for its runs
 
-**Publishing** (the owning node; one writer per channel). Every event of a ``completion:``
+**Replicated channels**: ``completion:``, ``workflow:`` and ``agent:`` channels (the
+``system`` channel is each node's own). An agent channel has no terminal event: it is marked
+finished with its workflow's terminal event; it inherits its workflow's owner subject.
+
+**Publishing** (the owning node; one writer per channel). Every event of a replicated
 channel run here is appended to a batch; the first one of an event-loop iteration schedules
 :meth:`RedisBroker._send` with ``call_soon``, which sends the whole batch in one round trip: one
 EVALSHA of a Lua script that, per event, does ``XADD P s:<ch> MAXLEN ~ <history_max_events>
@@ -48,7 +53,7 @@ registered in its first batch instead (96 random bits do not collide).
 control handler, and the run's ``cancelled`` error reaches every node over ``P ch:<ch>``.
 
 Not yet (later stages of issue 13): node liveness (``node_lost``), surviving a Redis outage,
-cluster-wide limits, workflow and agent channels across nodes.
+cluster-wide limits.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ from hub.broker import ControlHandler
 from hub.channel import Channel, EncodedEvent, HistoryBounds
 from hub.multiplexer import StreamMultiplexer
 from protocol.errors import ErrorCode, HubError
-from protocol.messages import HUB_DECODER, Completed, ErrorMessage
+from protocol.messages import HUB_DECODER, Completed, ErrorMessage, WorkflowCompleted
 
 __all__ = ["RedisBroker", "BrokerUnavailable", "BATCH_EVENTS", "BATCH_BYTES"]
 
@@ -82,7 +87,10 @@ BATCH_BYTES = 1 << 20
 
 #: Per op, five arguments: kind, channel, a, b, c. Kinds: ``e`` event (a: seq, b: payload),
 #: ``f`` terminal event (same), ``m`` register a channel unless registered (a: epoch, b: node,
-#: c: owner subject). ARGV[1..3]: prefix, stream MAXLEN, seconds to keep a finished channel.
+#: c: owner subject; the meta's ``kind`` is the name's part before ``:``), ``p`` record the
+#: channel's parent (a: the ``workflow:`` channel of an ``agent:`` channel), ``x`` mark a
+#: channel finished without an event (an agent channel when its workflow ends).
+#: ARGV[1..3]: prefix, stream MAXLEN, seconds to keep a finished channel.
 _PUBLISH_LUA = """
 local p = ARGV[1]
 local maxlen = ARGV[2]
@@ -93,8 +101,15 @@ for i = 4, #ARGV, 5 do
   local meta = p .. 'meta:' .. name
   if kind == 'm' then
     if redis.call('EXISTS', meta) == 0 then
-      redis.call('HSET', meta, 'epoch', a, 'node', b, 'owner', c, 'kind', 'completion', 'state', 'running')
+      redis.call('HSET', meta, 'epoch', a, 'node', b, 'owner', c, 'kind', string.match(name, '^[^:]*'),
+                 'state', 'running')
     end
+  elseif kind == 'p' then
+    redis.call('HSET', meta, 'parent', a)
+  elseif kind == 'x' then
+    redis.call('HSET', meta, 'state', 'finished')
+    redis.call('EXPIRE', meta, ttl)
+    redis.call('EXPIRE', p .. 's:' .. name, ttl)
   else
     local stream = p .. 's:' .. name
     local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, a .. '-0', 'd', b)
@@ -115,13 +130,18 @@ return written
 #: KEYS[1]: the meta hash; ARGV: epoch, node, owner. 1 when created, 0 when it existed.
 _CLAIM_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'node', ARGV[2], 'owner', ARGV[3], 'kind', 'completion',
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'node', ARGV[2], 'owner', ARGV[3], 'kind', ARGV[4],
            'state', 'claimed')
 return 1
 """
 
-#: The channels replicated through Redis in stage 1.
-_REPLICATED_PREFIX = "completion:"
+#: The channels replicated through Redis: completions, workflow runs and their agents (the
+#: ``system`` channel is each node's own).
+_REPLICATED_PREFIXES = ("completion:", "workflow:", "agent:")
+
+
+def _replicated(name: str) -> bool:
+    return name.startswith(_REPLICATED_PREFIXES)
 
 
 class BrokerUnavailable(ConnectionError):
@@ -150,8 +170,11 @@ def _seq_of(event: EncodedEvent) -> int:
 
 
 def _is_terminal(event: EncodedEvent) -> bool:
+    """Whether ``event`` ends its channel: ``completed``, ``workflow_completed``, or an
+    ``error`` with a ``seq`` (a completion's or a workflow run's)."""
     message = event.message
-    return isinstance(message, Completed) or (isinstance(message, ErrorMessage) and message.seq is not None)
+    return isinstance(message, (Completed, WorkflowCompleted)) or (
+        isinstance(message, ErrorMessage) and message.seq is not None)
 
 
 class RedisBroker(StreamMultiplexer):
@@ -194,7 +217,9 @@ class RedisBroker(StreamMultiplexer):
         self._scheduled = False
         self._inflight: asyncio.Task[None] | None = None
         self._replicated: set[str] = set()
-        self._claimed: dict[str, str] = {}  # channel -> epoch, claimed and not opened yet
+        self._claimed: dict[str, tuple[str, str]] = {}  # channel -> (epoch, owner), claimed, not opened yet
+        self._owners: dict[str, str] = {}  # replicated channel run here -> owner subject
+        self._children: dict[str, list[str]] = {}  # workflow channel run here -> its agent channels
         self._mirrors: dict[str, _Mirror] = {}
         self._by_topic: dict[bytes, _Mirror] = {}
         self._attaching: dict[str, asyncio.Future[None]] = {}
@@ -269,18 +294,35 @@ class RedisBroker(StreamMultiplexer):
         """
         channel = super().open_channel(name, bounds, on_idle=on_idle, on_subscribe=on_subscribe, snapshot=snapshot,
                                        control=control)
-        if name.startswith(_REPLICATED_PREFIX):
+        if _replicated(name):
             self._replicated.add(name)
-            epoch = self._claimed.pop(name, None)
-            if epoch is not None:
-                channel.epoch = epoch
+            claimed = self._claimed.pop(name, None)
+            parent = self._parent_of(name) if name.startswith("agent:") else None
+            if parent is not None:
+                self._children.setdefault(parent, []).append(name)
+                self._owners[name] = self._owners.get(parent, "")
+            if claimed is not None:
+                channel.epoch, self._owners[name] = claimed
             else:
-                self._append("m", name, channel.epoch, self.node_id, "", 0)
+                self._append("m", name, channel.epoch, self.node_id, self._owners.get(name, ""), 0)
+            if parent is not None:
+                self._append("p", name, parent, "", "", 0)
         return channel
+
+    def _parent_of(self, name: str) -> str | None:
+        """The ``workflow:`` channel run here that an ``agent:<workflowId>.<agentId>`` channel
+        belongs to (either id may hold dots: the longest workflow id open here wins)."""
+        ident = name[len("agent:"):]
+        for index in range(len(ident) - 1, 0, -1):
+            if ident[index] == "." and f"workflow:{ident[:index]}" in self._replicated:
+                return f"workflow:{ident[:index]}"
+        return None
 
     def close_channel(self, name: str) -> None:
         """Forget a channel (its Redis keys expire on their own; a mirror stops listening)."""
         self._replicated.discard(name)
+        self._owners.pop(name, None)
+        self._children.pop(name, None)
         mirror = self._mirrors.pop(name, None)
         if mirror is not None:
             self._by_topic.pop(mirror.topic, None)
@@ -301,10 +343,11 @@ class RedisBroker(StreamMultiplexer):
         if name in self.channels:
             return False
         epoch = secrets.token_urlsafe(6)
-        created = await self._claim_script(keys=[f"{self.prefix}meta:{name}"], args=[epoch, self.node_id, owner])
+        created = await self._claim_script(keys=[f"{self.prefix}meta:{name}"],
+                                           args=[epoch, self.node_id, owner, name.partition(":")[0]])
         if not created:
             return False
-        self._claimed[name] = epoch
+        self._claimed[name] = (epoch, owner)
         return True
 
     def unclaim(self, name: str) -> None:
@@ -318,9 +361,13 @@ class RedisBroker(StreamMultiplexer):
         """Record and fan out here (as in memory); an event of a channel run here and
         replicated is also batched for Redis."""
         super().publish(channel, event)
-        if channel.name in self._replicated:
-            self._append("f" if _is_terminal(event) else "e", channel.name, str(event.seq), event.payload, b"",
-                         len(event.payload))
+        name = channel.name
+        if name in self._replicated:
+            terminal = _is_terminal(event)
+            self._append("f" if terminal else "e", name, str(event.seq), event.payload, b"", len(event.payload))
+            if terminal:  # a workflow's end ends its agent channels (they have no terminal event)
+                for child in self._children.get(name, ()):
+                    self._append("x", child, "", "", "", 0)
 
     def _append(self, kind: str, name: str, a: str, b: str | bytes, c: str | bytes, size: int) -> None:
         self._batch.extend((kind, name, a, b, c))  # type: ignore[arg-type]
@@ -370,11 +417,11 @@ class RedisBroker(StreamMultiplexer):
     # Channels run elsewhere.
 
     async def attach(self, names: list[str]) -> None:
-        """Mirror here the ``completion:`` channels among ``names`` that another node runs
+        """Mirror here the replicated channels (completion, workflow, agent) among ``names`` that another node runs
         (module docstring). Concurrent attaches of one channel share one mirror. Redis errors
         are logged and leave the channel unknown here."""
         for name in names:
-            if name in self.channels or not name.startswith(_REPLICATED_PREFIX):
+            if name in self.channels or not _replicated(name):
                 continue
             waiting = self._attaching.get(name)
             if waiting is None:
