@@ -61,3 +61,91 @@ def test_resume_quick_continues_every_stream_exactly(tmp_path):
     assert set(measures) == {"resume_ms_p50", "resume_ms_p99", "replay_msgs_per_s", "bytes_per_history_entry"}
     assert 0 < measures["resume_ms_p50"] <= measures["resume_ms_p99"]
     assert measures["replay_msgs_per_s"] > 0
+
+
+def _redis_url_or_skip() -> str:
+    """The Redis of the cluster tests (database 15, or ``CBHUB_TEST_REDIS_URL``); skips the
+    test when none answers, unless ``CBHUB_REQUIRE_REDIS=1``."""
+    import os
+
+    import pytest
+    import redis
+
+    url = os.environ.get("CBHUB_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        if os.environ.get("CBHUB_REQUIRE_REDIS") == "1":
+            raise
+        pytest.skip(f"no Redis answers at {url}")
+    return url
+
+
+def test_fanout_quick_over_two_nodes_on_redis_delivers_everything_everywhere(tmp_path):
+    # Issue 13: two hub processes share the Redis broker; each stream's subscribers go round
+    # the nodes, so 2x3 has subscribers on the owning node and on the other one.
+    import redis
+
+    url = _redis_url_or_skip()
+    rows = _run(tmp_path, "fanout", "--nodes", "2", "--broker", "redis", "--redis-url", url)
+    assert rows[0]["scenario"] == "conditions"
+    runs = rows[1:]
+    assert [(r["scenario"], r["broker"], r["nodes"], r["streams"], r["subscribers"]) for r in runs] == [
+        ("fanout_cluster", "redis", 2, 2, 3), ("fanout_cluster", "redis", 2, 4, 1)]
+    for row in runs:
+        assert row["ok"] and not row["errors"] and row["gaps"] == 0
+        assert row["tokens_delivered"] == row["tokens_expected"] == row["connections"] * row["tokens_per_stream"]
+        assert row["events_delivered"] == row["tokens_expected"] + row["connections"]
+        assert len(row["node_cpu_s"]) == 2 and row["redis_private"] is False
+        # every event of every stream went to Redis, in fewer round trips than events
+        assert row["redis_events_written"] >= row["streams"] * (row["tokens_per_stream"] + 1)
+        assert 1 <= row["redis_evalsha"] <= row["redis_round_trips"] < row["redis_events_written"]
+    with_remote, local_only = runs
+    assert with_remote["remote_samples"] == 2 * 20 and with_remote["local_samples"] == 4 * 20
+    assert with_remote["remote_p50_ms"] is not None and with_remote["remote_extra_p50_ms"] is not None
+    assert local_only["remote_samples"] == 0 and local_only["remote_p50_ms"] is None
+    # the bench's key prefixes are gone from the shared Redis
+    client = redis.Redis.from_url(url)
+    try:
+        for row in runs:
+            assert row["redis_prefix"].startswith("cbhub-bench-")
+            assert not list(client.scan_iter(match=row["redis_prefix"] + "*", count=1000))
+    finally:
+        client.close()
+
+
+def test_fanout_cluster_spreads_each_streams_subscribers_round_the_nodes():
+    from tools.bench.cluster import node_of
+
+    # stream i is owned by node i % N; its k-th connection is on node (owner + k) % N
+    assert [node_of(c, 4, 2) for c in range(8)] == [
+        (0, True), (1, True), (0, True), (1, True), (1, False), (0, False), (1, False), (0, False)]
+    # K = 10 over 2 nodes: five subscribers of each stream on each node
+    placed = [node_of(c, 100, 2) for c in range(1000) if c % 100 == 7]
+    assert sum(local for _, local in placed) == 5 and {node for node, _ in placed} == {0, 1}
+    assert all(node_of(c, 5, 1) == (0, True) for c in range(15))
+
+
+def test_fanout_cluster_medians_take_each_configurations_repeats_together():
+    from tools.bench.cluster import medians
+
+    def row(nodes: int, cpu: float, ok: bool = True) -> dict:
+        return {"scenario": "fanout_cluster", "broker": "redis", "nodes": nodes, "workers": None, "streams": 100,
+                "subscribers": 10, "rate": 50.0, "tokens_per_stream": 500, "coalesce": False, "burst": 1,
+                "batch": False, "ok": ok, "hub_cpu_us_per_event": cpu, "remote_p50_ms": None}
+
+    summaries = medians([row(2, 3.0), row(3, 9.0), row(2, 1.0), row(2, 2.0, ok=False), {"scenario": "conditions"}])
+    assert [(s["nodes"], s["runs"], s["ok"], s["hub_cpu_us_per_event"]) for s in summaries] == [
+        (2, 3, False, 2.0), (3, 1, True, 9.0)]
+    assert summaries[0]["remote_p50_ms"] is None and summaries[0]["scenario"] == "fanout_cluster_median"
+
+
+def test_fanout_refuses_an_in_memory_broker_over_several_nodes(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "bench", "fanout", "--nodes", "2", "--broker", "memory", "--quick",
+         "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--broker redis" in done.stderr

@@ -82,6 +82,20 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--flush-interval-ms", type=float, default=25.0, help="hub coalescing flush interval")
     if name == "fanout":
         parser.add_argument("--servers", default="hub,limit", help="comma list of hub, limit (default both)")
+        parser.add_argument("--nodes", type=int, action="append",
+                            help="hub processes sharing the broker (repeatable; issue 13, tools/bench/cluster.py); "
+                                 "with --nodes or --broker redis only the hub runs")
+        parser.add_argument("--broker", choices=("memory", "redis"), action="append",
+                            help="the hubs' broker (repeatable; default memory, which serves one node)")
+        parser.add_argument("--redis-url", default="own",
+                            help="Redis of --broker redis: 'own' (default) starts a private redis-server on a free "
+                                 "port so its command counts and CPU are the run's alone; or redis://HOST:PORT/DB "
+                                 "(each run uses a key prefix of its own, deleted afterwards)")
+        parser.add_argument("--workers", type=int, default=0,
+                            help="cbhub serve --workers N on every node (needs --broker redis)")
+        parser.add_argument("--repeat", type=int, default=1,
+                            help="with --nodes/--broker: run every configuration N times (in rounds) and add "
+                                 "one row of medians per configuration")
     parser.add_argument("--procs", type=int, default=None,
                         help="load-generator processes (default: 2 on machines with 2+ CPUs, else 1)")
     parser.add_argument("--batch", action="store_true", help="hub clients opt in to batched frames (?batch=1)")
@@ -94,7 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace, reporter: Reporter) -> int:
-    """Run every configuration of the command line; returns 0 when all runs were ok."""
+    """Run every configuration of the command line; returns 0 when all runs were ok. With
+    ``--nodes`` or ``--broker`` (or ``--workers``), the hubs of :mod:`tools.bench.cluster` run
+    instead of the hub-vs-reference comparison."""
+    if getattr(args, "nodes", None) or getattr(args, "broker", None) or getattr(args, "workers", 0):
+        from tools.bench import cluster
+
+        return cluster.run(args, reporter)
     reporter.columns = COLUMNS
     return asyncio.run(_main(args, reporter))
 
