@@ -324,6 +324,14 @@ class ErrorCode(enum.StrEnum):
         "terminal, or answer to a `completion` sent during shutdown", "the hub is stopping"))
     INTERNAL_ERROR = "internal_error", _doc(Fault.HUB, False, 500, (
         "terminal, or answer", "a bug in the hub; the connection and its other completions live on"))
+    # Several hubs sharing Redis (docs/PROTOCOL.md "Running several hubs").
+    NODE_LOST = "node_lost", _doc(Fault.HUB, True, 503, (
+        _TERMINAL, "the hub node running the completion or workflow stopped answering (its heartbeat in Redis "
+                   "expired, `broker.node_timeout_s`); another node wrote this as the channel's last message"))
+    STREAM_GAP = "stream_gap", _doc(Fault.HUB, True, None, (
+        "notice (no `seq`)", "this node lost events of a channel another node runs (Redis was unreachable) "
+                             "and Redis no longer holds them; the subscription ends: subscribe again with the "
+                             "cursor (a snapshot, `recovered: false`)"))
 
 
 def http_status_of(code: ErrorCode | str, provider_status: int | None = None) -> int:

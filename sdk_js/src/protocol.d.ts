@@ -551,6 +551,8 @@ export type ErrorCode =
   | "cancelled"
   | "shutting_down"
   | "internal_error"
+  | "node_lost"
+  | "stream_gap"
   ;
 
 /** A close code documented in docs/PROTOCOL.md "Close codes". */

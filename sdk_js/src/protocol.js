@@ -282,6 +282,20 @@ export const ERROR_CODES = deepFreeze({
     "sentAs": "terminal, or answer",
     "when": "a bug in the hub; the connection and its other completions live on",
     "http": 500
+  },
+  "node_lost": {
+    "fault": "hub",
+    "retryable": true,
+    "sentAs": "terminal",
+    "when": "the hub node running the completion or workflow stopped answering (its heartbeat in Redis expired, `broker.node_timeout_s`); another node wrote this as the channel's last message",
+    "http": 503
+  },
+  "stream_gap": {
+    "fault": "hub",
+    "retryable": true,
+    "sentAs": "notice (no `seq`)",
+    "when": "this node lost events of a channel another node runs (Redis was unreachable) and Redis no longer holds them; the subscription ends: subscribe again with the cursor (a snapshot, `recovered: false`)",
+    "http": null
   }
 });
 
