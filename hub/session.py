@@ -287,7 +287,7 @@ class Session:
         # Authentication: what refuses messages (no credential, an expired one), the messages
         # waiting for a credential being checked, the timer (auth timeout, expiry or grace).
         self._refusal: HubError | None = None
-        self._held: list[ClientMessage] | None = None
+        self._held: list[ClientMessage | HubError] | None = None  # a HubError: a refused frame's answer
         self._auth_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._step_task: asyncio.Task[None] | None = None  # a distributed broker's awaited step
@@ -369,8 +369,9 @@ class Session:
     # A distributed broker (hub/redis_broker.py): steps awaited before a message is handled.
 
     def _needs_step(self, message: ClientMessage) -> bool:
-        """Whether ``message`` needs the broker to await something first: a subscribe naming
-        channels not open here (another node may run them: :meth:`Broker.attach`), a
+        """Whether ``message`` needs the broker to await something first: a subscribe (or
+        subscribe_workflow) naming channels not open here (another node may run them:
+        :meth:`Broker.attach`), a
         completion (its id, the client's or one chosen here, is reserved cluster-wide with
         its owner: :meth:`Broker.claim`).
         If so, the step runs as a task and this message and the ones after it wait for it,
@@ -383,8 +384,11 @@ class Session:
                 if not names:
                     return False
                 step = self._attach_then(message, names)
-            case SubscribeWorkflow():
-                return False  # workflows run on one node in this stage
+            case SubscribeWorkflow(workflow_id=workflow_id):
+                name = f"workflow:{workflow_id}"
+                if broker.channel(name) is not None:
+                    return False
+                step = self._attach_then(message, [name])
             case Completion():
                 if not message.id:  # chosen here, as CompletionManager.create would: claimed with its owner
                     message.id = f"comp-{secrets.token_hex(12)}"
@@ -395,7 +399,7 @@ class Session:
         self._step_task = asyncio.get_running_loop().create_task(step, name="broker-step")
         return True
 
-    async def _attach_then(self, message: Subscribe, names: list[str]) -> None:
+    async def _attach_then(self, message: Subscribe | SubscribeWorkflow, names: list[str]) -> None:
         broker = self.services.broker
         try:
             await broker.attach(names)
@@ -478,6 +482,9 @@ class Session:
         for index, waiting in enumerate(held):
             if self.outbox.closed:
                 return
+            if isinstance(waiting, HubError):  # a refused frame (refuse_frame), answered in its turn
+                self._send_error(waiting, None)
+                continue
             self.dispatch(waiting)
             if self._held is not None:  # another auth message: the rest wait for it too
                 self._held.extend(held[index + 1:])
@@ -540,6 +547,15 @@ class Session:
             self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
 
     # Output.
+
+    def refuse_frame(self, error: HubError) -> None:
+        """Answer a frame the transport refused without decoding it (a WebSocket binary frame)
+        with an ``error`` without ``rid``, in its turn: after the answers to the messages
+        that arrived before it and wait (for a credential check or a broker step)."""
+        if self._held is None:
+            self._send_error(error, None)
+        elif len(self._held) < MAX_HELD_MESSAGES:
+            self._held.append(error)
 
     def send_error(self, error: HubError) -> None:
         """Answer the message being handled with an ``error`` (no ``seq``: not part of a

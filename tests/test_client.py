@@ -41,6 +41,9 @@ from tests.conftest import RECV_TIMEOUT_S, hub_config
 from tests.support import ROOT
 from tools.mock_provider import MockProvider, expected_reasoning, expected_text
 
+#: The SDK against the in-memory and the Redis broker (tests/conftest.py).
+pytestmark = pytest.mark.brokers("memory", "redis")
+
 MODEL = "openai/gpt-4o-mini"
 
 

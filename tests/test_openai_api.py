@@ -10,6 +10,9 @@ import pytest
 from protocol.framing import SSEDecoder
 from tools.mock_provider import expected_reasoning, expected_text
 
+#: The OpenAI-compatible API on the in-memory and the Redis broker (tests/conftest.py).
+pytestmark = pytest.mark.brokers("memory", "redis")
+
 MODELS = ["openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest", "google/gemini-2.0-flash", "ollama/llama3.2"]
 
 

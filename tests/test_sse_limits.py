@@ -19,6 +19,9 @@ from hub.app import Hub, run_hub
 from tests.conftest import hub_config
 from tools.mock_provider import expected_text
 
+#: On the in-memory and the Redis broker (tests/conftest.py).
+pytestmark = pytest.mark.brokers("memory", "redis")
+
 
 def _body(prompt: str) -> bytes:
     return msgspec.json.encode({"model": "openai/gpt-4o-mini", "stream": True,

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from hub.app import run_hub
 from hub.workflows import DefinitionError, load_definition, named_definition, render
 from protocol.messages import (
     AgentCompleted,
@@ -22,8 +21,11 @@ from protocol.messages import (
     WorkflowSnapshot,
     WorkflowTransition,
 )
-from tests.conftest import hub_config
+from tests.conftest import hub_config, run_test_hub
 from tools.mock_provider import expected_text
+
+#: Workflows on every broker (tests/conftest.py: redis2 watches a run from another node).
+pytestmark = pytest.mark.brokers("memory", "redis", "redis2")
 
 OPENAI = "openai/gpt-4o-mini"
 ANTHROPIC = "anthropic/claude-3-haiku-20240307"
@@ -188,7 +190,7 @@ async def test_cancel_mid_run_stops_every_running_completion_upstream(mock, ws_c
 
 
 async def test_resume_mid_run_has_no_gap_and_snapshots_when_the_history_is_short(mock, ws_factory):
-    async with run_hub(hub_config(mock, history_max_events=4)) as hub:
+    async with run_test_hub(hub_config(mock, history_max_events=4)) as hub:
         first = await ws_factory(hub)
         await first.send({"type": "create_workflow", "workflowId": "w7", "definition": two_step(),
                           "input": {"topic": "x [[mock tokens=30 tps=300]]"}})
@@ -215,6 +217,7 @@ async def test_resume_mid_run_has_no_gap_and_snapshots_when_the_history_is_short
         assert snapshot.data["results"]["answerer"] == expected_text(30)
 
 
+@pytest.mark.broker_gap("redis2", reason="type-level subscriptions see only the channels run on their own node")
 async def test_type_level_and_agent_channel_subscriptions(ws_connect):
     watcher = await ws_connect()
     await watcher.send({"type": "subscribe", "streams": ["workflow", "agent_status"]})

@@ -190,8 +190,8 @@ async def serve(session: Session, outbox: WebSocketOutbox) -> None:
             if msg.type == WSMsgType.TEXT:
                 session.handle(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                session.send_error(ProtocolError("binary frames are not accepted; send JSON text frames",
-                                                 ErrorCode.INVALID_MESSAGE))
+                session.refuse_frame(ProtocolError("binary frames are not accepted; send JSON text frames",
+                                                   ErrorCode.INVALID_MESSAGE))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
