@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -283,7 +284,9 @@ async def healthz_handler(request: web.Request) -> web.Response:
     status: open ``connections``, ``completions`` (running and retained), event-loop
     ``tasks``, ``memory`` (the governor's estimate in bytes, its parts, and how many streams it
     trimmed, retired and ended; hub/memory.py) and ``http`` (the listener's counts: accepted,
-    header_timeouts, shed, waits, accept_errors; hub/transports/http_limits.py)."""
+    header_timeouts, shed, waits, accept_errors; hub/transports/http_limits.py), and which
+    process answered: ``pid`` and ``node`` (the Redis broker's node id; null in memory), which
+    tell the workers of ``cbhub serve --workers`` apart."""
     hub: Hub = request.app[HUB_KEY]
     if hub.ready:
         use = hub.memory.use()
@@ -295,6 +298,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
                        "state_bytes": use.state, "outbound_bytes": use.outbound, "upstream_bytes": use.upstream,
                        "trimmed": hub.memory.trimmed, "retired": hub.memory.retired, "ended": hub.memory.ended},
             "http": dataclasses.asdict(listener.statistics()) if listener is not None else None,
+            "pid": os.getpid(), "node": getattr(hub.broker, "node_id", None),
         })
     return web.json_response({"status": "starting"}, status=503)
 
@@ -339,8 +343,10 @@ def create_app(config: HubConfig | None = None) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
-    """Run the hub on ``config.host:config.port`` (port 0 picks a free one) until exit.
+async def run_hub(config: HubConfig | None = None, *, reuse_port: bool = False) -> AsyncIterator[Hub]:
+    """Run the hub on ``config.host:config.port`` (port 0 picks a free one) until exit; with
+    ``reuse_port`` its listening sockets are bound with ``SO_REUSEPORT`` (the workers of
+    ``cbhub serve --workers``, hub/workers.py, share one port this way).
 
     Connections are accepted by a :class:`~hub.transports.http_limits.Listener`, which closes
     those that send no complete request head (a WebSocket handshake included) within
@@ -372,7 +378,7 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
         await runner.setup()
         assert runner.server is not None  # set by setup()
         try:
-            await listener.start(runner.server, hub.config.host, hub.config.port)
+            await listener.start(runner.server, hub.config.host, hub.config.port, reuse_port=reuse_port)
         except BaseException:
             await runner.cleanup()
             raise
@@ -390,14 +396,25 @@ async def run_hub(config: HubConfig | None = None) -> AsyncIterator[Hub]:
         uninstall_log_rate_limit()
 
 
-async def serve_forever(config: HubConfig) -> None:
-    """Run the hub until SIGINT or SIGTERM, then shut down gracefully."""
+async def serve_forever(config: HubConfig, *, reuse_port: bool = False,
+                        announce: Callable[[Hub], None] | None = None) -> None:
+    """Run the hub until SIGINT or SIGTERM, then shut down gracefully.
+
+    Args:
+        config: the hub's configuration.
+        reuse_port: bind with ``SO_REUSEPORT`` (a worker of ``cbhub serve --workers``).
+        announce: called once listening, instead of printing the address (the worker tells
+            its supervisor, hub/workers.py).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with run_hub(config) as hub:
-        ws_url = hub.url.replace("http", "ws", 1) + "/ws/stream"
-        log.info("circuit-breaker-hub listening on %s (WebSocket %s)", hub.url, ws_url)
-        print(f"circuit-breaker-hub listening on {hub.url}  (WebSocket: {ws_url})", flush=True)
+    async with run_hub(config, reuse_port=reuse_port) as hub:
+        if announce is not None:
+            announce(hub)
+        else:
+            ws_url = hub.url.replace("http", "ws", 1) + "/ws/stream"
+            log.info("circuit-breaker-hub listening on %s (WebSocket %s)", hub.url, ws_url)
+            print(f"circuit-breaker-hub listening on {hub.url}  (WebSocket: {ws_url})", flush=True)
         await stop.wait()

@@ -3,8 +3,10 @@
 Commands::
 
     cbhub serve [--config FILE] [--preset NAME] [--host H] [--port P] [--log-level L] [--loop L]
-                                            run the hub; configuration: defaults < preset < file
-                                            < environment < these flags (hub/config.py)
+                [--workers N]               run the hub; configuration: defaults < preset < file
+                                            < environment < these flags (hub/config.py); N > 1:
+                                            N processes on one port sharing the Redis broker
+                                            (hub/workers.py, docs/DEPLOY.md)
     cbhub config [--config FILE] [--preset NAME]
                                             check the configuration and print it as YAML
     cbhub keys new --name NAME [--subject S] [--models P ...] [--channels P ...] [--rpm N]
@@ -67,6 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", choices=("asyncio", "uvloop"),
                        help="event loop (overrides performance.loop; default asyncio); uvloop needs "
                             "pip install 'circuit-breaker-hub[uvloop]'")
+    serve.add_argument("--workers", type=_positive, metavar="N",
+                       help="hub processes on the one port (SO_REUSEPORT), sharing the Redis broker, which "
+                            "broker.url must name when N > 1 (overrides performance.workers; default 1); a "
+                            "supervisor forwards SIGTERM/SIGINT so that all drain")
 
     config = commands.add_parser("config", help="check the configuration and print it as YAML (API keys hidden)")
     _add_config_arguments(config)
@@ -196,36 +202,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _new_key(args)
     if args.command == "serve":
-        config = _load_config(args, host=args.host, port=args.port, log_level=args.log_level, loop=args.loop)
+        config = _load_config(args, host=args.host, port=args.port, log_level=args.log_level, loop=args.loop,
+                              workers=args.workers)
         if config is None:
             return 2
-        refusal = _auth_refusal(config)
+        from hub.workers import serve_one, supervise, workers_refusal
+
+        refusal = _auth_refusal(config) or workers_refusal(config)
         if refusal is not None:
             print(f"cbhub: {refusal}", file=sys.stderr)
             return 2
         if config.loop == "uvloop":
             try:
-                import uvloop
+                import uvloop  # noqa: F401  (each process runs it: hub/workers.py)
             except ImportError:
                 print("cbhub: the uvloop event loop (performance.loop, --loop) needs uvloop: "
                       "pip install 'circuit-breaker-hub[uvloop]'", file=sys.stderr)
                 return 2
-        from hub.app import serve_forever
         from hub.logsafe import install_secret_filter
 
         install_secret_filter(config.secrets())  # every log record masked (docs/PROTOCOL.md "Redaction")
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        try:
-            if config.loop == "uvloop":
-                uvloop.run(serve_forever(config))
-            else:
-                asyncio.run(serve_forever(config))
-        except ConnectionError as exc:
-            if type(exc).__name__ != "BrokerUnavailable":
-                raise
-            print(f"cbhub: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return supervise(config) if config.workers > 1 else serve_one(config)
     if args.command == "demo":
         if args.which == "workflow":
             if args.prompt is not None:

@@ -7,7 +7,7 @@ layers, each one overriding the one before, key by key::
     defaults  <  --preset NAME (hub/presets/NAME.yaml)  <  --config FILE  <  environment  <  overrides
 
 Overrides are keyword arguments named like the fields; ``cbhub serve`` passes its ``--host``,
-``--port``, ``--log-level`` and ``--loop`` flags this way. ``HubConfig.from_env`` is
+``--port``, ``--log-level``, ``--loop`` and ``--workers`` flags this way. ``HubConfig.from_env`` is
 ``load`` without a file or preset. Only ``load`` checks values; a ``HubConfig`` built
 directly is taken as given.
 
@@ -322,11 +322,17 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "buffering.history_max_age_s", "CBHUB_HISTORY_MAX_AGE_S",
         "events older than this leave a channel's history (0 = no age limit)", _NON_NEGATIVE)] = 3600.0
 
-    # performance: the event loop.
+    # performance: the event loop and the worker processes.
     loop: Annotated[str, key(
         "performance.loop", "CBHUB_LOOP",
         "event loop: `asyncio` or `uvloop` (installed with the hub except on Windows; `--loop`)",
         _one_of(*LOOPS))] = "asyncio"
+    workers: Annotated[int, key(
+        "performance.workers", "CBHUB_WORKERS",
+        "hub processes serving one port (SO_REUSEPORT); more than 1 needs `broker.url` (`--workers`)",
+        _POSITIVE_INT,
+        more="A supervisor starts them, forwards SIGTERM and SIGINT so that all drain, and restarts one that "
+             "dies (docs/DEPLOY.md \"Workers\").")] = 1
 
     # error_handling: retries (before the first content is forwarded), timeouts, the circuit
     # breaker per provider and base URL, the dead-letter log of invalid upstream responses.
@@ -694,7 +700,7 @@ _SECTION_HELP = {
     "http": "Timeouts of HTTP connections: the request head (WebSocket handshakes too), the body, idle keep-alive.",
     "protocols": "The client protocols: WebSocket (/ws/stream) and server-sent events.",
     "buffering": "Coalescing of text deltas and what each completion keeps.",
-    "performance": "The event loop.",
+    "performance": "The event loop and the worker processes.",
     "error_handling": "Retries, timeouts, the circuit breaker and the dead-letter log, per provider request.",
     "monitoring": "Logging.",
     "providers": "The LLM providers. OpenAI, Anthropic and Gemini need a key while their base URL is the\n"
@@ -992,7 +998,7 @@ def example_yaml() -> str:
         "#   cbhub config --config hub.yaml      # check it and print the effective configuration",
         "#",
         "# Precedence, key by key: defaults < --preset < this file < environment variables",
-        "# < --host/--port/--log-level/--loop. A file only needs the keys it changes.",
+        "# < --host/--port/--log-level/--loop/--workers. A file only needs the keys it changes.",
         "# The comment after a value names its environment variable. Units are in the key names.",
         "#",
         "# Generated from the table in hub/config.py: python -m hub.config example",

@@ -161,10 +161,12 @@ def _soft_fd_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+async def _bind(host: str, port: int, backlog: int, reuse_port: bool = False) -> list[socket.socket]:
     """Listening, non-blocking sockets on every address ``host`` resolves to (as
     ``loop.create_server`` binds them: ``SO_REUSEADDR`` on POSIX, IPv6 sockets IPv6-only); with
-    port 0 the first socket picks a free port and the others take the same one.
+    port 0 the first socket picks a free port and the others take the same one. With
+    ``reuse_port``, ``SO_REUSEPORT`` too: several processes of one user listen on the same port
+    and the kernel spreads new connections over them (``cbhub serve --workers``, hub/workers.py).
 
     Raises:
         OSError: an address cannot be resolved or bound (the sockets bound so far are closed).
@@ -179,6 +181,8 @@ async def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
             sockets.append(sock)
             if os.name == "posix":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:
@@ -298,9 +302,11 @@ class Listener:
         port: int = self.sockets[0].getsockname()[1]
         return port
 
-    async def start(self, server: web.Server, host: str, port: int) -> None:
+    async def start(self, server: web.Server, host: str, port: int, *, reuse_port: bool = False) -> None:
         """Listen on ``host:port`` (0: a free port) and serve every connection with
-        ``server``, aiohttp's protocol factory (``AppRunner.server`` after ``setup()``).
+        ``server``, aiohttp's protocol factory (``AppRunner.server`` after ``setup()``). With
+        ``reuse_port`` the sockets are bound with ``SO_REUSEPORT``, so that other processes that
+        also set it share the port (the kernel balances connections between them).
 
         Raises:
             OSError: the address cannot be resolved or bound.
@@ -309,7 +315,7 @@ class Listener:
         self._server = server
         self._fd_limit = _soft_fd_limit()
         self._fds_counted = open_descriptors() or 0
-        self.sockets = await _bind(host, port, self.backlog)
+        self.sockets = await _bind(host, port, self.backlog, reuse_port)
         self._accept_tasks = [loop.create_task(self._accept(sock), name=f"cbhub accept {sock.getsockname()}")
                               for sock in self.sockets]
         self._sweep_handle = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
