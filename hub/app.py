@@ -82,7 +82,8 @@ class Hub:
             bounds = HistoryBounds(config.history_max_events, config.completion_max_buffered_bytes,
                                    config.history_max_age_s or None)
             self.multiplexer = RedisBroker(config.broker_url, config.broker_prefix, bounds, config.retention_s,
-                                           flush=self.write_scheduler.run)
+                                           flush=self.write_scheduler.run,
+                                           node_timeout_s=config.broker_node_timeout_s)
         else:
             self.multiplexer = StreamMultiplexer(flush=self.write_scheduler.run)
         self.broker: Broker = self.multiplexer
@@ -286,13 +287,17 @@ async def healthz_handler(request: web.Request) -> web.Response:
     trimmed, retired and ended; hub/memory.py) and ``http`` (the listener's counts: accepted,
     header_timeouts, shed, waits, accept_errors; hub/transports/http_limits.py), and which
     process answered: ``pid`` and ``node`` (the Redis broker's node id; null in memory), which
-    tell the workers of ``cbhub serve --workers`` apart."""
+    tell the workers of ``cbhub serve --workers`` apart. ``broker``: :meth:`hub.broker.Broker.health`
+    (kind, connected; for Redis also node_id, round_trips, events_sent, events_unsent ...);
+    ``status`` is ``degraded`` (still 200: streams run here go on) while Redis cannot be reached."""
     hub: Hub = request.app[HUB_KEY]
     if hub.ready:
         use = hub.memory.use()
         listener = hub.listener
+        broker = hub.broker.health()
         return web.json_response({
-            "status": "ok", "connections": len(hub.connections), "completions": len(hub.completions.runs),
+            "status": "ok" if broker["connected"] else "degraded", "broker": broker,
+            "connections": len(hub.connections), "completions": len(hub.completions.runs),
             "tasks": len(asyncio.all_tasks()),
             "memory": {"held_bytes": use.total, "budget_bytes": use.budget, "history_bytes": use.history,
                        "state_bytes": use.state, "outbound_bytes": use.outbound, "upstream_bytes": use.upstream,

@@ -194,6 +194,12 @@ class Broker(ABC):
         here, else None (for authorization)."""
         return None
 
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` reports of the broker: at least ``kind`` (``memory`` or
+        ``redis``) and ``connected`` (False while a shared broker cannot be reached: the hub
+        is ``degraded``)."""
+        return {"kind": "memory", "connected": True}
+
     # Control.
 
     @abstractmethod

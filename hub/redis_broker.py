@@ -1,4 +1,5 @@
-"""The Redis broker: several hub processes (nodes) serve the same completion channels.
+"""The Redis broker: several hub processes (nodes) serve the same completion, workflow and agent
+channels, and a node's death or a Redis outage loses nothing silently.
 
 It implements :class:`hub.broker.Broker` as a :class:`~hub.multiplexer.StreamMultiplexer`
 (channels run here work exactly as in memory: local history, fan-out, control) plus Redis, in
@@ -6,25 +7,30 @@ the manner of Centrifugo's Redis engine (docs/ARCHITECTURE.md decision 9). Layou
 starting with ``broker.prefix`` (P)::
 
     P meta:<channel>   hash: epoch, node (owner node id), owner (subject), kind (completion,
-                       workflow or agent), state, parent (an agent channel's workflow channel)
+                       workflow or agent), state (claimed, running, finished), parent (an agent
+                       channel's workflow channel), snap (the latest snapshot's JSON)
     P s:<channel>      Redis Stream, entry IDs <seq>-0, field d = the event's JSON payload
-    P ch:<channel>     PUB/SUB channel: every event's payload, as published
+    P ch:<channel>     PUB/SUB channel: every event's payload, as published, and snapshots
     P ctl:<node>       PUB/SUB channel of one node: control commands (cancel) for its runs
+    P node:<node>      a node's heartbeat (a key with a PX expiry)
+    P nodes            set: the nodes that have beaten and not been reaped
+    P owned:<node>     set: the channels a node runs that have not finished
 
 **Replicated channels**: ``completion:``, ``workflow:`` and ``agent:`` channels (the
 ``system`` channel is each node's own). An agent channel has no terminal event: it is marked
 finished with its workflow's terminal event; it inherits its workflow's owner subject.
 
-**Publishing** (the owning node; one writer per channel). Every event of a replicated
-channel run here is appended to a batch; the first one of an event-loop iteration schedules
+**Publishing** (the owning node; one writer per channel). Every event of a replicated channel
+run here is appended to a batch; the first one of an event-loop iteration schedules
 :meth:`RedisBroker._send` with ``call_soon``, which sends the whole batch in one round trip: one
-EVALSHA of a Lua script that, per event, does ``XADD P s:<ch> MAXLEN ~ <history_max_events>
-<seq>-0 d <payload>`` and ``PUBLISH P ch:<ch> <payload>`` (both or neither: a stale writer's
-XADD fails on its ID, which fences it for free), and on the terminal event marks the meta
-``finished`` and expires both keys ``retention_s + 60`` s later. One batch is in flight while
-the next accumulates; a batch holds at most :data:`BATCH_EVENTS` events or
-:data:`BATCH_BYTES` bytes. :attr:`RedisBroker.round_trips` and :attr:`RedisBroker.events_sent`
-count them.
+EVALSHA of a Lua script that, per event, does ``XADD P s:<ch> <seq>-0 d <payload>`` and
+``PUBLISH P ch:<ch> <payload>`` (both or neither), and on the terminal event marks the meta
+``finished``, removes the channel from ``P owned:<node>`` and expires both keys
+``retention_s + 60`` s later. An event is written only while the meta exists and is not
+``finished``, and its explicit ID must exceed the stream's last: a writer that other nodes
+declared lost, or a duplicate resend, is fenced. One batch is in flight while the next
+accumulates; a batch holds at most :data:`BATCH_EVENTS` events or :data:`BATCH_BYTES` bytes.
+:attr:`RedisBroker.round_trips` and :attr:`RedisBroker.events_sent` count them.
 
 **Live delivery to other nodes: PUB/SUB**, not XREAD on each stream: one connection per node
 carries every channel it mirrors, Redis pushes each event once to each interested node and
@@ -36,24 +42,60 @@ such gaps (below).
 before its usual synchronous subscribe): read ``P meta:<ch>`` (absent: unknown channel), open
 a local mirror channel with the owner's epoch (so cursors from any node are valid) marked
 pending (live events are buffered), SUBSCRIBE ``P ch:<ch>`` and wait for Redis to confirm it,
-XRANGE the stream, then with no await: the stream's events, the buffered events after them,
-then live. Each live event must be the mirror's last seq + 1; a gap (lost PUB/SUB messages)
-switches the mirror back to pending and fills it from the stream. The mirror holds what the
-stream holds (bounded like a history), so resumes on this node are replays from it, and every
-subscriber here gets the owning node's bytes, seq and coalescing. Stage 1: there is no
-snapshot built from Redis; a cursor older than the stream gets what the stream holds
-(``recovered`` false). A mirror is dropped when its last local subscriber leaves.
+then in one MULTI the meta's snapshot and the stream (XRANGE), then with no await: the
+stream's events, the buffered events after them, then live. Each live event must be the
+mirror's last seq + 1; a gap (lost PUB/SUB messages) switches the mirror back to pending and
+fills it from the stream. Every subscriber here gets the owning node's bytes, seq and
+coalescing. A mirror is dropped when its last local subscriber leaves.
+
+**Snapshots from Redis.** Once a channel's history starts evicting on its owner, the owner
+writes the run's snapshot (``snapshot`` / ``workflow_snapshot``, the same message a local
+subscriber would get) into ``P meta:<ch>`` field ``snap`` and publishes it on ``P ch:<ch>``:
+at the first eviction, then every quarter of ``history_max_events`` events or of
+``completion_max_buffered_bytes`` bytes, from the event loop iteration after the events (so the
+run's state matches the snapshot's ``seq``). With it the owner trims the stream: ``XTRIM MINID``
+to the oldest event its own history holds (count, bytes and age bounds) but never past the
+snapshot's ``seq`` + 1, so the snapshot plus the stream always cover the whole run (the stream
+holds at most a quarter of the bounds more than the history). A mirror keeps the latest
+snapshot it read or received and trims its history by the same bounds, never past that
+snapshot; a cursor older than what it holds gets that snapshot then the events after it
+(``recovered: false``), as on the owner. ``agent:`` channels have no snapshot (as in memory):
+their history is trimmed by the bounds alone.
 
 **Cluster-wide ids**: :meth:`RedisBroker.claim` creates ``P meta:<ch>`` only if it does not
-exist (a Lua script), before the run is opened; a completion whose id the hub chose is
+exist (a Lua script), before the run is opened; a channel whose id the hub chose is
 registered in its first batch instead (96 random bits do not collide).
 
 **Cancel from any node**: :meth:`RedisBroker.control` on a mirror publishes ``{"op": "cancel",
 "channel", "code", "message"}`` to ``P ctl:<owner node>``; that node calls the channel's
 control handler, and the run's ``cancelled`` error reaches every node over ``P ch:<ch>``.
 
-Not yet (later stages of issue 13): node liveness (``node_lost``), surviving a Redis outage,
-cluster-wide limits.
+**Node liveness.** Every node sets ``P node:<id>`` with ``PX`` = 3/4 of
+``broker.node_timeout_s`` every 1/4 of it, and every 1/8 of it checks the heartbeats of the
+nodes in ``P nodes``. A node whose heartbeat is gone is lost: the first survivor to notice runs
+one Lua script that, for each channel in the lost node's ``P owned:<node>`` still owned by it
+and not ``finished`` (and only while its heartbeat is still absent), takes the next seq from
+the stream's last entry ID, XADDs ``error`` ``node_lost`` (retryable) with that explicit ID,
+marks the meta ``finished`` with the usual expiry, and PUBLISHes it. The script is atomic and
+the entry ID is explicit, so two survivors never both write it and a late write of the lost
+node is refused: every subscriber, mirrors and later subscribers alike, gets the owner's events
+that reached Redis, then the same ``node_lost``, once. A channel nobody mirrors is finished the
+same way. A node declared lost while it was only silent (a stalled event loop) keeps serving
+its local subscribers; its later writes are fenced.
+
+**Redis lost while running** (a write, a ping or the PUB/SUB connection fails): nothing crashes.
+Channels run here keep streaming to local subscribers; their events wait in the batch (at most
+:data:`UNSENT_MAX_EVENTS` events / :data:`UNSENT_MAX_BYTES` bytes: past that the oldest
+non-terminal events are dropped, counted in :attr:`RedisBroker.events_dropped`, and the stream
+will have a gap there). The keepalive task pings every 1/8 of ``node_timeout_s``; when Redis
+answers again the node re-registers its unfinished channels (a restarted Redis may have lost
+them) and sends what waited. The PUB/SUB connection re-subscribes on its own (redis-py); each
+mirror, pending meanwhile, fills itself from the stream once its subscription is confirmed. When
+the stream cannot cover a mirror's gap, its subscribers get ``error`` ``stream_gap`` (retryable,
+without ``seq``) and the mirror is dropped: subscribing again gives what Redis holds (a
+snapshot, ``recovered: false``). New completions are refused meanwhile (their id cannot be
+claimed: ``internal_error``, retryable) and :meth:`RedisBroker.health` reports ``connected``
+false (``/healthz`` says ``degraded``).
 """
 
 from __future__ import annotations
@@ -64,19 +106,29 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from hub.broker import ControlHandler
 from hub.channel import Channel, EncodedEvent, HistoryBounds
 from hub.multiplexer import StreamMultiplexer
 from protocol.errors import ErrorCode, HubError
-from protocol.messages import HUB_DECODER, Completed, ErrorMessage, WorkflowCompleted
+from protocol.messages import (
+    HUB_DECODER,
+    Completed,
+    ErrorInfo,
+    ErrorMessage,
+    Snapshot,
+    WorkflowCompleted,
+    WorkflowSnapshot,
+    encode,
+)
 
-__all__ = ["RedisBroker", "BrokerUnavailable", "BATCH_EVENTS", "BATCH_BYTES"]
+__all__ = ["RedisBroker", "BrokerUnavailable", "BATCH_EVENTS", "BATCH_BYTES", "UNSENT_MAX_EVENTS",
+           "UNSENT_MAX_BYTES"]
 
 log = logging.getLogger("cbhub.broker")
 
@@ -84,42 +136,64 @@ log = logging.getLogger("cbhub.broker")
 BATCH_EVENTS = 500
 #: The most payload bytes one round trip carries (a batch takes at least one event).
 BATCH_BYTES = 1 << 20
+#: The most events kept for Redis while it is unreachable (then the oldest are dropped).
+UNSENT_MAX_EVENTS = 100_000
+#: The most payload bytes kept for Redis while it is unreachable.
+UNSENT_MAX_BYTES = 64 << 20
 
 #: Per op, five arguments: kind, channel, a, b, c. Kinds: ``e`` event (a: seq, b: payload),
-#: ``f`` terminal event (same), ``m`` register a channel unless registered (a: epoch, b: node,
-#: c: owner subject; the meta's ``kind`` is the name's part before ``:``), ``p`` record the
-#: channel's parent (a: the ``workflow:`` channel of an ``agent:`` channel), ``x`` mark a
-#: channel finished without an event (an agent channel when its workflow ends).
-#: ARGV[1..3]: prefix, stream MAXLEN, seconds to keep a finished channel.
+#: ``f`` terminal event (same), ``m`` register a channel unless registered (a: epoch, b: owner
+#: subject, c: parent channel or ''; the meta's ``kind`` is the name's part before ``:``), ``x``
+#: mark a channel finished without an event (an agent channel when its workflow ends), ``s``
+#: snapshot (a: its seq, b: its payload or '' for none, c: the stream's new MINID seq or '').
+#: ARGV[1..4]: prefix, stream MAXLEN (a safety net), seconds to keep a finished channel, node.
 _PUBLISH_LUA = """
 local p = ARGV[1]
 local maxlen = ARGV[2]
 local ttl = tonumber(ARGV[3])
+local node = ARGV[4]
+local owned = p .. 'owned:' .. node
 local written = 0
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local kind, name, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local meta = p .. 'meta:' .. name
+  local stream = p .. 's:' .. name
   if kind == 'm' then
     if redis.call('EXISTS', meta) == 0 then
-      redis.call('HSET', meta, 'epoch', a, 'node', b, 'owner', c, 'kind', string.match(name, '^[^:]*'),
+      redis.call('HSET', meta, 'epoch', a, 'node', node, 'owner', b, 'kind', string.match(name, '^[^:]*'),
                  'state', 'running')
+      if c ~= '' then redis.call('HSET', meta, 'parent', c) end
+      redis.call('SADD', owned, name)
     end
-  elseif kind == 'p' then
-    redis.call('HSET', meta, 'parent', a)
-  elseif kind == 'x' then
-    redis.call('HSET', meta, 'state', 'finished')
-    redis.call('EXPIRE', meta, ttl)
-    redis.call('EXPIRE', p .. 's:' .. name, ttl)
   else
-    local stream = p .. 's:' .. name
-    local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, a .. '-0', 'd', b)
-    if type(added) ~= 'table' or not added.err then
-      redis.call('PUBLISH', p .. 'ch:' .. name, b)
-      written = written + 1
-      if kind == 'f' then
+    local state = redis.call('HGET', meta, 'state')
+    local live = state and state ~= 'finished' and redis.call('HGET', meta, 'node') == node
+    if kind == 'x' then
+      if live then
         redis.call('HSET', meta, 'state', 'finished')
         redis.call('EXPIRE', meta, ttl)
         redis.call('EXPIRE', stream, ttl)
+        redis.call('SREM', owned, name)
+      end
+    elseif kind == 's' then
+      if live then
+        if b ~= '' then
+          redis.call('HSET', meta, 'snap', b)
+          redis.call('PUBLISH', p .. 'ch:' .. name, b)
+        end
+        if c ~= '' then redis.call('XTRIM', stream, 'MINID', c .. '-0') end
+      end
+    elseif live then
+      local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, a .. '-0', 'd', b)
+      if type(added) ~= 'table' or not added.err then
+        redis.call('PUBLISH', p .. 'ch:' .. name, b)
+        written = written + 1
+        if kind == 'f' then
+          redis.call('HSET', meta, 'state', 'finished')
+          redis.call('EXPIRE', meta, ttl)
+          redis.call('EXPIRE', stream, ttl)
+          redis.call('SREM', owned, name)
+        end
       end
     end
   end
@@ -127,17 +201,65 @@ end
 return written
 """
 
-#: KEYS[1]: the meta hash; ARGV: epoch, node, owner. 1 when created, 0 when it existed.
+#: KEYS[1]: the meta hash, KEYS[2]: the node's owned set; ARGV: epoch, node, owner, kind,
+#: channel. 1 when created, 0 when it existed.
 _CLAIM_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'node', ARGV[2], 'owner', ARGV[3], 'kind', ARGV[4],
            'state', 'claimed')
+redis.call('SADD', KEYS[2], ARGV[5])
 return 1
+"""
+
+#: KEYS[1]: this node's heartbeat key, KEYS[2]: the nodes set; ARGV: PX ms, node id.
+#: Returns 1 when the heartbeat still existed (0: it had expired, or Redis lost it).
+_BEAT_LUA = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return existed
+"""
+
+#: ARGV: prefix, the lost node, seconds to keep a finished channel, then per channel three:
+#: name, the node_lost payload before its seq, after it. Returns the channels it ended, or -1
+#: when the node's heartbeat is back.
+_REAP_LUA = """
+local p, node, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('EXISTS', p .. 'node:' .. node) == 1 then return -1 end
+local owned = p .. 'owned:' .. node
+local ended = 0
+for i = 4, #ARGV, 3 do
+  local name = ARGV[i]
+  local meta = p .. 'meta:' .. name
+  local state = redis.call('HGET', meta, 'state')
+  if state and state ~= 'finished' and redis.call('HGET', meta, 'node') == node then
+    local stream = p .. 's:' .. name
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local seq = 1
+    if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
+    local payload = ARGV[i + 1] .. seq .. ARGV[i + 2]
+    redis.call('XADD', stream, seq .. '-0', 'd', payload)
+    redis.call('HSET', meta, 'state', 'finished', 'lost', '1')
+    redis.call('EXPIRE', meta, ttl)
+    redis.call('EXPIRE', stream, ttl)
+    redis.call('PUBLISH', p .. 'ch:' .. name, payload)
+    ended = ended + 1
+  end
+  redis.call('SREM', owned, name)
+end
+if redis.call('SCARD', owned) == 0 then redis.call('SREM', p .. 'nodes', node) end
+return ended
 """
 
 #: The channels replicated through Redis: completions, workflow runs and their agents (the
 #: ``system`` channel is each node's own).
 _REPLICATED_PREFIXES = ("completion:", "workflow:", "agent:")
+#: A mirror's own history bound is applied by the broker (never past its snapshot).
+_UNBOUNDED = HistoryBounds(1 << 62)
+#: Stands for the seq in a node_lost payload template.
+_SEQ_MARK = 7_340_007_340_007
+
+_Op = tuple[str, str, str, bytes | str, str]
 
 
 def _replicated(name: str) -> bool:
@@ -151,9 +273,10 @@ class BrokerUnavailable(ConnectionError):
 
 class _Mirror:
     """What a node knows of a channel another node runs: the owner, whether the mirror is
-    being filled from the stream (live events wait in ``buffer`` meanwhile), and its end."""
+    being filled from the stream (live events wait in ``buffer`` meanwhile), its snapshot."""
 
-    __slots__ = ("channel", "node", "owner", "pending", "buffer", "finished", "topic")
+    __slots__ = ("channel", "node", "owner", "pending", "buffer", "finished", "topic", "live", "filling",
+                 "snapshot", "later", "snapshots")
 
     def __init__(self, channel: Channel, node: str, owner: str, topic: bytes) -> None:
         self.channel = channel
@@ -163,6 +286,18 @@ class _Mirror:
         self.pending = True
         self.buffer: list[EncodedEvent] = []
         self.finished = False
+        self.live = False  # filled once: a gap is history Redis no longer holds, not a loss
+        self.filling = False
+        self.snapshot: Any = None  # the latest Snapshot / WorkflowSnapshot applied
+        self.later: Any = None  # one received ahead of the events it reflects
+        self.snapshots = not channel.name.startswith("agent:")
+
+    @property
+    def snap_seq(self) -> int:
+        return self.snapshot.seq if self.snapshot is not None else 0
+
+    def current_snapshot(self) -> Any:
+        return self.snapshot
 
 
 def _seq_of(event: EncodedEvent) -> int:
@@ -177,6 +312,34 @@ def _is_terminal(event: EncodedEvent) -> bool:
         isinstance(message, ErrorMessage) and message.seq is not None)
 
 
+def _ids_of(name: str, parent: str | None) -> tuple[str | None, str | None]:
+    """``(completionId, workflowId)`` for messages about channel ``name``."""
+    kind, _, ident = name.partition(":")
+    if kind == "completion":
+        return ident, None
+    if kind == "workflow":
+        return None, ident
+    return None, parent.partition(":")[2] if parent else None
+
+
+def node_lost_template(name: str, parent: str | None) -> tuple[bytes, bytes]:
+    """The ``error`` ``node_lost`` payload of channel ``name`` cut around its seq (the Lua
+    script that writes it puts the next seq in between).
+
+    Args:
+        name: the channel (``completion:<id>``, ``workflow:<id>``, ``agent:<wf>.<agent>``).
+        parent: an agent channel's ``workflow:`` channel (its id goes in ``workflowId``).
+
+    Returns:
+        ``(head, tail)``: the JSON bytes before and after the seq.
+    """
+    completion_id, workflow_id = _ids_of(name, parent)
+    info = ErrorInfo(ErrorCode.NODE_LOST, f"the hub node running {name} stopped answering; retry", True)
+    payload = encode(ErrorMessage(info, completion_id, _SEQ_MARK, workflow_id=workflow_id))
+    head, tail = payload.split(str(_SEQ_MARK).encode(), 1)
+    return head, tail
+
+
 class RedisBroker(StreamMultiplexer):
     """The Redis :class:`~hub.broker.Broker` (see the module docstring).
 
@@ -188,38 +351,59 @@ class RedisBroker(StreamMultiplexer):
             expire 60 s after that.
         flush: as for :class:`~hub.multiplexer.StreamMultiplexer`.
         clock: as for :class:`~hub.multiplexer.StreamMultiplexer` (s, monotonic).
+        node_timeout_s: ``broker.node_timeout_s``: a node silent this long (at most) is lost.
 
     Attributes:
         node_id: this node's random id (its control channel is ``<prefix>ctl:<node_id>``).
+        connected: False while Redis is unreachable (a write, ping or PUB/SUB read failed).
         round_trips: publish round trips sent to Redis so far.
         events_sent: events those round trips carried.
+        events_dropped: events never sent to Redis (dropped past the unsent caps).
+        nodes_lost: channels this node ended with ``node_lost`` for lost nodes.
+        gaps: mirrors ended with ``stream_gap``.
     """
 
     distributed = True
 
     def __init__(self, url: str, prefix: str, bounds: HistoryBounds, retention_s: float,
-                 flush: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 flush: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 node_timeout_s: float = 5.0) -> None:
         super().__init__(flush, clock)
         self.url = url
         self.prefix = prefix
         self.bounds = bounds
         self.retention_s = retention_s
+        self.node_timeout_s = node_timeout_s
         self.node_id = secrets.token_hex(8)
+        self.connected = False
         self.round_trips = 0
         self.events_sent = 0
+        self.events_dropped = 0
+        self.nodes_lost = 0
+        self.gaps = 0
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._pubsub_broken = False
         self._publish_script: Any = None
         self._claim_script: Any = None
-        self._batch: list[str] = []  # flat ARGV, five per op
+        self._beat_script: Any = None
+        self._reap_script: Any = None
+        self._batch: list[_Op] = []
         self._batch_bytes = 0
+        self._batch_events = 0
         self._scheduled = False
         self._inflight: asyncio.Task[None] | None = None
         self._replicated: set[str] = set()
+        self._ended: set[str] = set()  # replicated channels run here whose end was batched
+        self._done: set[str] = set()  # ... and written to Redis
         self._claimed: dict[str, tuple[str, str]] = {}  # channel -> (epoch, owner), claimed, not opened yet
         self._owners: dict[str, str] = {}  # replicated channel run here -> owner subject
+        self._parents: dict[str, str] = {}  # agent channel run here -> its workflow channel
         self._children: dict[str, list[str]] = {}  # workflow channel run here -> its agent channels
+        self._since_snap: dict[str, list[int]] = {}  # channel run here -> [events, bytes] since its snapshot
+        self._snap_due: set[str] = set()
         self._mirrors: dict[str, _Mirror] = {}
         self._by_topic: dict[bytes, _Mirror] = {}
         self._attaching: dict[str, asyncio.Future[None]] = {}
@@ -230,37 +414,57 @@ class RedisBroker(StreamMultiplexer):
     # Connection.
 
     async def connect(self) -> None:
-        """Connect, load the scripts and listen on this node's control channel.
+        """Connect, load the scripts, listen on this node's control channel, beat once and
+        start the keepalive task (heartbeat, lost nodes, reconnection).
 
         Raises:
             BrokerUnavailable: Redis does not answer at ``url``.
         """
-        client = aioredis.from_url(self.url)
+        timeout = max(1.0, self.node_timeout_s)
+        client = aioredis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             await client.ping()
             self._publish_script = client.register_script(_PUBLISH_LUA)
             self._claim_script = client.register_script(_CLAIM_LUA)
+            self._beat_script = client.register_script(_BEAT_LUA)
+            self._reap_script = client.register_script(_REAP_LUA)
             pubsub = client.pubsub()
             await pubsub.subscribe(self._ctl_topic)
+            self._redis = client
+            await self._beat()
         except (RedisError, OSError) as exc:
+            self._redis = None
             await client.aclose()
             raise BrokerUnavailable(f"broker.url {self.url!r}: Redis does not answer ({exc})") from exc
-        self._redis = client
         self._pubsub = pubsub
-        self._reader = asyncio.get_running_loop().create_task(self._read(), name="redis-broker-reader")
+        self.connected = True
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read(), name="redis-broker-reader")
+        self._keeper = loop.create_task(self._keepalive(), name="redis-broker-keepalive")
 
     async def close(self) -> None:
-        """Send what is batched, then disconnect (shutdown)."""
+        """Send what is batched (for up to ``node_timeout_s`` while Redis is unreachable),
+        drop the heartbeat, then disconnect (shutdown)."""
         try:
+            deadline = asyncio.get_running_loop().time() + self.node_timeout_s
             while self._redis is not None and (self._batch or self._inflight is not None):
                 if self._inflight is not None:
                     await asyncio.gather(self._inflight, return_exceptions=True)
-                elif self._batch:
+                elif not self.connected:
+                    if asyncio.get_running_loop().time() > deadline:
+                        log.warning("shutting down with %d events never sent to Redis", self._batch_events)
+                        break
+                    await asyncio.sleep(0.05)
+                else:
                     self._send()
+            if self._redis is not None and self.connected:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._redis.delete(f"{self.prefix}node:{self.node_id}")
         finally:
-            if self._reader is not None:
-                self._reader.cancel()
-                await asyncio.gather(self._reader, return_exceptions=True)
+            for task in (self._reader, self._keeper):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             for task in list(self._tasks):
                 task.cancel()
             if self._pubsub is not None:
@@ -275,19 +479,118 @@ class RedisBroker(StreamMultiplexer):
             raise BrokerUnavailable(f"broker.url {self.url!r}: not connected")
         return self._redis
 
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(self._quietly(coroutine))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _quietly(self, coroutine: Awaitable[Any]) -> None:
+        try:
+            await coroutine
+        except (RedisError, OSError) as exc:
+            log.warning("a Redis command failed: %s", exc)
+
+    def health(self) -> dict[str, Any]:
+        """For ``/healthz``: ``{"kind": "redis", "connected", "node_id", "round_trips",
+        "events_sent", "events_unsent", "events_dropped", "mirrors", "nodes_lost", "gaps"}``."""
+        return {"kind": "redis", "connected": self.connected, "node_id": self.node_id,
+                "round_trips": self.round_trips, "events_sent": self.events_sent,
+                "events_unsent": self._batch_events, "events_dropped": self.events_dropped,
+                "mirrors": len(self._mirrors), "nodes_lost": self.nodes_lost, "gaps": self.gaps}
+
+    # Liveness and reconnection.
+
+    async def _keepalive(self) -> None:
+        """Every 1/8 of ``node_timeout_s``: ping while disconnected, beat every 1/4 of it,
+        end the channels of lost nodes."""
+        loop = asyncio.get_running_loop()
+        tick = self.node_timeout_s / 8
+        next_beat = loop.time() + self.node_timeout_s / 4
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                if not self.connected:
+                    await self._client().ping()
+                    self._reconnected()
+                if loop.time() >= next_beat:
+                    next_beat = loop.time() + self.node_timeout_s / 4
+                    await self._beat()
+                await self._reap_lost()
+            except (RedisError, OSError) as exc:
+                self._disconnected(exc)
+            except Exception:  # a bug of ours must not stop the heartbeat
+                log.exception("the Redis broker's keepalive failed")
+
+    async def _beat(self) -> None:
+        existed = await self._beat_script(
+            keys=[f"{self.prefix}node:{self.node_id}", f"{self.prefix}nodes"],
+            args=[max(1, int(self.node_timeout_s * 750)), self.node_id])
+        if not existed and self._keeper is not None:
+            log.warning("this node's heartbeat had expired (a stall, or Redis lost it): other nodes may have "
+                        "ended its unfinished streams with node_lost")
+
+    async def _reap_lost(self) -> None:
+        """End the unfinished channels of every node whose heartbeat is gone."""
+        client = self._client()
+        members: Any = await client.smembers(f"{self.prefix}nodes")
+        others = sorted(member.decode() for member in members if member.decode() != self.node_id)
+        if not others:
+            return
+        async with client.pipeline(transaction=False) as pipe:
+            for node in others:
+                pipe.exists(f"{self.prefix}node:{node}")
+            alive = await pipe.execute()
+        for node, beating in zip(others, alive, strict=True):
+            if not beating:
+                await self._reap(node)
+
+    async def _reap(self, node: str) -> None:
+        client = self._client()
+        owned: Any = await client.smembers(f"{self.prefix}owned:{node}")
+        names = sorted(name.decode() for name in owned)
+        agents = [name for name in names if name.startswith("agent:")]
+        parents: dict[str, str] = {}
+        if agents:
+            async with client.pipeline(transaction=False) as pipe:
+                for name in agents:
+                    pipe.hget(f"{self.prefix}meta:{name}", "parent")
+                for name, parent in zip(agents, await pipe.execute(), strict=True):
+                    if parent:
+                        parents[name] = parent.decode()
+        args: list[str | bytes | int] = [self.prefix, node, int(self.retention_s + 60)]
+        for name in names:
+            head, tail = node_lost_template(name, parents.get(name))
+            args += [name, head, tail]
+        ended = await self._reap_script(args=args)
+        if ended > 0:
+            self.nodes_lost += ended
+            log.warning("hub node %s is lost: %d of its streams ended with node_lost", node, ended)
+
+    def _disconnected(self, exc: BaseException) -> None:
+        if self.connected:
+            log.warning("Redis at %s is unreachable (%s): streams run here go on locally; their events wait",
+                        self.url, exc)
+        self.connected = False
+
+    def _reconnected(self) -> None:
+        """Redis answers again: re-register the unfinished channels run here (a restarted
+        Redis may have lost them), ahead of the events that waited, and send."""
+        log.warning("Redis at %s answers again: sending %d events that waited", self.url, self._batch_events)
+        self.connected = True
+        again: list[_Op] = [("m", name, channel.epoch, self._owners.get(name, ""), self._parents.get(name, ""))
+                            for name in sorted(self._replicated - self._done)
+                            if (channel := self.channels.get(name)) is not None]
+        self._batch[:0] = again
+        self._schedule()
 
     # Channels run here.
 
     def open_channel(self, name: str, bounds: HistoryBounds, *, on_idle: Callable[[], None] | None = None,
                      on_subscribe: Callable[[], None] | None = None, snapshot: Callable[[], Any] | None = None,
                      control: ControlHandler | None = None) -> Channel:
-        """Open a channel run here (see :meth:`hub.broker.Broker.open_channel`); a
-        ``completion:`` channel is also written to Redis, with the epoch of its claim or,
-        unclaimed, registered in its first batch.
+        """Open a channel run here (see :meth:`hub.broker.Broker.open_channel`); a replicated
+        one (completion, workflow, agent) is also written to Redis, with the epoch of its claim
+        or, unclaimed, registered in its first batch.
 
         Raises:
             ValueError: a channel of that name is open (a mirror included).
@@ -300,13 +603,12 @@ class RedisBroker(StreamMultiplexer):
             parent = self._parent_of(name) if name.startswith("agent:") else None
             if parent is not None:
                 self._children.setdefault(parent, []).append(name)
+                self._parents[name] = parent
                 self._owners[name] = self._owners.get(parent, "")
             if claimed is not None:
                 channel.epoch, self._owners[name] = claimed
             else:
-                self._append("m", name, channel.epoch, self.node_id, self._owners.get(name, ""), 0)
-            if parent is not None:
-                self._append("p", name, parent, "", "", 0)
+                self._append(("m", name, channel.epoch, self._owners.get(name, ""), parent or ""), 0, 0)
         return channel
 
     def _parent_of(self, name: str) -> str | None:
@@ -321,8 +623,13 @@ class RedisBroker(StreamMultiplexer):
     def close_channel(self, name: str) -> None:
         """Forget a channel (its Redis keys expire on their own; a mirror stops listening)."""
         self._replicated.discard(name)
+        self._ended.discard(name)
+        self._done.discard(name)
         self._owners.pop(name, None)
+        self._parents.pop(name, None)
         self._children.pop(name, None)
+        self._since_snap.pop(name, None)
+        self._snap_due.discard(name)
         mirror = self._mirrors.pop(name, None)
         if mirror is not None:
             self._by_topic.pop(mirror.topic, None)
@@ -343,8 +650,9 @@ class RedisBroker(StreamMultiplexer):
         if name in self.channels:
             return False
         epoch = secrets.token_urlsafe(6)
-        created = await self._claim_script(keys=[f"{self.prefix}meta:{name}"],
-                                           args=[epoch, self.node_id, owner, name.partition(":")[0]])
+        created = await self._claim_script(
+            keys=[f"{self.prefix}meta:{name}", f"{self.prefix}owned:{self.node_id}"],
+            args=[epoch, self.node_id, owner, name.partition(":")[0], name])
         if not created:
             return False
         self._claimed[name] = (epoch, owner)
@@ -354,6 +662,20 @@ class RedisBroker(StreamMultiplexer):
         """Delete a claim whose run was not created."""
         if self._claimed.pop(name, None) is not None and self._redis is not None:
             self._spawn(self._redis.delete(f"{self.prefix}meta:{name}"))
+            self._spawn(self._redis.srem(f"{self.prefix}owned:{self.node_id}", name))
+
+    def trim_history(self, name: str) -> int:
+        """As :meth:`hub.multiplexer.StreamMultiplexer.trim_history` for channels run here; a
+        mirror is never trimmed (its snapshot would no longer meet its history): one nobody
+        here watches is dropped instead (Redis still holds it)."""
+        mirror = self._mirrors.get(name)
+        if mirror is None:
+            return super().trim_history(name)
+        if mirror.channel.subscribers or name in self._attaching:
+            return 0
+        held = mirror.channel.history_bytes
+        self.close_channel(name)
+        return held
 
     # Publishing.
 
@@ -363,63 +685,138 @@ class RedisBroker(StreamMultiplexer):
         super().publish(channel, event)
         name = channel.name
         if name in self._replicated:
-            terminal = _is_terminal(event)
-            self._append("f" if terminal else "e", name, str(event.seq), event.payload, b"", len(event.payload))
-            if terminal:  # a workflow's end ends its agent channels (they have no terminal event)
-                for child in self._children.get(name, ()):
-                    self._append("x", child, "", "", "", 0)
+            size = len(event.payload)
+            if _is_terminal(event):
+                self._ended.add(name)
+                self._snap_due.discard(name)
+                self._append(("f", name, str(event.seq), event.payload, ""), 1, size)
+                for child in self._children.get(name, ()):  # a workflow's end ends its agent channels
+                    self._ended.add(child)
+                    self._append(("x", child, "", "", ""), 0, 0)
+                return
+            self._append(("e", name, str(event.seq), event.payload, ""), 1, size)
+            history = channel.history
+            if history and history[0].seq > 1:  # evicting: Redis needs a snapshot and a trim
+                counts = self._since_snap.get(name)
+                if counts is None:
+                    self._snap_due.add(name)
+                    self._since_snap[name] = [0, 0]
+                else:
+                    counts[0] += 1
+                    counts[1] += size
+                    bounds = channel.bounds
+                    if counts[0] * 4 >= bounds.max_events or (
+                            bounds.max_bytes is not None and counts[1] * 4 >= bounds.max_bytes):
+                        self._snap_due.add(name)
 
-    def _append(self, kind: str, name: str, a: str, b: str | bytes, c: str | bytes, size: int) -> None:
-        self._batch.extend((kind, name, a, b, c))  # type: ignore[arg-type]
+    def _append(self, op: _Op, events: int, size: int) -> None:
+        self._batch.append(op)
         self._batch_bytes += size
-        if not self._scheduled and self._inflight is None:
+        self._batch_events += events
+        if not self.connected and (self._batch_events > UNSENT_MAX_EVENTS or self._batch_bytes > UNSENT_MAX_BYTES):
+            self._shed()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._inflight is None and self.connected:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._send)
+
+    def _shed(self) -> None:
+        """Past the unsent caps: drop the oldest quarter of the waiting non-terminal events
+        (their stream will have a gap; mirrors report it as ``stream_gap``)."""
+        target = max(1, self._batch_events // 4)
+        kept: list[_Op] = []
+        dropped = 0
+        for op in self._batch:
+            if dropped < target and op[0] == "e":
+                dropped += 1
+                self._batch_bytes -= len(op[3])
+                continue
+            kept.append(op)
+        self._batch = kept
+        self._batch_events -= dropped
+        self.events_dropped += dropped
+        log.warning("Redis is unreachable: dropped the %d oldest events waiting for it (%d dropped so far)",
+                    dropped, self.events_dropped)
+
+    def _snapshot_ops(self) -> list[_Op]:
+        """The due snapshots and stream trims (see the module docstring), taken now: the
+        runs' state matches their last published event."""
+        ops: list[_Op] = []
+        for name in sorted(self._snap_due):
+            channel = self.channels.get(name)
+            if channel is None or name in self._ended or not channel.history:
+                continue
+            first = channel.history[0].seq
+            if channel.snapshot is not None:
+                state = channel.snapshot()
+                ops.append(("s", name, str(state.seq), encode(state), str(min(first, state.seq + 1))))
+            else:
+                ops.append(("s", name, "0", "", str(first)))
+            self._since_snap[name] = [0, 0]
+        self._snap_due.clear()
+        return ops
 
     def _send(self) -> None:
         """Send the batch (up to its caps) in one EVALSHA; the rest waits for the next."""
         self._scheduled = False
-        if self._inflight is not None or not self._batch or self._redis is None:
+        if self._inflight is not None or self._redis is None or not self.connected:
+            return
+        if self._snap_due:
+            self._batch.extend(self._snapshot_ops())
+        if not self._batch:
             return
         batch = self._batch
         cut = len(batch)
-        limit = BATCH_EVENTS * 5
-        if cut > limit or self._batch_bytes > BATCH_BYTES:
-            size = 0
-            cut = 0
-            while cut < len(batch) and cut < limit:
-                size += len(batch[cut + 3])
-                cut += 5
-                if size >= BATCH_BYTES:
-                    break
+        if self._batch_events > BATCH_EVENTS or self._batch_bytes > BATCH_BYTES:
+            size = events = cut = 0
+            while cut < len(batch) and events < BATCH_EVENTS and size < BATCH_BYTES:
+                op = batch[cut]
+                cut += 1
+                if op[0] in "ef":
+                    events += 1
+                    size += len(op[3])
         ops, self._batch = batch[:cut], batch[cut:]
-        self._batch_bytes = sum(len(batch[i + 3]) for i in range(cut + 3, len(batch), 5)) if self._batch else 0
-        task = self._inflight = asyncio.get_running_loop().create_task(self._write(ops))
+        events = sum(1 for op in ops if op[0] in "ef")
+        self._batch_events -= events
+        self._batch_bytes -= sum(len(op[3]) for op in ops if op[0] in "ef")
+        task = self._inflight = asyncio.get_running_loop().create_task(self._write(ops, events))
         task.add_done_callback(self._sent)
 
-    async def _write(self, ops: list[str]) -> None:
-        events = sum(1 for i in range(0, len(ops), 5) if ops[i] != "m")
-        maxlen = max(1, self.bounds.max_events)
+    async def _write(self, ops: list[_Op], events: int) -> None:
+        maxlen = 2 * max(1, self.bounds.max_events) + 100  # a safety net: the snapshot trims exactly
+        args: list[Any] = [self.prefix, maxlen, int(self.retention_s + 60), self.node_id]
+        for op in ops:
+            args.extend(op)
         try:
-            await self._publish_script(args=[self.prefix, maxlen, int(self.retention_s + 60), *ops])
-        except (RedisError, OSError):
-            log.exception("publishing %d events to Redis failed; other nodes miss them", events)
+            await self._publish_script(args=args)
+        except ResponseError:  # the script failed (a bug of ours): sending it again would fail again
+            log.exception("Redis refused a batch of %d events; other nodes miss them", events)
+            return
+        except (RedisError, OSError) as exc:  # kept, and sent again when Redis answers
+            self._disconnected(exc)
+            self._batch[:0] = ops
+            self._batch_events += events
+            self._batch_bytes += sum(len(op[3]) for op in ops if op[0] in "ef")
             return
         self.round_trips += 1
         self.events_sent += events
+        for op in ops:
+            if op[0] in "fx":
+                self._done.add(op[1])
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._inflight = None
-        if self._batch and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._send)
+        if self._batch or self._snap_due:
+            self._schedule()
 
     # Channels run elsewhere.
 
     async def attach(self, names: list[str]) -> None:
-        """Mirror here the replicated channels (completion, workflow, agent) among ``names`` that another node runs
-        (module docstring). Concurrent attaches of one channel share one mirror. Redis errors
-        are logged and leave the channel unknown here."""
+        """Mirror here the replicated channels (completion, workflow, agent) among ``names``
+        that another node runs (module docstring). Concurrent attaches of one channel share
+        one mirror. Redis errors are logged and leave the channel unknown here."""
         for name in names:
             if name in self.channels or not _replicated(name):
                 continue
@@ -428,24 +825,24 @@ class RedisBroker(StreamMultiplexer):
                 waiting = self._attaching[name] = asyncio.get_running_loop().create_future()
                 try:
                     await self._mirror(name)
-                except (RedisError, OSError, TimeoutError):
-                    log.exception("mirroring %s from Redis failed", name)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("mirroring %s from Redis failed: %s", name, exc)
                 finally:
                     del self._attaching[name]
                     waiting.set_result(None)
                     mirror = self._mirrors.get(name)
-                    if mirror is not None and mirror.pending:  # failed or cancelled half-way
+                    if mirror is not None and not mirror.live:  # failed or cancelled half-way
                         self.close_channel(name)
             else:
                 await asyncio.shield(waiting)
 
     async def _mirror(self, name: str) -> None:
         client = self._client()
-        meta: dict[bytes, bytes] = await client.hgetall(f"{self.prefix}meta:{name}")  # type: ignore[assignment]
+        meta: Any = await client.hgetall(f"{self.prefix}meta:{name}")
         epoch = meta.get(b"epoch")
         if not epoch or name in self.channels:
             return
-        channel = super().open_channel(name, self.bounds, on_idle=lambda: self._idle(name))
+        channel = super().open_channel(name, _UNBOUNDED, on_idle=lambda: self._idle(name))
         channel.epoch = epoch.decode()
         topic = f"{self.prefix}ch:{name}".encode()
         mirror = _Mirror(channel, meta.get(b"node", b"").decode(), meta.get(b"owner", b"").decode(), topic)
@@ -460,27 +857,52 @@ class RedisBroker(StreamMultiplexer):
         await self._fill(mirror)
 
     async def _fill(self, mirror: _Mirror) -> None:
-        """Read the stream after the mirror's last seq, then (no await) feed it and the
-        buffered live events, and go live."""
+        """Read the snapshot and the stream after the mirror's last seq (one MULTI), then (no
+        await) feed them and the buffered live events, and go live. A gap the stream cannot
+        close ends the mirror with ``stream_gap`` (a first fill accepts what the stream
+        holds: older history is gone, the snapshot stands for it)."""
         channel = mirror.channel
+        name = channel.name
         start = f"{channel.last_seq + 1}-0" if channel.last_seq else "-"
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._client().xrange(  # type: ignore[assignment]
-            f"{self.prefix}s:{channel.name}", min=start, max="+")
-        if self._mirrors.get(channel.name) is not mirror:
+        mirror.filling = True
+        try:
+            async with self._client().pipeline(transaction=True) as pipe:
+                pipe.hget(f"{self.prefix}meta:{name}", "snap")
+                pipe.xrange(f"{self.prefix}s:{name}", min=start, max="+")
+                snap, entries = await pipe.execute()
+        finally:
+            mirror.filling = False
+        if self._mirrors.get(name) is not mirror:
             return  # dropped meanwhile
+        if snap and mirror.snapshots:
+            self._take_snapshot(mirror, HUB_DECODER.decode(snap))
         buffered, mirror.buffer = mirror.buffer, []
         mirror.pending = False
-        for _id, fields in entries:
-            payload = fields[b"d"]
-            self._feed(mirror, EncodedEvent(payload, HUB_DECODER.decode(payload)), filling=True)
-        for event in sorted(buffered, key=_seq_of):
-            self._feed(mirror, event, filling=True)
+        events = [EncodedEvent(fields[b"d"], HUB_DECODER.decode(fields[b"d"])) for _id, fields in entries]
+        events.extend(sorted(buffered, key=_seq_of))
+        fresh = not mirror.live
+        mirror.live = True
+        for event in events:
+            seq = event.seq
+            if seq <= channel.last_seq:
+                continue
+            if seq != channel.last_seq + 1 and channel.last_seq:
+                if not fresh:
+                    self._gap(mirror, channel.last_seq + 1, seq - 1)
+                    return
+                # A hole in the stream (events dropped while Redis was unreachable): the
+                # history restarts after it.
+                self._history_bytes -= channel.clear()
+            self._publish_mirrored(mirror, event)
+        later = mirror.later
+        if later is not None and later.seq <= channel.last_seq:
+            mirror.later = None
+            self._take_snapshot(mirror, later)
         self.flush()
 
-    def _feed(self, mirror: _Mirror, event: EncodedEvent, filling: bool = False) -> None:
-        """Publish one event of the owning node into its mirror, in seq order: duplicates
-        are dropped; a gap while live makes the mirror pending and fills it from the stream
-        (while filling, a gap is history the stream no longer holds and is accepted)."""
+    def _feed(self, mirror: _Mirror, event: EncodedEvent) -> None:
+        """Publish one live event of the owning node into its mirror, in seq order:
+        duplicates are dropped; a gap makes the mirror pending and fills it from the stream."""
         if mirror.pending:
             mirror.buffer.append(event)
             return
@@ -488,21 +910,79 @@ class RedisBroker(StreamMultiplexer):
         seq = event.seq
         if seq <= channel.last_seq:
             return
-        if seq != channel.last_seq + 1 and not filling:
+        if seq != channel.last_seq + 1:
             mirror.pending = True
             mirror.buffer.append(event)
             self._spawn(self._refill(mirror))
             return
-        channel.last_seq = seq
+        self._publish_mirrored(mirror, event)
+
+    def _publish_mirrored(self, mirror: _Mirror, event: EncodedEvent) -> None:
+        channel = mirror.channel
+        channel.last_seq = event.seq
+        event.published_at = self._clock()
         StreamMultiplexer.publish(self, channel, event)
         if _is_terminal(event):
             mirror.finished = True
+        later = mirror.later
+        if later is not None and later.seq <= channel.last_seq:
+            mirror.later = None
+            self._take_snapshot(mirror, later)
+        else:
+            self._trim_mirror(mirror)
+
+    def _take_snapshot(self, mirror: _Mirror, message: Any) -> None:
+        """Keep ``message`` (a snapshot of the owner) as the mirror's snapshot once the mirror
+        has every event it reflects (else hold it until then)."""
+        if not isinstance(message, (Snapshot, WorkflowSnapshot)) or message.seq <= mirror.snap_seq:
+            return
+        if mirror.pending or message.seq > mirror.channel.last_seq:
+            if mirror.later is None or mirror.later.seq < message.seq:
+                mirror.later = message
+            return
+        mirror.snapshot = message
+        mirror.channel.snapshot = mirror.current_snapshot
+        self._trim_mirror(mirror)
+
+    def _trim_mirror(self, mirror: _Mirror) -> None:
+        """Bound a mirror's history like the owner's (count, bytes, age), never past its
+        snapshot (``agent:`` channels have none: the bounds alone)."""
+        channel = mirror.channel
+        history = channel.history
+        bounds = self.bounds
+        max_events = max(1, bounds.max_events)
+        limit = mirror.snap_seq if mirror.snapshots else 1 << 62
+        horizon = self._clock() - bounds.max_age_s if bounds.max_age_s is not None else None
+        while len(history) > 1 and history[0].seq <= limit and (
+                len(history) > max_events
+                or (bounds.max_bytes is not None and channel.history_bytes > bounds.max_bytes)
+                or (horizon is not None and history[0].published_at < horizon)):
+            dropped = len(history.popleft().payload)
+            channel.history_bytes -= dropped
+            self._history_bytes -= dropped
+
+    def _gap(self, mirror: _Mirror, first: int, last: int) -> None:
+        """Events ``first`` to ``last`` never reached this node and Redis no longer holds
+        them: tell the mirror's subscribers (``stream_gap``) and drop the mirror."""
+        name = mirror.channel.name
+        self.gaps += 1
+        log.warning("events %d to %d of %s were lost while Redis was unreachable", first, last, name)
+        completion_id, workflow_id = _ids_of(name, None)
+        info = ErrorInfo(ErrorCode.STREAM_GAP, f"events {first} to {last} of {name} were lost while the hub's "
+                         "Redis was unreachable; subscribe again with your cursor", True)
+        notice = EncodedEvent.of(ErrorMessage(info, completion_id, workflow_id=workflow_id))
+        for subscriber in list(mirror.channel.subscribers):
+            subscriber.deliver(notice)
+        self.close_channel(name)
+        self.flush()
 
     async def _refill(self, mirror: _Mirror) -> None:
+        if mirror.filling:
+            return
         try:
             await self._fill(mirror)
-        except (RedisError, OSError):
-            log.exception("closing a gap of %s from Redis failed", mirror.channel.name)
+        except (RedisError, OSError) as exc:  # filled again when the subscription is confirmed
+            log.warning("closing a gap of %s from Redis failed: %s", mirror.channel.name, exc)
 
     def _idle(self, name: str) -> None:
         """The last local subscriber of a mirror left: drop it soon unless one returns."""
@@ -519,9 +999,8 @@ class RedisBroker(StreamMultiplexer):
             self._drop_if_unused(name)
 
     async def _unlisten(self, topic: bytes) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            if topic not in self._by_topic:
-                await self._pubsub.unsubscribe(topic)
+        if topic not in self._by_topic:
+            await self._pubsub.unsubscribe(topic)
 
     def remote_owner(self, name: str) -> str | None:
         """The owner subject of a mirrored channel, else None."""
@@ -531,20 +1010,26 @@ class RedisBroker(StreamMultiplexer):
     # PUB/SUB.
 
     async def _read(self) -> None:
-        """Take every PUB/SUB message: subscribe confirmations, events of mirrored channels,
-        control commands for this node."""
+        """Take every PUB/SUB message: subscribe confirmations, events and snapshots of
+        mirrored channels, control commands for this node. A broken connection makes every
+        mirror pending; redis-py reconnects and re-subscribes on the next read, and each
+        mirror fills itself from the stream when its subscription is confirmed."""
         pubsub = self._pubsub
+        pause = min(0.5, self.node_timeout_s / 8)
         while True:
             try:
-                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError):
-                log.exception("reading Redis PUB/SUB failed")
-                await asyncio.sleep(0.5)
+                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+            except (RedisError, OSError) as exc:
+                if not self._pubsub_broken:
+                    self._pubsub_broken = True
+                    self._disconnected(exc)
+                    for mirror in self._mirrors.values():
+                        mirror.pending = True
+                await asyncio.sleep(pause)
                 continue
             if message is None:
                 continue
+            self._pubsub_broken = False
             try:
                 self._take(message)
             except Exception:  # a bug of ours must not stop every mirror
@@ -557,6 +1042,10 @@ class RedisBroker(StreamMultiplexer):
             waiting = self._confirmations.get(topic)
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
+                return
+            mirror = self._by_topic.get(topic)
+            if mirror is not None and mirror.pending and mirror.live:  # re-subscribed after a loss
+                self._spawn(self._refill(mirror))
             return
         if kind != "message":
             return
@@ -566,7 +1055,11 @@ class RedisBroker(StreamMultiplexer):
             return
         mirror = self._by_topic.get(topic)
         if mirror is not None:
-            self._feed(mirror, EncodedEvent(data, HUB_DECODER.decode(data)))
+            decoded = HUB_DECODER.decode(data)
+            if isinstance(decoded, (Snapshot, WorkflowSnapshot)):
+                self._take_snapshot(mirror, decoded)
+                return
+            self._feed(mirror, EncodedEvent(data, decoded))
             self.flush()
 
     # Control.

@@ -7,13 +7,25 @@ under a key prefix of each test's own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 import redis.asyncio as aioredis
+import websockets
 
-from protocol.messages import ErrorMessage, Subscribed, WorkflowCompleted
-from tests.test_cluster import REDIS_URL, nodes, prefix  # noqa: F401  (fixtures)
+from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Subscribed, WorkflowCompleted
+from tests.test_cluster import OPENAI, REDIS_URL, nodes, prefix  # noqa: F401  (fixtures)
+from tests.test_config import ROOT, clean_environ
 from tests.test_workflows import run_until_end, two_step
+from tools.mock_provider import MockProvider, expected_text
 
 
 async def meta_of(key_prefix: str, name: str) -> dict[str, str]:
@@ -77,3 +89,151 @@ async def test_cancel_workflow_sent_to_another_node_reaches_the_owner(nodes, ws_
         assert isinstance(seen[-1], ErrorMessage) and seen[-1].error.code == "cancelled"
     assert seen_c[-1].seq == seen_a[-1].seq
     assert a.workflows.runs["wf2"].finished
+
+
+# Real `cbhub serve` processes.
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Node:
+    """One ``cbhub serve`` process on its own port (log in ``log``)."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def health(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/healthz") as response:
+            return dict(await response.json())
+
+    async def wait_for(self, status: str) -> dict[str, Any]:
+        """Poll ``/healthz`` until its status is ``status``; returns the answer."""
+        async with asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, ValueError):
+                    answer = await self.health()
+                    if answer.get("status") == status:
+                        return answer
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def serve(mock: MockProvider, tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Node]]]:
+    """Factory ``await serve(redis_url, prefix)`` of ready ``cbhub serve`` processes, the mock
+    behind every provider, ``broker.node_timeout_s`` 1; all are killed at teardown."""
+    started: list[Node] = []
+
+    async def start(redis_url: str, key_prefix: str) -> Node:
+        port = free_port()
+        log = tmp_path / f"hub-{port}.log"
+        env = {**clean_environ(), **mock.hub_environment(), "CBHUB_BROKER_URL": redis_url,
+               "CBHUB_BROKER_PREFIX": key_prefix, "CBHUB_BROKER_NODE_TIMEOUT_S": "1",
+               "CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "PYTHONPATH": str(ROOT)}
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "hub.cli", "serve", "--port", str(port), cwd=ROOT, env=env,
+                stdout=out, stderr=asyncio.subprocess.STDOUT)
+        node = Node(process, port, log)
+        started.append(node)
+        try:
+            await node.wait_for("ok")
+        except TimeoutError:
+            raise AssertionError(f"cbhub serve did not start:\n{log.read_text()}") from None
+        return node
+
+    yield start
+    for node in started:
+        if node.process.returncode is None:
+            node.process.kill()
+        await node.process.wait()
+
+
+class WS:
+    """A WebSocket client of one node (decoded hub messages)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def to(cls, node: Node) -> WS:
+        return cls(await websockets.connect(f"ws://127.0.0.1:{node.port}/ws/stream", compression=None))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.connection.send(json.dumps(message))
+
+    async def recv(self) -> Any:
+        return HUB_DECODER.decode(await asyncio.wait_for(self.connection.recv(), 15))
+
+    async def until_end(self, completion_id: str) -> list[Any]:
+        """Messages of ``completion_id`` up to its terminal message or a ``stream_gap`` notice."""
+        messages = []
+        while True:
+            message = await self.recv()
+            if getattr(message, "completion_id", None) != completion_id:
+                continue
+            messages.append(message)
+            if isinstance(message, (Completed, ErrorMessage)) and (
+                    message.seq is not None or message.error.code == "stream_gap"):
+                return messages
+
+
+def text(messages: list[Any]) -> str:
+    return "".join(m.content for m in messages if isinstance(m, ContentChunk))
+
+
+async def test_kill_9_of_the_owner_gives_node_lost_everywhere_once(serve, prefix):  # noqa: F811
+    a, b, c = await asyncio.gather(*(serve(REDIS_URL, prefix) for _ in range(3)))
+    owner = await WS.to(a)
+    await owner.send({"type": "completion", "id": "k1", "model": OPENAI, "coalesce": False,
+                      "messages": [{"role": "user", "content": "[[mock tokens=100000 tps=50]]"}]})
+    await owner.send({"type": "completion", "id": "k2", "model": OPENAI, "coalesce": False,
+                      "messages": [{"role": "user", "content": "[[mock tokens=100000 tps=50]]"}]})
+    watcher = await WS.to(b)
+    await watcher.send({"type": "subscribe", "channels": ["completion:k1"]})
+    seen: list[Any] = []
+    while len(seen) < 5:  # B is live on k1
+        message = await watcher.recv()
+        if getattr(message, "completion_id", None) == "k1":
+            seen.append(message)
+    a.process.kill()
+    killed = time.monotonic()
+    seen += await watcher.until_end("k1")
+    delay = time.monotonic() - killed
+    lost = seen[-1]
+    assert isinstance(lost, ErrorMessage) and lost.error.code == "node_lost" and lost.error.retryable
+    assert [m.seq for m in seen] == list(range(1, len(seen) + 1))
+    assert expected_text(100000).startswith(text(seen)) and text(seen)
+    print(f"\nnode_lost reached B {delay:.2f} s after kill -9 (node_timeout_s 1)")
+    # A later subscriber on C replays the history, then the same node_lost; k2, which nobody
+    # mirrored, was ended too.
+    late = await WS.to(c)
+    await late.send({"type": "subscribe", "channels": ["completion:k1", "completion:k2"]})
+    ack = await late.recv()
+    assert isinstance(ack, Subscribed) and ack.recovered == {"completion:k1": True, "completion:k2": True}
+    replays = {"k1": [], "k2": []}
+    while not all(r and isinstance(r[-1], ErrorMessage) for r in replays.values()):
+        message = await late.recv()
+        replays[message.completion_id].append(message)
+    assert replays["k1"] == seen
+    k2 = replays["k2"]
+    assert [m.seq for m in k2] == list(range(1, len(k2) + 1)) and k2[-1].error.code == "node_lost"
+    assert expected_text(100000).startswith(text(k2))
+    # Written once: one node_lost entry per stream, and the survivors counted two in all.
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        for name in ("k1", "k2"):
+            entries = await client.xrange(f"{prefix}s:completion:{name}")
+            assert sum(b"node_lost" in fields[b"d"] for _id, fields in entries) == 1
+    finally:
+        await client.aclose()
+    counts = [(await node.health())["broker"]["nodes_lost"] for node in (b, c)]
+    assert sum(counts) == 2, counts
+    for client_ws in (owner, watcher, late):
+        await client_ws.connection.close()
