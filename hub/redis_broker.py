@@ -118,10 +118,16 @@ from hub.multiplexer import StreamMultiplexer
 from protocol.errors import ErrorCode, HubError
 from protocol.messages import (
     HUB_DECODER,
+    CitationMessage,
     Completed,
+    ContentChunk,
+    Cursor,
     ErrorInfo,
     ErrorMessage,
+    RefusalChunk,
     Snapshot,
+    ThinkingStatus,
+    ToolCallMessage,
     WorkflowCompleted,
     WorkflowSnapshot,
     encode,
@@ -153,6 +159,8 @@ local maxlen = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local node = ARGV[4]
 local owned = p .. 'owned:' .. node
+local clock = redis.call('TIME')
+local ms = clock[1] .. string.format('%03d', math.floor(clock[2] / 1000))
 local written = 0
 for i = 5, #ARGV, 5 do
   local kind, name, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -184,7 +192,7 @@ for i = 5, #ARGV, 5 do
         if c ~= '' then redis.call('XTRIM', stream, 'MINID', c .. '-0') end
       end
     elseif live then
-      local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, a .. '-0', 'd', b)
+      local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, a .. '-0', 'd', b, 't', ms)
       if type(added) ~= 'table' or not added.err then
         redis.call('PUBLISH', p .. 'ch:' .. name, b)
         written = written + 1
@@ -238,7 +246,9 @@ for i = 4, #ARGV, 3 do
     local seq = 1
     if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
     local payload = ARGV[i + 1] .. seq .. ARGV[i + 2]
-    redis.call('XADD', stream, seq .. '-0', 'd', payload)
+    local clock = redis.call('TIME')
+    local ms = clock[1] .. string.format('%03d', math.floor(clock[2] / 1000))
+    redis.call('XADD', stream, seq .. '-0', 'd', payload, 't', ms)
     redis.call('HSET', meta, 'state', 'finished', 'lost', '1')
     redis.call('EXPIRE', meta, ttl)
     redis.call('EXPIRE', stream, ttl)
@@ -273,10 +283,12 @@ class BrokerUnavailable(ConnectionError):
 
 class _Mirror:
     """What a node knows of a channel another node runs: the owner, whether the mirror is
-    being filled from the stream (live events wait in ``buffer`` meanwhile), its snapshot."""
+    being filled from the stream (live events wait in ``buffer`` meanwhile), and ``snapshot``:
+    the state of the run up to a seq from which the history holds every event (a completion's
+    folds the events its history drops; a workflow's is the owner's latest from Redis)."""
 
     __slots__ = ("channel", "node", "owner", "pending", "buffer", "finished", "topic", "live", "filling",
-                 "snapshot", "later", "snapshots")
+                 "snapshot", "later", "snapshots", "folds")
 
     def __init__(self, channel: Channel, node: str, owner: str, topic: bytes) -> None:
         self.channel = channel
@@ -288,16 +300,23 @@ class _Mirror:
         self.finished = False
         self.live = False  # filled once: a gap is history Redis no longer holds, not a loss
         self.filling = False
-        self.snapshot: Any = None  # the latest Snapshot / WorkflowSnapshot applied
+        kind, _, ident = channel.name.partition(":")
+        self.snapshots = kind != "agent"  # an agent channel has no snapshot, as in memory
+        self.folds = kind == "completion"  # a completion's state is its events folded
+        # The state before the history's first event: a completion's from seq 0 on.
+        self.snapshot: Any = Snapshot(ident, channel.name, channel.epoch, 0) if self.folds else None
         self.later: Any = None  # one received ahead of the events it reflects
-        self.snapshots = not channel.name.startswith("agent:")
 
     @property
     def snap_seq(self) -> int:
         return self.snapshot.seq if self.snapshot is not None else 0
 
     def current_snapshot(self) -> Any:
-        return self.snapshot
+        """The channel's snapshot source: a completion's state after every non-terminal event
+        held; a workflow's latest snapshot from Redis (the history after it follows)."""
+        if not self.folds:
+            return self.snapshot
+        return _fold(self.snapshot, self.channel.history)
 
 
 def _seq_of(event: EncodedEvent) -> int:
@@ -310,6 +329,35 @@ def _is_terminal(event: EncodedEvent) -> bool:
     message = event.message
     return isinstance(message, (Completed, WorkflowCompleted)) or (
         isinstance(message, ErrorMessage) and message.seq is not None)
+
+
+def _fold(base: Snapshot, events: Any) -> Snapshot:
+    """``base`` (a completion's state up to its seq) with the non-terminal events after it
+    folded in, as hub/completions.py builds a run's state: the text, reasoning, tool calls,
+    refusal and citations; ``seq`` the last event folded."""
+    content, reasoning, refusal = [base.content], [base.reasoning], [base.refusal]
+    tool_calls, citations = list(base.tool_calls), list(base.citations)
+    seq = base.seq
+    for event in events:
+        message = event.message
+        if event.seq <= seq:
+            continue
+        if _is_terminal(event):
+            break
+        match message:
+            case ContentChunk():
+                content.append(message.content)
+            case ThinkingStatus():
+                reasoning.append(message.content)
+            case ToolCallMessage():
+                tool_calls.append(message)
+            case RefusalChunk():
+                refusal.append(message.content)
+            case CitationMessage():
+                citations.append(message.citation)
+        seq = event.seq
+    return Snapshot(base.completion_id, base.channel, base.epoch, seq, "".join(content), "".join(reasoning),
+                    tool_calls, "".join(refusal), citations)
 
 
 def _ids_of(name: str, parent: str | None) -> tuple[str | None, str | None]:
@@ -846,6 +894,8 @@ class RedisBroker(StreamMultiplexer):
         channel.epoch = epoch.decode()
         topic = f"{self.prefix}ch:{name}".encode()
         mirror = _Mirror(channel, meta.get(b"node", b"").decode(), meta.get(b"owner", b"").decode(), topic)
+        if mirror.snapshot is not None:
+            channel.snapshot = mirror.current_snapshot
         self._mirrors[name] = mirror
         self._by_topic[topic] = mirror
         confirmed = self._confirmations[topic] = asyncio.get_running_loop().create_future()
@@ -869,7 +919,8 @@ class RedisBroker(StreamMultiplexer):
             async with self._client().pipeline(transaction=True) as pipe:
                 pipe.hget(f"{self.prefix}meta:{name}", "snap")
                 pipe.xrange(f"{self.prefix}s:{name}", min=start, max="+")
-                snap, entries = await pipe.execute()
+                pipe.time()
+                snap, entries, (seconds, micros) = await pipe.execute()
         finally:
             mirror.filling = False
         if self._mirrors.get(name) is not mirror:
@@ -878,10 +929,22 @@ class RedisBroker(StreamMultiplexer):
             self._take_snapshot(mirror, HUB_DECODER.decode(snap))
         buffered, mirror.buffer = mirror.buffer, []
         mirror.pending = False
-        events = [EncodedEvent(fields[b"d"], HUB_DECODER.decode(fields[b"d"])) for _id, fields in entries]
+        # An event's age is the owner's write time against Redis's clock now (one clock).
+        now_ms = seconds * 1000 + micros // 1000
+        clock = self._clock()
+        events = []
+        for _id, fields in entries:
+            event = EncodedEvent(fields[b"d"], HUB_DECODER.decode(fields[b"d"]))
+            event.published_at = clock - max(0, now_ms - int(fields.get(b"t", now_ms))) / 1000
+            events.append(event)
+        for event in buffered:
+            event.published_at = clock
         events.extend(sorted(buffered, key=_seq_of))
         fresh = not mirror.live
         mirror.live = True
+        if fresh and events and mirror.snap_seq < events[0].seq - 1:  # older history is gone with no state for it
+            mirror.snapshot = None
+            channel.snapshot = None
         for event in events:
             seq = event.seq
             if seq <= channel.last_seq:
@@ -891,8 +954,11 @@ class RedisBroker(StreamMultiplexer):
                     self._gap(mirror, channel.last_seq + 1, seq - 1)
                     return
                 # A hole in the stream (events dropped while Redis was unreachable): the
-                # history restarts after it.
+                # history restarts after it, and a state older than the hole is no use.
                 self._history_bytes -= channel.clear()
+                if mirror.snap_seq < seq - 1:
+                    mirror.snapshot = None
+                    channel.snapshot = None
             self._publish_mirrored(mirror, event)
         later = mirror.later
         if later is not None and later.seq <= channel.last_seq:
@@ -910,6 +976,7 @@ class RedisBroker(StreamMultiplexer):
         seq = event.seq
         if seq <= channel.last_seq:
             return
+        event.published_at = self._clock()
         if seq != channel.last_seq + 1:
             mirror.pending = True
             mirror.buffer.append(event)
@@ -918,9 +985,9 @@ class RedisBroker(StreamMultiplexer):
         self._publish_mirrored(mirror, event)
 
     def _publish_mirrored(self, mirror: _Mirror, event: EncodedEvent) -> None:
+        """Record and fan out one event of the owner (its ``published_at`` set by the caller)."""
         channel = mirror.channel
         channel.last_seq = event.seq
-        event.published_at = self._clock()
         StreamMultiplexer.publish(self, channel, event)
         if _is_terminal(event):
             mirror.finished = True
@@ -940,26 +1007,42 @@ class RedisBroker(StreamMultiplexer):
             if mirror.later is None or mirror.later.seq < message.seq:
                 mirror.later = message
             return
+        if mirror.folds and mirror.snapshot is None and (
+                not mirror.channel.history or mirror.channel.history[0].seq > message.seq + 1):
+            return  # the history does not reach back to it
         mirror.snapshot = message
         mirror.channel.snapshot = mirror.current_snapshot
         self._trim_mirror(mirror)
 
     def _trim_mirror(self, mirror: _Mirror) -> None:
-        """Bound a mirror's history like the owner's (count, bytes, age), never past its
-        snapshot (``agent:`` channels have none: the bounds alone)."""
+        """Bound a mirror's history like the owner's (count, bytes, age): a completion's
+        dropped events are folded into its snapshot; a workflow's history is never trimmed
+        past its snapshot from Redis; ``agent:`` channels have none: the bounds alone."""
         channel = mirror.channel
         history = channel.history
         bounds = self.bounds
         max_events = max(1, bounds.max_events)
-        limit = mirror.snap_seq if mirror.snapshots else 1 << 62
         horizon = self._clock() - bounds.max_age_s if bounds.max_age_s is not None else None
-        while len(history) > 1 and history[0].seq <= limit and (
+        while len(history) > 1 and (
                 len(history) > max_events
                 or (bounds.max_bytes is not None and channel.history_bytes > bounds.max_bytes)
                 or (horizon is not None and history[0].published_at < horizon)):
+            first = history[0]
+            if mirror.snapshots and first.seq > mirror.snap_seq:
+                if not (mirror.folds and mirror.snapshot is not None and first.seq == mirror.snap_seq + 1):
+                    break  # no state stands for it yet
+                mirror.snapshot = _fold(mirror.snapshot, (first,))
             dropped = len(history.popleft().payload)
             channel.history_bytes -= dropped
             self._history_bytes -= dropped
+
+    def recoverable(self, name: str, since: Cursor | None = None) -> bool:
+        """As :meth:`hub.multiplexer.StreamMultiplexer.recoverable`; a mirror's history is
+        first trimmed by its bounds (its age bound included)."""
+        mirror = self._mirrors.get(name)
+        if mirror is not None:
+            self._trim_mirror(mirror)
+        return super().recoverable(name, since)
 
     def _gap(self, mirror: _Mirror, first: int, last: int) -> None:
         """Events ``first`` to ``last`` never reached this node and Redis no longer holds

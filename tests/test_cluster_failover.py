@@ -21,11 +21,22 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from protocol.messages import HUB_DECODER, Completed, ContentChunk, ErrorMessage, Subscribed, WorkflowCompleted
+from hub.app import run_hub
+from protocol.messages import (
+    HUB_DECODER,
+    Completed,
+    ContentChunk,
+    ErrorMessage,
+    Snapshot,
+    Subscribed,
+    WorkflowCompleted,
+)
+from tests.conftest import hub_config
 from tests.test_cluster import OPENAI, REDIS_URL, nodes, prefix  # noqa: F401  (fixtures)
+from tests.test_cluster import start as start_completion
 from tests.test_config import ROOT, clean_environ
 from tests.test_workflows import run_until_end, two_step
-from tools.mock_provider import MockProvider, expected_text
+from tools.mock_provider import MockProvider, expected_reasoning, expected_text
 
 
 async def meta_of(key_prefix: str, name: str) -> dict[str, str]:
@@ -237,3 +248,39 @@ async def test_kill_9_of_the_owner_gives_node_lost_everywhere_once(serve, prefix
     assert sum(counts) == 2, counts
     for client_ws in (owner, watcher, late):
         await client_ws.connection.close()
+
+
+async def test_the_stream_is_bounded_like_the_history_and_a_snapshot_from_redis_covers_the_rest(
+        mock, prefix, ws_factory):  # noqa: F811
+    config = hub_config(mock, broker_url=REDIS_URL, broker_prefix=prefix, history_max_events=8)
+    async with run_hub(config) as a, run_hub(config) as b:
+        owner = await ws_factory(a)
+        ack = await start_completion(owner, "t1", "[[mock tokens=60 reasoning=3]]")
+        everything = await owner.until_terminal("t1")
+        async with asyncio.timeout(5):
+            while (await meta_of(prefix, "completion:t1")).get("state") != "finished":
+                await asyncio.sleep(0.01)
+        client = aioredis.from_url(REDIS_URL)
+        try:
+            length = await client.xlen(f"{prefix}s:completion:t1")
+            ttl = await client.ttl(f"{prefix}s:completion:t1")
+        finally:
+            await client.aclose()
+        meta = await meta_of(prefix, "completion:t1")
+        # At most a quarter of the bound more than the history (the snapshot is written every 2).
+        assert 8 <= length <= 8 + 2 + 1, length
+        assert 0 < ttl <= int(config.retention_s + 60)
+        written = HUB_DECODER.decode(meta["snap"])
+        assert isinstance(written, Snapshot) and written.epoch == ack.epochs["completion:t1"]
+        assert written.seq >= len(everything) - length  # the stream holds everything after it
+        late = await ws_factory(b)
+        await late.send({"type": "subscribe", "channels": ["completion:t1"],
+                         "since": {"completion:t1": {"seq": 2, "epoch": ack.epochs["completion:t1"]}}})
+        resumed = await late.recv()
+        assert isinstance(resumed, Subscribed) and resumed.recovered == {"completion:t1": False}
+        snapshot = await late.recv()
+        assert isinstance(snapshot, Snapshot) and snapshot.epoch == ack.epochs["completion:t1"]
+        rest = await late.until_terminal("t1")
+    # As on the owner: the state after every non-terminal event, then the terminal one.
+    assert snapshot.seq == everything[-2].seq and rest == everything[-1:]
+    assert snapshot.content == expected_text(60) and snapshot.reasoning == expected_reasoning(3)

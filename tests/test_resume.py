@@ -96,7 +96,6 @@ async def test_resume_after_a_cursor_has_no_gap_and_no_duplicate_at_random_point
     assert text(seen) == expected_text(tokens)
 
 
-@pytest.mark.broker_gap("redis2", reason="no snapshot is built from Redis for a channel run on another node")
 async def test_wrong_epoch_gets_a_snapshot_then_the_rest(hub, ws_connect):
     client = await ws_connect()
     await start(client, "w1", "[[mock tokens=40 tps=400]]")
@@ -113,7 +112,6 @@ async def test_wrong_epoch_gets_a_snapshot_then_the_rest(hub, ws_connect):
     assert text(head + await client.until_terminal("w1")) == expected_text(40)
 
 
-@pytest.mark.broker_gap("redis2", reason="no snapshot is built from Redis for a channel run on another node")
 async def test_exhausted_history_gives_a_snapshot_never_a_partial_replay(mock, ws_factory):
     async with run_test_hub(hub_config(mock, history_max_events=5)) as hub:
         client = await ws_factory(hub)
@@ -150,7 +148,6 @@ async def test_reconnect_after_completed_gets_the_end(hub, ws_connect):
     assert (await done.recv()).__class__.__name__ == "Pong"
 
 
-@pytest.mark.broker_gap("redis2", reason="history_max_age_s bounds neither the Redis stream nor another node's mirror")
 async def test_history_age_limit_turns_an_old_replay_into_a_snapshot(mock, ws_factory):
     async with run_test_hub(hub_config(mock, history_max_age_s=0.2)) as hub:
         client = await ws_factory(hub)
