@@ -772,7 +772,8 @@ class RedisBroker(StreamMultiplexer):
 
     def _shed(self) -> None:
         """Past the unsent caps: drop the oldest quarter of the waiting non-terminal events
-        (their stream will have a gap; mirrors report it as ``stream_gap``)."""
+        (their stream will have a hole: mirrors that were live report it as ``stream_gap``;
+        a snapshot of each such channel follows what is left, so later subscribers get it)."""
         target = max(1, self._batch_events // 4)
         kept: list[_Op] = []
         dropped = 0
@@ -780,6 +781,7 @@ class RedisBroker(StreamMultiplexer):
             if dropped < target and op[0] == "e":
                 dropped += 1
                 self._batch_bytes -= len(op[3])
+                self._snap_due.add(op[1])  # a snapshot sent with what is left stands for the hole
                 continue
             kept.append(op)
         self._batch = kept

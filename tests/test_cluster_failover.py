@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
+from hub import redis_broker
 from hub.app import run_hub
 from protocol.messages import (
     HUB_DECODER,
@@ -187,7 +188,7 @@ class WS:
         messages = []
         while True:
             message = await self.recv()
-            if getattr(message, "completion_id", None) != completion_id:
+            if isinstance(message, Subscribed) or getattr(message, "completion_id", None) != completion_id:
                 continue
             messages.append(message)
             if isinstance(message, (Completed, ErrorMessage)) and (
@@ -206,6 +207,9 @@ async def test_kill_9_of_the_owner_gives_node_lost_everywhere_once(serve, prefix
                       "messages": [{"role": "user", "content": "[[mock tokens=100000 tps=50]]"}]})
     await owner.send({"type": "completion", "id": "k2", "model": OPENAI, "coalesce": False,
                       "messages": [{"role": "user", "content": "[[mock tokens=100000 tps=50]]"}]})
+    for _ in range(2):  # both claimed in Redis
+        while not isinstance(await owner.recv(), Subscribed):
+            pass
     watcher = await WS.to(b)
     await watcher.send({"type": "subscribe", "channels": ["completion:k1"]})
     seen: list[Any] = []
@@ -284,3 +288,123 @@ async def test_the_stream_is_bounded_like_the_history_and_a_snapshot_from_redis_
     # As on the owner: the state after every non-terminal event, then the terminal one.
     assert snapshot.seq == everything[-2].seq and rest == everything[-1:]
     assert snapshot.content == expected_text(60) and snapshot.reasoning == expected_reasoning(3)
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A redis-server of this test's own on a free port (``--save "" --appendonly no``):
+    yields ``restart()``, which kills it, and starts it again on the same port once called
+    a second time; ``own_redis.url`` is its URL (set on the function)."""
+    port = free_port()
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def up() -> None:
+        process = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        processes.append(process)
+        async with asyncio.timeout(10):
+            while True:
+                client = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+                try:
+                    await client.ping()
+                    return
+                except (OSError, aioredis.RedisError):
+                    await asyncio.sleep(0.02)
+                finally:
+                    await client.aclose()
+
+    async def toggle() -> None:
+        process = processes[-1]
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        else:
+            await up()
+
+    await up()
+    toggle.url = f"redis://127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+    yield toggle
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def test_redis_restarted_mid_stream(serve, own_redis):
+    a, b = await asyncio.gather(*(serve(own_redis.url, "cbhub-outage:") for _ in range(2)))
+    owner = await WS.to(a)
+    await owner.send({"type": "completion", "id": "o1", "model": OPENAI, "coalesce": False,
+                      "messages": [{"role": "user", "content": "[[mock tokens=150 tps=100]]"}]})
+    assert isinstance(await owner.recv(), Subscribed)  # claimed in Redis: B can find it
+    remote = await WS.to(b)
+    await remote.send({"type": "subscribe", "channels": ["completion:o1"]})
+    on_b: list[Any] = []
+    while len(on_b) < 10:  # B is live
+        message = await remote.recv()
+        if not isinstance(message, Subscribed) and getattr(message, "completion_id", None) == "o1":
+            on_b.append(message)
+    await own_redis()  # Redis dies mid-stream
+    degraded = await a.wait_for("degraded")
+    assert degraded["broker"]["connected"] is False and degraded["broker"]["kind"] == "redis"
+    await own_redis()  # ... and comes back, empty
+    healthy = await a.wait_for("ok")
+    assert healthy["broker"]["connected"] is True
+    on_a = await owner.until_end("o1")
+    on_b += await remote.until_end("o1")
+    # The owner's own subscriber got everything, exactly.
+    assert isinstance(on_a[-1], Completed) and [m.seq for m in on_a] == list(range(1, len(on_a) + 1))
+    assert text(on_a) == expected_text(150)
+    # The other node's got everything, or what it had then stream_gap.
+    if isinstance(on_b[-1], Completed):
+        assert on_b == on_a
+        outcome = "everything"
+    else:
+        assert on_b[-1].error.code == "stream_gap" and on_b[-1].seq is None and on_b[-1].error.retryable
+        assert on_b[:-1] == on_a[:len(on_b) - 1]
+        outcome = f"stream_gap after {len(on_b) - 1} of {len(on_a)} messages"
+    print(f"\nowner: {len(on_a)} messages exact; remote: {outcome}; owner unsent/dropped "
+          f"{healthy['broker']['events_unsent']}/{healthy['broker']['events_dropped']}")
+    for client in (owner, remote):
+        await client.connection.close()
+
+
+async def test_events_dropped_during_an_outage_reach_other_nodes_as_stream_gap(
+        mock, own_redis, ws_factory, monkeypatch):
+    monkeypatch.setattr(redis_broker, "UNSENT_MAX_EVENTS", 8)
+    config = hub_config(mock, broker_url=own_redis.url, broker_prefix="cbhub-gap:", broker_node_timeout_s=1)
+    async with run_hub(config) as a, run_hub(config) as b:
+        owner = await ws_factory(a)
+        ack = await start_completion(owner, "g1", "[[mock tokens=300 tps=200]]")
+        remote = await ws_factory(b)
+        await remote.send({"type": "subscribe", "channels": ["completion:g1"]})
+        assert isinstance(await remote.recv(), Subscribed)
+        first = await remote.recv()
+        assert first.seq == 1
+        await own_redis()  # down: the owner keeps at most 8 events for Redis, then drops the oldest
+        async with asyncio.timeout(10):
+            while a.broker.events_dropped == 0:
+                await asyncio.sleep(0.02)
+        await own_redis()
+        on_b = [first]
+        while True:
+            message = await remote.recv()
+            on_b.append(message)
+            if isinstance(message, ErrorMessage):
+                break
+        on_a = await owner.until_terminal("g1")
+        gap = on_b[-1]
+        assert gap.error.code == "stream_gap" and gap.seq is None and gap.completion_id == "g1"
+        assert on_b[:-1] == on_a[:len(on_b) - 1]  # exact up to the gap
+        assert isinstance(on_a[-1], Completed) and text(on_a) == expected_text(300)  # the owner's: whole
+        assert b.broker.gaps == 1 and b.broker.channel("completion:g1") is None  # the mirror is dropped
+        # Subscribing again with the cursor gives what Redis holds: the owner's snapshot, then the rest.
+        cursor = {"seq": on_b[-2].seq, "epoch": ack.epochs["completion:g1"]}
+        await remote.send({"type": "subscribe", "channels": ["completion:g1"], "since": {"completion:g1": cursor}})
+        again = await remote.recv()
+        assert isinstance(again, Subscribed) and again.recovered == {"completion:g1": False}
+        snapshot = await remote.recv()
+        assert isinstance(snapshot, Snapshot) and snapshot.seq >= cursor["seq"]
+        rest = await remote.until_terminal("g1")
+        assert [m.seq for m in rest] == list(range(snapshot.seq + 1, on_a[-1].seq + 1))
+        assert snapshot.content + text(rest) == expected_text(300) and rest[-1] == on_a[-1]
