@@ -17,7 +17,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -48,6 +48,9 @@ from hub.workflows import WorkflowManager, load_definition, named_definition
 from protocol.errors import ErrorCode, HubError, ProtocolError
 from protocol.providers import PROVIDERS
 
+if TYPE_CHECKING:
+    from hub.cluster_limits import ClusterLimiter  # imported when used: it needs redis-py
+
 __all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
 
 log = logging.getLogger("cbhub")
@@ -65,6 +68,9 @@ class Hub:
         url: ``http://host:port`` once listening (set by :func:`run_hub`).
         ready: True between startup and shutdown (``/healthz`` answers 200 then).
         authenticator: verifies credentials for ``auth.mode`` (hub/auth.py).
+        limiter: the per-subject rate limits of this process (hub/ratelimit.py).
+        cluster_limits: the same limits counted in Redis for all nodes (hub/cluster_limits.py),
+            when ``broker.url`` is set; else None.
 
     Raises:
         ConfigError: the ``auth`` section cannot work (a missing or unreadable key source).
@@ -89,6 +95,12 @@ class Hub:
         self.broker: Broker = self.multiplexer
         self.connections: set[Outbox] = set()
         self.limiter = RateLimiter(config.default_rpm, config.default_tpm, config.default_max_concurrent)
+        self.cluster_limits: ClusterLimiter | None = None
+        if config.broker_url:  # the limits are counted in Redis for every node (hub/cluster_limits.py)
+            from hub.cluster_limits import ClusterLimiter
+
+            self.cluster_limits = ClusterLimiter(config.broker_url, config.broker_prefix, self.limiter,
+                                                 config.broker_node_timeout_s)
         self.session: aiohttp.ClientSession | None = None
         self.provider_client: ProviderClient | None = None
         self.listener: http_limits.Listener | None = None  # set by run_hub
@@ -107,6 +119,17 @@ class Hub:
             HubError: ``rate_limited`` with ``retry_after_ms``.
         """
         return self.limiter.admit(principal, estimate_tokens)
+
+    async def admit_request_in_cluster(self, principal: Principal, estimate_tokens: int) -> Ticket:
+        """:meth:`admit_request` counted across every node sharing the Redis broker
+        (hub/cluster_limits.py); without one, :meth:`admit_request` itself.
+
+        Raises:
+            HubError: ``rate_limited`` with ``retry_after_ms``.
+        """
+        if self.cluster_limits is None:
+            return self.limiter.admit(principal, estimate_tokens)
+        return await self.cluster_limits.admit(principal, estimate_tokens)
 
     def at_connection_limit(self) -> bool:
         """Whether ``max_connections`` clients (WebSocket and SSE together) are open."""
@@ -216,6 +239,8 @@ class Hub:
         connect = getattr(self.broker, "connect", None)
         if connect is not None:
             await connect()
+        if self.cluster_limits is not None:
+            await self.cluster_limits.connect()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             auto_decompress=True,
@@ -261,6 +286,8 @@ class Hub:
         await asyncio.gather(*(outbox.shut_down() for outbox in outboxes))
         if self.session is not None:
             await self.session.close()
+        if self.cluster_limits is not None:
+            await self.cluster_limits.close()  # the ended runs' releases go out first
         close = getattr(self.broker, "close", None)
         if close is not None:
             await close()  # the last batch (the final errors among it) goes out first

@@ -14,6 +14,9 @@ from the principal's claims (a JWT's ``cbhub`` claim, an API key's entry) and ot
   zero: the next requests wait until it has refilled).
 - **max_concurrent**: runs of the subject not finished yet.
 
+With ``broker.url`` set, the same limits are counted in Redis for every node sharing it
+(hub/cluster_limits.py); this limiter then admits only while Redis does not answer.
+
 A refused request gets ``rate_limited`` with ``retryAfterMs``, the wait until the bucket that
 refused it holds enough again (for ``max_concurrent``, a fixed 1 s hint); it touches no
 provider and no connection is closed. The buckets are the classic token bucket written out
@@ -31,7 +34,8 @@ from typing import Any, Protocol
 
 from protocol.errors import ErrorCode, HubError
 
-__all__ = ["TokenBucket", "RateLimiter", "Ticket", "estimate_tokens"]
+__all__ = ["TokenBucket", "RateLimiter", "Ticket", "estimate_tokens", "over_bucket", "over_concurrency",
+           "CONCURRENCY_RETRY_MS"]
 
 #: The retryAfterMs given when a subject is at max_concurrent (no bucket can say better).
 CONCURRENCY_RETRY_MS = 1000
@@ -166,29 +170,34 @@ class RateLimiter:
                 ``tpm`` or ``max_concurrent``. Nothing is taken from any bucket then.
         """
         subject = principal.subject
-        rpm = principal.rpm if principal.rpm is not None else self.default_rpm
-        tpm = principal.tpm if principal.tpm is not None else self.default_tpm
-        most = principal.max_concurrent if principal.max_concurrent is not None else self.default_max_concurrent
+        rpm, tpm, most = self.limits_of(principal)
         now = self._clock()
         running = self._running.get(subject, 0)
         if most is not None and running >= most:
-            raise _refused(f"{subject} runs {running} requests (max_concurrent {most})", CONCURRENCY_RETRY_MS)
+            raise over_concurrency(subject, running, most)
         requests = self._bucket(self._requests, subject, rpm, now) if rpm is not None else None
         tokens = self._bucket(self._tokens, subject, tpm, now) if tpm is not None else None
         waits = []
         if requests is not None:
-            waits.append((requests.wait_s(1, now), f"over {rpm} requests per minute"))
+            waits.append((requests.wait_s(1, now), "requests"))
         if tokens is not None:
-            waits.append((tokens.wait_s(estimate, now), f"over {tpm} tokens per minute"))
-        wait, reason = max(waits, default=(0.0, ""))
+            waits.append((tokens.wait_s(estimate, now), "tokens"))
+        wait, unit = max(waits, default=(0.0, ""))
         if wait > 0:
-            raise _refused(f"{subject} is {reason}", math.ceil(wait * 1000))
+            raise over_bucket(subject, unit, rpm if unit == "requests" else tpm, math.ceil(wait * 1000))
         if requests is not None:
             requests.take(1)
         if tokens is not None:
             tokens.take(min(estimate, tokens.capacity))
         self._running[subject] = running + 1
         return Ticket(self, subject, int(min(estimate, tokens.capacity)) if tokens is not None else 0, tokens)
+
+    def limits_of(self, principal: LimitedPrincipal) -> tuple[int | None, int | None, int | None]:
+        """The principal's ``(rpm, tpm, max_concurrent)``: its own, else the defaults; None:
+        unlimited."""
+        return (principal.rpm if principal.rpm is not None else self.default_rpm,
+                principal.tpm if principal.tpm is not None else self.default_tpm,
+                principal.max_concurrent if principal.max_concurrent is not None else self.default_max_concurrent)
 
     def running(self, subject: str) -> int:
         """Requests of ``subject`` admitted and not released."""
@@ -205,12 +214,30 @@ class RateLimiter:
             bucket = buckets[key] = TokenBucket(per_minute, per_minute / 60.0, now)
         return bucket
 
+    def _hold(self, subject: str) -> None:
+        """Count one more running request of ``subject`` (one admitted elsewhere: by the
+        cluster's limits, hub/cluster_limits.py)."""
+        self._running[subject] = self._running.get(subject, 0) + 1
+
     def _release(self, subject: str) -> None:
         left = self._running.get(subject, 0) - 1
         if left > 0:
             self._running[subject] = left
         else:
             self._running.pop(subject, None)
+
+
+def over_concurrency(subject: str, running: int, most: int) -> HubError:
+    """The refusal of a request of ``subject``, which runs ``running`` of its ``most``
+    (``max_concurrent``): ``rate_limited`` with :data:`CONCURRENCY_RETRY_MS`."""
+    return _refused(f"{subject} runs {running} requests (max_concurrent {most})", CONCURRENCY_RETRY_MS)
+
+
+def over_bucket(subject: str, unit: str, per_minute: int | None, retry_after_ms: int) -> HubError:
+    """The refusal of a request of ``subject`` over its rpm (``unit`` ``"requests"``) or tpm
+    (``"tokens"``) bucket of ``per_minute``: ``rate_limited`` with ``retry_after_ms``, the
+    wait until the bucket holds enough (ms, rounded up)."""
+    return _refused(f"{subject} is over {per_minute} {unit} per minute", retry_after_ms)
 
 
 def _refused(reason: str, retry_after_ms: int) -> HubError:

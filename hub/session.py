@@ -205,6 +205,10 @@ class SessionServices(Protocol):
         """The principal's rate limits (:class:`hub.ratelimit.RateLimiter`): a ticket, or
         HubError ``rate_limited`` with ``retry_after_ms``."""
 
+    async def admit_request_in_cluster(self, principal: Principal, estimate_tokens: int) -> Ticket:
+        """:meth:`admit_request` counted across every node of a distributed broker
+        (hub/cluster_limits.py); awaited only when the broker is distributed."""
+
     def authorize(self, principal: Principal, action: str, channel: str) -> None:
         """Raise HubError when ``principal`` may not do ``action`` (``subscribe``, ``cancel``,
         ``completion``, ``create_workflow``) on ``channel``; return to allow. For
@@ -291,6 +295,7 @@ class Session:
         self._auth_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._step_task: asyncio.Task[None] | None = None  # a distributed broker's awaited step
+        self._admitted: Ticket | None = None  # the cluster's admission of the message the step passes on
         if principal is None:
             self._refusal = HubError("authenticate first: send an auth message with a token",
                                      ErrorCode.UNAUTHORIZED)
@@ -328,7 +333,8 @@ class Session:
         try:
             match message:
                 case Completion():
-                    self.start_completion(message)
+                    ticket, self._admitted = self._admitted, None  # the cluster's admission, by the step
+                    self.start_completion(message, ticket)
                 case Subscribe():
                     self._subscribe(message.channels, message.streams, message.since)
                 case Unsubscribe():
@@ -372,8 +378,9 @@ class Session:
         """Whether ``message`` needs the broker to await something first: a subscribe (or
         subscribe_workflow) naming channels not open here (another node may run them:
         :meth:`Broker.attach`), a
-        completion (its id, the client's or one chosen here, is reserved cluster-wide with
-        its owner: :meth:`Broker.claim`).
+        completion (admitted by the rate limits counted across the cluster, then its id, the
+        client's or one chosen here, reserved cluster-wide with its owner:
+        :meth:`Broker.claim`), a workflow (admitted across the cluster).
         If so, the step runs as a task and this message and the ones after it wait for it,
         in order; returns True."""
         broker = self.services.broker
@@ -392,7 +399,9 @@ class Session:
             case Completion():
                 if not message.id:  # chosen here, as CompletionManager.create would: claimed with its owner
                     message.id = f"comp-{secrets.token_hex(12)}"
-                step = self._claim_then(message, f"completion:{message.id}")
+                step = self._admit_then(message)
+            case CreateWorkflow():
+                step = self._admit_then(message)
             case _:
                 return False
         self._held = []
@@ -408,6 +417,54 @@ class Session:
         self._step_task = None
         self._held_done(message)
         broker.release(names)
+
+    async def _admit_then(self, message: Completion | CreateWorkflow) -> None:
+        """The step of a completion or workflow: :meth:`admit_in_cluster`, then the claim of
+        the completion's channel (:meth:`_claim_then`, which handles it) or, for a workflow,
+        its handling. A refusal is answered with the message's ``rid``; the ticket of an admitted
+        message that was not started after all (a duplicate id, a hub limit) is released."""
+        try:
+            try:
+                self._admitted = await self.admit_in_cluster(message)
+            except HubError as exc:
+                self._step_task = None
+                self._send_error(exc, message.rid)
+                self._held_done(None)
+                return
+            except Exception as exc:  # a bug of ours: answer it, the session goes on
+                log.exception("admitting a request across the cluster failed")
+                self._step_task = None
+                self._send_error(HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR),
+                                 message.rid)
+                self._held_done(None)
+                return
+            if isinstance(message, Completion):
+                await self._claim_then(message, f"completion:{message.id}")
+            else:
+                self._step_task = None
+                self._held_done(message)
+        finally:
+            ticket, self._admitted = self._admitted, None
+            if ticket is not None:
+                ticket.release()
+
+    async def admit_in_cluster(self, message: Completion | CreateWorkflow) -> Ticket:
+        """What :meth:`start_completion` (or a ``create_workflow``) checks before the rate
+        limits, then the principal's rate limits counted across the cluster
+        (``admit_request_in_cluster``). Pass the ticket to :meth:`start_completion`, which
+        then does not check again.
+
+        Raises:
+            HubError: the check's refusal (``too_many_completions``, ``forbidden``, ...) or
+                ``rate_limited`` with ``retry_after_ms``.
+        """
+        if isinstance(message, Completion):
+            self._check_completion(message)
+            estimate = estimate_tokens(message.messages, message.max_tokens)
+        else:
+            self._check_workflow(message)
+            estimate = 0
+        return await self.services.admit_request_in_cluster(self.principal, estimate)
 
     async def _claim_then(self, message: Completion, name: str) -> None:
         broker = self.services.broker
@@ -572,24 +629,26 @@ class Session:
 
     # Starting runs.
 
-    def start_completion(self, message: Completion) -> Runnable:
+    def start_completion(self, message: Completion, ticket: Ticket | None = None) -> Runnable:
         """Admit, create and start a completion; the session is subscribed to its channel
         and gets the ``subscribed`` ack (with ``completionId``) first.
+
+        Args:
+            message: the completion.
+            ticket: its admission by :meth:`admit_in_cluster` (checked and admitted already;
+                released here when it cannot start); None: checked and admitted here.
 
         Returns:
             The started CompletionRun.
 
         Raises:
             HubError: ``too_many_completions``, ``hub_overloaded``, ``duplicate_id``,
-                ``shutting_down``, or the authorize hook's refusal.
+                ``shutting_down``, ``rate_limited``, or the authorize hook's refusal.
         """
         services = self.services
-        self._check_per_connection_limit()
-        services.authorize(self.principal, "completion", f"completion:{message.id or ''}")
-        if self.principal.models:  # a principal restricted to some models
-            for model in (message.model, *message.fallbacks):
-                services.authorize(self.principal, "use_model", model)
-        ticket = services.admit_request(self.principal, estimate_tokens(message.messages, message.max_tokens))
+        if ticket is None:
+            self._check_completion(message)
+            ticket = services.admit_request(self.principal, estimate_tokens(message.messages, message.max_tokens))
         try:
             services.admit_completion()
             run = services.completions.create(message, owner=self.principal.subject, ticket=ticket)
@@ -599,6 +658,20 @@ class Session:
         self.started.append(run)
         self._start(run, completion_id=run.id)
         return run
+
+    def _check_completion(self, message: Completion) -> None:
+        """What a completion passes before the rate limits: the per-connection limit and
+        authorization (of its id and its models).
+
+        Raises:
+            HubError: ``too_many_completions`` or the authorize hook's refusal.
+        """
+        services = self.services
+        self._check_per_connection_limit()
+        services.authorize(self.principal, "completion", f"completion:{message.id or ''}")
+        if self.principal.models:  # a principal restricted to some models
+            for model in (message.model, *message.fallbacks):
+                services.authorize(self.principal, "use_model", model)
 
     def _check_per_connection_limit(self) -> None:
         """``max_completions_per_connection`` over the completions and workflow runs this
@@ -615,12 +688,10 @@ class Session:
 
     def _create_workflow(self, message: CreateWorkflow) -> None:
         services = self.services
-        self._check_per_connection_limit()
-        services.authorize(self.principal, "create_workflow", f"workflow:{message.workflow_id or ''}")
-        if self.principal.models:  # its agents' models too (the definition is read twice only then)
-            for model in services.workflow_models(message.definition, message.definition_name):
-                services.authorize(self.principal, "use_model", model)
-        ticket = services.admit_request(self.principal, 0)
+        ticket, self._admitted = self._admitted, None  # admitted across the cluster (and checked) already
+        if ticket is None:
+            self._check_workflow(message)
+            ticket = services.admit_request(self.principal, 0)
         try:
             services.admit_completion()
             run = services.workflows.create(message.workflow_id, message.definition, message.definition_name,
@@ -630,6 +701,21 @@ class Session:
             raise
         self.started.append(run)
         self._start(run, workflow_id=run.id)
+
+    def _check_workflow(self, message: CreateWorkflow) -> None:
+        """What a workflow passes before the rate limits (as :meth:`_check_completion`; its
+        agents' models too).
+
+        Raises:
+            HubError: ``too_many_completions``, the authorize hook's refusal, or the
+                definition's (``invalid_workflow``, ``unknown_workflow_definition``).
+        """
+        services = self.services
+        self._check_per_connection_limit()
+        services.authorize(self.principal, "create_workflow", f"workflow:{message.workflow_id or ''}")
+        if self.principal.models:  # its agents' models too (the definition is read twice only then)
+            for model in services.workflow_models(message.definition, message.definition_name):
+                services.authorize(self.principal, "use_model", model)
 
     def _start(self, run: Runnable, completion_id: str | None = None, workflow_id: str | None = None) -> None:
         broker = self.services.broker

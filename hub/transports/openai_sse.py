@@ -174,7 +174,11 @@ async def _serve(
     run = None
     try:
         try:
-            run = session.start_completion(chat.to_completion())
+            completion = chat.to_completion()
+            # With a Redis broker the rate limits are counted across the cluster (one Redis
+            # round trip, hub/cluster_limits.py); in memory nothing is awaited.
+            ticket = await session.admit_in_cluster(completion) if hub.cluster_limits is not None else None
+            run = session.start_completion(completion, ticket)
         except HubError as exc:
             return _json_error(exc.code, exc.message, exc.status, exc.retry_after_ms)
         return await _respond(hub, request, chat, outbox, run.id, tag_events)
