@@ -89,15 +89,6 @@ def redis_prefix_for_test() -> Iterator[str]:
             client.close()
 
 
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix of this test's own on :data:`REDIS_URL` (skips without Redis); its keys
-    are unlinked at the end."""
-    require_redis()
-    with redis_prefix_for_test() as value:
-        yield value
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "brokers(*names): run each test of the module on each broker named "
                                        f"(of {', '.join(BROKERS)}; tests/conftest.py)")

@@ -54,6 +54,12 @@ the hub's history cannot cover the gap it sends a ``snapshot`` (or ``workflow_sn
 instead, and the stream yields it followed by synthetic events carrying only what was missed:
 :mod:`hub.client.state` says exactly which.
 
+**Several hubs.** ``HubClient(urls=[...])`` takes the URLs of hubs that share a broker
+(docs/PROTOCOL.md "Running several hubs"): it connects to the first that answers, and each
+reconnect attempt goes to the next URL after the one lost or failed, so a client whose node
+died or was drained moves to another and resumes there with the same cursors, gap-free.
+``Reconnect.url`` says where it went; assigning ``client.urls`` redirects later reconnects.
+
 A completion request whose acknowledgement was lost with the connection is sent again: the
 hub either starts it (the first request never arrived) or answers ``duplicate_id`` (it did),
 and then the client subscribes to it. For that, :meth:`HubClient.completion` generates the

@@ -12,6 +12,12 @@ with a ``rid`` is answered by an ``ack`` (or its ``error``), so no ``ping`` has 
 answer without ``rid`` (a hub that does not echo it) goes to the oldest request, which is right
 too: the hub handles a connection's messages one at a time and answers them in order.
 
+Several hubs (docs/PROTOCOL.md "Running several hubs"): with ``urls=[...]`` the client
+connects to the first URL that answers, and after losing a connection it tries the other URLs
+first, in turn (the next one after the URL it lost, wrapping around), with the usual backoff
+between attempts; its streams resume there with their cursors, which any hub sharing the broker
+serves gap-free.
+
 Authentication (docs/PROTOCOL.md "Authentication"): with ``token=`` or ``get_token=``, every
 connection, the first and each reconnect, sends an ``auth`` message first and waits for
 ``authenticated``; with ``get_token`` the token is fetched again for each connection and
@@ -30,7 +36,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -67,7 +73,7 @@ from protocol.messages import (
     Unsubscribed,
 )
 
-__all__ = ["HubClient", "Connection", "FATAL_CLOSE_CODES", "backoff_delay_s"]
+__all__ = ["HubClient", "Connection", "FATAL_CLOSE_CODES", "DEFAULT_URL", "backoff_delay_s"]
 
 log = logging.getLogger("cbhub.client")
 
@@ -77,6 +83,9 @@ log = logging.getLogger("cbhub.client")
 #: credential is needed first). Every other code, and a connection dropped without a close
 #: frame (1006), is followed by a reconnect.
 FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009, 4001, 4003})
+
+#: The URL of a client given neither ``url`` nor ``urls``: a hub on this machine with the default port.
+DEFAULT_URL = "ws://127.0.0.1:8765/ws/stream"
 
 _OPTIONS = frozenset(Completion.__struct_fields__) - {"model", "messages", "id", "rid"}
 _ANSWERS = (Subscribed, Unsubscribed, Pong, Ack, Authenticated)
@@ -95,6 +104,17 @@ def backoff_delay_s(attempt: int, base_ms: float, max_ms: float, rng: random.Ran
     Jitter", AWS Architecture Blog, 2015)."""
     ceiling_ms = min(max_ms, base_ms * (2 ** min(attempt, 30)))
     return (rng or random).uniform(0.0, ceiling_ms) / 1000.0
+
+
+def _url_list(urls: Sequence[str]) -> tuple[str, ...]:
+    """``urls`` as a tuple.
+
+    Raises:
+        InvalidArgumentError: an empty sequence, a string, or an item that is not a string.
+    """
+    if isinstance(urls, str) or not urls or not all(isinstance(each, str) for each in urls):
+        raise InvalidArgumentError("urls must be a non-empty list of WebSocket URLs")
+    return tuple(urls)
 
 
 def _encode(message: Mapping[str, Any]) -> str:
@@ -245,7 +265,13 @@ class HubClient:
     ``await client.close()``).
 
     Args:
-        url: the hub's WebSocket URL.
+        url: the hub's WebSocket URL (default :data:`DEFAULT_URL`).
+        urls: instead of ``url``, the WebSocket URLs of several hubs sharing one broker
+            (docs/PROTOCOL.md "Running several hubs"), e.g. one per node: :meth:`connect`
+            tries them in order; after a lost connection the client tries the next URL
+            after the one it lost first, then the others in turn (each attempt one URL, with
+            the backoff below), and resumes its streams on whichever answers. Assigning a new
+            list to :attr:`urls` moves later reconnects there.
         reconnect: reconnect and resume open streams when the connection is lost (module
             docstring). False: a lost connection fails every open stream with
             :class:`HubConnectionError`.
@@ -255,7 +281,7 @@ class HubClient:
         max_reconnect_attempts: consecutive failed connection attempts after which the client
             gives up (open streams and later calls raise :class:`HubConnectionError`); None:
             never give up. A connection counts as working once the hub sent it anything
-            (the client pings it right after a reconnect).
+            (the client pings it right after a reconnect). Each URL tried counts as one attempt.
         on_reconnect: called with a :class:`Reconnect` after each reconnect, once the resume
             requests are sent; a plain function or a coroutine function. Exceptions it
             raises are logged and ignored.
@@ -270,7 +296,7 @@ class HubClient:
             (``additional_headers``, ``ssl``, ``proxy``, ``ping_interval``...).
     """
 
-    def __init__(self, url: str = "ws://127.0.0.1:8765/ws/stream", *, reconnect: bool = True,
+    def __init__(self, url: str | None = None, *, urls: Sequence[str] | None = None, reconnect: bool = True,
                  base_delay_s: float = 0.1, max_delay_s: float = 5.0, max_reconnect_attempts: int | None = 10,
                  on_reconnect: Callable[[Reconnect], None | Awaitable[None]] | None = None,
                  open_timeout_s: float = 10.0, max_message_bytes: int | None = None,
@@ -278,7 +304,12 @@ class HubClient:
                  **connect_options: Any) -> None:
         if token is not None and get_token is not None:
             raise InvalidArgumentError("give token or get_token, not both")
-        self.url = url
+        if urls is not None and url is not None:
+            raise InvalidArgumentError("give url or urls, not both")
+        self._urls = _url_list(urls) if urls is not None else (url or DEFAULT_URL,)
+        self._url_index = 0  # the position in _urls of the URL last tried
+        #: The URL of the current connection (or the last one tried; before any, the first of :attr:`urls`).
+        self.url = self._urls[0]
         self.token = token
         self.get_token = get_token
         #: The subject and expiry (epoch ms) the hub last confirmed (``authenticated``).
@@ -304,6 +335,21 @@ class HubClient:
         self._failure: HubConnectionError | None = None
         self._closing = False
 
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The hubs' WebSocket URLs, in the order they are tried. Assign a new list (of at
+        least one URL) to move the client's later reconnects there, from its first URL on.
+
+        Raises (on assignment):
+            InvalidArgumentError: an empty list, or a string instead of a list.
+        """
+        return self._urls
+
+    @urls.setter
+    def urls(self, urls: Sequence[str]) -> None:
+        self._urls = _url_list(urls)
+        self._url_index = -1  # the next attempt takes the first
+
     # Lifecycle.
 
     async def __aenter__(self) -> HubClient:
@@ -323,12 +369,19 @@ class HubClient:
             return self
         if self._closing:
             raise HubConnectionError("the client is closed")
-        try:
-            ws = await self._open()
-        except InvalidURI as exc:
-            raise HubConnectionError(f"not a WebSocket URL: {self.url!r} ({exc})") from exc
-        except _CONNECT_ERRORS as exc:
-            raise HubConnectionError(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from exc
+        failures: list[str] = []
+        for index, url in enumerate(self._urls):
+            self.url, self._url_index = url, index
+            try:
+                ws = await self._open()
+            except InvalidURI as exc:
+                raise HubConnectionError(f"not a WebSocket URL: {url!r} ({exc})") from exc
+            except _CONNECT_ERRORS as exc:
+                failures.append(f"cannot connect to {url}: {exc or type(exc).__name__}")
+                continue
+            break
+        else:
+            raise HubConnectionError("; ".join(failures))
         conn = self._install(ws)
         try:
             await self._authenticate(conn)
@@ -661,6 +714,7 @@ class HubClient:
     # The connection.
 
     async def _open(self) -> Any:
+        """Open a WebSocket to :attr:`url`."""
         return await websockets.connect(
             self.url, compression=None, open_timeout=self.open_timeout_s, max_size=self.max_message_bytes,
             **self.connect_options,
@@ -778,16 +832,19 @@ class HubClient:
             attempts = 0
             while True:
                 if self.max_reconnect_attempts is not None and failures >= self.max_reconnect_attempts:
+                    tried = self.url if len(self._urls) == 1 else ", ".join(self._urls)
                     self._give_up(HubConnectionError(
-                        f"could not reconnect to {self.url} after {failures} attempts (last close {code})", code))
+                        f"could not reconnect to {tried} after {failures} attempts (last close {code})", code))
                     return
                 await asyncio.sleep(backoff_delay_s(failures, self.base_delay_s * 1000.0, self.max_delay_s * 1000.0))
                 failures += 1
                 attempts += 1
+                self._url_index = (self._url_index + 1) % len(self._urls)  # the URL after the one lost or failed
+                url = self.url = self._urls[self._url_index]
                 try:
                     ws = await self._open()
                 except _CONNECT_ERRORS as exc:
-                    log.info("reconnecting to %s failed: %s", self.url, exc or type(exc).__name__)
+                    log.info("reconnecting to %s failed: %s", url, exc or type(exc).__name__)
                     continue
                 break
             new = self._install(ws)
@@ -815,7 +872,7 @@ class HubClient:
             self.reconnects += 1
             self._notify()
             if self.on_reconnect is not None:
-                info = Reconnect(attempts, code, reason, loop.time() - lost_at, tuple(channels))
+                info = Reconnect(attempts, code, reason, loop.time() - lost_at, tuple(channels), self.url)
                 try:
                     outcome = self.on_reconnect(info)
                     if inspect.isawaitable(outcome):

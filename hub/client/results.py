@@ -222,6 +222,7 @@ class Reconnect:
         close_reason: its close reason ("" when none).
         downtime_s: seconds from losing the connection to the new one being open.
         channels: the channels of the streams being resumed.
+        url: the URL of the new connection (with several ``urls``, maybe another hub's).
     """
 
     attempts: int
@@ -229,4 +230,5 @@ class Reconnect:
     close_reason: str
     downtime_s: float
     channels: tuple[str, ...]
+    url: str = ""
 

@@ -232,6 +232,8 @@ export interface ReconnectInfo {
   delayMs: number;
   /** The channels resumed (`completion:<id>`, ...). */
   channels: string[];
+  /** The URL of the new connection (with several `urls`, maybe another hub's). */
+  url: string;
 }
 
 /** Any WebSocket constructor with the browser's interface (`ws` in Node). */
@@ -252,6 +254,12 @@ export interface WebSocketLike {
 export interface ClientOptions {
   /** `ws://host:port/ws/stream`; in a browser it may be relative (default `/ws/stream` of the page's host). */
   url?: string | URL;
+  /**
+   * Instead of `url`: the URLs of several hubs sharing one broker (docs/PROTOCOL.md "Running
+   * several hubs"). The first connection goes to the first; each reconnect attempt goes to the
+   * URL after the one lost or failed (wrapping around), and the streams resume there.
+   */
+  urls?: (string | URL)[];
   /** The WebSocket implementation (default `globalThis.WebSocket`; in Node pass `ws`). */
   WebSocket?: WebSocketConstructor | (new (url: string) => unknown);
   /** Ask for `?batch=1`: several messages per frame, newline-separated. */
@@ -275,8 +283,10 @@ export interface ClientOptions {
 
 export interface HubClient {
   readonly status: ClientStatus;
-  /** The WebSocket URL in use. */
+  /** The WebSocket URL in use (or last tried). */
   readonly url: string;
+  /** The hubs' URLs in the order tried; assign to move later reconnects there (from the first on). */
+  urls: string[];
   /** Start a completion; it is resumed across reconnects until it ends. */
   completion(request: CompletionRequest, handlers?: StreamHandlers): CompletionStream;
   /** Watch a channel (`completion:<id>`, `system`, `workflow:<id>`,

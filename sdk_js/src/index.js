@@ -122,6 +122,15 @@ function resolveUrl(url, batch) {
   return resolved.toString();
 }
 
+/** `urls` resolved as `resolveUrl` does each; a TypeError unless a non-empty array. */
+function resolveUrls(urls, batch) {
+  if (!Array.isArray(urls) || urls.length === 0) throw new TypeError('createClient: `urls` must be a non-empty array of URLs');
+  return urls.map((url) => {
+    if (url == null) throw new TypeError('createClient: `urls` must be a non-empty array of URLs');
+    return resolveUrl(url, batch);
+  });
+}
+
 /**
  * The channel a hub message belongs to. The agent events of a workflow are published on
  * `workflow:<id>` and on `agent:<id>.<agentId>` alike, without a channel name: they go to the
@@ -320,7 +329,9 @@ class HubClient {
       throw new TypeError('createClient: no WebSocket implementation; pass {WebSocket} (in Node: the `ws` package)');
     }
     this.#WebSocket = WebSocketImpl;
-    this.#url = resolveUrl(options.url, options.batch);
+    if (options.urls != null && options.url != null) throw new TypeError('createClient: give `url` or `urls`, not both');
+    this.#urls = options.urls != null ? resolveUrls(options.urls, options.batch) : [resolveUrl(options.url, options.batch)];
+    this.#url = this.#urls[0];
     this.#batch = Boolean(options.batch);
     this.#reconnect = options.reconnect === false ? null : { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
     this.#onReconnect = options.onReconnect;
@@ -338,6 +349,8 @@ class HubClient {
   #refreshTimer = null;
 
   #WebSocket;
+  #urls; // every hub URL, in the order tried (several hubs sharing a broker)
+  #urlIndex = -1; // the position in #urls of the URL last tried
   #url;
   #batch;
   #reconnect;
@@ -359,9 +372,20 @@ class HubClient {
     return this.#status;
   }
 
-  /** The WebSocket URL in use (with `batch=1` when batching). */
+  /** The WebSocket URL in use, or last tried (with `batch=1` when batching). */
   get url() {
     return this.#url;
+  }
+
+  /** The hubs' WebSocket URLs, in the order they are tried. */
+  get urls() {
+    return [...this.#urls];
+  }
+
+  /** Move later reconnects to other hubs (sharing the broker), from the first of `urls` on. */
+  set urls(urls) {
+    this.#urls = resolveUrls(urls, this.#batch);
+    this.#urlIndex = -1;
   }
 
   // Public API.
@@ -577,6 +601,9 @@ class HubClient {
 
   #connect() {
     this.#setStatus('connecting');
+    // The URL after the one last tried: after a lost or failed connection, another hub first.
+    this.#urlIndex = (this.#urlIndex + 1) % this.#urls.length;
+    this.#url = this.#urls[this.#urlIndex];
     let ws;
     try {
       ws = new this.#WebSocket(this.#url);
@@ -673,7 +700,7 @@ class HubClient {
     for (const request of outbox) this.#sendCancel(request);
     if (reconnected) {
       this.#lastClose = null;
-      invoke(this.#onReconnect, { ...reconnected, channels: names });
+      invoke(this.#onReconnect, { ...reconnected, channels: names, url: this.#url });
     }
   }
 

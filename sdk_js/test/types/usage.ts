@@ -29,6 +29,18 @@ const client = createClient({
   },
 });
 
+// Several hubs sharing a broker: reconnects move round the list.
+const clustered = createClient({
+  urls: ['ws://10.0.0.1:8765/ws/stream', new URL('ws://10.0.0.2:8765/ws/stream')],
+  WebSocket,
+  onReconnect(info) {
+    const url: string = info.url;
+    console.log(url);
+  },
+});
+const nodes: string[] = clustered.urls;
+clustered.urls = [...nodes.slice(1), 'ws://10.0.0.3:8765/ws/stream'];
+
 async function main(): Promise<void> {
   const stream = client.completion(
     { model: 'openai/gpt-4o-mini', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 10 },
