@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,7 @@ import msgspec
 import pytest
 
 from hub.app import Hub, run_hub
-from hub.cluster_limits import ClusterLimiter
+from hub.cluster_limits import ClusterLimiter, _sha1
 from hub.ratelimit import RateLimiter, Ticket
 from protocol.errors import HubError
 from protocol.messages import Completed, ErrorMessage, Subscribed
@@ -143,6 +144,8 @@ async def test_admissions_racing_on_two_nodes_never_pass_the_limit(nodes):
     assert len(admitted) == 3 and len(refused) == 57
     assert {error.code for error in refused} == {"rate_limited"}
     assert limiter_of(a).admissions + limiter_of(b).admissions == 60
+    # Each node sent the admissions of one event-loop iteration in one round trip.
+    assert limiter_of(a).admission_round_trips == limiter_of(b).admission_round_trips == 1
     assert limiter_of(a).fallbacks == limiter_of(b).fallbacks == 0
     for ticket in admitted:
         ticket.release()
@@ -225,6 +228,37 @@ async def test_without_redis_admission_falls_back_to_this_node_s_limits():
         assert limiter.fallbacks == 1 and limiter.admissions == 0  # the second did not even ask Redis
         first.release()
         assert limiter.local.running("jane") == 0
+    finally:
+        await limiter.close()
+
+
+async def test_a_redis_that_does_not_answer_is_given_up_after_the_admission_timeout():
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads everything, answers nothing
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = ClusterLimiter(f"redis://127.0.0.1:{port}/0", "cbhub-test-none:", RateLimiter(), 5.0)
+    try:
+        await limiter.connect()  # loading the scripts times out too, quietly
+        lou = Who("lou", rpm=1)
+        await limiter.admit(lou)  # decided here once ADMIT_TIMEOUT_S has passed
+        with pytest.raises(HubError):
+            await limiter.admit(lou)  # this node's rpm bucket, at once
+        assert limiter.fallbacks == 1 and limiter.admissions == 0
+    finally:
+        await limiter.close()
+        server.close()
+
+
+async def test_a_script_missing_from_redis_is_loaded_again(prefix):  # noqa: F811
+    limiter = ClusterLimiter(REDIS_URL, prefix, RateLimiter(), 5.0)
+    await limiter.connect()
+    try:
+        source = f"return {{KEYS[1], ARGV[1], '{uuid.uuid4().hex}'}}"  # never loaded before
+        answers = await limiter._run_scripts(_sha1(source), source, [([prefix + "k1"], ["a"]), ([prefix + "k2"], ["b"])])
+        assert [answer[:2] for answer in answers] == [[(prefix + "k1").encode(), b"a"], [(prefix + "k2").encode(), b"b"]]
     finally:
         await limiter.close()
 
