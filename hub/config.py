@@ -533,6 +533,10 @@ class HubConfig(msgspec.Struct, kw_only=True):
     shutdown_drain_timeout_s: Annotated[float, key(
         "lifecycle.shutdown_drain_timeout_s", "CBHUB_SHUTDOWN_DRAIN_TIMEOUT_S",
         "on SIGINT or SIGTERM, how long running completions get to finish", _NON_NEGATIVE)] = 30.0
+    shutdown_kill_after_s: Annotated[float, key(
+        "lifecycle.shutdown_kill_after_s", "CBHUB_SHUTDOWN_KILL_AFTER_S",
+        "with `--workers`: a worker still running this long after the drain timeout is killed (SIGKILL)",
+        _NON_NEGATIVE)] = 30.0
 
     # broker: the channels' broker; in memory (one process) unless a Redis URL is given.
     broker_url: Annotated[str | None, key(

@@ -26,7 +26,9 @@ write to:
   as a single hub does (stops accepting, lets running completions finish for up to
   ``lifecycle.shutdown_drain_timeout_s``, ends the rest with ``shutting_down``, closes
   WebSockets with 1012). A Ctrl-C in a terminal reaches the workers too (one process group);
-  a second signal changes nothing. The supervisor exits when all workers have: status 0 when
+  a second signal changes nothing. A worker still running ``lifecycle.shutdown_kill_after_s``
+  after the drain timeout is killed (SIGKILL, logged as an error): the supervisor's stop is
+  bounded even when a worker hangs. The supervisor exits when all workers have: status 0 when
   every worker exited 0 (or was stopped before it listened), else 1.
 - **A worker dies** (a crash, ``kill -9``, or a stop the supervisor did not ask for): the
   supervisor logs it (a warning with the worker's number, pid and exit status) and starts a
@@ -224,6 +226,7 @@ class _Supervisor:
         self.slots = [_Slot(index) for index in range(1, config.workers + 1)]
         self.wake = wake
         self.stopping = False
+        self.kill_at: float | None = None  # time.monotonic() when workers still running are killed
         self.listening = False  # all N workers listened once
         self.status = 0
         self.signals: list[int] = []
@@ -241,13 +244,28 @@ class _Supervisor:
         slot.started = time.monotonic()
 
     def stop_all(self) -> None:
-        """SIGTERM to every running worker (each drains); no more restarts."""
+        """SIGTERM to every running worker (each drains); no more restarts. Those still running
+        ``shutdown_kill_after_s`` after the drain timeout will be killed (:meth:`kill_late`)."""
+        if not self.stopping:
+            config = self.config
+            self.kill_at = time.monotonic() + config.shutdown_drain_timeout_s + config.shutdown_kill_after_s
         self.stopping = True
         for slot in self.slots:
             slot.restart_at = None
             if slot.process is not None and slot.process.pid is not None and slot.process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.process.pid, signal.SIGTERM)
+
+    def kill_late(self) -> None:
+        """SIGKILL to every worker still running past :attr:`kill_at`; the exit status will be 1."""
+        self.kill_at = None
+        for slot in self.slots:
+            if slot.process is not None and slot.process.pid is not None and slot.process.exitcode is None:
+                log.error("worker %d (pid %d) still runs %g s after the drain timeout "
+                          "(lifecycle.shutdown_kill_after_s); killing it", slot.index, slot.process.pid,
+                          self.config.shutdown_kill_after_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.process.pid, signal.SIGKILL)
 
     # Events.
 
@@ -329,6 +347,8 @@ class _Supervisor:
                 if slot.process is not None:
                     waits[slot.process.sentinel] = ("exit", slot)
             due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
+            if self.kill_at is not None:
+                due.append(self.kill_at)
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
             ready = multiprocessing.connection.wait(list(waits), timeout)
             with contextlib.suppress(BlockingIOError):
@@ -346,6 +366,8 @@ class _Supervisor:
                     if what == kind and target is not None:
                         (self.on_announce if kind == "announce" else self.on_exit)(target)
             now = time.monotonic()
+            if self.kill_at is not None and self.kill_at <= now:
+                self.kill_late()
             for slot in self.slots:
                 if slot.restart_at is not None and slot.restart_at <= now and not self.stopping:
                     self.start(slot)

@@ -251,6 +251,23 @@ async def test_a_worker_that_dies_is_logged_and_replaced(mock, prefix, tmp_path)
             assert await served.process.wait() == 0
 
 
+@needs_redis
+async def test_a_worker_that_does_not_stop_is_killed_after_the_drain_timeout(mock, prefix, tmp_path):
+    env = worker_env(mock, prefix, shutdown_drain_timeout_s=0, shutdown_kill_after_s=0.5)
+    async with serve(tmp_path, env, "--workers", "2") as served:
+        stuck, fine = served.pids[1], served.pids[0]
+        os.kill(stuck, signal.SIGSTOP)  # a worker that hangs: it takes no signal but SIGKILL
+        served.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(START_TIMEOUT_S):
+            status = await served.process.wait()
+    logs = served.log_text()
+    assert status == 1
+    assert f"worker 2 (pid {stuck}) still runs 0.5 s after the drain timeout" in logs, logs
+    assert f"worker 2 (pid {stuck}) was killed by SIGKILL" in logs
+    assert f"worker 1 (pid {fine}) exited with status 0" in logs
+    assert gone(stuck) and gone(fine)
+
+
 @pytest.mark.parametrize("how", ["flag", "config"])
 def test_workers_without_a_broker_url_are_refused(how):
     import subprocess
