@@ -24,9 +24,10 @@ from hub.cluster_limits import ClusterLimiter, _sha1
 from hub.ratelimit import RateLimiter, Ticket
 from protocol.errors import HubError
 from protocol.messages import Completed, ErrorMessage, Subscribed
-from tests.conftest import WSClient
+from tests.conftest import WSClient, hub_config
 from tests.test_auth_hub import auth_config, make_token
 from tests.test_cluster import REDIS_URL, prefix  # noqa: F401 (a fixture; importing skips without Redis)
+from tests.test_cluster_failover import WS, serve  # noqa: F401 (a fixture: cbhub serve processes)
 from tools.mock_provider import MockProvider
 
 OPENAI = "openai/gpt-4o-mini"
@@ -211,6 +212,32 @@ async def test_live_runs_keep_their_lease_and_a_dead_node_s_runs_stop_counting(p
     finally:
         for limiter in (alive, dead, other):
             await limiter.close()
+
+
+async def test_the_runs_of_a_killed_node_stop_counting_after_node_timeout_s(serve, prefix, mock, ws_factory,  # noqa: F811
+                                                                            monkeypatch):
+    import tests.test_cluster_failover as failover
+
+    environ = failover.clean_environ
+    monkeypatch.setattr(failover, "clean_environ", lambda: {**environ(), "CBHUB_DEFAULT_MAX_CONCURRENT": "1"})
+    a = await serve(REDIS_URL, prefix)  # broker.node_timeout_s 1
+    config = hub_config(mock, broker_url=REDIS_URL, broker_prefix=prefix, broker_node_timeout_s=1.0,
+                        default_max_concurrent=1)
+    async with run_hub(config) as b:
+        on_a = await WS.to(a)
+        await on_a.send(completion("k1", ENDLESS))
+        assert isinstance(await on_a.recv(), Subscribed)
+        on_b = await ws_factory(b)
+        refusal = await answer_to(on_b, completion("k2"))
+        assert isinstance(refusal, ErrorMessage) and refusal.error.code == "rate_limited"
+        a.process.kill()
+        attempts = 1
+        async with asyncio.timeout(10):  # the lease ends 1 s after A's last refresh
+            while not isinstance(await answer_to(on_b, completion(f"k2-{attempts}")), Subscribed):
+                attempts += 1
+                await asyncio.sleep(0.1)
+        print(f"\nadmitted on B after {attempts} attempts 0.1 s apart once A was killed")
+        await on_a.connection.close()
 
 
 async def test_without_redis_admission_falls_back_to_this_node_s_limits():
