@@ -141,6 +141,10 @@ _NOBODY = _Unauthenticated()
 #: How many messages may wait for a credential being checked; more are refused.
 MAX_HELD_MESSAGES = 64
 
+#: The messages that start a run: those that waited for a broker step still start once the
+#: client has left (:meth:`Session.close`).
+_STARTS = (Completion, CreateWorkflow)
+
 
 class Runnable(Protocol):
     """A completion or workflow run as the session sees it."""
@@ -159,6 +163,10 @@ class Runnable(Protocol):
 
     def start(self) -> None:
         """Start it (after the session subscribed and sent the ack)."""
+
+    def on_idle(self) -> None:
+        """Its channel has no subscriber: it is cancelled after the grace period unless one
+        comes."""
 
 
 class CompletionFactory(Protocol):
@@ -366,9 +374,14 @@ class Session:
         self._set_timer(None, None)
         if self._auth_task is not None:
             self._auth_task.cancel()
-        if self._step_task is not None:
-            self._step_task.cancel()
-        self._held = None
+        if self._step_task is None:
+            self._held = None
+        elif self._held is not None:
+            # A broker step in flight is not cancelled (it would leave a claim behind in
+            # Redis): it finishes, and the completions and workflows the hub received before
+            # the client left start, as the in-memory broker starts them, with no subscriber
+            # (their grace period runs). The other messages waiting are dropped.
+            self._held = [message for message in self._held if isinstance(message, _STARTS)]
         self.outbox.stop()
         self.services.broker.remove(self.outbox)
 
@@ -487,7 +500,7 @@ class Session:
     def _held_done(self, message: ClientMessage | None) -> None:
         """The step is over: handle ``message`` (no step again), then what waited."""
         held, self._held = self._held, None
-        if message is not None and not self.outbox.closed:
+        if message is not None and (not self.outbox.closed or isinstance(message, _STARTS)):
             self._dispatch(message)
         if self._held is None:
             self._held = held
@@ -537,8 +550,8 @@ class Session:
         stop where one of them makes the rest wait again."""
         held, self._held = self._held or [], None
         for index, waiting in enumerate(held):
-            if self.outbox.closed:
-                return
+            if self.outbox.closed and not isinstance(waiting, _STARTS):
+                continue  # the client left (close): only runs it asked for still start
             if isinstance(waiting, HubError):  # a refused frame (refuse_frame), answered in its turn
                 self._send_error(waiting, None)
                 continue
@@ -720,6 +733,10 @@ class Session:
     def _start(self, run: Runnable, completion_id: str | None = None, workflow_id: str | None = None) -> None:
         broker = self.services.broker
         name = run.channel.name
+        if self.outbox.closed:  # the client left while a broker step ran (close): nobody to subscribe
+            run.start()
+            run.on_idle()
+            return
         broker.subscribe(self.outbox, name)
         self._reply(subscribed_ack(broker, [name], completion_id=completion_id, workflow_id=workflow_id,
                                    rid=self._rid))

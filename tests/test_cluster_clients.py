@@ -66,6 +66,12 @@ def assert_gap_free(events: list[Any]) -> None:
     assert [event.seq for event in events] == list(range(1, len(events) + 1))
 
 
+async def subscribe_to(client: Any, channel: str) -> Any:
+    """Send a ``subscribe`` of ``channel``; its answer."""
+    await client.send({"type": "subscribe", "channels": [channel]})
+    return await client.recv()
+
+
 def text_of(events: list[Any]) -> str:
     return "".join(event.content for event in events if isinstance(event, ContentChunk))
 
@@ -194,6 +200,24 @@ async def test_urls_are_checked_and_can_be_replaced(mock, prefix):  # noqa: F811
         assert text_of(events) == expected_text(100, seed=4)
         assert_gap_free(events)
         assert [info.url for info in reconnects] == [ws_url(c)] and client.urls == (ws_url(c),)
+
+
+async def test_a_completion_sent_just_before_the_client_left_still_runs(nodes, ws_factory):  # noqa: F811
+    # On one node the hub starts it as it reads it; here its id is first claimed in Redis, and
+    # the client is gone before that answer: it starts all the same (then its grace period).
+    a, b, _ = nodes
+    leaver = await ws_factory(a)
+    await leaver.send({"type": "completion", "id": "gone1", "model": MODEL, "coalesce": False,
+                       "messages": user("[[mock tokens=20 tps=200]]")})
+    await leaver.connection.close()
+    watcher = await ws_factory(b)
+    async with asyncio.timeout(RECV_TIMEOUT_S):
+        while not isinstance(await subscribe_to(watcher, "completion:gone1"), Subscribed):
+            await asyncio.sleep(0.01)  # not claimed yet: unknown_channel
+    messages = await watcher.until_terminal("gone1")
+    assert isinstance(messages[-1], Completed) and text_of(messages) == expected_text(20)
+    assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+    assert "gone1" in a.completions.runs
 
 
 # Workflows and agent channels across nodes.
