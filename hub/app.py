@@ -316,7 +316,9 @@ async def healthz_handler(request: web.Request) -> web.Response:
     process answered: ``pid`` and ``node`` (the Redis broker's node id; null in memory), which
     tell the workers of ``cbhub serve --workers`` apart. ``broker``: :meth:`hub.broker.Broker.health`
     (kind, connected; for Redis also node_id, round_trips, events_sent, events_unsent ...);
-    ``status`` is ``degraded`` (still 200: streams run here go on) while Redis cannot be reached."""
+    ``status`` is ``degraded`` (still 200: streams run here go on) while Redis cannot be reached.
+    ``limits``: with a Redis broker, the cluster rate limits' counts
+    (:meth:`hub.cluster_limits.ClusterLimiter.statistics`); null in memory."""
     hub: Hub = request.app[HUB_KEY]
     if hub.ready:
         use = hub.memory.use()
@@ -331,6 +333,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
                        "trimmed": hub.memory.trimmed, "retired": hub.memory.retired, "ended": hub.memory.ended},
             "http": dataclasses.asdict(listener.statistics()) if listener is not None else None,
             "pid": os.getpid(), "node": getattr(hub.broker, "node_id", None),
+            "limits": hub.cluster_limits.statistics() if hub.cluster_limits is not None else None,
         })
     return web.json_response({"status": "starting"}, status=503)
 

@@ -482,6 +482,16 @@ class ClusterLimiter:
         async with self._progress:
             await self._progress.wait_for(lambda: self._answered >= target)
 
+    def statistics(self) -> dict[str, int | bool]:
+        """Counts for ``/healthz``: ``admissions`` decided in Redis and the
+        ``admission_round_trips`` that carried them, ``fallbacks`` (decided here, Redis not
+        answering), ``local_only`` (true while admissions skip Redis after a failure),
+        ``live`` (requests admitted through Redis, not ended), ``releases_pending`` (ended,
+        not yet written to Redis), ``round_trips`` of releases and refreshes."""
+        return {"admissions": self.admissions, "admission_round_trips": self.admission_round_trips,
+                "fallbacks": self.fallbacks, "local_only": time.monotonic() < self._down_until,
+                "live": len(self._live), "releases_pending": len(self._releases), "round_trips": self.round_trips}
+
     def live(self) -> int:
         """Requests this node admitted through Redis and that have not ended."""
         return len(self._live)

@@ -104,6 +104,10 @@ async def test_a_second_run_on_another_node_is_refused_as_on_the_same_node_until
     await limiter_of(a).flush()  # the release has reached Redis
     assert isinstance(await answer_to(on_b, completion("other")), Subscribed)
     assert isinstance((await on_b.until_terminal("other"))[-1], Completed)
+    async with aiohttp.ClientSession() as http, http.get(b.url + "/healthz") as response:
+        limits = (await response.json())["limits"]
+    # B decided its three requests in Redis (two refused, one admitted), none alone.
+    assert limits["admissions"] == 3 and limits["fallbacks"] == 0 and not limits["local_only"]
 
 
 async def test_requests_per_minute_count_together_on_every_node(nodes, ws_factory, mock):
