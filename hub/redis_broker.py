@@ -151,7 +151,8 @@ UNSENT_MAX_BYTES = 64 << 20
 #: ``f`` terminal event (same), ``m`` register a channel unless registered (a: epoch, b: owner
 #: subject, c: parent channel or ''; the meta's ``kind`` is the name's part before ``:``), ``x``
 #: mark a channel finished without an event (an agent channel when its workflow ends), ``s``
-#: snapshot (a: its seq, b: its payload or '' for none, c: the stream's new MINID seq or '').
+#: snapshot (a: its seq, b: its payload or '' for none, c: the stream's new MINID seq or ''; also
+#: after the terminal event, which may share its batch, but never once another node wrote node_lost).
 #: ARGV[1..4]: prefix, stream MAXLEN (a safety net), seconds to keep a finished channel, node.
 _PUBLISH_LUA = """
 local p = ARGV[1]
@@ -184,7 +185,7 @@ for i = 5, #ARGV, 5 do
         redis.call('SREM', owned, name)
       end
     elseif kind == 's' then
-      if live then
+      if state and redis.call('HGET', meta, 'node') == node and not redis.call('HGET', meta, 'lost') then
         if b ~= '' then
           redis.call('HSET', meta, 'snap', b)
           redis.call('PUBLISH', p .. 'ch:' .. name, b)
@@ -288,7 +289,7 @@ class _Mirror:
     folds the events its history drops; a workflow's is the owner's latest from Redis)."""
 
     __slots__ = ("channel", "node", "owner", "pending", "buffer", "finished", "topic", "live", "filling",
-                 "snapshot", "later", "snapshots", "folds")
+                 "snapshot", "later", "snapshots", "folds", "watching")
 
     def __init__(self, channel: Channel, node: str, owner: str, topic: bytes) -> None:
         self.channel = channel
@@ -306,6 +307,7 @@ class _Mirror:
         # The state before the history's first event: a completion's from seq 0 on.
         self.snapshot: Any = Snapshot(ident, channel.name, channel.epoch, 0) if self.folds else None
         self.later: Any = None  # one received ahead of the events it reflects
+        self.watching = False  # the owner was told that this node has subscribers
 
     @property
     def snap_seq(self) -> int:
@@ -452,6 +454,8 @@ class RedisBroker(StreamMultiplexer):
         self._children: dict[str, list[str]] = {}  # workflow channel run here -> its agent channels
         self._since_snap: dict[str, list[int]] = {}  # channel run here -> [events, bytes] since its snapshot
         self._snap_due: set[str] = set()
+        self._watchers: dict[str, set[str]] = {}  # channel run here -> nodes with subscribers of it
+        self._idle_hooks: dict[str, Callable[[], None]] = {}  # channel run here -> its own on_idle
         self._mirrors: dict[str, _Mirror] = {}
         self._by_topic: dict[bytes, _Mirror] = {}
         self._attaching: dict[str, asyncio.Future[None]] = {}
@@ -582,14 +586,16 @@ class RedisBroker(StreamMultiplexer):
         client = self._client()
         members: Any = await client.smembers(f"{self.prefix}nodes")
         others = sorted(member.decode() for member in members if member.decode() != self.node_id)
-        if not others:
-            return
-        async with client.pipeline(transaction=False) as pipe:
-            for node in others:
-                pipe.exists(f"{self.prefix}node:{node}")
-            alive = await pipe.execute()
-        for node, beating in zip(others, alive, strict=True):
-            if not beating:
+        beating: list[int] = []
+        if others:
+            async with client.pipeline(transaction=False) as pipe:
+                for node in others:
+                    pipe.exists(f"{self.prefix}node:{node}")
+                beating = await pipe.execute()
+        if self._watchers:
+            self._forget_watchers({node for node, alive in zip(others, beating, strict=True) if alive})
+        for node, alive in zip(others, beating, strict=True):
+            if not alive:
                 await self._reap(node)
 
     async def _reap(self, node: str) -> None:
@@ -643,6 +649,9 @@ class RedisBroker(StreamMultiplexer):
         Raises:
             ValueError: a channel of that name is open (a mirror included).
         """
+        if on_idle is not None and _replicated(name):  # idle only when no other node has subscribers either
+            self._idle_hooks[name] = on_idle
+            on_idle = self._idle_unless_watched(name)
         channel = super().open_channel(name, bounds, on_idle=on_idle, on_subscribe=on_subscribe, snapshot=snapshot,
                                        control=control)
         if _replicated(name):
@@ -658,6 +667,13 @@ class RedisBroker(StreamMultiplexer):
             else:
                 self._append(("m", name, channel.epoch, self._owners.get(name, ""), parent or ""), 0, 0)
         return channel
+
+    def _idle_unless_watched(self, name: str) -> Callable[[], None]:
+        def idle() -> None:
+            hook = self._idle_hooks.get(name)
+            if hook is not None and not self._watchers.get(name):
+                hook()
+        return idle
 
     def _parent_of(self, name: str) -> str | None:
         """The ``workflow:`` channel run here that an ``agent:<workflowId>.<agentId>`` channel
@@ -678,9 +694,13 @@ class RedisBroker(StreamMultiplexer):
         self._children.pop(name, None)
         self._since_snap.pop(name, None)
         self._snap_due.discard(name)
+        self._watchers.pop(name, None)
+        self._idle_hooks.pop(name, None)
         mirror = self._mirrors.pop(name, None)
         if mirror is not None:
             self._by_topic.pop(mirror.topic, None)
+            if mirror.watching and not mirror.finished:
+                self._tell(mirror, "unwatch")
             if self._pubsub is not None:
                 self._spawn(self._unlisten(mirror.topic))
         super().close_channel(name)
@@ -736,7 +756,6 @@ class RedisBroker(StreamMultiplexer):
             size = len(event.payload)
             if _is_terminal(event):
                 self._ended.add(name)
-                self._snap_due.discard(name)
                 self._append(("f", name, str(event.seq), event.payload, ""), 1, size)
                 for child in self._children.get(name, ()):  # a workflow's end ends its agent channels
                     self._ended.add(child)
@@ -796,7 +815,7 @@ class RedisBroker(StreamMultiplexer):
         ops: list[_Op] = []
         for name in sorted(self._snap_due):
             channel = self.channels.get(name)
-            if channel is None or name in self._ended or not channel.history:
+            if channel is None or not channel.history:
                 continue
             first = channel.history[0].seq
             if channel.snapshot is not None:
@@ -892,7 +911,8 @@ class RedisBroker(StreamMultiplexer):
         epoch = meta.get(b"epoch")
         if not epoch or name in self.channels:
             return
-        channel = super().open_channel(name, _UNBOUNDED, on_idle=lambda: self._idle(name))
+        channel = super().open_channel(name, _UNBOUNDED, on_idle=lambda: self._idle(name),
+                                       on_subscribe=lambda: self._watch(name))
         channel.epoch = epoch.decode()
         topic = f"{self.prefix}ch:{name}".encode()
         mirror = _Mirror(channel, meta.get(b"node", b"").decode(), meta.get(b"owner", b"").decode(), topic)
@@ -1069,6 +1089,43 @@ class RedisBroker(StreamMultiplexer):
         except (RedisError, OSError) as exc:  # filled again when the subscription is confirmed
             log.warning("closing a gap of %s from Redis failed: %s", mirror.channel.name, exc)
 
+    def _watch(self, name: str) -> None:
+        """A subscriber of a mirror arrived: the owner counts this node as a subscriber (its
+        grace period does not start, or stops), once per mirror."""
+        mirror = self._mirrors.get(name)
+        if mirror is not None and not mirror.watching and not mirror.finished:
+            mirror.watching = True
+            self._tell(mirror, "watch")
+
+    def _tell(self, mirror: _Mirror, op: str) -> None:
+        if self._redis is not None:
+            body = json.dumps({"op": op, "channel": mirror.channel.name, "node": self.node_id})
+            self._spawn(self._redis.publish(f"{self.prefix}ctl:{mirror.node}", body))
+
+    def _watched(self, name: str, node: str, watching: bool) -> None:
+        """Node ``node`` has subscribers of channel ``name`` run here (or has none any more):
+        while any node has, the run's grace period does not run."""
+        channel = self.channels.get(name)
+        if channel is None or name in self._mirrors:
+            return
+        nodes = self._watchers.setdefault(name, set())
+        if watching:
+            nodes.add(node)
+            if channel.on_subscribe is not None:
+                channel.on_subscribe()
+            return
+        nodes.discard(node)
+        if not nodes and not channel.subscribers:
+            hook = self._idle_hooks.get(name)
+            if hook is not None:
+                hook()
+
+    def _forget_watchers(self, alive: set[str]) -> None:
+        """Nodes that are gone no longer hold the runs they watched."""
+        for name, nodes in list(self._watchers.items()):
+            for node in nodes - alive:
+                self._watched(name, node, False)
+
     def _idle(self, name: str) -> None:
         """The last local subscriber of a mirror left: drop it soon unless one returns."""
         asyncio.get_running_loop().call_soon(self._drop_if_unused, name)
@@ -1174,6 +1231,9 @@ class RedisBroker(StreamMultiplexer):
             command, name = body["op"], body["channel"]
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed control message")
+            return
+        if command in ("watch", "unwatch"):
+            self._watched(name, str(body.get("node")), command == "watch")
             return
         argument = None
         if body.get("code"):

@@ -408,3 +408,38 @@ async def test_events_dropped_during_an_outage_reach_other_nodes_as_stream_gap(
         rest = await remote.until_terminal("g1")
         assert [m.seq for m in rest] == list(range(snapshot.seq + 1, on_a[-1].seq + 1))
         assert snapshot.content + text(rest) == expected_text(300) and rest[-1] == on_a[-1]
+
+
+async def test_subscribers_on_another_node_hold_the_run_past_its_grace_period(mock, prefix, ws_factory):  # noqa: F811
+    config = hub_config(mock, broker_url=REDIS_URL, broker_prefix=prefix, grace_period_s=0.1)
+    async with run_hub(config) as a, run_hub(config) as b:
+        owner = await ws_factory(a)
+        await start_completion(owner, "h1", "[[mock tokens=60 tps=100]]")
+        remote = await ws_factory(b)
+        await remote.send({"type": "subscribe", "channels": ["completion:h1"]})
+        assert isinstance(await remote.recv(), Subscribed)
+        await remote.recv()
+        run = a.completions.runs["h1"]
+        async with asyncio.timeout(5):  # the owner heard of B's subscriber
+            while not a.broker._watchers.get("completion:h1"):
+                await asyncio.sleep(0.01)
+        owner.connection.transport.abort()  # A has no subscriber left; B's keeps the run going
+        seen = await remote.until_terminal("h1")
+        assert isinstance(seen[-1], Completed) and run.finished
+        # When B's subscriber leaves too, the owner's grace period runs and cancels the run.
+        watcher = await ws_factory(b)
+        starter = await ws_factory(a)
+        await start_completion(starter, "h2", "[[mock tokens=100000 tps=100]]")
+        await watcher.send({"type": "subscribe", "channels": ["completion:h2"]})
+        assert isinstance(await watcher.recv(), Subscribed)
+        async with asyncio.timeout(5):
+            while not a.broker._watchers.get("completion:h2"):
+                await asyncio.sleep(0.01)
+        starter.connection.transport.abort()
+        await asyncio.sleep(0.3)  # past the grace period: B's subscriber still holds the run
+        assert not a.completions.runs["h2"].finished
+        watcher.connection.transport.abort()
+        second = a.completions.runs["h2"]
+        async with asyncio.timeout(5):
+            await second.wait()
+        assert second.finished and second.channel.history[-1].message.error.code == "cancelled"
