@@ -22,6 +22,9 @@ from tools.mock_provider import expected_text
 
 OPENAI = "openai/gpt-4o-mini"
 
+#: The limits on the in-memory and the Redis broker (tests/conftest.py).
+pytestmark = pytest.mark.brokers("memory", "redis")
+
 
 def chunk(cid: str, seq: int, text: str) -> EncodedEvent:
     return EncodedEvent.of(ContentChunk(cid, seq, text))

@@ -22,6 +22,9 @@ from tools.mock_provider import expected_text
 
 OPENAI = "openai/gpt-4o-mini"
 
+#: Shutdown, grace period and keep-alives on the in-memory and the Redis broker (tests/conftest.py).
+pytestmark = pytest.mark.brokers("memory", "redis")
+
 
 async def read_until_closed(client: WSClient) -> tuple[list, int | None]:
     messages = []
