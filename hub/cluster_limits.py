@@ -446,7 +446,9 @@ class ClusterLimiter:
 
     async def _send(self, refresh: bool) -> None:
         """One round trip: every queued release, then (``refresh``) every live lease. The
-        releases go back to the queue when it fails.
+        releases go back to the queue when Redis did not answer; when Redis answered with an
+        error (the script failed: a key of another type under the prefix...), they are
+        dropped and logged rather than retried forever (their leases expire on their own).
 
         Raises:
             RedisError, OSError, TimeoutError: Redis did not answer.
@@ -464,11 +466,12 @@ class ClusterLimiter:
                 args.append(member)
         try:
             answer = (await self._run_scripts(self._settle_sha, _SETTLE_LUA, [(keys, args)]))[0]
-            if isinstance(answer, Exception):
-                raise answer
         except BaseException:
             self._releases[:0] = releases
             raise
+        if isinstance(answer, Exception):
+            log.error("cluster limits: Redis refused %d releases and %d refreshes: %s", len(releases),
+                      len(keys) - 2 * len(releases), answer)
         self.round_trips += 1
         self.refreshes += refresh
         self._answered = done

@@ -294,6 +294,31 @@ async def test_a_script_missing_from_redis_is_loaded_again(prefix):  # noqa: F81
         await limiter.close()
 
 
+async def test_a_release_redis_refuses_is_dropped_not_retried_forever(prefix, caplog):  # noqa: F811
+    import redis.asyncio as aioredis
+
+    limiter = ClusterLimiter(REDIS_URL, prefix, RateLimiter(), 5.0)
+    await limiter.connect()
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        ticket = await limiter.admit(Who("zed", max_concurrent=5))
+        await client.delete(f"{prefix}lim:run:zed")
+        await client.set(f"{prefix}lim:run:zed", "not a sorted set")  # ZREM fails: WRONGTYPE
+        ticket.release()
+        async with asyncio.timeout(5):
+            await limiter.flush()
+        assert "Redis refused 1 releases" in caplog.text
+        amy = Who("amy", max_concurrent=1)
+        (await limiter.admit(amy)).release()  # the releases after it go on
+        async with asyncio.timeout(5):
+            await limiter.flush()
+        assert await client.exists(f"{prefix}lim:run:amy") == 0
+        assert isinstance(await limiter.admit(amy), Ticket)
+    finally:
+        await client.aclose()
+        await limiter.close()
+
+
 async def test_a_subject_without_limits_never_asks_redis_and_memory_has_no_cluster_limits(nodes, mock):
     a, _ = nodes
     for _ in range(3):
