@@ -550,7 +550,8 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "prefix of every Redis key and PUB/SUB channel the hub uses", _not_empty)] = "cbhub:"
     broker_node_timeout_s: Annotated[float, key(
         "broker.node_timeout_s", "CBHUB_BROKER_NODE_TIMEOUT_S",
-        "how long a hub node may stay silent before others treat it as lost (not used yet)", _positive)] = 5.0
+        "how long a hub node may stay silent before others end its runs with node_lost (heartbeat every 1/4 of it)",
+        _positive)] = 5.0
 
     @classmethod
     def load(
