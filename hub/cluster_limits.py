@@ -65,7 +65,7 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from hub.ratelimit import LimitedPrincipal, RateLimiter, Ticket, over_bucket, over_concurrency
 
@@ -348,6 +348,10 @@ class ClusterLimiter:
         try:
             async with asyncio.timeout(ADMIT_TIMEOUT_S):
                 answer = await admission.future  # cancelled with this wait: its answer is undone
+        except ResponseError as exc:  # the script failed for this subject alone (a key of another type...)
+            log.error("cluster limits: Redis refused the admission of %s: %s", subject, exc)
+            self.fallbacks += 1
+            return self.local.admit(principal, estimate)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return self.local.admit(principal, estimate)

@@ -294,7 +294,7 @@ async def test_a_script_missing_from_redis_is_loaded_again(prefix):  # noqa: F81
         await limiter.close()
 
 
-async def test_a_release_redis_refuses_is_dropped_not_retried_forever(prefix, caplog):  # noqa: F811
+async def test_what_redis_refuses_for_one_subject_does_not_stop_the_others(prefix, caplog):  # noqa: F811
     import redis.asyncio as aioredis
 
     limiter = ClusterLimiter(REDIS_URL, prefix, RateLimiter(), 5.0)
@@ -314,6 +314,12 @@ async def test_a_release_redis_refuses_is_dropped_not_retried_forever(prefix, ca
             await limiter.flush()
         assert await client.exists(f"{prefix}lim:run:amy") == 0
         assert isinstance(await limiter.admit(amy), Ticket)
+        # An admission Redis refuses is decided here, for that subject alone.
+        await limiter.admit(Who("zed", max_concurrent=5))
+        assert limiter.fallbacks == 1 and "Redis refused the admission of zed" in caplog.text
+        with pytest.raises(HubError):
+            await limiter.admit(amy)  # still decided in Redis: amy runs 1 of 1
+        assert limiter.statistics()["local_only"] is False
     finally:
         await client.aclose()
         await limiter.close()
