@@ -159,8 +159,6 @@ async def test_the_sdk_skips_a_node_that_does_not_answer(mock, prefix):  # noqa:
         assert moved.url == ws_url(c) and moved.attempts == 2  # the dead URL between them, then C
 
 
-@pytest.mark.xfail(strict=True, raises=HubStreamError, reason="the owning node's grace period counts only its own "
-                   "subscribers (/work/h2_requests.md R4): A cancels the run although C serves the client")
 async def test_a_run_whose_clients_all_moved_to_another_node_is_not_ended_by_the_grace_period(mock, prefix):  # noqa: F811
     # The owning node has no subscriber left, the other node has one: the run goes on.
     async with cluster(mock, prefix, 2, grace_period_s=0.05) as (a, c):
