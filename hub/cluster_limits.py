@@ -48,10 +48,9 @@ counting through the outage. Admissions decided locally are not written to Redis
 
 Cost, on this 2-core machine against a local Redis 7: an admission alone waits one round trip,
 0.1-0.2 ms (PING: 0.05-0.1 ms; in memory 2 us; tests/test_cluster_limits.py
-``test_admission_cost`` prints it); 2000 admissions at once take 40 us each, in one round
-trip. An admission and its release cost Redis about 19 us of CPU (its own Redis, measured
-with INFO commandstats). A subject without any limit never
-asks Redis.
+``test_admission_cost`` prints it); 2000 admissions at once take 40 us each, in one round trip.
+An admission and its release cost Redis about 19 us of CPU (its own Redis, measured with INFO
+commandstats). A subject without any limit never asks Redis.
 """
 
 from __future__ import annotations
