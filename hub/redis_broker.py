@@ -113,7 +113,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from hub.broker import ControlHandler
-from hub.channel import Channel, EncodedEvent, HistoryBounds
+from hub.channel import Channel, EncodedEvent, HistoryBounds, stream_type_of
 from hub.multiplexer import StreamMultiplexer
 from protocol.errors import ErrorCode, HubError
 from protocol.messages import (
@@ -1007,10 +1007,16 @@ class RedisBroker(StreamMultiplexer):
         self._publish_mirrored(mirror, event)
 
     def _publish_mirrored(self, mirror: _Mirror, event: EncodedEvent) -> None:
-        """Record and fan out one event of the owner (its ``published_at`` set by the caller)."""
+        """Record one event of the owner (its ``published_at`` set by the caller) and hand it to
+        the mirror's subscribers; type-level subscribers get events of channels run elsewhere
+        from the type's PUB/SUB pattern instead (:meth:`_take_typed`), once each."""
         channel = mirror.channel
         channel.last_seq = event.seq
-        StreamMultiplexer.publish(self, channel, event)
+        self._history_bytes += channel.record(event, None)
+        self._published += 1
+        channel.last_publish = self._published
+        for subscriber in channel.subscribers:
+            subscriber.deliver(event)
         if _is_terminal(event):
             mirror.finished = True
         later = mirror.later
@@ -1149,6 +1155,60 @@ class RedisBroker(StreamMultiplexer):
         mirror = self._mirrors.get(name)
         return mirror.owner if mirror is not None else None
 
+    # Type-level subscriptions across nodes.
+
+    def _pattern(self, stream_type: str) -> bytes | None:
+        kind = {"completion": "completion", "workflow": "workflow", "agent_status": "agent"}.get(stream_type)
+        return f"{self.prefix}ch:{kind}:*".encode() if kind is not None else None
+
+    def subscribe_type(self, subscriber: Any, stream_type: str) -> None:
+        """As in memory, and events of the channels of ``stream_type`` run on other nodes
+        follow too: the node PSUBSCRIBEs ``<prefix>ch:<kind>:*`` while it has a type-level
+        subscriber of that type (live only, from when Redis confirms it, a round trip)."""
+        had = bool(self.type_subscribers.get(stream_type))
+        super().subscribe_type(subscriber, stream_type)
+        pattern = self._pattern(stream_type)
+        if not had and pattern is not None and self._pubsub is not None:
+            self._spawn(self._pubsub.psubscribe(pattern))
+
+    def unsubscribe_type(self, subscriber: Any, stream_type: str) -> None:
+        """Undo :meth:`subscribe_type` (the last one of a type stops the pattern)."""
+        super().unsubscribe_type(subscriber, stream_type)
+        self._unpattern((stream_type,))
+
+    def remove(self, subscriber: Any) -> None:
+        """As in memory; type patterns nobody here needs any more are dropped."""
+        types = [stream_type for stream_type, subscribers in self.type_subscribers.items() if subscriber in subscribers]
+        super().remove(subscriber)
+        self._unpattern(types)
+
+    def _unpattern(self, stream_types: Any) -> None:
+        for stream_type in stream_types:
+            pattern = self._pattern(stream_type)
+            if pattern is not None and not self.type_subscribers.get(stream_type) and self._pubsub is not None:
+                self._spawn(self._pubsub.punsubscribe(pattern))
+
+    def _take_typed(self, topic: bytes, data: bytes) -> None:
+        """An event of some channel, for the type-level subscribers here: those of a channel
+        run here got it from the local fan-out; of one run elsewhere, every type-level
+        subscriber that does not also watch its mirror here gets it now."""
+        name = topic[len(self.prefix) + 3:].decode()
+        channel = self.channels.get(name)
+        if channel is not None and name not in self._mirrors:
+            return
+        watchers = self.type_subscribers.get(stream_type_of(name))
+        if not watchers:
+            return
+        message = HUB_DECODER.decode(data)
+        if isinstance(message, (Snapshot, WorkflowSnapshot)):
+            return
+        event = EncodedEvent(data, message)
+        watching = channel.subscribers if channel is not None else ()
+        for subscriber in watchers:
+            if subscriber not in watching:
+                subscriber.deliver(event)
+        self.flush()
+
     # PUB/SUB.
 
     async def _read(self) -> None:
@@ -1188,6 +1248,9 @@ class RedisBroker(StreamMultiplexer):
             mirror = self._by_topic.get(topic)
             if mirror is not None and mirror.pending and mirror.live:  # re-subscribed after a loss
                 self._spawn(self._refill(mirror))
+            return
+        if kind == "pmessage":
+            self._take_typed(topic, message["data"])
             return
         if kind != "message":
             return

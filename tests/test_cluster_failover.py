@@ -443,3 +443,20 @@ async def test_subscribers_on_another_node_hold_the_run_past_its_grace_period(mo
         async with asyncio.timeout(5):
             await second.wait()
         assert second.finished and second.channel.history[-1].message.error.code == "cancelled"
+
+
+async def test_a_type_level_subscriber_sees_other_nodes_runs_once(nodes, ws_factory):  # noqa: F811
+    a, b, _ = nodes
+    dashboard = await ws_factory(b)
+    await dashboard.send({"type": "subscribe", "streams": ["completion"]})
+    assert isinstance(await dashboard.recv(), Subscribed)
+    await dashboard.send({"type": "ping", "rid": "p"})  # B sent its PSUBSCRIBE before answering
+    assert (await dashboard.recv()).rid == "p"
+    owner = await ws_factory(a)
+    await start_completion(owner, "d1", "[[mock tokens=40 tps=400]]")
+    first = await dashboard.recv()
+    assert first.seq == 1
+    # Watching the channel too (a mirror on B) repeats nothing.
+    await dashboard.send({"type": "subscribe", "channels": ["completion:d1"]})
+    seen = [first, *await dashboard.until_terminal("d1")]
+    assert seen == await owner.until_terminal("d1")

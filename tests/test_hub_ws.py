@@ -180,7 +180,6 @@ async def test_late_subscriber_gets_the_whole_stream_from_seq_1(ws_connect) -> N
     assert watched == [first, *rest]
 
 
-@pytest.mark.broker_gap("redis2", reason="type-level subscriptions see only the channels run on their own node")
 async def test_type_level_subscription_sees_every_completion(ws_connect) -> None:
     dashboard = await ws_connect()
     await dashboard.send({"type": "subscribe", "streams": ["completion"]})

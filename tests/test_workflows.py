@@ -217,7 +217,6 @@ async def test_resume_mid_run_has_no_gap_and_snapshots_when_the_history_is_short
         assert snapshot.data["results"]["answerer"] == expected_text(30)
 
 
-@pytest.mark.broker_gap("redis2", reason="type-level subscriptions see only the channels run on their own node")
 async def test_type_level_and_agent_channel_subscriptions(ws_connect):
     watcher = await ws_connect()
     await watcher.send({"type": "subscribe", "streams": ["workflow", "agent_status"]})
