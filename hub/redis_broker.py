@@ -11,7 +11,7 @@ starting with ``broker.prefix`` (P)::
                        channel's workflow channel), snap (the latest snapshot's JSON)
     P s:<channel>      Redis Stream, entry IDs <seq>-0, field d = the event's JSON payload
     P ch:<channel>     PUB/SUB channel: every event's payload, as published, and snapshots
-    P ctl:<node>       PUB/SUB channel of one node: control commands (cancel) for its runs
+    P ctl:<node>       PUB/SUB channel of one node: control commands (cancel, watch, unwatch)
     P node:<node>      a node's heartbeat (a key with a PX expiry)
     P nodes            set: the nodes that have beaten and not been reaped
     P owned:<node>     set: the channels a node runs that have not finished
@@ -69,6 +69,18 @@ registered in its first batch instead (96 random bits do not collide).
 **Cancel from any node**: :meth:`RedisBroker.control` on a mirror publishes ``{"op": "cancel",
 "channel", "code", "message"}`` to ``P ctl:<owner node>``; that node calls the channel's
 control handler, and the run's ``cancelled`` error reaches every node over ``P ch:<ch>``.
+
+**The grace period counts every node**: a mirror's first subscriber publishes ``{"op":
+"watch", "channel", "node"}`` to the owner (``unwatch`` when the mirror is dropped before the
+run ends); the owner calls the run's ``on_subscribe`` (its grace period stops) and runs its
+``on_idle`` only when neither its own subscribers nor any watching node is left. Watchers whose
+heartbeat is gone are forgotten by the keepalive.
+
+**Type-level subscriptions** (``streams``): while a node has a type-level subscriber of
+``completion``, ``workflow`` or ``agent_status`` it PSUBSCRIBEs ``P ch:<kind>:*`` and hands every
+event of a channel run on another node to them (snapshots excepted); one that also watches the
+channel's mirror gets the event from the mirror only (mirrors never fan out to type-level
+subscribers). Live only, as in memory, from when Redis has the PSUBSCRIBE (a round trip).
 
 **Node liveness.** Every node sets ``P node:<id>`` with ``PX`` = 3/4 of
 ``broker.node_timeout_s`` every 1/4 of it, and every 1/8 of it checks the heartbeats of the
