@@ -149,3 +149,33 @@ def test_fanout_refuses_an_in_memory_broker_over_several_nodes(tmp_path):
         [sys.executable, "-m", "hub.cli", "bench", "fanout", "--nodes", "2", "--broker", "memory", "--quick",
          "--out", str(tmp_path / "r.jsonl")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--broker redis" in done.stderr
+
+
+def test_fanout_cluster_counts_no_command_a_broker_script_runs_as_a_round_trip():
+    from tools.bench.cluster import script_commands
+
+    inside = script_commands()
+    # the publish script appends and publishes every event inside one EVALSHA
+    assert {"xadd", "publish"} <= inside
+    assert "evalsha" not in inside and "info" not in inside and "hgetall" not in inside
+
+
+def test_plot_cluster_draws_the_median_of_each_configuration(tmp_path):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from tools.bench.plot import plot_cluster
+
+    def row(broker: str, nodes: int, cpu: float, trips: float | None) -> dict:
+        return {"scenario": "fanout_cluster", "broker": broker, "nodes": nodes, "workers": None, "streams": 100,
+                "subscribers": 2, "rate": 50.0, "tokens_per_stream": 500, "coalesce": False, "burst": 1,
+                "batch": False, "ok": True, "hub_cpu_us_per_event": cpu, "redis_cpu_us_per_event": 1.0,
+                "redis_round_trips_per_event": trips, "local_p50_ms": 0.3, "local_p99_ms": 2.0,
+                "remote_p50_ms": 0.7 if nodes > 1 else None, "remote_p99_ms": 6.0 if nodes > 1 else None}
+
+    png = tmp_path / "cluster.png"
+    rows = [row("memory", 1, 8.0, None), row("redis", 2, 12.0, 0.2), row("redis", 2, 14.0, 0.3)]
+    assert plot_cluster(rows, png, "test") == 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_cluster([{"scenario": "conditions"}], tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()

@@ -24,9 +24,11 @@ Figures per run (one JSON line, ``scenario: fanout_cluster``), besides those of 
   ``--workers``, their worker processes too) over the measured window, per delivered event.
   ``node_cpu_s`` lists each node's share.
 - ``redis_round_trips``: commands clients sent to Redis in the window, from Redis's own
-  ``INFO commandstats`` (delta): every command except ``INFO`` itself and the commands a
-  script runs inside an ``EVALSHA`` (``XADD``, ``PUBLISH``, ``HSET``, ``EXPIRE``, ``EXISTS``:
-  Redis 7 counts those too). ``redis_evalsha`` is the publish round trips among them,
+  ``INFO commandstats`` (delta): every command except ``INFO`` itself and the commands the
+  broker's Lua scripts run inside an ``EVALSHA`` (:func:`script_commands`; Redis 7 counts those
+  too). A command both sent directly and run by a script is not counted (liveness ``SREM``,
+  a pipelined ``HGET``: a few per channel or per second), and a pipeline counts one per
+  command. ``redis_evalsha`` is the publish round trips among them,
   ``redis_events_written`` the ``XADD`` calls (events appended to streams), so
   ``redis_events_per_round_trip`` is the batching. ``redis_round_trips_per_event`` divides by
   delivered events.
@@ -51,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -67,7 +70,7 @@ from tools.bench.loadgen import Plan, WorkerResult, Workers, split
 from tools.bench.procs import ServerProcess, bench_auth, start_hub, start_mock
 from tools.bench.report import Reporter, percentile
 
-__all__ = ["run", "run_cluster", "node_of", "private_redis", "redis_counters", "COLUMNS"]
+__all__ = ["run", "run_cluster", "node_of", "private_redis", "redis_counters", "script_commands", "medians", "COLUMNS"]
 
 COLUMNS = [
     "broker", "nodes", "workers", "streams", "subscribers", "rate", "delivered_events_per_s", "hub_cpu_us_per_event",
@@ -75,9 +78,20 @@ COLUMNS = [
     "local_p99_ms", "remote_p50_ms", "remote_p99_ms", "other_busy_cores", "ok",
 ]
 
-#: Commands the publish and claim scripts of hub/redis_broker.py run inside EVALSHA; Redis 7
-#: counts them in commandstats as if a client had sent them.
-SCRIPT_COMMANDS = frozenset({"xadd", "publish", "hset", "expire", "exists"})
+_SCRIPT_CALL = re.compile(r"redis\.p?call\(\s*'(\w+)'")
+
+
+def script_commands() -> frozenset[str]:
+    """The commands the Lua scripts of hub/redis_broker.py run (lower case), read from the
+    module's string constants: Redis 7 counts a command a script runs in ``INFO commandstats``
+    as if a client had sent it, so these are not round trips."""
+    from hub import redis_broker
+
+    names: set[str] = set()
+    for value in vars(redis_broker).values():
+        if isinstance(value, str) and "redis." in value:
+            names.update(name.lower() for name in _SCRIPT_CALL.findall(value))
+    return frozenset(names)
 
 
 def node_of(connection: int, streams: int, nodes: int) -> tuple[int, bool]:
@@ -166,6 +180,15 @@ async def _unlink_prefix(client: Any, prefix: str) -> int:
     return left
 
 
+def _with_pool(url: str, pool: int) -> str:
+    """``url`` with redis-py's ``max_connections=pool`` query parameter (0: unchanged). The hub's
+    pool otherwise holds at most 100 connections and fails a claim or attach past that, so S
+    streams started at once on one node need ``pool`` > S (see docs/BENCHMARKS.md)."""
+    if not pool or "max_connections=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + f"max_connections={pool}"
+
+
 def _tree_cpu_s(process: ServerProcess) -> float:
     """User + system CPU of a server process and of its live children (``--workers``), in s."""
     total = process.cpu_s()
@@ -199,9 +222,9 @@ def _latencies(results: list[WorkerResult]) -> list[int]:
 
 async def run_cluster(broker: str, nodes: int, streams: int, subscribers: int, tokens: int, rate: float,
                       coalesce: bool, *, redis_url: str | None = None, redis_pid: int | None = None,
-                      workers: int = 0, procs: int = 2, batch: bool = False, burst: int = 1, aligned: bool = False,
-                      loop: str = "asyncio", flush_interval_ms: float = 25.0, timeout_s: float = 300.0,
-                      auth: str = "none") -> dict[str, Any]:
+                      workers: int = 0, pool: int = 0, procs: int = 2, batch: bool = False, burst: int = 1,
+                      aligned: bool = False, loop: str = "asyncio", flush_interval_ms: float = 25.0,
+                      timeout_s: float = 300.0, auth: str = "none") -> dict[str, Any]:
     """Measure one configuration in fresh hub processes; returns the result row.
 
     Args:
@@ -209,6 +232,7 @@ async def run_cluster(broker: str, nodes: int, streams: int, subscribers: int, t
         nodes: hub processes.
         redis_pid: the pid of a private redis-server (its figures are then this run's alone).
         workers: ``cbhub serve --workers`` per node (0: the option is not passed).
+        pool: redis-py's ``max_connections`` in the hubs' broker URL (0: its default, 100).
         Others: as for :func:`tools.bench.fanout.run_shape`.
 
     Raises:
@@ -229,7 +253,8 @@ async def run_cluster(broker: str, nodes: int, streams: int, subscribers: int, t
         processes.append(mock)
         settings, token_query = bench_auth(auth)
         if broker == "redis":
-            settings.update(broker_url=redis_url, broker_prefix=prefix)
+            assert redis_url is not None
+            settings.update(broker_url=_with_pool(redis_url, pool), broker_prefix=prefix)
         hubs = [start_hub(mock.url, loop=loop, flush_interval_ms=flush_interval_ms, grace_period_s=60,
                           retention_s=60, **settings) for _ in range(nodes)]
         for hub in hubs:
@@ -290,6 +315,7 @@ async def run_cluster(broker: str, nodes: int, streams: int, subscribers: int, t
             "broker": broker,
             "nodes": nodes,
             "workers": workers or None,
+            "redis_pool": pool if broker == "redis" else None,
             "burst": burst,
             "loop": loop,
             "aligned": aligned or not rate,
@@ -343,8 +369,8 @@ async def _settled(client: Any) -> dict[str, float]:
 def _redis_figures(before: dict[str, float], after: dict[str, float], events: int, url: str | None,
                    pid: int | None, prefix: str) -> dict[str, Any]:
     calls = {key.removeprefix("calls:"): _delta(after, before, key) for key in after if key.startswith("calls:")}
-    round_trips = sum(value for name, value in calls.items()
-                      if name not in SCRIPT_COMMANDS and name != "info")
+    inside = script_commands()
+    round_trips = sum(value for name, value in calls.items() if name not in inside and name != "info")
     evalsha = calls.get("evalsha", 0.0)
     written = calls.get("xadd", 0.0)
     cpu = _delta(after, before, "cpu_s")
@@ -411,19 +437,20 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
-    brokers = args.broker or ["memory"]
-    node_counts = args.nodes or [1]
-    for broker in brokers:
-        for nodes in node_counts:
-            if broker == "memory" and nodes != 1:
-                reporter.note("--broker memory serves one node: use --broker redis for --nodes above 1")
-                return 2
+    brokers = list(dict.fromkeys(args.broker or ["memory"]))
+    node_counts = list(dict.fromkeys(args.nodes or [1]))
+    pairs = [(broker, nodes) for broker in brokers for nodes in node_counts if broker == "redis" or nodes == 1]
+    if len(pairs) < len(brokers) * len(node_counts):
+        reporter.note("--broker memory serves one node: use --broker redis for --nodes above 1"
+                      + ("" if pairs else " (nothing to run)"))
+    if not pairs:
+        return 2
     shapes = args.shape or ([(2, 3), (4, 1)] if args.quick else [(100, 10), (1000, 2)])
     tokens = args.tokens or (20 if args.quick else 200)
     rates = args.rate or [0.0]
     coalesce_modes = {"off": [False], "on": [True], "both": [False, True]}[args.coalesce]
     procs = args.procs or (2 if (os.cpu_count() or 1) >= 2 and not args.quick else 1)
-    configs = [(broker, nodes, shape, rate, coalesce) for broker in brokers for nodes in node_counts
+    configs = [(broker, nodes, shape, rate, coalesce) for broker, nodes in pairs
                for shape in shapes for rate in rates for coalesce in coalesce_modes]
     repeat = max(1, args.repeat)
     failures = 0
@@ -438,8 +465,8 @@ async def _main(args: argparse.Namespace, reporter: Reporter) -> int:
                     row = await run_cluster(broker, nodes, streams, subscribers, tokens, rate, coalesce,
                                             redis_url=redis_url if broker == "redis" else None,
                                             redis_pid=redis_pid if broker == "redis" else None,
-                                            workers=args.workers or 0, procs=procs, batch=args.batch,
-                                            burst=args.burst, aligned=args.aligned, loop=args.loop,
+                                            workers=args.workers or 0, pool=args.redis_pool, procs=procs,
+                                            batch=args.batch, burst=args.burst, aligned=args.aligned, loop=args.loop,
                                             flush_interval_ms=args.flush_interval_ms, timeout_s=args.timeout,
                                             auth=args.auth)
                     reporter.emit(row)

@@ -4,6 +4,7 @@ concurrent streams, hub vs the reference server (``limit``).
 Usage::
 
     python -m tools.bench.plot RESULTS.jsonl [MORE.jsonl ...] --png docs/fanout.png
+    python -m tools.bench.plot --cluster RESULTS.jsonl [...] --png docs/cluster.png
 
 Reads the ``fanout`` rows of ``cbhub bench fanout`` JSON-lines output, keeps those with
 ``subscribers == 1`` and one rate (``--rate``, default: the most common), and draws one line
@@ -12,6 +13,11 @@ per server and coalescing mode. Needs matplotlib (``pip install 'circuit-breaker
 :func:`plot_soak` draws a ``cbhub bench soak`` run instead: the hub's RSS, open file descriptors
 and tasks over time, the attack phase shaded (``cbhub bench soak --png FILE``, or
 ``python -m tools.bench.soak RESULTS.jsonl --png FILE`` from a saved run).
+
+:func:`plot_cluster` (``--cluster``) draws ``cbhub bench fanout --nodes N --broker redis`` runs
+(issue 13): per configuration the median over its repeats of the hubs' and Redis's CPU per
+delivered event, the added latency of subscribers on the owning node and on other nodes, and
+the Redis round trips per delivered event.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["load_rows", "plot", "main", "plot_soak"]
+__all__ = ["load_rows", "plot", "main", "plot_soak", "plot_cluster"]
 
 
 def load_rows(paths: list[pathlib.Path]) -> list[dict[str, Any]]:
@@ -144,6 +150,119 @@ def plot_soak(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "") ->
     return len(samples)
 
 
+def _cluster_label(row: dict[str, Any]) -> str:
+    if row["broker"] == "memory":
+        return "1 node\nin memory"
+    label = f"{row['nodes']} node{'s' if row['nodes'] > 1 else ''}\nRedis"
+    return label + (f"\n{row['workers']} workers" if row.get("workers") else "")
+
+
+def plot_cluster(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "") -> int:
+    """Draw ``fanout_cluster`` runs into ``png`` (three panels; the median of each
+    configuration's repeats, :func:`tools.bench.cluster.medians`):
+
+    1. CPU per delivered event of all hub processes together, as a multiple of the in-memory
+       node's at the same shape and rate (µs written above each bar), with Redis's own CPU per
+       event stacked on it: one group of bars per shape, one bar per broker and node count; a
+       dashed line at 1.5 (the issue's target for 2 nodes).
+    2. Added latency p50 and p99 (ms, log scale) of subscribers on the owning node and on
+       other nodes, for the shape with the most configurations among paced ones with K >= 2.
+    3. Redis round trips per delivered event (log scale) for every Redis configuration, with
+       the issue's 0.1 target as a line.
+
+    Returns:
+        The number of configurations drawn (0: no ``fanout_cluster`` rows, no file written).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    from tools.bench.cluster import medians
+
+    summaries = [row for row in medians(rows) if row["ok"]]
+    if not summaries:
+        return 0
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def shape(row: dict[str, Any]) -> str:
+        rate = "max speed" if str(row["rate"]) == "max" else f"{float(row['rate']):g} tok/s"
+        return f"{row['streams']}x{row['subscribers']}, {rate}"
+
+    def order(row: dict[str, Any]) -> tuple[Any, ...]:
+        return (row["broker"] != "memory", row["nodes"], row.get("workers") or 0)
+
+    shapes = list(dict.fromkeys(shape(row) for row in summaries))
+    figure, (cpu, latency, trips) = plt.subplots(1, 3, figsize=(15, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = sorted({(order(row), _cluster_label(row)) for row in summaries})
+    width = 0.8 / max(1, len(labels))
+    legend: set[str] = set()
+    for index, (_key, label) in enumerate(labels):
+        for position, name in enumerate(shapes):
+            match = [row for row in summaries if shape(row) == name and _cluster_label(row) == label]
+            base = [row["hub_cpu_us_per_event"] for row in summaries
+                    if shape(row) == name and row["broker"] == "memory" and row["hub_cpu_us_per_event"]]
+            if not match or match[0]["hub_cpu_us_per_event"] is None or not base:
+                continue
+            row = match[0]
+            x = position + (index - (len(labels) - 1) / 2) * width
+            hub = row["hub_cpu_us_per_event"] / base[0]
+            cpu.bar(x, hub, width, color=colors[index % len(colors)],
+                    label=None if label in legend else label.replace("\n", " "))
+            legend.add(label)
+            top = hub
+            if row.get("redis_cpu_us_per_event"):
+                cpu.bar(x, row["redis_cpu_us_per_event"] / base[0], width, bottom=hub,
+                        color=colors[index % len(colors)], alpha=0.35, hatch="//")
+                top += row["redis_cpu_us_per_event"] / base[0]
+            cpu.annotate(f"{row['hub_cpu_us_per_event']:.3g}", (x, top), ha="center", va="bottom", fontsize=7)
+    cpu.axhline(1.5, color="k", linestyle="--", linewidth=1)
+    cpu.set_xticks(range(len(shapes)), shapes, fontsize=8)
+    cpu.set(ylabel="CPU per delivered event, × one in-memory node",
+            title="hub processes (solid, µs above) + Redis (hatched)\ndashed: the 1.5x target (2 nodes)")
+    cpu.legend(fontsize=7)
+
+    paced = [row for row in summaries if str(row["rate"]) != "max" and row["subscribers"] >= 2]
+    if paced:
+        counts = collections.Counter(shape(row) for row in paced)
+        chosen = max(counts, key=lambda name: (counts[name], -paced[0]["subscribers"]))
+        points = sorted((row for row in paced if shape(row) == chosen), key=order)
+        names = [_cluster_label(row) for row in points]
+        for offset, (key, text, style) in enumerate((("local_p50_ms", "owning node p50", "o"),
+                                                     ("remote_p50_ms", "other node p50", "s"),
+                                                     ("local_p99_ms", "owning node p99", "^"),
+                                                     ("remote_p99_ms", "other node p99", "v"))):
+            values = [row.get(key) for row in points]
+            xs = [i + (offset - 1.5) * 0.12 for i, value in enumerate(values) if value]
+            latency.plot(xs, [value for value in values if value], style, markersize=8, label=text)
+        latency.set_xticks(range(len(names)), names, fontsize=8)
+        latency.set(yscale="log", ylabel="added latency, ms (upstream send → client)",
+                    title=f"latency by subscriber placement, {chosen}")
+        latency.legend(fontsize=7)
+
+    redis_rows = sorted((row for row in summaries if row["broker"] == "redis"
+                         and row.get("redis_round_trips_per_event")), key=lambda row: (shape(row), order(row)))
+    if redis_rows:
+        names = [f"{shape(row)}\n{_cluster_label(row).replace(chr(10), ' ')}" for row in redis_rows]
+        trips.barh(range(len(redis_rows)), [row["redis_round_trips_per_event"] for row in redis_rows],
+                   color=colors[1])
+        trips.axvline(0.1, color="k", linestyle="--", linewidth=1, label="target 0.1 (1000 paced streams)")
+        trips.set_yticks(range(len(redis_rows)), names, fontsize=7)
+        trips.invert_yaxis()
+        trips.set(xscale="log", xlabel="Redis round trips per delivered event", title="Redis round trips")
+        trips.legend(fontsize=7)
+    for axes in (cpu, latency, trips):
+        axes.grid(True, alpha=0.3)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    return len(summaries)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line (see the module docstring); returns 1 when nothing could be drawn."""
     parser = argparse.ArgumentParser(prog="python -m tools.bench.plot")
@@ -151,7 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=pathlib.Path, required=True)
     parser.add_argument("--rate", default=None, help="which rate's rows to draw (default: the most common)")
     parser.add_argument("--title", default="")
+    parser.add_argument("--cluster", action="store_true",
+                        help="draw the fanout_cluster rows (cbhub bench fanout --nodes N --broker redis) instead")
     args = parser.parse_args(argv)
+    if args.cluster:
+        rows = [orjson.loads(line) for path in args.results for line in path.read_bytes().splitlines() if line.strip()]
+        drawn = plot_cluster(rows, args.png, args.title)
+        if not drawn:
+            print("no fanout_cluster rows to draw", file=sys.stderr)
+            return 1
+        print(f"wrote {args.png} ({drawn} configurations)")
+        return 0
     drawn = plot(load_rows(args.results), args.png, args.rate, args.title)
     if not drawn:
         print("no fanout rows with one subscriber per stream to draw", file=sys.stderr)
