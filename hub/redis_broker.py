@@ -640,13 +640,15 @@ class RedisBroker(StreamMultiplexer):
 
     def _reconnected(self) -> None:
         """Redis answers again: re-register the unfinished channels run here (a restarted
-        Redis may have lost them), ahead of the events that waited, and send."""
+        Redis may have lost them), ahead of the events that waited, send, and follow them
+        with each one's snapshot (what Redis lost of its history is then covered)."""
         log.warning("Redis at %s answers again: sending %d events that waited", self.url, self._batch_events)
         self.connected = True
-        again: list[_Op] = [("m", name, channel.epoch, self._owners.get(name, ""), self._parents.get(name, ""))
-                            for name in sorted(self._replicated - self._done)
-                            if (channel := self.channels.get(name)) is not None]
+        unfinished = sorted(name for name in self._replicated - self._done if name in self.channels)
+        again: list[_Op] = [("m", name, self.channels[name].epoch, self._owners.get(name, ""),
+                             self._parents.get(name, "")) for name in unfinished]
         self._batch[:0] = again
+        self._snap_due.update(unfinished)  # a restarted Redis lost the snapshots: state and trims again
         self._schedule()
 
     # Channels run here.

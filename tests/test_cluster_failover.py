@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import sys
 import time
@@ -460,3 +462,41 @@ async def test_a_type_level_subscriber_sees_other_nodes_runs_once(nodes, ws_fact
     await dashboard.send({"type": "subscribe", "channels": ["completion:d1"]})
     seen = [first, *await dashboard.until_terminal("d1")]
     assert seen == await owner.until_terminal("d1")
+
+
+async def test_a_node_declared_lost_while_stalled_cannot_write_after_node_lost(serve, prefix):  # noqa: F811
+    a, b = await asyncio.gather(*(serve(REDIS_URL, prefix) for _ in range(2)))
+    owner = await WS.to(a)
+    await owner.send({"type": "completion", "id": "z1", "model": OPENAI, "coalesce": False,
+                      "messages": [{"role": "user", "content": "[[mock tokens=200 tps=100]]"}]})
+    assert isinstance(await owner.recv(), Subscribed)
+    watcher = await WS.to(b)
+    await watcher.send({"type": "subscribe", "channels": ["completion:z1"]})
+    seen: list[Any] = []
+    while len(seen) < 5:
+        message = await watcher.recv()
+        if not isinstance(message, Subscribed):
+            seen.append(message)
+    os.kill(a.process.pid, signal.SIGSTOP)  # A stalls past broker.node_timeout_s
+    try:
+        seen += await watcher.until_end("z1")
+    finally:
+        os.kill(a.process.pid, signal.SIGCONT)
+    assert seen[-1].error.code == "node_lost" and [m.seq for m in seen] == list(range(1, len(seen) + 1))
+    # A goes on for its own subscriber: every event, exactly.
+    on_a = await owner.until_end("z1")
+    assert isinstance(on_a[-1], Completed) and text(on_a) == expected_text(200)
+    assert on_a[:len(seen) - 1] == seen[:-1]
+    # ... but none of its writes after node_lost was accepted: node_lost is the stream's last entry,
+    # and B got nothing after it.
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        entries = await client.xrange(f"{prefix}s:completion:z1")
+    finally:
+        await client.aclose()
+    assert [int(entry_id.split(b"-")[0]) for entry_id, _ in entries] == [m.seq for m in seen][-len(entries):]
+    assert b"node_lost" in entries[-1][1][b"d"]
+    await watcher.send({"type": "ping", "rid": "after"})
+    assert (await watcher.recv()).rid == "after"
+    for client_ws in (owner, watcher):
+        await client_ws.connection.close()
