@@ -316,8 +316,9 @@ class _Mirror:
         kind, _, ident = channel.name.partition(":")
         self.snapshots = kind != "agent"  # an agent channel has no snapshot, as in memory
         self.folds = kind == "completion"  # a completion's state is its events folded
-        # The state before the history's first event: a completion's from seq 0 on.
-        self.snapshot: Any = Snapshot(ident, channel.name, channel.epoch, 0) if self.folds else None
+        # The state before the history's first event: a completion's from seq 0 on (a _Folded);
+        # a workflow's: the owner's latest WorkflowSnapshot from Redis.
+        self.snapshot: Any = _Folded(Snapshot(ident, channel.name, channel.epoch, 0)) if self.folds else None
         self.later: Any = None  # one received ahead of the events it reflects
         self.watching = False  # the owner was told that this node has subscribers
 
@@ -330,7 +331,7 @@ class _Mirror:
         held; a workflow's latest snapshot from Redis (the history after it follows)."""
         if not self.folds:
             return self.snapshot
-        return _fold(self.snapshot, self.channel.history)
+        return self.snapshot.snapshot(self.channel.history)
 
 
 def _seq_of(event: EncodedEvent) -> int:
@@ -345,33 +346,56 @@ def _is_terminal(event: EncodedEvent) -> bool:
         isinstance(message, ErrorMessage) and message.seq is not None)
 
 
-def _fold(base: Snapshot, events: Any) -> Snapshot:
-    """``base`` (a completion's state up to its seq) with the non-terminal events after it
-    folded in, as hub/completions.py builds a run's state: the text, reasoning, tool calls,
-    refusal and citations; ``seq`` the last event folded."""
-    content, reasoning, refusal = [base.content], [base.reasoning], [base.refusal]
-    tool_calls, citations = list(base.tool_calls), list(base.citations)
-    seq = base.seq
-    for event in events:
+class _Folded:
+    """A completion's state built from its events as hub/completions.py builds a run's: the
+    text, reasoning, tool calls, refusal and citations up to ``seq`` (the last non-terminal
+    event folded in). Kept as lists, so folding one event costs no copy of the text."""
+
+    __slots__ = ("completion_id", "channel", "epoch", "seq", "content", "reasoning", "tool_calls", "refusal",
+                 "citations")
+
+    def __init__(self, base: Snapshot) -> None:
+        self.completion_id = base.completion_id
+        self.channel = base.channel
+        self.epoch = base.epoch
+        self.seq = base.seq
+        self.content = [base.content]
+        self.reasoning = [base.reasoning]
+        self.tool_calls = list(base.tool_calls)
+        self.refusal = [base.refusal]
+        self.citations = list(base.citations)
+
+    def add(self, event: EncodedEvent) -> None:
+        """Fold in one event after :attr:`seq` (a terminal one changes nothing)."""
+        if event.seq <= self.seq or _is_terminal(event):
+            return
         message = event.message
-        if event.seq <= seq:
-            continue
-        if _is_terminal(event):
-            break
         match message:
             case ContentChunk():
-                content.append(message.content)
+                self.content.append(message.content)
             case ThinkingStatus():
-                reasoning.append(message.content)
+                self.reasoning.append(message.content)
             case ToolCallMessage():
-                tool_calls.append(message)
+                self.tool_calls.append(message)
             case RefusalChunk():
-                refusal.append(message.content)
+                self.refusal.append(message.content)
             case CitationMessage():
-                citations.append(message.citation)
-        seq = event.seq
-    return Snapshot(base.completion_id, base.channel, base.epoch, seq, "".join(content), "".join(reasoning),
-                    tool_calls, "".join(refusal), citations)
+                self.citations.append(message.citation)
+        self.seq = event.seq
+
+    def snapshot(self, events: Any = ()) -> Snapshot:
+        """The ``snapshot`` message of this state with ``events`` (after it, in seq order)
+        folded in too; this state is left as it is."""
+        if not events:
+            return Snapshot(self.completion_id, self.channel, self.epoch, self.seq, "".join(self.content),
+                            "".join(self.reasoning), list(self.tool_calls), "".join(self.refusal),
+                            list(self.citations))
+        more = _Folded(self.snapshot())
+        for event in events:
+            if _is_terminal(event):
+                break
+            more.add(event)
+        return more.snapshot()
 
 
 def _ids_of(name: str, parent: str | None) -> tuple[str | None, str | None]:
@@ -1052,7 +1076,7 @@ class RedisBroker(StreamMultiplexer):
         if mirror.folds and mirror.snapshot is None and (
                 not mirror.channel.history or mirror.channel.history[0].seq > message.seq + 1):
             return  # the history does not reach back to it
-        mirror.snapshot = message
+        mirror.snapshot = _Folded(message) if mirror.folds and isinstance(message, Snapshot) else message
         mirror.channel.snapshot = mirror.current_snapshot
         self._trim_mirror(mirror)
 
@@ -1073,7 +1097,7 @@ class RedisBroker(StreamMultiplexer):
             if mirror.snapshots and first.seq > mirror.snap_seq:
                 if not (mirror.folds and mirror.snapshot is not None and first.seq == mirror.snap_seq + 1):
                     break  # no state stands for it yet
-                mirror.snapshot = _fold(mirror.snapshot, (first,))
+                mirror.snapshot.add(first)
             dropped = len(history.popleft().payload)
             channel.history_bytes -= dropped
             self._history_bytes -= dropped
