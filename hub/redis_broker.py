@@ -532,7 +532,8 @@ class RedisBroker(StreamMultiplexer):
 
     async def close(self) -> None:
         """Send what is batched (for up to ``node_timeout_s`` while Redis is unreachable),
-        drop the heartbeat, then disconnect (shutdown)."""
+        drop the heartbeat (and leave the node set when every run here has ended: else a
+        survivor ends the rest with ``node_lost`` at once), then disconnect (shutdown)."""
         try:
             deadline = asyncio.get_running_loop().time() + self.node_timeout_s
             while self._redis is not None and (self._batch or self._inflight is not None):
@@ -547,7 +548,12 @@ class RedisBroker(StreamMultiplexer):
                     self._send()
             if self._redis is not None and self.connected:
                 with contextlib.suppress(RedisError, OSError):
-                    await self._redis.delete(f"{self.prefix}node:{self.node_id}")
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        pipe.delete(f"{self.prefix}node:{self.node_id}")
+                        if not self._replicated - self._done:  # nothing left for a survivor to end
+                            pipe.srem(f"{self.prefix}nodes", self.node_id)
+                            pipe.delete(f"{self.prefix}owned:{self.node_id}")
+                        await pipe.execute()
         finally:
             for task in (self._reader, self._keeper):
                 if task is not None:

@@ -202,7 +202,7 @@ def text(messages: list[Any]) -> str:
     return "".join(m.content for m in messages if isinstance(m, ContentChunk))
 
 
-async def test_kill_9_of_the_owner_gives_node_lost_everywhere_once(serve, prefix):  # noqa: F811
+async def test_kill_9_of_the_owner_gives_node_lost_everywhere_once(prefix, serve):  # noqa: F811
     a, b, c = await asyncio.gather(*(serve(REDIS_URL, prefix) for _ in range(3)))
     owner = await WS.to(a)
     await owner.send({"type": "completion", "id": "k1", "model": OPENAI, "coalesce": False,
@@ -464,7 +464,7 @@ async def test_a_type_level_subscriber_sees_other_nodes_runs_once(nodes, ws_fact
     assert seen == await owner.until_terminal("d1")
 
 
-async def test_a_node_declared_lost_while_stalled_cannot_write_after_node_lost(serve, prefix):  # noqa: F811
+async def test_a_node_declared_lost_while_stalled_cannot_write_after_node_lost(prefix, serve):  # noqa: F811
     a, b = await asyncio.gather(*(serve(REDIS_URL, prefix) for _ in range(2)))
     owner = await WS.to(a)
     await owner.send({"type": "completion", "id": "z1", "model": OPENAI, "coalesce": False,
