@@ -596,7 +596,7 @@ class RedisBroker(StreamMultiplexer):
 
     async def _keepalive(self) -> None:
         """Every 1/8 of ``node_timeout_s``: ping while disconnected, beat every 1/4 of it,
-        end the channels of lost nodes."""
+        end the channels of lost nodes, fill again the mirrors whose filling failed."""
         loop = asyncio.get_running_loop()
         tick = self.node_timeout_s / 8
         next_beat = loop.time() + self.node_timeout_s / 4
@@ -610,6 +610,10 @@ class RedisBroker(StreamMultiplexer):
                     next_beat = loop.time() + self.node_timeout_s / 4
                     await self._beat()
                 await self._reap_lost()
+                if not self._pubsub_broken:
+                    for mirror in self._mirrors.values():  # a refill that failed is tried again
+                        if mirror.pending and mirror.live and not mirror.filling:
+                            self._spawn(self._refill(mirror))
             except (RedisError, OSError) as exc:
                 self._disconnected(exc)
             except Exception:  # a bug of ours must not stop the heartbeat
@@ -1132,7 +1136,7 @@ class RedisBroker(StreamMultiplexer):
         self.flush()
 
     async def _refill(self, mirror: _Mirror) -> None:
-        if mirror.filling:
+        if mirror.filling or self._mirrors.get(mirror.channel.name) is not mirror:
             return
         try:
             await self._fill(mirror)
