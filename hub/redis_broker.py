@@ -32,6 +32,9 @@ declared lost, or a duplicate resend, is fenced. One batch is in flight while th
 accumulates; a batch holds at most :data:`BATCH_EVENTS` events or :data:`BATCH_BYTES` bytes.
 :attr:`RedisBroker.round_trips` and :attr:`RedisBroker.events_sent` count them.
 
+The scripts touch keys they do not declare (one per channel of a batch), so the broker needs
+one Redis (with replicas if wanted), not a Redis Cluster.
+
 **Live delivery to other nodes: PUB/SUB**, not XREAD on each stream: one connection per node
 carries every channel it mirrors, Redis pushes each event once to each interested node and
 nothing to the others, and XREAD would need a blocking connection (or a polling loop) per
@@ -586,10 +589,12 @@ class RedisBroker(StreamMultiplexer):
 
     def health(self) -> dict[str, Any]:
         """For ``/healthz``: ``{"kind": "redis", "connected", "node_id", "round_trips",
-        "events_sent", "events_unsent", "events_dropped", "mirrors", "nodes_lost", "gaps"}``."""
+        "events_sent", "events_unsent", "bytes_unsent" (payload bytes waiting for Redis; not
+        counted by the memory budget), "events_dropped", "mirrors", "nodes_lost", "gaps"}``."""
         return {"kind": "redis", "connected": self.connected, "node_id": self.node_id,
                 "round_trips": self.round_trips, "events_sent": self.events_sent,
-                "events_unsent": self._batch_events, "events_dropped": self.events_dropped,
+                "events_unsent": self._batch_events, "bytes_unsent": self._batch_bytes,
+                "events_dropped": self.events_dropped,
                 "mirrors": len(self._mirrors), "nodes_lost": self.nodes_lost, "gaps": self.gaps}
 
     # Liveness and reconnection.
