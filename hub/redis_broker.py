@@ -292,6 +292,15 @@ def _replicated(name: str) -> bool:
     return name.startswith(_REPLICATED_PREFIXES)
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a Redis call turned into an error: redis-py's socket
+    timeouts (``asyncio.timeout``) can raise TimeoutError, an OSError, for a task cancelled
+    while it waited, and a loop that takes OSError as "Redis is unreachable" would go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class BrokerUnavailable(ConnectionError):
     """Redis did not answer at start (``cbhub serve`` exits 2 with this message, which names
     ``broker.url``)."""
@@ -561,7 +570,7 @@ class RedisBroker(StreamMultiplexer):
             for task in (self._reader, self._keeper):
                 if task is not None:
                     task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+                    await asyncio.wait({task}, timeout=self.node_timeout_s)
             for task in list(self._tasks):
                 task.cancel()
             if self._pubsub is not None:
@@ -585,6 +594,7 @@ class RedisBroker(StreamMultiplexer):
         try:
             await coroutine
         except (RedisError, OSError) as exc:
+            _raise_if_cancelled()
             log.warning("a Redis command failed: %s", exc)
 
     def health(self) -> dict[str, Any]:
@@ -620,6 +630,7 @@ class RedisBroker(StreamMultiplexer):
                         if mirror.pending and mirror.live and not mirror.filling:
                             self._spawn(self._refill(mirror))
             except (RedisError, OSError) as exc:
+                _raise_if_cancelled()
                 self._disconnected(exc)
             except Exception:  # a bug of ours must not stop the heartbeat
                 log.exception("the Redis broker's keepalive failed")
@@ -1275,6 +1286,7 @@ class RedisBroker(StreamMultiplexer):
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
             except (RedisError, OSError) as exc:
+                _raise_if_cancelled()
                 if not self._pubsub_broken:
                     self._pubsub_broken = True
                     self._disconnected(exc)

@@ -505,3 +505,26 @@ async def test_a_node_declared_lost_while_stalled_cannot_write_after_node_lost(p
     assert (await watcher.recv()).rid == "after"
     for client_ws in (owner, watcher):
         await client_ws.connection.close()
+
+
+async def test_close_ends_the_keepalive_when_redis_py_turns_its_cancellation_into_a_timeout(prefix):  # noqa: F811
+    from hub.channel import HistoryBounds
+    from hub.redis_broker import RedisBroker
+
+    broker = RedisBroker(REDIS_URL, prefix, HistoryBounds(100), 1.0, node_timeout_s=0.4)
+    await broker.connect()
+    inside = asyncio.Event()
+
+    async def stuck_beat(*args: Any, **kwargs: Any) -> int:
+        inside.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:  # as redis-py's socket timeout does
+            raise TimeoutError("Timeout reading from socket") from None
+        return 1
+
+    broker._beat_script = stuck_beat
+    async with asyncio.timeout(5):
+        await inside.wait()
+        await broker.close()
+    assert broker._keeper is not None and broker._keeper.cancelled()
