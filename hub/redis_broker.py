@@ -157,6 +157,8 @@ log = logging.getLogger("cbhub.broker")
 BATCH_EVENTS = 500
 #: The most payload bytes one round trip carries (a batch takes at least one event).
 BATCH_BYTES = 1 << 20
+#: Connections to Redis per node at most (beside them, callers wait up to node_timeout_s).
+POOL_CONNECTIONS = 200
 #: The most events kept for Redis while it is unreachable (then the oldest are dropped).
 UNSENT_MAX_EVENTS = 100_000
 #: The most payload bytes kept for Redis while it is unreachable.
@@ -177,6 +179,7 @@ local node = ARGV[4]
 local owned = p .. 'owned:' .. node
 local clock = redis.call('TIME')
 local ms = clock[1] .. string.format('%03d', math.floor(clock[2] / 1000))
+local lives = {}  -- per channel: its meta exists, is not finished and names this node
 local written = 0
 for i = 5, #ARGV, 5 do
   local kind, name, a, b, c = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -189,18 +192,25 @@ for i = 5, #ARGV, 5 do
       if c ~= '' then redis.call('HSET', meta, 'parent', c) end
       redis.call('SADD', owned, name)
     end
+    lives[name] = nil
   else
-    local state = redis.call('HGET', meta, 'state')
-    local live = state and state ~= 'finished' and redis.call('HGET', meta, 'node') == node
+    local live = lives[name]
+    if live == nil then
+      local got = redis.call('HMGET', meta, 'state', 'node')
+      live = got[1] ~= false and got[1] ~= 'finished' and got[2] == node
+      lives[name] = live
+    end
     if kind == 'x' then
       if live then
+        lives[name] = false
         redis.call('HSET', meta, 'state', 'finished')
         redis.call('EXPIRE', meta, ttl)
         redis.call('EXPIRE', stream, ttl)
         redis.call('SREM', owned, name)
       end
     elseif kind == 's' then
-      if state and redis.call('HGET', meta, 'node') == node and not redis.call('HGET', meta, 'lost') then
+      local got = redis.call('HMGET', meta, 'state', 'node', 'lost')
+      if got[1] and got[2] == node and not got[3] then
         if b ~= '' then
           redis.call('HSET', meta, 'snap', b)
           redis.call('PUBLISH', p .. 'ch:' .. name, b)
@@ -213,6 +223,7 @@ for i = 5, #ARGV, 5 do
         redis.call('PUBLISH', p .. 'ch:' .. name, b)
         written = written + 1
         if kind == 'f' then
+          lives[name] = false
           redis.call('HSET', meta, 'state', 'finished')
           redis.call('EXPIRE', meta, ttl)
           redis.call('EXPIRE', stream, ttl)
@@ -484,6 +495,7 @@ class RedisBroker(StreamMultiplexer):
         self._reader: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._pubsub_broken = False
+        self._flush_scheduled = False
         self._publish_script: Any = None
         self._claim_script: Any = None
         self._beat_script: Any = None
@@ -521,7 +533,13 @@ class RedisBroker(StreamMultiplexer):
             BrokerUnavailable: Redis does not answer at ``url``.
         """
         timeout = max(1.0, self.node_timeout_s)
-        client = aioredis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        # A blocking pool: a burst of claims and attaches (clients moving from a lost node) waits
+        # for a connection instead of failing past the pool's size (redis-py's default pool
+        # raises MaxConnectionsError at 100 in use). max_connections in the URL wins.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=POOL_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout)
+        client = aioredis.Redis.from_pool(pool)
         try:
             await client.ping()
             self._publish_script = client.register_script(_PUBLISH_LUA)
@@ -1271,7 +1289,7 @@ class RedisBroker(StreamMultiplexer):
         for subscriber in watchers:
             if subscriber not in watching:
                 subscriber.deliver(event)
-        self.flush()
+        self._flush_soon()
 
     # PUB/SUB.
 
@@ -1302,6 +1320,18 @@ class RedisBroker(StreamMultiplexer):
             except Exception:  # a bug of ours must not stop every mirror
                 log.exception("handling a Redis PUB/SUB message failed")
 
+    def _flush_soon(self) -> None:
+        """Flush once the reader has taken every PUB/SUB message already received (it only
+        yields to the event loop when it waits for more): one write per subscriber per read,
+        as on the owning node, not one per message."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+
     def _take(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         topic = message["channel"]
@@ -1330,7 +1360,7 @@ class RedisBroker(StreamMultiplexer):
                 self._take_snapshot(mirror, decoded)
                 return
             self._feed(mirror, EncodedEvent(data, decoded))
-            self.flush()
+            self._flush_soon()
 
     # Control.
 

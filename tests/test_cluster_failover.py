@@ -528,3 +528,42 @@ async def test_close_ends_the_keepalive_when_redis_py_turns_its_cancellation_int
         await inside.wait()
         await broker.close()
     assert broker._keeper is not None and broker._keeper.cancelled()
+
+
+async def test_a_batch_past_its_caps_reaches_redis_whole_and_bursts_of_claims_wait_for_connections(prefix):  # noqa: F811
+    from hub.channel import HistoryBounds
+    from hub.redis_broker import BATCH_EVENTS, RedisBroker
+
+    broker = RedisBroker(REDIS_URL, prefix, HistoryBounds(5000), 1.0)
+    await broker.connect()
+    try:
+        # 300 claims at once: more than redis-py's default pool (100) would lend.
+        assert all(await asyncio.gather(*(broker.claim(f"completion:c{i}", "s") for i in range(300))))
+        # A round trip in flight while 3 batches' worth of events wait behind it.
+        release = asyncio.Event()
+        script = broker._publish_script
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            await release.wait()
+            return await script(*args, **kwargs)
+
+        broker._publish_script = held
+        channel = broker.open_channel("completion:b1", HistoryBounds(5000))
+        channel.publish(ContentChunk("b1", 0, "first "))
+        await asyncio.sleep(0)  # the first batch is in flight, held
+        total = 1 + 3 * BATCH_EVENTS
+        for index in range(total - 1):
+            channel.publish(ContentChunk("b1", 0, f"w{index} "))
+        release.set()
+        async with asyncio.timeout(10):
+            while broker.events_sent < total:
+                await asyncio.sleep(0.01)
+        client = aioredis.from_url(REDIS_URL)
+        try:
+            ids = [entry_id for entry_id, _ in await client.xrange(f"{prefix}s:completion:b1")]
+        finally:
+            await client.aclose()
+        assert ids == [f"{seq}-0".encode() for seq in range(1, total + 1)]
+        assert broker.round_trips >= 4
+    finally:
+        await broker.close()
