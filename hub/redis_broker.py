@@ -1284,7 +1284,7 @@ class RedisBroker(StreamMultiplexer):
         """An event of some channel, for the type-level subscribers here: those of a channel
         run here got it from the local fan-out; of one run elsewhere, every type-level
         subscriber that does not also watch its mirror here gets it now."""
-        name = topic[len(self.prefix) + 3:].decode()
+        name = topic[len(self.prefix.encode()) + 3:].decode()
         channel = self.channels.get(name)
         if channel is not None and name not in self._mirrors:
             return
