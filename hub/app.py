@@ -183,20 +183,28 @@ class Hub:
 
     def _owner_of(self, channel: str) -> tuple[str | None, tuple[str, ...]]:
         """The owner of the run behind ``channel`` (None: no such run) and the channel names
-        a pattern may match to read it (an agent channel: its workflow's too)."""
+        a pattern may match to read it (an agent channel: its workflow's too). A run on
+        another node is known here once the session attached its channel (a mirror): its
+        owner is the subject recorded in Redis (an agent channel's is its workflow's)."""
         kind, _, ident = channel.partition(":")
         if kind == "completion":
             run = self.completions.runs.get(ident)
             return (run.owner if run is not None else self.broker.remote_owner(channel)), (channel,)
         if kind == "workflow":
             workflow = self.workflows.runs.get(ident)
-            return (workflow.owner if workflow is not None else None), (channel,)
+            return (workflow.owner if workflow is not None else self.broker.remote_owner(channel)), (channel,)
         if kind == "agent":  # agent:<workflowId>.<agentId>; either id may hold dots
             for index, char in enumerate(ident):
                 if char == ".":
                     workflow = self.workflows.runs.get(ident[:index])
                     if workflow is not None:
                         return workflow.owner, (channel, f"workflow:{workflow.id}")
+            owner = self.broker.remote_owner(channel)
+            if owner is not None and ident.count(".") == 1:
+                # Mirrored: the workflow's channel is certain only when one dot splits the
+                # name (with more, a pattern is matched against the agent channel alone).
+                return owner, (channel, f"workflow:{ident.partition('.')[0]}")
+            return owner, (channel,)
         return None, (channel,)
 
     def workflow_models(self, definition: dict[str, Any] | None, definition_name: str | None) -> list[str]:

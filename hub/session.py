@@ -393,7 +393,8 @@ class Session:
         :meth:`Broker.attach`), a
         completion (admitted by the rate limits counted across the cluster, then its id, the
         client's or one chosen here, reserved cluster-wide with its owner:
-        :meth:`Broker.claim`), a workflow (admitted across the cluster).
+        :meth:`Broker.claim`), a workflow (admitted across the cluster, then its id, the
+        client's or one chosen here, claimed likewise as ``workflow:<id>``).
         If so, the step runs as a task and this message and the ones after it wait for it,
         in order; returns True."""
         broker = self.services.broker
@@ -414,6 +415,8 @@ class Session:
                     message.id = f"comp-{secrets.token_hex(12)}"
                 step = self._admit_then(message)
             case CreateWorkflow():
+                if not message.workflow_id:  # chosen here, as WorkflowManager.create would: claimed with its owner
+                    message.workflow_id = f"wf-{secrets.token_hex(12)}"
                 step = self._admit_then(message)
             case _:
                 return False
@@ -433,8 +436,8 @@ class Session:
 
     async def _admit_then(self, message: Completion | CreateWorkflow) -> None:
         """The step of a completion or workflow: :meth:`admit_in_cluster`, then the claim of
-        the completion's channel (:meth:`_claim_then`, which handles it) or, for a workflow,
-        its handling. A refusal is answered with the message's ``rid``; the ticket of an admitted
+        its channel, ``completion:<id>`` or ``workflow:<id>`` (:meth:`_claim_then`, which
+        handles it). A refusal is answered with the message's ``rid``; the ticket of an admitted
         message that was not started after all (a duplicate id, a hub limit) is released."""
         try:
             try:
@@ -454,8 +457,7 @@ class Session:
             if isinstance(message, Completion):
                 await self._claim_then(message, f"completion:{message.id}")
             else:
-                self._step_task = None
-                self._held_done(message)
+                await self._claim_then(message, f"workflow:{message.workflow_id}")
         finally:
             ticket, self._admitted = self._admitted, None
             if ticket is not None:
@@ -479,12 +481,17 @@ class Session:
             estimate = 0
         return await self.services.admit_request_in_cluster(self.principal, estimate)
 
-    async def _claim_then(self, message: Completion, name: str) -> None:
+    async def _claim_then(self, message: Completion | CreateWorkflow, name: str) -> None:
+        """Claim channel ``name`` (``completion:<id>`` / ``workflow:<id>``) cluster-wide with
+        the principal as owner, then handle ``message``; a name taken on any node is refused
+        ``duplicate_id`` (with the message's ``rid``), a claim whose run was not created after
+        all is given back."""
         broker = self.services.broker
         error: HubError | None = None
         try:
             if not await broker.claim(name, self.principal.subject):
-                error = ProtocolError(f"completion id {message.id!r} is already in use", ErrorCode.DUPLICATE_ID)
+                kind, _, ident = name.partition(":")
+                error = ProtocolError(f"{kind} id {ident!r} is already in use", ErrorCode.DUPLICATE_ID)
         except Exception as exc:
             log.exception("claiming %s failed", name)
             error = HubError(f"the broker failed: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR, retryable=True)
