@@ -185,3 +185,19 @@ async def test_another_subject_is_refused_on_another_node_and_leaves_no_mirror(a
     await alice_b.send({"type": "cancel_workflow", "workflowId": "priv1"})
     ended = await run_until_end(alice, "priv1")
     assert isinstance(ended[-1], ErrorMessage) and ended[-1].error.code == "cancelled"
+
+
+async def test_a_workflow_refused_after_its_claim_gives_its_id_back(nodes, ws_factory, prefix):  # noqa: F811
+    a, b, _ = nodes
+    client_b = await ws_factory(b)
+    refused = await answer(client_b, {"type": "create_workflow", "workflowId": "back1", "input": {},
+                                      "definition": {"places": ["start"], "agents": []}})
+    assert shape(refused)[0] == "invalid_workflow"  # found by WorkflowManager.create, after the claim
+    assert "back1" not in b.workflows.runs
+    async with asyncio.timeout(5):  # the claim is deleted from Redis
+        while await meta_of(prefix, "workflow:back1"):
+            await asyncio.sleep(0.01)
+    client_a = await ws_factory(a)
+    ack = await create(client_a, "back1", "tides [[mock tokens=5]]")
+    assert isinstance((await run_until_end(client_a, "back1"))[-1], WorkflowCompleted)
+    assert (await meta_of(prefix, "workflow:back1"))["epoch"] == ack.epochs["workflow:back1"]
