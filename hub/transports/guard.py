@@ -13,9 +13,16 @@ one on the visitor's own localhost included. Before any handler runs, :func:`gua
    auth alone decides for them): the hub's own origin (``http://<Host>`` or ``https://<Host>``)
    and the origins of ``auth.allowed_origins`` (exact, or ``https://*.example.com``: one or more
    labels, same scheme and port) pass, any other gets 403 before the upgrade or the handler.
-3. answers CORS preflights (``OPTIONS``) on ``/v1/*`` and adds ``Access-Control-Allow-Origin``
-   for an allowed origin to every ``/v1`` response, SSE streams included (the headers are set
-   by :func:`add_cors_headers`, the ``on_response_prepare`` signal, before they go out).
+3. answers CORS preflights (``OPTIONS``) on ``/v1/*`` itself, before routing and before auth
+   (a browser sends no credential on a preflight), so every ``/v1`` route has CORS, those added
+   later included; the preflight allows ``Authorization``, ``Content-Type`` and the headers the
+   page asks for in ``Access-Control-Request-Headers`` (what the openai and anthropic browser
+   SDKs send: ``x-stainless-*``, ``openai-beta``, ``anthropic-version``,
+   ``anthropic-dangerous-direct-browser-access``, ...), each a valid header name, within
+   :data:`MAX_REQUEST_HEADERS_CHARS` and :data:`MAX_REQUEST_HEADER_NAMES` (else 400). It adds
+   ``Access-Control-Allow-Origin`` for an allowed origin to every ``/v1`` response, SSE streams
+   included (the headers are set by :func:`add_cors_headers`, the ``on_response_prepare``
+   signal, before they go out).
 4. refuses a ``/v1`` POST whose ``Content-Type`` is not ``application/json`` with 415: a form or
    a ``text/plain`` POST is a "simple" cross-site request that a browser sends without a
    preflight, so it must never start a completion.
@@ -25,6 +32,7 @@ one on the visitor's own localhost included. Before any handler runs, :func:`gua
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -37,7 +45,7 @@ from protocol.openai_compat import error_body
 if TYPE_CHECKING:
     from hub.config import HubConfig
 
-__all__ = ["add_cors_headers", "guard_middleware", "host_allowed", "install", "origin_allowed"]
+__all__ = ["add_cors_headers", "allow_headers", "guard_middleware", "host_allowed", "install", "origin_allowed"]
 
 #: Paths whose ``Origin`` is checked: the WebSocket and the OpenAI-compatible API.
 WS_PATH = "/ws/stream"
@@ -52,6 +60,12 @@ ALLOW_HEADERS = "Authorization, Content-Type"
 MAX_AGE_S = "600"
 #: Response headers a browser app may read besides the safelisted ones (a 429's wait).
 EXPOSE_HEADERS = "Retry-After"
+#: Bounds of a preflight's ``Access-Control-Request-Headers``: its length in characters and
+#: its number of names (the openai SDK asks for about 12, the anthropic SDK for about 14).
+MAX_REQUEST_HEADERS_CHARS = 2048
+MAX_REQUEST_HEADER_NAMES = 64
+#: A header name: an RFC 9110 section 5.6.2 token, at most 128 characters.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -154,13 +168,17 @@ def origin_allowed(origin: str, host_header: str | None, allowed: Iterable[str])
     was sent to: the page at ``/`` and a TLS proxy in front of the hub); so may each entry of
     ``allowed`` (``auth.allowed_origins``): an exact origin, or a pattern such as
     ``https://*.example.com`` that matches one or more labels under the name with the same
-    scheme and port. ``null`` (sandboxed frames, files) only when listed as ``null``.
+    scheme and port; ``*`` lets in every origin of the form ``scheme://host[:port]`` (all
+    pages on the web: for a hub whose auth alone decides). ``null`` (sandboxed frames, files)
+    only when listed as ``null``, also with ``*``.
     """
     if origin in allowed:
         return True
     parsed = _split_origin(origin)
     if parsed is None:
         return False
+    if "*" in allowed:
+        return True
     scheme, host, port = parsed
     if host_header is not None and scheme in ("http", "https"):
         own = _split_authority(host_header)
@@ -171,6 +189,40 @@ def origin_allowed(origin: str, host_header: str | None, allowed: Iterable[str])
         if wanted is not None and wanted[0] == scheme and wanted[2] == port and _host_matches(wanted[1], host):
             return True
     return False
+
+
+def allow_headers(requested: str | None) -> str | None:
+    """The ``Access-Control-Allow-Headers`` of a preflight (docs/PROTOCOL.md "Origins and hosts",
+    CORS on ``/v1``).
+
+    Args:
+        requested: the preflight's ``Access-Control-Request-Headers`` (comma-separated header
+            names, as the Fetch standard has browsers send them: lower case), or None.
+
+    Returns:
+        ``Authorization, Content-Type`` followed by every other requested name, in the order
+        asked, without repeats (compared case-insensitively); None when ``requested`` is longer
+        than :data:`MAX_REQUEST_HEADERS_CHARS`, names more than :data:`MAX_REQUEST_HEADER_NAMES`
+        headers, or holds something that is not a header name (the caller refuses it 400).
+    """
+    names = ALLOW_HEADERS.split(", ")
+    if not requested:
+        return ALLOW_HEADERS
+    if len(requested) > MAX_REQUEST_HEADERS_CHARS:
+        return None
+    seen = {name.lower() for name in names}
+    asked = [part.strip() for part in requested.split(",")]
+    if len(asked) > MAX_REQUEST_HEADER_NAMES:
+        return None
+    for name in asked:
+        if not name:
+            continue  # "a, , b": empty list elements are allowed (RFC 9110 section 5.6.1)
+        if _HEADER_NAME.fullmatch(name) is None:
+            return None
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            names.append(name)
+    return ", ".join(names)
 
 
 def _refuse(status: int, code: str, message: str) -> web.Response:
@@ -216,13 +268,25 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not api:
         return await handler(request)
     if request.method == "OPTIONS":
-        # A CORS preflight: answered here (no route takes OPTIONS); add_cors_headers adds
-        # Access-Control-Allow-Origin and Vary.
-        return web.Response(status=204, headers={
+        # A CORS preflight: answered here, for every /v1 path (no route takes OPTIONS) and
+        # before any handler checks credentials; add_cors_headers adds
+        # Access-Control-Allow-Origin and Vary: Origin.
+        allowed_headers = allow_headers(headers.get("Access-Control-Request-Headers"))
+        if allowed_headers is None:
+            return _refuse(400, ErrorCode.INVALID_MESSAGE,
+                           f"Access-Control-Request-Headers must be at most {MAX_REQUEST_HEADER_NAMES} header names "
+                           f"in {MAX_REQUEST_HEADERS_CHARS} characters")
+        preflight = web.Response(status=204, headers={
             "Access-Control-Allow-Methods": ALLOW_METHODS,
-            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Allow-Headers": allowed_headers,
             "Access-Control-Max-Age": MAX_AGE_S,
+            "Vary": "Access-Control-Request-Headers",
         })
+        # Chrome's Private Network Access: a public page asks before it calls a hub on a
+        # private or loopback address; an origin allowed here may.
+        if origin is not None and headers.get("Access-Control-Request-Private-Network") == "true":
+            preflight.headers["Access-Control-Allow-Private-Network"] = "true"
+        return preflight
     if request.method == "POST" and request.content_type != "application/json":
         return _refuse(415, ErrorCode.INVALID_MESSAGE,
                        f"the request body must be application/json, not {request.content_type}")
