@@ -101,9 +101,10 @@ def test_fanout_quick_over_two_nodes_on_redis_delivers_everything_everywhere(tmp
         assert row["tokens_delivered"] == row["tokens_expected"] == row["connections"] * row["tokens_per_stream"]
         assert row["events_delivered"] == row["tokens_expected"] + row["connections"]
         assert len(row["node_cpu_s"]) == 2 and row["redis_private"] is False
-        # every event of every stream went to Redis, in fewer round trips than events
+        # every event of every stream went to Redis (other clients of a shared Redis can only
+        # add to these counts; the exact ones are checked on a private Redis below)
         assert row["redis_events_written"] >= row["streams"] * (row["tokens_per_stream"] + 1)
-        assert 1 <= row["redis_evalsha"] <= row["redis_round_trips"] < row["redis_events_written"]
+        assert row["redis_evalsha"] >= 1
     with_remote, local_only = runs
     assert with_remote["remote_samples"] == 2 * 20 and with_remote["local_samples"] == 4 * 20
     assert with_remote["remote_p50_ms"] is not None and with_remote["remote_extra_p50_ms"] is not None
@@ -116,6 +117,30 @@ def test_fanout_quick_over_two_nodes_on_redis_delivers_everything_everywhere(tmp
             assert not list(client.scan_iter(match=row["redis_prefix"] + "*", count=1000))
     finally:
         client.close()
+
+
+def test_fanout_quick_over_three_nodes_on_a_private_redis_counts_its_own_round_trips(tmp_path):
+    # --redis-url own: the bench's own redis-server, so Redis's counters are this run's alone
+    import os
+    import shutil
+
+    import pytest
+
+    if not shutil.which("redis-server") and not shutil.which("redis-server", path="/usr/bin:/usr/local/bin"):
+        if os.environ.get("CBHUB_REQUIRE_REDIS") == "1":
+            raise RuntimeError("CBHUB_REQUIRE_REDIS=1 but no redis-server binary")
+        pytest.skip("no redis-server binary")
+    rows = _run(tmp_path, "fanout", "--nodes", "3", "--broker", "redis", "--shape", "3x3")
+    [row] = rows[1:]
+    assert row["ok"] and row["gaps"] == 0 and row["redis_private"] is True and len(row["node_cpu_s"]) == 3
+    # each node owns one stream and has one subscriber of each stream
+    assert row["local_samples"] == row["remote_samples"] / 2 == 3 * row["tokens_per_stream"]
+    # every content event and terminal of every stream was appended once, in batches
+    assert row["redis_events_written"] == 3 * (row["tokens_per_stream"] + 1)
+    assert 1 <= row["redis_evalsha"] <= row["redis_round_trips"] < row["redis_events_written"]
+    assert row["redis_round_trips_per_event"] == pytest.approx(row["redis_round_trips"] / row["events_delivered"],
+                                                               abs=1e-5)
+    assert row["redis_cpu_s"] >= 0 and set(row["redis_commands"]) >= {"evalsha", "xadd", "publish"}
 
 
 def test_fanout_cluster_spreads_each_streams_subscribers_round_the_nodes():

@@ -181,9 +181,9 @@ async def _unlink_prefix(client: Any, prefix: str) -> int:
 
 
 def _with_pool(url: str, pool: int) -> str:
-    """``url`` with redis-py's ``max_connections=pool`` query parameter (0: unchanged). The hub's
-    pool otherwise holds at most 100 connections and fails a claim or attach past that, so S
-    streams started at once on one node need ``pool`` > S (see docs/BENCHMARKS.md)."""
+    """``url`` with redis-py's ``max_connections=pool`` query parameter (0: unchanged), which
+    the hub's broker takes over its own pool size. (Before a40a37c the hub's pool failed claims
+    past 100 connections in use, so S streams started at once on one node needed ``pool`` > S.)"""
     if not pool or "max_connections=" in url:
         return url
     return url + ("&" if "?" in url else "?") + f"max_connections={pool}"
@@ -232,7 +232,7 @@ async def run_cluster(broker: str, nodes: int, streams: int, subscribers: int, t
         nodes: hub processes.
         redis_pid: the pid of a private redis-server (its figures are then this run's alone).
         workers: ``cbhub serve --workers`` per node (0: the option is not passed).
-        pool: redis-py's ``max_connections`` in the hubs' broker URL (0: its default, 100).
+        pool: redis-py's ``max_connections`` in the hubs' broker URL (0: the hub's own pool).
         Others: as for :func:`tools.bench.fanout.run_shape`.
 
     Raises:

@@ -91,10 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                             help="Redis of --broker redis: 'own' (default) starts a private redis-server on a free "
                                  "port so its command counts and CPU are the run's alone; or redis://HOST:PORT/DB "
                                  "(each run uses a key prefix of its own, deleted afterwards)")
-        parser.add_argument("--redis-pool", type=int, default=5000,
+        parser.add_argument("--redis-pool", type=int, default=0,
                             help="max_connections of each hub's Redis connection pool, set in the broker URL "
-                                 "(default 5000; 0 keeps redis-py's 100, which fails claims past about 100 "
-                                 "streams started at once on one node)")
+                                 "(default 0: the hub's own pool size)")
         parser.add_argument("--workers", type=int, default=0,
                             help="cbhub serve --workers N on every node (needs --broker redis)")
         parser.add_argument("--repeat", type=int, default=1,

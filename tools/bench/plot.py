@@ -157,7 +157,8 @@ def _cluster_label(row: dict[str, Any]) -> str:
     return label + (f"\n{row['workers']} workers" if row.get("workers") else "")
 
 
-def plot_cluster(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "") -> int:
+def plot_cluster(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "",
+                 latency_shape: str | None = None) -> int:
     """Draw ``fanout_cluster`` runs into ``png`` (three panels; the median of each
     configuration's repeats, :func:`tools.bench.cluster.medians`):
 
@@ -166,7 +167,8 @@ def plot_cluster(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "")
        event stacked on it: one group of bars per shape, one bar per broker and node count; a
        dashed line at 1.5 (the issue's target for 2 nodes).
     2. Added latency p50 and p99 (ms, log scale) of subscribers on the owning node and on
-       other nodes, for the shape with the most configurations among paced ones with K >= 2.
+       other nodes, for ``latency_shape`` (``SxK``, e.g. ``100x2``; default: the paced shape
+       with K >= 2 that has the most configurations).
     3. Redis round trips per delivered event (log scale) for every Redis configuration, with
        the issue's 0.1 target as a line.
 
@@ -193,7 +195,8 @@ def plot_cluster(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "")
     def order(row: dict[str, Any]) -> tuple[Any, ...]:
         return (row["broker"] != "memory", row["nodes"], row.get("workers") or 0)
 
-    shapes = list(dict.fromkeys(shape(row) for row in summaries))
+    # the CPU panel compares with the in-memory node: only shapes that have one
+    shapes = list(dict.fromkeys(shape(row) for row in summaries if row["broker"] == "memory"))
     figure, (cpu, latency, trips) = plt.subplots(1, 3, figsize=(15, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = sorted({(order(row), _cluster_label(row)) for row in summaries})
@@ -217,14 +220,18 @@ def plot_cluster(rows: list[dict[str, Any]], png: pathlib.Path, title: str = "")
                 cpu.bar(x, row["redis_cpu_us_per_event"] / base[0], width, bottom=hub,
                         color=colors[index % len(colors)], alpha=0.35, hatch="//")
                 top += row["redis_cpu_us_per_event"] / base[0]
-            cpu.annotate(f"{row['hub_cpu_us_per_event']:.3g}", (x, top), ha="center", va="bottom", fontsize=7)
+            cpu.annotate(f"{row['hub_cpu_us_per_event']:.3g}", (x, top), ha="center", va="bottom", fontsize=6,
+                         rotation=90)
     cpu.axhline(1.5, color="k", linestyle="--", linewidth=1)
-    cpu.set_xticks(range(len(shapes)), shapes, fontsize=8)
+    cpu.set_ylim(0, cpu.get_ylim()[1] * 1.12)  # room for the µs written above the bars
+    cpu.set_xticks(range(len(shapes)), [name.replace(", ", "\n") for name in shapes], fontsize=8)
     cpu.set(ylabel="CPU per delivered event, × one in-memory node",
             title="hub processes (solid, µs above) + Redis (hatched)\ndashed: the 1.5x target (2 nodes)")
     cpu.legend(fontsize=7)
 
     paced = [row for row in summaries if str(row["rate"]) != "max" and row["subscribers"] >= 2]
+    if latency_shape:
+        paced = [row for row in paced if f"{row['streams']}x{row['subscribers']}" == latency_shape]
     if paced:
         counts = collections.Counter(shape(row) for row in paced)
         chosen = max(counts, key=lambda name: (counts[name], -paced[0]["subscribers"]))
@@ -270,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", type=pathlib.Path, required=True)
     parser.add_argument("--rate", default=None, help="which rate's rows to draw (default: the most common)")
     parser.add_argument("--title", default="")
+    parser.add_argument("--latency-shape", default=None, help="--cluster: the SxK whose latencies to draw")
     parser.add_argument("--cluster", action="store_true",
                         help="draw the fanout_cluster rows (cbhub bench fanout --nodes N --broker redis) instead")
     args = parser.parse_args(argv)
     if args.cluster:
         rows = [orjson.loads(line) for path in args.results for line in path.read_bytes().splitlines() if line.strip()]
-        drawn = plot_cluster(rows, args.png, args.title)
+        drawn = plot_cluster(rows, args.png, args.title, args.latency_shape)
         if not drawn:
             print("no fanout_cluster rows to draw", file=sys.stderr)
             return 1
