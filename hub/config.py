@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import typing
@@ -251,15 +252,46 @@ def _optional_positive(value: Any) -> str | None:
     return None if value is None or value >= 1 else f"must be >= 1 or null, got {value}"
 
 
+_URL_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]+", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` as the hub's messages and logs show it: the password of its user part
+    replaced by ``***`` (``redis://:secret@host:6379/0`` -> ``redis://:***@host:6379/0``,
+    ``redis://user:secret@host/0`` -> ``redis://user:***@host/0``), a user part without a
+    colon too (``redis://secret@host`` -> ``redis://***@host``: perhaps a password written
+    without its colon), and a ``password=`` query parameter's value. A string that is not
+    ``scheme://...`` is returned as it is; when unsure this masks more, never less."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    query = len(rest)
+    for mark in "?#":
+        found = rest.find(mark)
+        if found != -1:
+            query = min(query, found)
+    at = rest.rfind("@", 0, query)  # the user part ends at the last @ before the query
+    if at > 0 and not rest.startswith("/"):
+        user, colon, password = rest[:at].partition(":")
+        if colon and password:
+            rest = f"{user}:***{rest[at:]}"
+        elif not colon:
+            rest = f"***{rest[at:]}"
+    query = rest.find("?")
+    if query != -1:
+        rest = rest[:query] + _URL_PASSWORD_PARAMETER.sub(r"\1***", rest[query:])
+    return f"{scheme}{separator}{rest}"
+
+
 def _optional_redis_url(value: Any) -> str | None:
     if value is None:
         return None
     try:
         parts = urlsplit(value)
     except ValueError as exc:
-        return f"not a valid URL ({exc}), got {_show(value)}"
+        return f"not a valid URL ({exc}), got {_show(mask_url(value))}"
     if parts.scheme not in ("redis", "rediss", "unix"):
-        return f"must be a redis://, rediss:// or unix:// URL, got {_show(value)}"
+        return f"must be a redis://, rediss:// or unix:// URL, got {_show(mask_url(value))}"
     return None
 
 
@@ -604,12 +636,15 @@ class HubConfig(msgspec.Struct, kw_only=True):
 
     def to_yaml(self, *, redact: bool = True) -> str:
         """This config as a YAML file in the schema of :data:`KEYS` (every key), which
-        :meth:`load` reads back. With ``redact``, API keys are shown as ``"***"``."""
+        :meth:`load` reads back. With ``redact``, API keys are shown as ``"***"`` and
+        ``broker.url`` with its password masked (:func:`mask_url`)."""
         document: dict[str, Any] = {}
         for key in KEYS:
             value = getattr(self, key.field)
             if key.secret and redact and value:
                 value = "***"
+            elif key.field == "broker_url" and redact and value:
+                value = mask_url(value)
             elif isinstance(value, dict):
                 value = {k: list(v) for k, v in value.items()}
             elif isinstance(value, list):

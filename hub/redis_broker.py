@@ -15,6 +15,8 @@ starting with ``broker.prefix`` (P)::
     P node:<node>      a node's heartbeat (a key with a PX expiry)
     P nodes            set: the nodes that have beaten and not been reaped
     P owned:<node>     set: the channels a node runs that have not finished
+    P probe:<node>     a key a node writes (PX node_timeout_s) to learn that Redis takes writes
+                       again, when nothing of its own waits for that
 
 **Replicated channels**: ``completion:``, ``workflow:`` and ``agent:`` channels (the
 ``system`` channel is each node's own). An agent channel has no terminal event: it is marked
@@ -28,7 +30,9 @@ EVALSHA of a Lua script that, per event, does ``XADD P s:<ch> <seq>-0 d <payload
 ``finished``, removes the channel from ``P owned:<node>`` and expires both keys
 ``retention_s + 60`` s later. An event is written only while the meta exists and is not
 ``finished``, and its explicit ID must exceed the stream's last: a writer that other nodes
-declared lost, or a duplicate resend, is fenced. One batch is in flight while the next
+declared lost, or a duplicate resend, is fenced (that XADD error skips the event); any other
+error (``OOM`` past ``maxmemory``...) ends the script with that error, what it wrote before
+staying (a resend of it is fenced). One batch is in flight while the next
 accumulates; a batch holds at most :data:`BATCH_EVENTS` events or :data:`BATCH_BYTES` bytes.
 :attr:`RedisBroker.round_trips` and :attr:`RedisBroker.events_sent` count them.
 
@@ -111,6 +115,15 @@ without ``seq``) and the mirror is dropped: subscribing again gives what Redis h
 snapshot, ``recovered: false``). New completions are refused meanwhile (their id cannot be
 claimed: ``internal_error``, retryable) and :meth:`RedisBroker.health` reports ``connected``
 false (``/healthz`` says ``degraded``).
+
+**Redis refusing writes** while it answers (``OOM`` past ``maxmemory`` with ``noeviction``,
+``READONLY``, ``MISCONF``: :attr:`RedisBroker.refused`): the same, except that a ping cannot
+tell when it ends: the refused batch waits with the rest (same caps) and the keepalive sends it
+again every 1/8 of ``node_timeout_s``; ``/healthz`` gives the reason. A living heartbeat is
+renewed with PEXPIRE, which Redis allows when full: a full Redis declares nobody lost.
+
+URLs and Redis messages in logs and errors have ``broker.url``'s password masked
+(:func:`hub.config.mask_url`).
 """
 
 from __future__ import annotations
@@ -123,12 +136,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from hub.broker import ControlHandler
 from hub.channel import Channel, EncodedEvent, HistoryBounds, stream_type_of
+from hub.config import mask_url
 from hub.multiplexer import StreamMultiplexer
 from protocol.errors import ErrorCode, HubError
 from protocol.messages import (
@@ -219,7 +234,12 @@ for i = 5, #ARGV, 5 do
       end
     elseif live then
       local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, a .. '-0', 'd', b, 't', ms)
-      if type(added) ~= 'table' or not added.err then
+      if type(added) == 'table' and added.err then
+        -- Fenced (an ID not above the stream's top: a resend, or a writer declared lost) is
+        -- skipped; any other error (OOM past maxmemory...) ends the script with it: what this
+        -- batch wrote before stays, and a resend of it is fenced by its explicit IDs.
+        if not string.find(added.err, 'equal or smaller', 1, true) then return redis.error_reply(added.err) end
+      else
         redis.call('PUBLISH', p .. 'ch:' .. name, b)
         written = written + 1
         if kind == 'f' then
@@ -247,11 +267,17 @@ return 1
 """
 
 #: KEYS[1]: this node's heartbeat key, KEYS[2]: the nodes set; ARGV: PX ms, node id.
-#: Returns 1 when the heartbeat still existed (0: it had expired, or Redis lost it).
+#: Returns 1 when the heartbeat still existed (0: it had expired, or Redis lost it). A living
+#: heartbeat is only given a new PEXPIRE, which Redis allows past ``maxmemory`` (SET and SADD it
+#: refuses): a node beats on while Redis is full, so nobody declares it lost for that.
 _BEAT_LUA = """
 local existed = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
+if existed == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then redis.call('SADD', KEYS[2], ARGV[2]) end
 return existed
 """
 
@@ -301,6 +327,14 @@ _Op = tuple[str, str, str, bytes | str, str]
 
 def _replicated(name: str) -> bool:
     return name.startswith(_REPLICATED_PREFIXES)
+
+
+def _refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing writes for now while it answers: ``OOM`` (used memory
+    past ``maxmemory`` with ``noeviction``), ``READONLY`` (a replica), ``MISCONF`` (a failed
+    RDB save with ``stop-writes-on-bgsave-error``). Such a write is kept and tried again."""
+    return isinstance(exc, (OutOfMemoryError, ReadOnlyError)) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("MISCONF"))
 
 
 def _raise_if_cancelled() -> None:
@@ -465,6 +499,9 @@ class RedisBroker(StreamMultiplexer):
     Attributes:
         node_id: this node's random id (its control channel is ``<prefix>ctl:<node_id>``).
         connected: False while Redis is unreachable (a write, ping or PUB/SUB read failed).
+        refused: why Redis refuses this node's writes while it answers (``OOM`` past
+            ``maxmemory``, ``READONLY``, ``MISCONF``), None when it takes them: the batch waits
+            as while Redis is unreachable and is tried again every 1/8 of ``node_timeout_s``.
         round_trips: publish round trips sent to Redis so far.
         events_sent: events those round trips carried.
         events_dropped: events never sent to Redis (dropped past the unsent caps).
@@ -485,6 +522,7 @@ class RedisBroker(StreamMultiplexer):
         self.node_timeout_s = node_timeout_s
         self.node_id = secrets.token_hex(8)
         self.connected = False
+        self.refused: str | None = None
         self.round_trips = 0
         self.events_sent = 0
         self.events_dropped = 0
@@ -561,7 +599,8 @@ class RedisBroker(StreamMultiplexer):
             self._redis = self._writer = None
             await client.aclose()
             await writer.aclose()
-            raise BrokerUnavailable(f"broker.url {self.url!r}: Redis does not answer ({exc})") from exc
+            raise BrokerUnavailable(
+                f"broker.url {mask_url(self.url)!r}: Redis does not answer ({self._masked(exc)})") from exc
         self._pubsub = pubsub
         self.connected = True
         loop = asyncio.get_running_loop()
@@ -577,11 +616,13 @@ class RedisBroker(StreamMultiplexer):
             while self._redis is not None and (self._batch or self._inflight is not None):
                 if self._inflight is not None:
                     await asyncio.gather(self._inflight, return_exceptions=True)
-                elif not self.connected:
+                elif not self.connected or self.refused is not None:
                     if asyncio.get_running_loop().time() > deadline:
                         log.warning("shutting down with %d events never sent to Redis", self._batch_events)
                         break
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05 if not self.connected else self.node_timeout_s / 8)
+                    if self.connected:
+                        self._send(retry=True)
                 else:
                     self._send()
             if self._redis is not None and self.connected:
@@ -610,8 +651,19 @@ class RedisBroker(StreamMultiplexer):
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            raise BrokerUnavailable(f"broker.url {self.url!r}: not connected")
+            raise BrokerUnavailable(f"broker.url {mask_url(self.url)!r}: not connected")
         return self._redis
+
+    def _masked(self, exc: BaseException) -> str:
+        """``exc``'s text with ``broker.url`` and its password masked (:func:`hub.config.mask_url`),
+        should a redis-py message ever quote them."""
+        text = str(exc).replace(self.url, mask_url(self.url))
+        user, colon, password = self.url.partition("://")[2].rpartition("@")[0].partition(":")
+        secret = password if colon else user
+        for form in (secret, unquote(secret)):
+            if len(form) >= 4:
+                text = text.replace(form, "***")
+        return text
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._quietly(coroutine))
@@ -623,13 +675,21 @@ class RedisBroker(StreamMultiplexer):
             await coroutine
         except (RedisError, OSError) as exc:
             _raise_if_cancelled()
-            log.warning("a Redis command failed: %s", exc)
+            log.warning("a Redis command failed: %s", self._masked(exc))
 
     def health(self) -> dict[str, Any]:
-        """For ``/healthz``: ``{"kind": "redis", "connected", "node_id", "round_trips",
-        "events_sent", "events_unsent", "bytes_unsent" (payload bytes waiting for Redis; not
-        counted by the memory budget), "events_dropped", "mirrors", "nodes_lost", "gaps"}``."""
-        return {"kind": "redis", "connected": self.connected, "node_id": self.node_id,
+        """For ``/healthz``: ``{"kind": "redis", "connected", "reason", "node_id",
+        "round_trips", "events_sent", "events_unsent", "bytes_unsent" (payload bytes waiting
+        for Redis; not counted by the memory budget), "events_dropped", "mirrors",
+        "nodes_lost", "gaps"}``. ``connected`` is False while Redis is unreachable or refuses
+        this node's writes (:attr:`refused`; ``/healthz`` then says ``degraded``), ``reason``
+        says which (None while connected)."""
+        reason = None
+        if not self.connected:
+            reason = "Redis is unreachable"
+        elif self.refused is not None:
+            reason = self.refused
+        return {"kind": "redis", "connected": reason is None, "reason": reason, "node_id": self.node_id,
                 "round_trips": self.round_trips, "events_sent": self.events_sent,
                 "events_unsent": self._batch_events, "bytes_unsent": self._batch_bytes,
                 "events_dropped": self.events_dropped,
@@ -639,7 +699,8 @@ class RedisBroker(StreamMultiplexer):
 
     async def _keepalive(self) -> None:
         """Every 1/8 of ``node_timeout_s``: ping while disconnected, beat every 1/4 of it,
-        end the channels of lost nodes, fill again the mirrors whose filling failed."""
+        try again what Redis refused (:attr:`refused`), end the channels of lost nodes, fill
+        again the mirrors whose filling failed."""
         loop = asyncio.get_running_loop()
         tick = self.node_timeout_s / 8
         next_beat = loop.time() + self.node_timeout_s / 4
@@ -651,7 +712,14 @@ class RedisBroker(StreamMultiplexer):
                     self._reconnected()
                 if loop.time() >= next_beat:
                     next_beat = loop.time() + self.node_timeout_s / 4
-                    await self._beat()
+                    await self._beat()  # first: it goes through when Redis is full
+                if self.refused is not None and self._inflight is None:
+                    if self._batch or self._snap_due:
+                        self._send(retry=True)  # clears refused once Redis takes it
+                    else:  # what was refused (a claim, a heartbeat, a node_lost) is not kept: probe
+                        await self._client().set(f"{self.prefix}probe:{self.node_id}", b"1",
+                                                 px=max(1, int(self.node_timeout_s * 1000)))
+                        self._accepted()
                 await self._reap_lost()
                 if not self._pubsub_broken:
                     for mirror in self._mirrors.values():  # a refill that failed is tried again
@@ -659,7 +727,10 @@ class RedisBroker(StreamMultiplexer):
                             self._spawn(self._refill(mirror))
             except (RedisError, OSError) as exc:
                 _raise_if_cancelled()
-                self._disconnected(exc)
+                if _refuses_writes(exc):  # Redis answers: a ping would not tell it from health
+                    self._refuse(exc)
+                else:
+                    self._disconnected(exc)
             except Exception:  # a bug of ours must not stop the heartbeat
                 log.exception("the Redis broker's keepalive failed")
 
@@ -713,14 +784,32 @@ class RedisBroker(StreamMultiplexer):
     def _disconnected(self, exc: BaseException) -> None:
         if self.connected:
             log.warning("Redis at %s is unreachable (%s): streams run here go on locally; their events wait",
-                        self.url, exc)
+                        mask_url(self.url), self._masked(exc))
         self.connected = False
+
+    def _refuse(self, exc: BaseException) -> None:
+        """Redis answers but refuses writes (:func:`_refuses_writes`): hold every write until
+        the keepalive's next try succeeds (:attr:`refused`)."""
+        said = self._masked(exc)
+        code = getattr(exc, "status_code", None)  # redis-py cuts the error code (OOM, READONLY) off the text
+        if isinstance(code, str) and not said.startswith(code):
+            said = f"{code} {said}"
+        if self.refused is None:
+            log.warning("Redis at %s refuses writes (%s): streams run here go on locally; their events wait and "
+                        "are tried again every %g s", mask_url(self.url), said, self.node_timeout_s / 8)
+        self.refused = f"Redis refuses writes ({said})"
+
+    def _accepted(self) -> None:
+        if self.refused is not None:
+            log.warning("Redis at %s takes writes again", mask_url(self.url))
+            self.refused = None
 
     def _reconnected(self) -> None:
         """Redis answers again: re-register the unfinished channels run here (a restarted
         Redis may have lost them), ahead of the events that waited, send, and follow them
         with each one's snapshot (what Redis lost of its history is then covered)."""
-        log.warning("Redis at %s answers again: sending %d events that waited", self.url, self._batch_events)
+        log.warning("Redis at %s answers again: sending %d events that waited", mask_url(self.url),
+                    self._batch_events)
         self.connected = True
         unfinished = sorted(name for name in self._replicated - self._done if name in self.channels)
         again: list[_Op] = [("m", name, self.channels[name].epoch, self._owners.get(name, ""),
@@ -810,9 +899,14 @@ class RedisBroker(StreamMultiplexer):
         if name in self.channels:
             return False
         epoch = secrets.token_urlsafe(6)
-        created = await self._claim_script(
-            keys=[f"{self.prefix}meta:{name}", f"{self.prefix}owned:{self.node_id}"],
-            args=[epoch, self.node_id, owner, name.partition(":")[0], name])
+        try:
+            created = await self._claim_script(
+                keys=[f"{self.prefix}meta:{name}", f"{self.prefix}owned:{self.node_id}"],
+                args=[epoch, self.node_id, owner, name.partition(":")[0], name])
+        except RedisError as exc:
+            if _refuses_writes(exc):  # degraded until a write goes through (the keepalive probes)
+                self._refuse(exc)
+            raise
         if not created:
             return False
         self._claimed[name] = (epoch, owner)
@@ -872,12 +966,13 @@ class RedisBroker(StreamMultiplexer):
         self._batch.append(op)
         self._batch_bytes += size
         self._batch_events += events
-        if not self.connected and (self._batch_events > UNSENT_MAX_EVENTS or self._batch_bytes > UNSENT_MAX_BYTES):
+        if (not self.connected or self.refused is not None) and (
+                self._batch_events > UNSENT_MAX_EVENTS or self._batch_bytes > UNSENT_MAX_BYTES):
             self._shed()
         self._schedule()
 
     def _schedule(self) -> None:
-        if not self._scheduled and self._inflight is None and self.connected:
+        if not self._scheduled and self._inflight is None and self.connected and self.refused is None:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._send)
 
@@ -898,8 +993,8 @@ class RedisBroker(StreamMultiplexer):
         self._batch = kept
         self._batch_events -= dropped
         self.events_dropped += dropped
-        log.warning("Redis is unreachable: dropped the %d oldest events waiting for it (%d dropped so far)",
-                    dropped, self.events_dropped)
+        log.warning("Redis is unreachable or refuses writes: dropped the %d oldest events waiting for it (%d "
+                    "dropped so far)", dropped, self.events_dropped)
 
     def _snapshot_ops(self) -> list[_Op]:
         """The due snapshots and stream trims (see the module docstring), taken now: the
@@ -919,10 +1014,12 @@ class RedisBroker(StreamMultiplexer):
         self._snap_due.clear()
         return ops
 
-    def _send(self) -> None:
-        """Send the batch (up to its caps) in one EVALSHA; the rest waits for the next."""
+    def _send(self, retry: bool = False) -> None:
+        """Send the batch (up to its caps) in one EVALSHA; the rest waits for the next. While
+        Redis refuses writes only the keepalive's ``retry`` sends."""
         self._scheduled = False
-        if self._inflight is not None or self._redis is None or not self.connected:
+        if self._inflight is not None or self._redis is None or not self.connected or (
+                self.refused is not None and not retry):
             return
         if self._snap_due:
             self._batch.extend(self._snapshot_ops())
@@ -952,15 +1049,24 @@ class RedisBroker(StreamMultiplexer):
             args.extend(op)
         try:
             await self._publish_script(args=args)
-        except ResponseError:  # the script failed (a bug of ours): sending it again would fail again
-            log.exception("Redis refused a batch of %d events; other nodes miss them", events)
-            return
-        except (RedisError, OSError) as exc:  # kept, and sent again when Redis answers
-            self._disconnected(exc)
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, ResponseError) and not _refuses_writes(exc):
+                # The script failed (a bug of ours): sending it again would fail again.
+                log.error("Redis refused a batch of %d events; other nodes miss them: %s", events, self._masked(exc))
+                return
+            # Kept, and sent again when Redis answers or takes writes (what the script wrote
+            # before it stopped is fenced then by its IDs: nothing is delivered twice).
+            if _refuses_writes(exc):
+                self._refuse(exc)
+            else:
+                self._disconnected(exc)
             self._batch[:0] = ops
             self._batch_events += events
             self._batch_bytes += sum(len(op[3]) for op in ops if op[0] in "ef")
+            if self._batch_events > UNSENT_MAX_EVENTS or self._batch_bytes > UNSENT_MAX_BYTES:
+                self._shed()
             return
+        self._accepted()
         self.round_trips += 1
         self.events_sent += events
         for op in ops:
