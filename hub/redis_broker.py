@@ -113,7 +113,7 @@ mirror, pending meanwhile, fills itself from the stream once its subscription is
 the stream cannot cover a mirror's gap, its subscribers get ``error`` ``stream_gap`` (retryable,
 without ``seq``) and the mirror is dropped: subscribing again gives what Redis holds (a
 snapshot, ``recovered: false``). New completions are refused meanwhile (their id cannot be
-claimed: ``internal_error``, retryable) and :meth:`RedisBroker.health` reports ``connected``
+claimed: ``hub_overloaded``, retryable) and :meth:`RedisBroker.health` reports ``connected``
 false (``/healthz`` says ``degraded``).
 
 **Redis refusing writes** while it answers (``OOM`` past ``maxmemory`` with ``noeviction``,
@@ -894,7 +894,8 @@ class RedisBroker(StreamMultiplexer):
             False when the name is taken on some node (``duplicate_id``).
 
         Raises:
-            RedisError: Redis failed to answer.
+            HubError: ``hub_overloaded`` (retryable) when Redis does not answer or refuses
+                writes: the id cannot be reserved, so no new run starts on any node meanwhile.
         """
         if name in self.channels:
             return False
@@ -903,10 +904,12 @@ class RedisBroker(StreamMultiplexer):
             created = await self._claim_script(
                 keys=[f"{self.prefix}meta:{name}", f"{self.prefix}owned:{self.node_id}"],
                 args=[epoch, self.node_id, owner, name.partition(":")[0], name])
-        except RedisError as exc:
-            if _refuses_writes(exc):  # degraded until a write goes through (the keepalive probes)
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisError) and _refuses_writes(exc):  # degraded until a write goes through
                 self._refuse(exc)
-            raise
+            log.warning("reserving %s in Redis failed: %s", name, type(exc).__name__)
+            raise HubError(f"cannot reserve {name!r} now: the cluster's Redis does not take it ({type(exc).__name__})",
+                           ErrorCode.HUB_OVERLOADED, retryable=True) from exc
         if not created:
             return False
         self._claimed[name] = (epoch, owner)

@@ -492,6 +492,8 @@ class Session:
             if not await broker.claim(name, self.principal.subject):
                 kind, _, ident = name.partition(":")
                 error = ProtocolError(f"{kind} id {ident!r} is already in use", ErrorCode.DUPLICATE_ID)
+        except HubError as exc:  # the broker could not reserve it now (Redis down or full): said, no traceback
+            error = exc
         except Exception as exc:
             log.exception("claiming %s failed", name)
             error = HubError(f"the broker failed: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR, retryable=True)

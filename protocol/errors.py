@@ -282,7 +282,9 @@ class ErrorCode(enum.StrEnum):
                  "([Limits](#limits))"))
     HUB_OVERLOADED = "hub_overloaded", _doc(Fault.HUB, True, 503, (
         _ANSWER, "the stream data the hub holds is over `memory_budget_bytes`: a new completion or workflow is refused,"
-        " or a running completion that held the most is ended ([Memory budget](#memory-budget))"))
+        " or a running completion that held the most is ended ([Memory budget](#memory-budget)); with the Redis broker,"
+        " Redis does not answer or refuses writes, so a new completion's or workflow's id cannot be reserved"
+        " ([Running several hubs](#running-several-hubs))"))
     # Authentication and permissions (docs/PROTOCOL.md "Authentication").
     UNAUTHORIZED = "unauthorized", _doc(Fault.CLIENT, False, 401, (
         _ANSWER, "no credential: a WebSocket message before the `auth` message, an HTTP request without "

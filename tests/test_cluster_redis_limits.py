@@ -103,10 +103,12 @@ async def test_a_completion_refused_by_a_full_redis_is_retryable_and_healthz_say
             client = await ws_factory(a)
             await redis.config_set("maxmemory-policy", "noeviction")
             await redis.config_set("maxmemory", 1)  # below what Redis uses already: every write refused
-            await client.send({"type": "completion", "id": "f1", "model": OPENAI,
+            await client.send({"type": "completion", "id": "f1", "model": OPENAI, "rid": "full",
                                "messages": [{"role": "user", "content": "hi"}]})
             refused = await client.recv()
             assert isinstance(refused, ErrorMessage) and refused.error.retryable, refused
+            assert refused.error.code == "hub_overloaded" and refused.rid == "full", refused
+            assert "OutOfMemoryError" in refused.error.message
             # Nothing of this node waits for Redis: its keepalive probes with a write of its own.
             health = await healthz(a.url)
             assert health["status"] == "degraded" and "OOM" in health["broker"]["reason"]

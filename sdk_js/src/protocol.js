@@ -182,7 +182,7 @@ export const ERROR_CODES = deepFreeze({
     "fault": "hub",
     "retryable": true,
     "sentAs": "answer",
-    "when": "the stream data the hub holds is over `memory_budget_bytes`: a new completion or workflow is refused, or a running completion that held the most is ended (Memory budget)",
+    "when": "the stream data the hub holds is over `memory_budget_bytes`: a new completion or workflow is refused, or a running completion that held the most is ended (Memory budget); with the Redis broker, Redis does not answer or refuses writes, so a new completion's or workflow's id cannot be reserved (Running several hubs)",
     "http": 503
   },
   "unauthorized": {
