@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -52,7 +54,7 @@ from protocol.providers import PROVIDERS
 if TYPE_CHECKING:
     from hub.cluster_limits import ClusterLimiter  # imported when used: it needs redis-py
 
-__all__ = ["Hub", "create_app", "run_hub", "serve_forever"]
+__all__ = ["CannotListen", "Hub", "create_app", "run_hub", "serve_forever"]
 
 log = logging.getLogger("cbhub")
 
@@ -387,6 +389,40 @@ def create_app(config: HubConfig | None = None) -> web.Application:
     return app
 
 
+class CannotListen(OSError):
+    """The hub could not listen on ``host:port``: the port is taken, the host is not an address
+    of this machine or does not resolve, or binding needs a privilege. ``str()`` is one line
+    for a person, e.g. ``cannot listen on 127.0.0.1:8765: address already in use``
+    (``cbhub serve`` prints it and exits 2); ``__cause__`` is the socket error.
+
+    Attributes:
+        host, port: the configured listen address.
+        reason: why, in words (from the error's errno).
+    """
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        self.host, self.port, self.reason = host, port, _listen_reason(error, port)
+        super().__init__(error.errno, self.reason)
+
+    def __str__(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"cannot listen on {shown}:{self.port}: {self.reason}"
+
+
+def _listen_reason(error: OSError, port: int) -> str:
+    """Why binding failed, in words: the usual errnos named, any other as the system says it."""
+    if isinstance(error, socket.gaierror):
+        return f"the host name does not resolve ({error.strerror or error})"
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use (another program listens there: pick another --port)"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return "not an address of this machine (use 127.0.0.1, 0.0.0.0 or one of its own addresses)"
+    if error.errno == errno.EACCES:
+        return "permission denied" + (" (ports below 1024 need privileges)" if 0 < port < 1024 else "")
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
+
+
 @contextlib.asynccontextmanager
 async def run_hub(config: HubConfig | None = None, *, reuse_port: bool = False) -> AsyncIterator[Hub]:
     """Run the hub on ``config.host:config.port`` (port 0 picks a free one) until exit; with
@@ -404,7 +440,7 @@ async def run_hub(config: HubConfig | None = None, *, reuse_port: bool = False) 
         The :class:`Hub`, with ``url`` set to ``http://host:port``.
 
     Raises:
-        OSError: the address cannot be bound.
+        CannotListen: (an OSError) the address cannot be resolved or bound.
     """
     app = create_app(config)
     hub: Hub = app[HUB_KEY]
@@ -424,6 +460,9 @@ async def run_hub(config: HubConfig | None = None, *, reuse_port: bool = False) 
         assert runner.server is not None  # set by setup()
         try:
             await listener.start(runner.server, hub.config.host, hub.config.port, reuse_port=reuse_port)
+        except OSError as exc:
+            await runner.cleanup()  # the provider session opened at startup is closed
+            raise CannotListen(hub.config.host, hub.config.port, exc) from exc
         except BaseException:
             await runner.cleanup()
             raise

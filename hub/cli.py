@@ -23,6 +23,7 @@ Commands::
                                             SDK (hub/client.py): tokens as they arrive, then TTFT
                                             and tokens/s; the prompt from stdin when not given
     cbhub mock-provider [--port 9100] ...   the mock LLM provider (hub/testing/mock_provider.py)
+    cbhub --version                         the installed version (importlib.metadata)
     cbhub bench SCENARIO [...]              the benchmark suite (tools/bench, docs/BENCHMARKS.md),
                                             found through the ``cbhub.commands`` entry point
 
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from hub.config import HubConfig
 
-__all__ = ["main", "COMMAND_GROUP", "plugin_command"]
+__all__ = ["main", "COMMAND_GROUP", "package_version", "plugin_command"]
 
 #: The entry point group of commands that installed packages add to ``cbhub``.
 COMMAND_GROUP = "cbhub.commands"
@@ -59,6 +60,8 @@ _KNOWN_PLUGINS = {"bench": "the benchmark suite in tools/bench of a source check
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cbhub", description="circuit-breaker-hub: a real-time streaming hub for LLM applications")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the installed package's version and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the hub")
@@ -133,6 +136,18 @@ def _build_parser() -> argparse.ArgumentParser:
     commands.add_parser("mock-provider", help="run the mock LLM provider", add_help=False)
     commands.add_parser("bench", help="run a benchmark scenario (cbhub bench --help)", add_help=False)
     return parser
+
+
+def package_version() -> str:
+    """The installed version of the ``circuit-breaker-hub`` distribution (importlib.metadata,
+    i.e. pyproject.toml's ``version`` when it was installed), or ``unknown (not installed)``
+    when the code runs without being installed (no ``pip install -e .``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("circuit-breaker-hub")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _positive(text: str) -> int:
@@ -223,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
 
         install_secret_filter(config.secrets())  # every log record masked (docs/PROTOCOL.md "Redaction")
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return supervise(config) if config.workers > 1 else serve_one(config)
+        from hub.app import CannotListen
+
+        try:
+            return supervise(config) if config.workers > 1 else serve_one(config)
+        except CannotListen as exc:  # a taken port, a host that is not this machine's: one line, no traceback
+            print(f"cbhub: {exc}", file=sys.stderr)
+            return 2
     if args.command == "demo":
         if args.which == "workflow":
             if args.prompt is not None:
