@@ -2,19 +2,31 @@
 // a fake WebSocket for tests that script the hub's side, and a small JSON Schema check.
 //
 // The Python is $CBHUB_PYTHON (default: the checkout's .venv/bin/python when it exists, else
-// python3) and must have the hub installed (CI sets it to the virtualenv's). When it cannot run
+// python3) and must have the hub installed (CI sets it to the virtualenv's). A relative path in
+// it (`CBHUB_PYTHON=../.venv/bin/python`, with a slash) is resolved against the directory the
+// command was typed in (npm's INIT_CWD, else the current directory), not against the checkout
+// root the servers run in; a bare name (`python3.12`) is looked up on PATH. When it cannot run
 // the mock or the hub, the error says what to set. Servers run on 127.0.0.1 with port 0 and
 // print `listening on http://...`.
 
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SCHEMA } from '../src/protocol.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const VENV_PYTHON = `${ROOT}.venv/bin/python`;
-export const PYTHON = process.env.CBHUB_PYTHON || (existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
+
+/** `$CBHUB_PYTHON` as a command: a path with a slash made absolute against where the command
+ * was typed (spawn runs it with cwd ROOT, where a relative path would name another file). */
+export function resolvePython(value, typedIn = process.env.INIT_CWD || process.cwd()) {
+  return value.includes('/') ? path.resolve(typedIn, value) : value;
+}
+
+export const PYTHON = process.env.CBHUB_PYTHON
+  ? resolvePython(process.env.CBHUB_PYTHON) : (existsSync(VENV_PYTHON) ? VENV_PYTHON : 'python3');
 /** What to do when PYTHON cannot run the hub: appended to the errors of the servers it starts. */
 export const PYTHON_HINT = `${PYTHON} (${process.env.CBHUB_PYTHON ? '$CBHUB_PYTHON' : 'the default'}) must be a Python with the hub `
   + `installed: create the checkout's virtualenv (python3 -m venv .venv && .venv/bin/pip install -e '.[test]' in ${ROOT}) `
