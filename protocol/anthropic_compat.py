@@ -512,7 +512,7 @@ class MessageEncoder:
         if isinstance(message, ErrorMessage):
             error = message.error
             payload = msgspec.json.decode(error_body(error.code, error.message, error.status))
-            return self._close() + _event(b"error", payload)
+            return _event(b"error", payload)  # as Anthropic: the open block is not closed (§2.7)
         return b""
 
     # Blocks.
