@@ -62,12 +62,16 @@ def test_check_mode_reports_a_stale_document(tmp_path, monkeypatch, capsys) -> N
     target = tmp_path / gen_docs.PROTOCOL_PATH
     target.parent.mkdir(parents=True)
     target.write_text(stale, encoding="utf-8")
+    # main() also checks README.md's wscat session (tests/test_newcomer.py): an up-to-date copy.
+    readme = (ROOT / gen_docs.README_PATH).read_text(encoding="utf-8")
+    (tmp_path / gen_docs.README_PATH).write_text(readme, encoding="utf-8")
     monkeypatch.setattr(gen_docs, "ROOT", tmp_path)
     assert gen_docs.main(["--check"]) == 1
     assert "out of date" in capsys.readouterr().err
     assert gen_docs.main([]) == 0
     assert target.read_text(encoding="utf-8") == markdown
     assert gen_docs.main(["--check"]) == 0
+    assert (tmp_path / gen_docs.README_PATH).read_text(encoding="utf-8") == readme
 
 
 def test_missing_markers_are_an_error() -> None:
