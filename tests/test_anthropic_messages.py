@@ -24,6 +24,9 @@ from tests.conftest import hub_config
 from tests.support import SHARED_FIXTURES, requires_shared
 from tools.mock_provider import TOOL_ARGUMENTS, expected_reasoning, expected_text
 
+#: /v1/messages on the in-memory and the Redis broker (tests/conftest.py), as /v1/chat/completions.
+pytestmark = pytest.mark.brokers("memory", "redis")
+
 #: Models behind the hub, one per provider kind the issue names (OpenAI, Gemini, Ollama), and
 #: Anthropic itself.
 MODELS = ["openai/gpt-4o-mini", "google/gemini-2.0-flash", "ollama/llama3.2", "anthropic/claude-sonnet-4-5"]
@@ -361,3 +364,30 @@ async def test_the_sdk_builds_the_same_message_from_the_hub_as_from_anthropic(hu
             through_hub = await stream.get_final_message()
     assert _comparable(through_hub) == _comparable(expected)
     assert expected.content  # the recording did produce a message
+
+
+async def test_ping_keeps_a_waiting_stream_alive_and_the_sdk_reads_through_it(mock: Any) -> None:
+    """No answer yet (the mock holds its stream at a gate): the headers, ``message_start`` and
+    ``ping`` go out after ``sse_keepalive_interval_s``, then one ``ping`` per interval; once
+    the gate opens the answer follows in the same stream."""
+    async with run_hub(hub_config(mock, sse_keepalive_interval_s=0.05)) as hub:
+        body = {"model": "openai/gpt-4o-mini", "max_tokens": 20, "stream": True,
+                "messages": user("Hi [[mock tokens=3 seed=9 gate=msgs-ping]]")}
+        async with aiohttp.ClientSession() as session, session.post(hub.url + "/v1/messages", json=body) as response:
+            assert response.status == 200
+            decoder = SSEDecoder()
+            events: list[Any] = []
+            while [event.event for event in events].count("ping") < 3:  # message_start's ping and two keepalives
+                events.extend(decoder.feed(await response.content.readany()))
+            assert [event.event for event in events][:3] == ["message_start", "ping", "ping"]
+            mock.release("msgs-ping")
+            async for piece in response.content.iter_any():
+                events.extend(decoder.feed(piece))
+        names = [event.event for event in events]
+        assert names[-1] == "message_stop" and "content_block_start" in names
+        deltas = [msgspec.json.decode(event.data)["delta"]["text"] for event in events if event.event == "content_block_delta"]
+        assert "".join(deltas) == expected_text(3, seed=9)
+        async with sdk(hub) as client:  # the SDK reads through pings (the gate stays open now)
+            async with client.messages.stream(model="openai/gpt-4o-mini", max_tokens=20,
+                                              messages=user("Hi [[mock tokens=3 seed=9 gate=msgs-ping]]")) as stream:
+                assert (await stream.get_final_message()).content[0].text == expected_text(3, seed=9)
