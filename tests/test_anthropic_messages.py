@@ -19,7 +19,7 @@ from hub.config import ApiKeyEntry
 from protocol.anthropic_compat import MessageEncoder, decode_messages_request, effort_of_budget
 from protocol.errors import ProtocolError
 from protocol.framing import SSEDecoder
-from protocol.messages import Completed, ContentChunk, ThinkingStatus, ToolCallMessage, UsageInfo
+from protocol.messages import Completed, Completion, ContentChunk, ThinkingStatus, ToolCallMessage, UsageInfo
 from tests.conftest import hub_config
 from tests.support import SHARED_FIXTURES, requires_shared
 from tools.mock_provider import TOOL_ARGUMENTS, expected_reasoning, expected_text
@@ -283,9 +283,8 @@ def test_request_mapping_of_blocks_tools_and_options() -> None:
      "messages[0].content[0].citations"),
     ({"messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
     ({"tools": [{"name": "t", "input_schema": {}, "strict": True}]}, "tools[0].strict"),
-    ({"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}, "tool_choice.disable_parallel_tool_use"),
     ({"thinking": {"type": "adaptive"}}, "thinking.type"),
-    ({"metadata": {"user_id": "u-1"}}, "metadata.user_id"),
+    ({"metadata": {"tags": ["a"]}}, "metadata.tags"),
     ({"max_tokens": 0}, "max_tokens"),
     ({"messages": []}, "messages"),
 ])
@@ -295,6 +294,27 @@ def test_what_cannot_be_carried_is_refused_by_name(request_fields: dict[str, Any
         decode_messages_request(msgspec.json.encode(body)).to_completion()
     assert refused.value.code == "invalid_message"
     assert f"`{field}`" in refused.value.message
+
+
+@pytest.mark.parametrize(("request_fields", "field", "carried_as"), [
+    ({"top_p": 0.5}, "top_p", ("top_p", 0.5)),
+    ({"metadata": {"user_id": "u-1"}}, "metadata.user_id", ("user", "u-1")),
+    ({"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}, "tool_choice.disable_parallel_tool_use",
+     ("parallel_tool_calls", False)),
+])
+def test_a_field_with_an_openai_counterpart_is_carried_when_the_completion_has_it(
+        request_fields: dict[str, Any], field: str, carried_as: tuple[str, Any]) -> None:
+    """Carried as the completion's field of that name when protocol/messages.py's Completion
+    has one (issue 14 item 2 adds them), refused by name while it has not."""
+    body = {"model": "openai/gpt-4o-mini", "max_tokens": 10, "messages": user("x"), **request_fields}
+    name, value = carried_as
+    request = decode_messages_request(msgspec.json.encode(body))
+    if name in Completion.__struct_fields__:
+        assert getattr(request.to_completion(), name) == value
+    else:
+        with pytest.raises(ProtocolError) as refused:
+            request.to_completion()
+        assert f"`{field}`" in refused.value.message and f"no `{name}`" in refused.value.message
 
 
 def test_a_body_without_max_tokens_or_not_json_is_refused() -> None:
