@@ -411,3 +411,25 @@ async def test_ping_keeps_a_waiting_stream_alive_and_the_sdk_reads_through_it(mo
             async with client.messages.stream(model="openai/gpt-4o-mini", max_tokens=20,
                                               messages=user("Hi [[mock tokens=3 seed=9 gate=msgs-ping]]")) as stream:
                 assert (await stream.get_final_message()).content[0].text == expected_text(3, seed=9)
+
+
+@requires_shared
+async def test_anthropic_s_recorded_error_event_reaches_the_sdk_with_its_type_and_message(mock: Any) -> None:
+    """The documented ``overloaded_error`` event (anthropic_error.sse): straight from Anthropic
+    the SDK raises it from a 200 stream; through the hub, where it is the first event, the
+    hub answers it before the stream, HTTP 529 (the status Anthropic gives overloaded_error):
+    the same error type and message either way."""
+    prompt = user(f"[[mock replay={SHARED_FIXTURES / 'anthropic_error.sse'}]]")
+    raised = []
+    async with run_hub(hub_config(mock, retry_max_attempts=1)) as hub:
+        for base_url, model in ((mock.url, "claude-sonnet-4-5"), (hub.url, "anthropic/claude-sonnet-4-5")):
+            async with anthropic.AsyncAnthropic(base_url=base_url, api_key="k", max_retries=0) as client:
+                with pytest.raises(anthropic.APIStatusError) as error:
+                    async with client.messages.stream(model=model, max_tokens=10, messages=prompt) as stream:
+                        await stream.get_final_message()
+            raised.append(error.value)
+    direct, through_hub = raised
+    assert (direct.status_code, through_hub.status_code) == (200, 529)
+    assert isinstance(through_hub, anthropic.OverloadedError)
+    assert {key: through_hub.body["error"][key] for key in ("type", "message")} == direct.body["error"] == {
+        "type": "overloaded_error", "message": "Overloaded"}
