@@ -116,13 +116,21 @@ def test_readme_commands_run_in_the_virtualenv_it_says_to_activate() -> None:
     assert before[1] == "    .venv/bin/python -m pytest -q"
 
 
-async def test_readme_wscat_session_is_a_run_of_todays_hub() -> None:
+async def test_readme_examples_are_a_run_of_todays_hub() -> None:
     readme = (ROOT / gen_docs.README_PATH).read_text(encoding="utf-8")
-    captured = await gen_docs.capture_wscat_session()
-    assert [json.loads(frame)["type"] for frame in captured][::len(captured) - 1] == ["subscribed", "completed"]
-    assert gen_docs.update_readme(readme, captured) == readme, "README.md is out of date: run python -m tools.gen_docs"
-    documented = gen_docs.documented_wscat_session(readme)
-    assert gen_docs.same_session(documented, captured)
+    run = await gen_docs.capture_readme_run()
+    types = [json.loads(frame)["type"] for frame in run.wscat]
+    assert types[0] == "subscribed" and types[-1] == "completed" and set(types[1:-1]) == {"content_chunk"}
+    assert run.sse.endswith("data: [DONE]\n\n") and json.loads(run.healthz)["status"] == "ok"
+    assert gen_docs.update_readme(readme, run) == readme, "README.md is out of date: run python -m tools.gen_docs"
+    assert gen_docs.same_session(gen_docs.documented(readme, "wscat session"), run.wscat)
+    assert gen_docs.same_sse(gen_docs.documented(readme, "curl sse"), run.sse)
+    assert gen_docs.same_healthz(gen_docs.documented(readme, "curl healthz"), run.healthz)
+    # A stale example is rewritten from the run (the transcript README.md showed before issue 14).
+    stale = readme.replace(',"attempts":[{"provider":"openai","model":"gpt-4o-mini"}]}', "}", 1)
+    assert stale != readme
+    rewritten = gen_docs.update_readme(stale, run)
+    assert rewritten != stale and gen_docs.documented(rewritten, "wscat session") == run.wscat
 
 
 def test_same_session_sets_aside_only_what_timing_and_chance_decide() -> None:
@@ -145,6 +153,26 @@ def test_same_session_sets_aside_only_what_timing_and_chance_decide() -> None:
     assert not gen_docs.same_session(frames, [frames[0].replace(',"epochs":{"completion:a":"x1"}', ""), *frames[1:]])
     gap = [*frames[:3], frames[3].replace('"seq":3', '"seq":4')]
     assert not gen_docs.same_session(gap, frames)
+    assert not gen_docs.same_session(["not json"], frames)
+
+
+def sse(*chunks: str, chunk_id: str = "chatcmpl-comp-0a1b", created: int = 1) -> str:
+    head = f'{{"id":"{chunk_id}","object":"chat.completion.chunk","created":{created},"model":"m","choices":'
+    return "".join(f"data: {head}{chunk}}}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+
+
+def test_same_sse_sets_aside_ids_clock_and_where_text_splits() -> None:
+    text = '[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]'
+    stop = '[{"index":0,"delta":{},"finish_reason":"stop"}]'
+    documented = sse(text % "one two ", stop)
+    assert gen_docs.same_sse(documented, sse(text % "one ", text % "two ", stop, chunk_id="chatcmpl-comp-9f9f",
+                                             created=2))
+    assert not gen_docs.same_sse(documented, sse(text % "one three ", stop))
+    assert not gen_docs.same_sse(documented, sse(text % "one two ", stop.replace("stop", "length")))
+    assert not gen_docs.same_sse(documented, sse(text % "one two ", stop, chunk_id="chatcmpl-comp-0a1b-1"))
+    assert not gen_docs.same_sse(documented, sse(text % "one two ", stop)[:-len("data: [DONE]\n\n")])
+    assert not gen_docs.same_healthz('{"status": "ok", "pid": 1}', '{"status": "ok", "pid": 2, "node": null}')
+    assert gen_docs.same_healthz('{"status": "ok", "pid": 1}', '{"status": "ok", "pid": 2}')
 
 
 # sdk_js's test command.
