@@ -140,6 +140,19 @@ async def test_tool_use_accumulates_input_json_and_the_result_goes_back(hub: Any
         assert call.id in sent
 
 
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "ollama/llama3.2"])
+async def test_messages_create_with_thinking_and_a_tool_call(hub: Any, model: str) -> None:
+    async with sdk(hub) as client:
+        message = await client.messages.create(
+            model=model, max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 5000}, tools=[WEATHER_TOOL],
+            messages=user("Weather? [[mock tokens=2 reasoning=3 tool=get_weather seed=7]]"))
+    assert [block.type for block in message.content] == ["thinking", "text", "tool_use"]
+    assert message.content[0].thinking == expected_reasoning(3, seed=7)
+    assert message.content[1].text == expected_text(2, seed=7)
+    assert (message.content[2].name, message.content[2].input) == ("get_weather", TOOL_ARGUMENTS)
+    assert message.stop_reason == "tool_use"
+
+
 async def test_fields_the_hub_cannot_carry_are_refused_naming_them(hub: Any) -> None:
     async with sdk(hub) as client:
         with pytest.raises(anthropic.BadRequestError) as top_k:
