@@ -437,7 +437,7 @@ async def run_hub(config: HubConfig | None = None, *, reuse_port: bool = False) 
     (hub/logsafe.py), unless the loop already has an exception handler.
 
     Yields:
-        The :class:`Hub`, with ``url`` set to ``http://host:port``.
+        The :class:`Hub`, with ``url`` set to ``http://host:port`` (``http://[::1]:port`` for an IPv6 host).
 
     Raises:
         CannotListen: (an OSError) the address cannot be resolved or bound.
@@ -466,7 +466,8 @@ async def run_hub(config: HubConfig | None = None, *, reuse_port: bool = False) 
         except BaseException:
             await runner.cleanup()
             raise
-        hub.url = f"http://{hub.config.host}:{listener.port}"
+        host = hub.config.host
+        hub.url = f"http://{f'[{host}]' if ':' in host else host}:{listener.port}"  # RFC 3986: IPv6 in brackets
         try:
             yield hub
         finally:

@@ -531,7 +531,7 @@ class HubConfig(msgspec.Struct, kw_only=True):
         "running completions and workflows per subject (null: unlimited)", _optional_positive)] = None
     allowed_origins: Annotated[list[str], key(
         "auth.allowed_origins", "CBHUB_ALLOWED_ORIGINS",
-        "browser origins allowed on the WebSocket and `/v1` (exact, or `https://*.example.com`;"
+        "browser origins allowed on the WebSocket and `/v1` (exact, `https://*.example.com`, or `*`: any;"
         " empty: the hub's own origin; comma-separated in the variable)")] = msgspec.field(default_factory=list)
     allowed_hosts: Annotated[list[str], key(
         "auth.allowed_hosts", "CBHUB_ALLOWED_HOSTS",

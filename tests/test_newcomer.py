@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from hub.app import CannotListen
+from hub.app import CannotListen, run_hub
+from hub.config import HubConfig
 from tools import gen_docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +90,24 @@ def test_cannot_listen_words() -> None:
         "cannot listen on 0.0.0.0:8080: too many open files"
     resolve = CannotListen("x.invalid", 1, socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
     assert str(resolve) == "cannot listen on x.invalid:1: the host name does not resolve (Name or service not known)"
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback address here")
+async def test_the_url_of_a_hub_on_an_ipv6_host_has_brackets() -> None:
+    # cbhub serve --host ::1 printed http://::1:8765, which no client takes.
+    async with run_hub(HubConfig(host="::1", port=0)) as hub, aiohttp.ClientSession() as http:
+        assert re.fullmatch(r"http://\[::1\]:\d+", hub.url), hub.url
+        async with http.get(hub.url + "/healthz") as response:
+            assert response.status == 200
 
 
 def test_version_is_the_installed_packages() -> None:
