@@ -145,6 +145,8 @@ async def test_readme_examples_are_a_run_of_todays_hub() -> None:
     assert gen_docs.update_readme(readme, run) == readme, "README.md is out of date: run python -m tools.gen_docs"
     assert gen_docs.same_session(gen_docs.documented(readme, "wscat session"), run.wscat)
     assert gen_docs.same_sse(gen_docs.documented(readme, "curl sse"), run.sse)
+    assert run.eventsource.startswith("id: comp-")
+    assert gen_docs.same_sse(gen_docs.documented(readme, "curl eventsource"), run.eventsource)
     assert gen_docs.same_healthz(gen_docs.documented(readme, "curl healthz"), run.healthz)
     # A stale example is rewritten from the run (the transcript README.md showed before issue 14).
     stale = readme.replace(',"attempts":[{"provider":"openai","model":"gpt-4o-mini"}]}', "}", 1)
@@ -191,6 +193,10 @@ def test_same_sse_sets_aside_ids_clock_and_where_text_splits() -> None:
     assert not gen_docs.same_sse(documented, sse(text % "one two ", stop.replace("stop", "length")))
     assert not gen_docs.same_sse(documented, sse(text % "one two ", stop, chunk_id="chatcmpl-comp-0a1b-1"))
     assert not gen_docs.same_sse(documented, sse(text % "one two ", stop)[:-len("data: [DONE]\n\n")])
+    with_event_id = "id: comp-0a1b\n" + documented
+    assert gen_docs.same_sse(with_event_id, "id: comp-9c9c\n" + documented)
+    assert not gen_docs.same_sse(with_event_id, "id: comp-9c9c-1\n" + documented)
+    assert not gen_docs.same_sse(with_event_id, documented)
     assert not gen_docs.same_healthz('{"status": "ok", "pid": 1}', '{"status": "ok", "pid": 2, "node": null}')
     assert gen_docs.same_healthz('{"status": "ok", "pid": 1}', '{"status": "ok", "pid": 2}')
 

@@ -7,7 +7,7 @@ rewrites only what lies between them. ``tests/test_errors.py`` fails while the d
 out of date.
 
 README.md's examples of ``/healthz``, of a WebSocket session in wscat (the message to paste
-and the frames the hub sends back) and of an SSE stream from curl come from a run:
+and the frames the hub sends back) and of the two SSE streams from curl come from a run:
 :func:`capture_readme_run` starts the mock provider and a hub with the default configuration
 in this process and sends each request (:data:`EXAMPLES`). Timing decides where merged chunks
 split and the ``ttftMs`` figure, chance the ids and epochs, the clock ``created``, so an
@@ -38,8 +38,8 @@ from protocol.errors import HUB_CLOSE_CODE_RANGE, RETRYABLE_STATUSES, CloseCode,
 
 __all__ = ["EXAMPLES", "PROTOCOL_PATH", "README_PATH", "ROOT", "SECTIONS", "SSE_REQUEST", "WSCAT_MESSAGE", "Example",
            "ReadmeRun", "capture_readme_run", "documented", "main", "render_close_codes", "render_error_codes",
-           "render_healthz", "render_sse", "render_wscat_session", "same_healthz", "same_session", "same_sse",
-           "update", "update_readme"]
+           "render_eventsource", "render_healthz", "render_sse", "render_wscat_session", "same_healthz",
+           "same_session", "same_sse", "update", "update_readme"]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The documents, relative to the root of the checkout.
@@ -115,7 +115,11 @@ WSCAT_MESSAGE = ('{"type":"completion","id":"demo-1","model":"openai/gpt-4o-mini
 #: The body README.md's curl example posts to ``/v1/chat/completions``.
 SSE_REQUEST = ('{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"Say hello '
                '[[mock tokens=6 seed=4]]"}],"stream":true,"stream_options":{"include_usage":true}}')
+#: The query README.md's curl example of ``GET /v1/chat/completions/stream`` (EventSource) sends.
+EVENTSOURCE_PATH = ("/v1/chat/completions/stream?model=ollama/llama3.2&messages=%5B%7B%22role%22%3A%22user%22%2C"
+                    "%22content%22%3A%22Hi%20%5B%5Bmock%20tokens%3D3%20seed%3D4%5D%5D%22%7D%5D")
 HEALTHZ_COMMAND = "$ curl -s http://127.0.0.1:8765/healthz"
+EVENTSOURCE_COMMAND = f"$ curl -N 'http://127.0.0.1:8765{EVENTSOURCE_PATH}'"
 SSE_COMMAND = ("$ curl -N http://127.0.0.1:8765/v1/chat/completions -H 'Content-Type: application/json' "
                f"-d '{SSE_REQUEST}'")
 _SOURCE = "from a run of the hub and the mock provider"
@@ -126,11 +130,13 @@ CAPTURE_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class ReadmeRun:
     """What README.md's examples show, from one run: ``/healthz``'s body, the WebSocket frames
-    answering :data:`WSCAT_MESSAGE`, and the SSE body answering :data:`SSE_REQUEST`."""
+    answering :data:`WSCAT_MESSAGE`, the SSE body answering :data:`SSE_REQUEST`, and the one
+    answering ``GET`` :data:`EVENTSOURCE_PATH`."""
 
     healthz: str
     wscat: list[str]
     sse: str
+    eventsource: str
 
 
 async def capture_readme_run() -> ReadmeRun:
@@ -168,7 +174,9 @@ async def capture_readme_run() -> ReadmeRun:
                     hub.url + "/v1/chat/completions", data=SSE_REQUEST,
                     headers={"Content-Type": "application/json"}) as response:
                 sse = await response.text()
-    return ReadmeRun(healthz=healthz, wscat=frames, sse=sse)
+            async with aiohttp.ClientSession() as http, http.get(hub.url + EVENTSOURCE_PATH) as response:
+                eventsource = await response.text()
+    return ReadmeRun(healthz=healthz, wscat=frames, sse=sse, eventsource=eventsource)
 
 
 # Each example: how it is written, read back from README.md, and compared with a run.
@@ -190,9 +198,18 @@ def render_wscat_session(frames: list[str]) -> str:
     ])
 
 
+def _render_stream(command: str, body: str) -> str:
+    return "\n".join(["```", command, body.rstrip("\n"), "", "```"])
+
+
 def render_sse(body: str) -> str:
     """README.md's curl example of ``POST /v1/chat/completions`` with ``"stream": true``."""
-    return "\n".join(["```", SSE_COMMAND, body.rstrip("\n"), "", "```"])
+    return _render_stream(SSE_COMMAND, body)
+
+
+def render_eventsource(body: str) -> str:
+    """README.md's curl example of ``GET /v1/chat/completions/stream`` (what an EventSource gets)."""
+    return _render_stream(EVENTSOURCE_COMMAND, body)
 
 
 def _parse_healthz(block: str) -> str:
@@ -204,12 +221,20 @@ def _parse_wscat(block: str) -> list[str]:
     return [line[2:] for line in block.splitlines() if line.startswith("< ")]
 
 
-def _parse_sse(block: str) -> str:
+def _parse_stream(block: str, command: str) -> str:
     lines = block.splitlines()
-    if SSE_COMMAND not in lines:
+    if command not in lines:
         return ""
-    body = lines[lines.index(SSE_COMMAND) + 1:]
+    body = lines[lines.index(command) + 1:]
     return "\n".join(body[:-1] if body and body[-1] == "```" else body) + "\n"
+
+
+def _parse_sse(block: str) -> str:
+    return _parse_stream(block, SSE_COMMAND)
+
+
+def _parse_eventsource(block: str) -> str:
+    return _parse_stream(block, EVENTSOURCE_COMMAND)
 
 
 def _shape(value: Any) -> Any:
@@ -269,9 +294,10 @@ def same_session(documented: list[str], captured: list[str]) -> bool:
 
 def _sse_normalized(body: str) -> list[Any] | None:
     """The SSE ``data:`` events of ``body``, decoded; ``id`` (random, one per response) and
-    ``created`` (a clock) dropped, the id's form (its hex digits as 0) kept beside them;
-    consecutive content-only chunks joined. None when it is not such a stream (no ``[DONE]``
-    at the end, an event that is not JSON, chunks whose ids differ in form)."""
+    ``created`` (a clock) dropped, the id's form (its hex digits as 0) kept beside them, and
+    the form of each ``id:`` line; consecutive content-only chunks joined. None when it is not
+    such a stream (no ``[DONE]`` at the end, an event that is not JSON, chunks whose ids differ
+    in form)."""
     data = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
     if not data or data[-1] != "[DONE]":
         return None
@@ -299,7 +325,8 @@ def _sse_normalized(body: str) -> list[Any] | None:
         return None
     for chunk in out:
         chunk.pop("_content_only", None)
-    return [*ids, *out, "[DONE]"]
+    event_ids = [re.sub(r"[0-9a-f]", "0", line[4:]) for line in body.split("\n") if line.startswith("id: ")]
+    return [*ids, *event_ids, *out, "[DONE]"]
 
 
 def same_sse(documented: str, captured: str) -> bool:
@@ -326,6 +353,7 @@ EXAMPLES = (
     Example("curl healthz", render_healthz, _parse_healthz, same_healthz, lambda run: run.healthz),
     Example("wscat session", render_wscat_session, _parse_wscat, same_session, lambda run: run.wscat),
     Example("curl sse", render_sse, _parse_sse, same_sse, lambda run: run.sse),
+    Example("curl eventsource", render_eventsource, _parse_eventsource, same_sse, lambda run: run.eventsource),
 )
 
 
