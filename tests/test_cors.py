@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
+import anthropic
 import jwt
 import msgspec
 import openai
@@ -62,7 +63,6 @@ async def sdk_header_names() -> set[str]:
     """The header names the real openai and anthropic SDKs put on a request (recorded by a
     bare aiohttp server that answers 404), less those a browser sets itself: what their
     browser builds ask for in a preflight."""
-    anthropic = pytest.importorskip("anthropic")  # a test dependency once /v1/messages exists
     names: set[str] = set()
 
     async def record(request: web.Request) -> web.Response:
