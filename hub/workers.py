@@ -384,14 +384,17 @@ def supervise(config: HubConfig) -> int:
 
     Returns:
         The exit status: 0 after a clean shutdown of every worker; 1 when a worker did not
-        exit cleanly or the address cannot be bound; a worker's own status when one failed
-        to start (2: Redis does not answer at ``broker.url``).
+        exit cleanly; 2 when the address cannot be bound (one line, as ``cbhub serve`` without
+        workers); a worker's own status when one failed to start (2: Redis does not answer at
+        ``broker.url``).
     """
+    from hub.app import CannotListen  # the one wording of this refusal, as for one process
+
     try:
         port, reserved = reserve_port(config.host, config.port)
     except OSError as exc:
-        print(f"cbhub: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
-        return 1
+        print(f"cbhub: {CannotListen(config.host, config.port, exc)}", file=sys.stderr)
+        return 2
     wake, wake_writer = socket.socketpair()
     wake.setblocking(False)
     wake_writer.setblocking(False)

@@ -295,3 +295,18 @@ def test_workers_exit_2_naming_broker_url_when_redis_does_not_answer():
     assert done.returncode == 2 and done.stdout == ""
     assert f"cbhub: broker.url {url!r}: Redis does not answer" in done.stderr
     assert "before listening; stopping the others" in done.stderr
+
+
+def test_workers_on_a_port_in_use_print_one_line_and_exit_2():
+    import subprocess
+
+    with socket.socket() as taken:  # listening without SO_REUSEPORT: no worker can share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "hub.cli", "serve", "--port", str(port), "--workers", "2"],
+                              cwd=ROOT, env={**clean_environ(), "CBHUB_BROKER_URL": REDIS_URL}, capture_output=True,
+                              text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.startswith(f"cbhub: cannot listen on 127.0.0.1:{port}: address already in use"), done.stderr
+    assert done.stderr.count("\n") == 1 and "Errno" not in done.stderr and "Traceback" not in done.stderr
