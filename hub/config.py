@@ -438,6 +438,8 @@ class HubConfig(msgspec.Struct, kw_only=True):
     gemini_api_key: str | None = None
     gemini_base_url: str = DEFAULT_BASE_URLS["google"]
     ollama_host: str = DEFAULT_BASE_URLS["ollama"]
+    openai_responses_api_key: str | None = None
+    openai_responses_base_url: str = DEFAULT_BASE_URLS["openai_responses"]
 
     # fallbacks: model -> models to try, before the first content is forwarded.
     fallbacks: Annotated[dict[str, list[str]], key(

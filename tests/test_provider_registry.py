@@ -55,10 +55,10 @@ ECHO = ProviderSpec(
 
 
 def test_registry_is_a_mapping_in_listing_order() -> None:
-    assert list(PROVIDERS) == ["openai", "anthropic", "google", "ollama"]
+    assert list(PROVIDERS) == ["openai", "anthropic", "google", "ollama", "openai_responses"]
     assert "google" in PROVIDERS and "gemini" not in PROVIDERS
     assert get("ollama") is PROVIDERS["ollama"]
-    with pytest.raises(KeyError, match="known: openai, anthropic, google, ollama"):
+    with pytest.raises(KeyError, match="known: openai, anthropic, google, ollama, openai_responses"):
         get("azure")
 
 
@@ -69,7 +69,7 @@ def test_resolve_model_and_provider_of() -> None:
     with pytest.raises(ProviderError) as info:
         resolve_model("azure/gpt-4o")
     assert info.value.code == "model_not_found"
-    assert "use openai/, anthropic/, google/ or ollama/ followed" in info.value.message
+    assert "use openai/, anthropic/, google/, ollama/ or openai_responses/ followed" in info.value.message
 
 
 def test_duplicate_names_and_prefixes_are_refused() -> None:
@@ -87,8 +87,8 @@ def test_model_catalogue_lists_configured_providers_in_order() -> None:
     data = model_catalogue(lambda name: name in ("openai", "ollama"))
     assert [m["id"] for m in data] == ["openai/gpt-4o-mini", "openai/gpt-4o", "openai/o4-mini", "ollama/llama3.2"]
     assert data[0] == {"id": "openai/gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}
-    everything = model_catalogue(HubConfig(openai_api_key="k", anthropic_api_key="k", gemini_api_key="k")
-                                 .provider_configured)
+    everything = model_catalogue(HubConfig(openai_api_key="k", anthropic_api_key="k", gemini_api_key="k",
+                                           openai_responses_api_key="k").provider_configured)
     assert {m["owned_by"] for m in everything} == set(PROVIDERS)
     assert [m["owned_by"] for m in model_catalogue(HubConfig().provider_configured)] == ["ollama"]
 

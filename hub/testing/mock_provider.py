@@ -16,6 +16,13 @@ Provider endpoints (counted in ``/_mock/stats`` and logged in ``/_mock/requests`
     ``finish_reason`` ``stop`` or ``tool_calls``), a usage chunk with ``"choices": []`` when
     ``stream_options.include_usage`` is true, then ``data: [DONE]``. Otherwise one
     ``chat.completion`` JSON object.
+``POST /v1/responses``
+    OpenAI Responses API. ``"stream": true`` answers named events (``event:`` equal to the
+    JSON ``type``): ``response.created``, ``response.in_progress``, a ``reasoning`` item
+    (``reasoning_summary_text.delta``), a ``message`` item (``output_text.delta``), a
+    ``function_call`` item (``function_call_arguments.delta``), each opened by
+    ``output_item.added`` and closed by its ``.done`` events, then ``response.completed`` with
+    the output and usage; no ``[DONE]``. Otherwise one Response object.
 ``GET /v1/models``
     OpenAI model list (one model, ``mock-model``).
 ``POST /v1/messages``
@@ -432,7 +439,7 @@ def _prompt_tokens(body: dict[str, Any], roots: tuple[str, ...]) -> int:
     total = 0
     for root in roots:
         value = body.get(root)
-        if root == "messages" and isinstance(value, list):
+        if root in ("messages", "input") and isinstance(value, list):
             value = [message.get("content") for message in value if isinstance(message, dict)]
         total += _count_words(value)
     return total
@@ -976,6 +983,153 @@ class _Ollama(_Format):
         return orjson.dumps({"error": message})
 
 
+class _OpenAIResponses(_OpenAI):
+    """OpenAI Responses API ``POST /v1/responses`` (docs/PROVIDERS.md §1.6): named events
+    (``event:`` equal to the JSON ``type``, a ``sequence_number`` on each), no ``[DONE]``.
+    Reasoning is a ``reasoning`` item with one summary part (``reasoning_summary_text.delta``),
+    text a ``message`` item with one ``output_text`` part, the tool call a ``function_call``
+    item with ``function_call_arguments.delta`` fragments; ``response.completed`` carries the
+    whole output and usage (``output_tokens_details.reasoning_tokens``). Errors: OpenAI's
+    body (inherited); in-band an ``error`` event (``server_error``). Not streamed: one Response.
+    """
+
+    roots = ("instructions", "input")
+
+    def __init__(self, ctx: _Context) -> None:
+        super().__init__(ctx)
+        self.id = "resp_mock" + uuid.uuid4().hex[:20]
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        self.open_item: dict[str, Any] | None = None
+
+    def _event(self, obj: dict[str, Any]) -> bytes:
+        obj["sequence_number"] = self.sequence
+        self.sequence += 1
+        return b"event: " + str(obj["type"]).encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+
+    def _response(self, status: str, usage: bool = False) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "response", "created_at": self.created, "status": status, "error": None,
+            "incomplete_details": None, "instructions": None, "max_output_tokens": None, "model": self.ctx.model,
+            "output": self.output if status != "in_progress" else [], "parallel_tool_calls": True,
+            "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [],
+            "top_p": 1.0, "truncation": "disabled", "usage": self._responses_usage() if usage else None,
+            "user": None, "metadata": {},
+        }
+
+    def _responses_usage(self) -> dict[str, Any]:
+        prompt, completion = self.ctx.prompt_tokens, self.output_tokens
+        return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
+                "output_tokens_details": {"reasoning_tokens": self.reasoning_sent},
+                "total_tokens": prompt + completion}
+
+    def _open_item(self, item: dict[str, Any]) -> bytes:
+        out = self._close_item()
+        self.open_item = item
+        self.output.append(item)
+        return out + self._event({"type": "response.output_item.added", "output_index": len(self.output) - 1,
+                                  "item": {**item, "status": "in_progress", **_EMPTY_OF[item["type"]]}})
+
+    def _close_item(self) -> bytes:
+        item = self.open_item
+        if item is None:
+            return b""
+        self.open_item = None
+        index = len(self.output) - 1
+        out = b""
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            out += self._event({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+            out += self._event({"type": "response.content_part.done", **where, "part": item["content"][0]})
+        elif item["type"] == "reasoning":
+            text = item["summary"][0]["text"]
+            where = {"item_id": item["id"], "output_index": index, "summary_index": 0}
+            out += self._event({"type": "response.reasoning_summary_text.done", **where, "text": text})
+            out += self._event({"type": "response.reasoning_summary_part.done", **where, "part": item["summary"][0]})
+        elif item["type"] == "function_call":
+            out += self._event({"type": "response.function_call_arguments.done", "item_id": item["id"],
+                                "output_index": index, "arguments": item["arguments"]})
+        item["status"] = "completed"
+        return out + self._event({"type": "response.output_item.done", "output_index": index, "item": item})
+
+    def head(self) -> bytes:
+        return (self._event({"type": "response.created", "response": self._response("in_progress")})
+                + self._event({"type": "response.in_progress", "response": self._response("in_progress")}))
+
+    def reasoning(self, word: str) -> bytes:
+        self._count(True)
+        out = b""
+        if self.open_item is None or self.open_item["type"] != "reasoning":
+            out = self._open_item({"type": "reasoning", "id": "rs_mock" + uuid.uuid4().hex[:20],
+                                   "summary": [{"type": "summary_text", "text": ""}]})
+            out += self._event({"type": "response.reasoning_summary_part.added", "item_id": self.output[-1]["id"],
+                                "output_index": len(self.output) - 1, "summary_index": 0,
+                                "part": {"type": "summary_text", "text": ""}})
+        self.output[-1]["summary"][0]["text"] += word
+        return out + self._event({"type": "response.reasoning_summary_text.delta", "item_id": self.output[-1]["id"],
+                                  "output_index": len(self.output) - 1, "summary_index": 0, "delta": word})
+
+    def reasoning_done(self) -> bytes:
+        return self._close_item()
+
+    def text(self, word: str) -> bytes:
+        self._count(False)
+        out = b""
+        if self.open_item is None or self.open_item["type"] != "message":
+            part = {"type": "output_text", "text": "", "annotations": []}
+            out = self._open_item({"type": "message", "id": "msg_mock" + uuid.uuid4().hex[:20], "role": "assistant",
+                                   "content": [dict(part)]})
+            out += self._event({"type": "response.content_part.added", "item_id": self.output[-1]["id"],
+                                "output_index": len(self.output) - 1, "content_index": 0, "part": part})
+        self.output[-1]["content"][0]["text"] += word
+        return out + self._event({"type": "response.output_text.delta", "item_id": self.output[-1]["id"],
+                                  "output_index": len(self.output) - 1, "content_index": 0, "delta": word,
+                                  "logprobs": []})
+
+    def tool(self, name: str) -> list[bytes]:
+        self.tool_name = name
+        item = {"type": "function_call", "id": "fc_mock" + uuid.uuid4().hex[:20],
+                "call_id": "call_" + _tool_id(self.ctx.directive.seed), "name": name, "arguments": ""}
+        pieces = [self._open_item(item)]
+        for fragment in _fragments(_TOOL_ARGUMENTS_JSON, _TOOL_FRAGMENT_CHARS):
+            item["arguments"] += fragment
+            pieces.append(self._event({"type": "response.function_call_arguments.delta", "item_id": item["id"],
+                                       "output_index": len(self.output) - 1, "delta": fragment}))
+        return pieces
+
+    def finish(self) -> bytes:
+        return self._close_item() + self._event({"type": "response.completed",
+                                                 "response": self._response("completed", usage=True)})
+
+    def error(self) -> bytes:
+        return self._event({"type": "error", "code": "server_error", "message": self._error_message(), "param": None})
+
+    def complete(self) -> bytes:
+        d = self.ctx.directive
+        if d.reasoning:
+            self.output.append({"type": "reasoning", "id": "rs_mock" + uuid.uuid4().hex[:20], "status": "completed",
+                                "summary": [{"type": "summary_text", "text": expected_reasoning(d.reasoning, d.seed)}]})
+        if d.tokens or not d.tool:
+            self.output.append({"type": "message", "id": "msg_mock" + uuid.uuid4().hex[:20], "role": "assistant",
+                                "status": "completed", "content": [{"type": "output_text", "annotations": [],
+                                                                    "text": expected_text(d.tokens, d.seed, d.pad)}]})
+        if d.tool:
+            self.output.append({"type": "function_call", "id": "fc_mock" + uuid.uuid4().hex[:20], "status": "completed",
+                                "call_id": "call_" + _tool_id(d.seed), "name": d.tool,
+                                "arguments": _TOOL_ARGUMENTS_JSON})
+        return orjson.dumps(self._response("completed", usage=True))
+
+
+#: What an output item holds when ``response.output_item.added`` announces it (empty).
+_EMPTY_OF: dict[str, dict[str, Any]] = {
+    "message": {"content": []},
+    "reasoning": {"summary": []},
+    "function_call": {"arguments": ""},
+}
+
+
 # The server.
 
 
@@ -1162,6 +1316,7 @@ class MockProvider:
         app.router.add_post("/v1/messages", self._provider(self._anthropic))
         app.router.add_post("/v1beta/models/{target}", self._provider(self._gemini))
         app.router.add_post("/api/chat", self._provider(self._ollama))
+        app.router.add_post("/v1/responses", self._provider(self._openai_responses))
         app.router.add_get("/_mock/stats", self._get_stats)
         app.router.add_get("/_mock/requests", self._get_requests)
         app.router.add_post("/_mock/reset", self._post_reset)
@@ -1266,6 +1421,9 @@ class MockProvider:
     async def _ollama(self, request: web.Request, call: _Call) -> web.StreamResponse:
         # Streaming is Ollama's default (docs/PROVIDERS.md §4.1).
         return await self._generate(request, call, _Ollama, lambda body: {"stream": body.get("stream") is not False})
+
+    async def _openai_responses(self, request: web.Request, call: _Call) -> web.StreamResponse:
+        return await self._generate(request, call, _OpenAIResponses, lambda body: {"stream": bool(body.get("stream"))})
 
     async def _generate(
         self,
@@ -1492,6 +1650,11 @@ def _has_tool_result(body: dict[str, Any]) -> bool:
         content = message.get("content")
         if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
             return True
+    input_items = body.get("input")
+    if isinstance(input_items, list) and any(
+        isinstance(item, dict) and item.get("type") == "function_call_output" for item in input_items
+    ):
+        return True  # a Responses API function_call_output item
     for content in body.get("contents") or []:
         parts = content.get("parts") if isinstance(content, dict) else None
         if isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts):

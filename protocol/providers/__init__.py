@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol.messages import Completion
-from protocol.providers import anthropic, gemini, ollama, openai
+from protocol.providers import anthropic, gemini, ollama, openai, openai_responses
 from protocol.providers.base import Framing, ProviderSettings, ProviderSpec, RequestBuilder, UpstreamRequest
 from protocol.providers.registry import ProviderRegistry
 
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: The providers the hub serves, in the order listings show them.
-PROVIDERS = ProviderRegistry([openai.SPEC, anthropic.SPEC, gemini.SPEC, ollama.SPEC])
+PROVIDERS = ProviderRegistry([openai.SPEC, anthropic.SPEC, gemini.SPEC, ollama.SPEC, openai_responses.SPEC])
 
 
 def get(name: str) -> ProviderSpec:
