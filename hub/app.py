@@ -45,7 +45,7 @@ from hub.resilience import DeadLetterLog
 from hub.session import ANONYMOUS, Principal
 from hub.transports import guard, http_limits
 from hub.transports.anthropic_messages import messages_handler
-from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, models_handler
+from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, model_handler, models_handler
 from hub.transports.websocket import websocket_handler
 from hub.workflows import WorkflowManager, load_definition, named_definition
 from protocol.errors import ErrorCode, HubError, ProtocolError
@@ -383,6 +383,7 @@ def create_app(config: HubConfig | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions_handler)
     app.router.add_get("/v1/chat/completions/stream", chat_stream_get_handler)
     app.router.add_get("/v1/models", models_handler)
+    app.router.add_get("/v1/models/{model:.+}", model_handler)  # ids hold slashes (openai/gpt-4o)
     app.router.add_post("/v1/messages", messages_handler)
     app.router.add_get("/healthz", healthz_handler)
     add_page_routes(app)

@@ -31,9 +31,10 @@ import msgspec
 from hub.broker import Broker, Subscriber
 from hub.channel import Channel, HistoryBounds
 from hub.config import HubConfig
-from hub.providers import ProviderClient, UpstreamRequest, build_request
+from hub.providers import ProviderClient, UpstreamRequest
 from hub.ratelimit import Ticket
 from hub.resilience import BreakerRegistry, CircuitBreaker, backoff_delay_s
+from hub.routing import Router, Target
 from protocol.buffer import StreamBuffer
 from protocol.errors import ErrorCode, HubError, ProtocolError, ProviderError, redact
 from protocol.events import (
@@ -190,44 +191,32 @@ class CompletionRun:
     # Lifecycle.
 
     def start(self) -> None:
-        """Resolve the model (and its fallbacks) and start streaming. An error is published
-        at once when no candidate can be called: every model is unknown, its provider is
-        not configured, or the request cannot be translated for it."""
-        candidates: list[tuple[str, UpstreamRequest | HubError]] = []
+        """Resolve the model (a named model's deployments, then the fallbacks: hub/routing.py)
+        and start streaming. An error is published at once when no candidate can be called:
+        every model is unknown, its provider is not configured, every deployment is over its
+        limit, or the request cannot be translated for any of them."""
         if self._redactor is not None and self.manager.config.redaction_requests:
             # Prompts are masked before anything is sent upstream (redaction.requests).
             self.request = msgspec.structs.replace(
                 self.request, messages=redact_messages(self.request.messages, self._redactor))
-        for model in self._candidate_models():
-            try:
-                candidates.append((model, build_request(self._with_model(model), self.manager.config)))
-            except HubError as exc:
-                candidates.append((model, exc))
-            except Exception as exc:  # a bug of ours: the completion fails, the connection lives
-                log.exception("building the upstream request of %s failed", self.id)
-                candidates.append((model, HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR)))
-        if not any(isinstance(target, UpstreamRequest) for _, target in candidates):
-            error = candidates[0][1]
-            assert isinstance(error, HubError)
-            self._attempts = [Attempt(_provider_of(model), model, error.code) for model, _ in candidates]
-            self._fail(error)
+        try:
+            candidates = self.manager.router.targets(self.request)
+        except Exception as exc:  # a bug of ours: the completion fails, the connection lives
+            log.exception("building the upstream requests of %s failed", self.id)
+            candidates = [Target(self.request.model,
+                                 HubError(f"internal error: {type(exc).__name__}", ErrorCode.INTERNAL_ERROR))]
+        first = next((t.upstream for t in candidates if isinstance(t.upstream, UpstreamRequest)), None)
+        if first is None:
+            failure = candidates[0].upstream
+            assert isinstance(failure, HubError)
+            self._attempts = [_not_tried(target) for target in candidates]
+            self._fail(failure)
             return
-        first = next(target for _, target in candidates if isinstance(target, UpstreamRequest))
-        assert isinstance(first, UpstreamRequest)
         self.provider = first.provider
         self.model = first.model
         self._move(CompletionEvent.START)
         self._task = asyncio.create_task(self._run(candidates), name=f"completion:{self.id}")
         self._task.add_done_callback(self._on_task_done)
-
-    def _candidate_models(self) -> list[str]:
-        """The model, then the request's fallbacks, then the configured chain (no repeats)."""
-        models = [self.request.model, *self.request.fallbacks,
-                  *self.manager.config.fallbacks.get(self.request.model, [])]
-        return list(dict.fromkeys(models))
-
-    def _with_model(self, model: str) -> Completion:
-        return self.request if model == self.request.model else msgspec.structs.replace(self.request, model=model)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never enters _run, so its except clauses
@@ -267,37 +256,46 @@ class CompletionRun:
 
     # The stream.
 
-    async def _run(self, candidates: list[tuple[str, UpstreamRequest | HubError]]) -> None:
-        """Try the candidates in order, each up to ``retry_max_attempts`` times, until one
-        streams to its end or fails after content was forwarded (docs/PROTOCOL.md,
-        "Retries and fallbacks").
+    async def _run(self, candidates: list[Target]) -> None:
+        """Try the candidates in order (hub/routing.py: a named model's deployments, then the
+        fallbacks), each up to ``retry_max_attempts`` times, until one streams to its end or
+        fails after content was forwarded (docs/PROTOCOL.md, "Retries and fallbacks").
 
-        Circuit breakers count a failure of this request once per endpoint, however many
-        retries repeat it: a breaker measures the provider across distinct requests, so one
-        client's request that keeps failing cannot open it for everyone (docs/PROTOCOL.md
-        "Retries and fallbacks"). Failures the request causes itself (400, 422) never count."""
+        Circuit breakers count a failure of this request once per breaker (a deployment's
+        own, or a provider endpoint's), however many retries repeat it: a breaker measures
+        the provider across distinct requests, so one client's request that keeps failing
+        cannot open it for everyone (docs/PROTOCOL.md "Retries and fallbacks"). Failures the
+        request causes itself (400, 422) never count, nor a deployment skipped at its limit."""
         manager = self.manager
         config = manager.config
         self._started = self._loop.time()
         error: HubError | None = None
         counted: set[CircuitBreaker] = set()  # breakers this request has already failed once
         try:
-            for model, target in candidates:
+            for candidate in candidates:
+                target = candidate.upstream
                 if isinstance(target, HubError):
-                    self._attempts.append(Attempt(_provider_of(model), model, target.code))
+                    self._attempts.append(_not_tried(candidate))
                     error = error or target
                     continue
-                breaker = manager.breakers.get(target.provider, target.endpoint)
+                breaker = manager.breakers.get(*candidate.breaker)
+                deployment = candidate.deployment
                 for attempt in range(max(1, config.retry_max_attempts)):
                     if not breaker.allow(self._loop.time()):
                         self._attempts.append(Attempt(target.provider, target.model, ErrorCode.PROVIDER_UNAVAILABLE))
                         error = HubError(
-                            f"{target.provider} at {target.endpoint} is failing; its circuit breaker is open",
+                            f"{target.provider} at {candidate.breaker[1]} is failing; its circuit breaker is open",
                             ErrorCode.PROVIDER_UNAVAILABLE, retryable=True, status=503)
                         break
                     self.provider, self.model = target.provider, target.model
                     self._current = (target.provider, target.model)
-                    failure = await self._attempt(target)
+                    if deployment is not None:
+                        deployment.started(manager.router.clock())
+                    try:
+                        failure = await self._attempt(target)
+                    finally:
+                        if deployment is not None:
+                            deployment.ended(manager.router.clock(), self.used_tokens)
                     if failure is None:  # served, or failed after content was forwarded
                         breaker.record(self._loop.time(), ok=self.state == "completed")
                         return
@@ -624,6 +622,17 @@ def _provider_of(model: str) -> str:
     return model.partition("/")[0] if "/" in model else ""
 
 
+def _not_tried(target: Target) -> Attempt:
+    """The attempt record of a candidate that could not be tried (its ``upstream`` is the
+    error): a deployment names its provider kind and upstream model, a plain name its
+    ``provider/`` prefix and the name."""
+    assert isinstance(target.upstream, HubError)
+    if target.deployment is not None:
+        deployment = target.deployment.deployment
+        return Attempt(deployment.provider, deployment.model, target.upstream.code)
+    return Attempt(_provider_of(target.name), target.name, target.upstream.code)
+
+
 def _may_fail_over(error: HubError) -> bool:
     """Whether another attempt (a retry or the next fallback) may serve the request after
     ``error``: yes for the provider's and the network's faults, no when the request itself
@@ -670,6 +679,8 @@ class CompletionManager:
              "half_open_probes": config.breaker_half_open_probes},
             on_change=self._circuit_changed,
         )
+        # Named models and the choice among their deployments (keys read from the environment now).
+        self.router = Router(config)
         self.runs: dict[str, CompletionRun] = {}
         self._retirements: dict[str, asyncio.TimerHandle] = {}  # in the order the runs finished
         self.closing = False

@@ -65,7 +65,8 @@ from protocol.errors import ErrorCode, HubError, ProviderError
 from protocol.providers import PROVIDERS, ProviderSettings, ProviderSpec
 from protocol.redaction import check_rules
 
-__all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "KEYS", "Key", "PRESETS_DIR", "key", "preset_names"]
+__all__ = ["HubConfig", "ConfigError", "DEFAULT_BASE_URLS", "Deployment", "KEYS", "Key", "ModelEntry", "PRESETS_DIR",
+           "check_models", "deployment_spec", "key", "preset_names"]
 
 #: The public API of each provider (protocol/providers/): ``{provider name: base URL}``.
 DEFAULT_BASE_URLS = {name: spec.default_base_url for name, spec in PROVIDERS.items()}
@@ -233,6 +234,51 @@ class RedactionRule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     name: str
     pattern: str
     replace: str | None = None
+
+
+#: The provider kinds a deployment of a named model may have (``models[].deployments[].provider``).
+DEPLOYMENT_PROVIDERS = ("openai", "openai_responses", "anthropic", "gemini", "ollama", "azure_openai")
+#: ``routing.strategy``: how one deployment of a named model is chosen (hub/routing.py).
+ROUTING_STRATEGIES = ("simple_shuffle", "least_busy")
+
+
+class Deployment(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One deployment of a named model (docs/PROTOCOL.md "Models and deployments").
+
+    Attributes:
+        provider: the provider kind, one of :data:`DEPLOYMENT_PROVIDERS` (``openai`` is any
+            OpenAI-compatible server).
+        model: the upstream model id (for ``azure_openai`` the Azure deployment name).
+        base_url: where the provider's API is; None: the kind's public API (required for
+            ``azure_openai``).
+        api_key_env: the environment variable holding the key (the key itself is never in the
+            file); None: no key.
+        weight: relative share of requests under ``simple_shuffle`` (> 0).
+        rpm, tpm: this deployment's requests and tokens per minute (None: unlimited); one
+            over its limit is skipped, not counted as a failure.
+        headers: extra request headers sent to this deployment.
+        api_version: the ``api-version`` query value (``azure_openai`` only, required there).
+    """
+
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    headers: dict[str, str] = {}
+    api_version: str | None = None
+
+
+class ModelEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One named model (an alias) of ``models:``: clients ask for ``name``; the hub picks one of
+    ``deployments`` (``routing.strategy``), fails over to the others before content, then to
+    ``fallbacks`` (other names, or ``provider/model`` names)."""
+
+    name: str
+    deployments: list[Deployment]
+    fallbacks: list[str] = []
 
 
 #: The modes of ``auth.mode``.
@@ -447,6 +493,21 @@ class HubConfig(msgspec.Struct, kw_only=True):
         notes=("fallbacks:", "  openai/gpt-4o-mini: [anthropic/claude-3-5-haiku-latest, ollama/llama3.2]"),
     )] = msgspec.field(default_factory=dict)
 
+    # models: named models (aliases) served by one or more deployments (hub/routing.py).
+    models: Annotated[list[ModelEntry], key(
+        "models", None, "named models: {name, deployments: [{provider, model, base_url, api_key_env, weight, rpm,"
+        " tpm, headers, api_version}], fallbacks}",
+        notes=("models:", "  - name: chat", "    deployments:",
+               "      - {provider: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY, weight: 3}",
+               "      - {provider: openai, model: openai/gpt-4o-mini, base_url: 'https://openrouter.ai/api/v1',",
+               "         api_key_env: OPENROUTER_API_KEY, rpm: 600}",
+               "    fallbacks: [anthropic/claude-3-5-haiku-latest]"),
+    )] = msgspec.field(default_factory=list)
+    routing_strategy: Annotated[str, key(
+        "routing.strategy", "CBHUB_ROUTING_STRATEGY",
+        "how a named model's deployment is chosen: `simple_shuffle` (weighted random) or `least_busy` (fewest"
+        " requests in flight)", _one_of(*ROUTING_STRATEGIES))] = "simple_shuffle"
+
     # limits: what protects the hub.
     max_connections: Annotated[int, key(
         "limits.max_connections", "CBHUB_MAX_CONNECTIONS",
@@ -624,6 +685,7 @@ class HubConfig(msgspec.Struct, kw_only=True):
             origins[field] = "override"
         config = cls(**values)
         _normalize_and_check(config, origins)
+        check_models(config.models, os.environ if environ is None else environ, origins.get("models"))
         return config
 
     @classmethod
@@ -683,7 +745,9 @@ class HubConfig(msgspec.Struct, kw_only=True):
     def secrets(self) -> tuple[str, ...]:
         """The configured secrets (provider API keys, the JWT secret: every key marked
         secret), for redaction."""
-        values = (getattr(self, key.field) for key in KEYS if key.secret)
+        values = [getattr(self, key.field) for key in KEYS if key.secret]
+        # The keys of named models' deployments, from the variables they name.
+        values += [os.environ.get(d.api_key_env) for entry in self.models for d in entry.deployments if d.api_key_env]
         return tuple(value for value in values if isinstance(value, str) and value)
 
 
@@ -748,6 +812,8 @@ _SECTION_HELP = {
     "providers": "The LLM providers. OpenAI, Anthropic and Gemini need a key while their base URL is the\n"
                  "public default; with another base URL (a local server) none is needed. Ollama needs none.",
     "fallbacks": "Model fallbacks (no environment variable).",
+    "models": "Named models, each served by deployments (docs/PROTOCOL.md \"Models and deployments\"; no variable).",
+    "routing": "How one deployment of a named model is chosen.",
     "limits": "Limits that protect the hub.",
     "auth": "Who may connect, spend, watch and cancel; browser origins and Host headers.",
     "redaction": "Patterns masked in streamed text before it is stored or sent to anyone.",
@@ -982,7 +1048,7 @@ def _normalize_and_check(config: HubConfig, origins: dict[str, str]) -> None:
             low_key, high_key = _BY_FIELD[low], _BY_FIELD[high]
             raise _fail(low_key.path, f"must be <= {high_key.path} ({_show(getattr(config, high))}), "
                                       f"got {_show(getattr(config, low))}", origins.get(low) or origins.get(high))
-    _check_fallbacks(config.fallbacks, origins.get("fallbacks"))
+    _check_fallbacks(config.fallbacks, origins.get("fallbacks"), frozenset(entry.name for entry in config.models))
     # Every redaction rule must fit in max_match_chars, or streamed text could leak a match.
     problem = check_rules(config.redaction_builtins, config.redaction_rules, config.redaction_max_match_chars)
     if problem:
@@ -990,12 +1056,15 @@ def _normalize_and_check(config: HubConfig, origins: dict[str, str]) -> None:
     config.log_level = config.log_level.upper()
 
 
-def _check_fallbacks(fallbacks: dict[str, list[str]], where: str | None) -> None:
+def _check_fallbacks(fallbacks: dict[str, list[str]], where: str | None,
+                     aliases: frozenset[str] = frozenset()) -> None:
     if not fallbacks:
         return
     for model, chain in fallbacks.items():
         entry = f"fallbacks[{json.dumps(model)}]"
         for path, name in ((entry, model), *((f"{entry}[{i}]", item) for i, item in enumerate(chain))):
+            if name in aliases:  # a named model (models:)
+                continue
             try:
                 PROVIDERS.route(name)
             except ProviderError:
@@ -1003,6 +1072,96 @@ def _check_fallbacks(fallbacks: dict[str, list[str]], where: str | None) -> None
                                   "followed by the provider's model name)", where) from None
         if model in chain:
             raise _fail(entry, "a model cannot be its own fallback", where)
+
+
+def deployment_spec(deployment: Deployment) -> ProviderSpec | None:
+    """The registry's spec of a deployment's provider kind (``gemini`` is the registry's
+    ``google``), or None for ``azure_openai`` (protocol/providers/azure_openai.py, built on
+    OpenAI's spec) and for a kind this hub's registry lacks."""
+    name = "google" if deployment.provider == "gemini" else deployment.provider
+    return PROVIDERS.get(name) if name != "azure_openai" else None
+
+
+def check_models(models: list[ModelEntry], environ: Mapping[str, str], where: str | None = None) -> None:
+    """Check ``models:`` (docs/PROTOCOL.md "Models and deployments") against the registry and
+    the environment the hub starts with.
+
+    Raises:
+        ConfigError: naming the entry (``models[0].deployments[1].api_key_env``): a duplicate or
+            empty name, no deployment, an unknown provider kind or one this hub lacks
+            (``openai_responses`` before its module is registered), a base URL that is not
+            http(s), a weight <= 0, rpm/tpm < 1, ``azure_openai`` without ``base_url`` or
+            ``api_version`` (or ``api_version`` elsewhere), an ``api_key_env`` naming an unset
+            variable for a kind that needs a key, a kind that needs a key at its public URL
+            without ``api_key_env``, or a fallback that is neither a named model nor a
+            ``provider/model`` name.
+    """
+    names = [entry.name for entry in models]
+    seen: set[str] = set()
+    for i, entry in enumerate(models):
+        path = f"models[{i}]"
+        if not entry.name:
+            raise _fail(f"{path}.name", "must not be empty", where)
+        if entry.name in seen:
+            raise _fail(f"{path}.name", f"{_show(entry.name)} is named twice", where)
+        seen.add(entry.name)
+        if not entry.deployments:
+            raise _fail(f"{path}.deployments", "must list at least one deployment", where)
+        for j, deployment in enumerate(entry.deployments):
+            _check_deployment(deployment, f"{path}.deployments[{j}]", environ, where)
+        for j, name in enumerate(entry.fallbacks):
+            at = f"{path}.fallbacks[{j}]"
+            if name == entry.name:
+                raise _fail(at, "a model cannot be its own fallback", where)
+            if name in names:
+                continue
+            try:
+                PROVIDERS.route(name)
+            except ProviderError:
+                raise _fail(at, f"{_show(name)} is neither a named model nor a provider/model name "
+                                f"({PROVIDERS.prefix_hint()} followed by the provider's model name)", where) from None
+
+
+def _check_deployment(deployment: Deployment, path: str, environ: Mapping[str, str], where: str | None) -> None:
+    kind = deployment.provider
+    if kind not in DEPLOYMENT_PROVIDERS:
+        raise _fail(f"{path}.provider", f"must be one of {', '.join(DEPLOYMENT_PROVIDERS)}, got {_show(kind)}", where)
+    spec = deployment_spec(deployment)
+    if spec is None and kind != "azure_openai":
+        raise _fail(f"{path}.provider", f"the provider kind {kind} is not available in this hub "
+                                        f"(known: {', '.join(PROVIDERS)}, azure_openai)", where)
+    if not deployment.model:
+        raise _fail(f"{path}.model", "must not be empty", where)
+    if deployment.base_url is not None:
+        problem = _http_url(deployment.base_url)
+        if problem:
+            raise _fail(f"{path}.base_url", problem, where)
+    if not (deployment.weight > 0 and math.isfinite(deployment.weight)):
+        raise _fail(f"{path}.weight", f"must be > 0, got {_show(deployment.weight)}", where)
+    for name in ("rpm", "tpm"):
+        problem = _optional_positive(getattr(deployment, name))
+        if problem:
+            raise _fail(f"{path}.{name}", problem, where)
+    if kind == "azure_openai":
+        for name in ("base_url", "api_version"):
+            if not getattr(deployment, name):
+                raise _fail(f"{path}.{name}", "an azure_openai deployment needs it", where)
+    elif deployment.api_version is not None:
+        raise _fail(f"{path}.api_version", "is read by azure_openai deployments only", where)
+    needs_key = kind == "azure_openai" or (spec is not None and spec.needs_key)
+    variable = deployment.api_key_env
+    if variable is not None:
+        if not variable:
+            raise _fail(f"{path}.api_key_env", "must name an environment variable", where)
+        if needs_key and not environ.get(variable):
+            raise _fail(f"{path}.api_key_env", f"the variable {variable} is not set (it must hold the key of this "
+                                               "deployment)", where)
+    elif spec is not None and not spec.configured(ProviderSettings(deployment.base_url or spec.default_base_url)):
+        raise _fail(f"{path}.api_key_env", f"{kind} at its public API needs a key: name the variable that holds it",
+                    where)
+    elif kind == "azure_openai":
+        raise _fail(f"{path}.api_key_env", "an azure_openai deployment needs a key: name the variable that holds it",
+                    where)
 
 
 # Documentation rendered from KEYS.

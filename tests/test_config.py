@@ -256,7 +256,7 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 def test_every_key_but_the_lists_of_entries_has_a_variable_and_names_are_unique() -> None:
     names = [name for key in KEYS for name in key.env]
     assert len(names) == len(set(names))
-    assert [key.path for key in KEYS if not key.env] == ["fallbacks", "auth.api_keys", "redaction.rules"]
+    assert [key.path for key in KEYS if not key.env] == ["fallbacks", "models", "auth.api_keys", "redaction.rules"]
     fields = {f.name for f in msgspec.structs.fields(HubConfig)}
     assert {key.field for key in KEYS} == fields and len(KEYS) == len(fields)
 

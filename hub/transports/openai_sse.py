@@ -5,8 +5,9 @@
   ``stream_options.include_usage`` is true), ``stream: false`` with one ``chat.completion``.
 - ``GET /v1/chat/completions/stream?model=…&messages=<JSON>``: the same stream for a browser
   ``EventSource`` (which can only GET); ``include_usage=true`` adds the usage chunk.
-- ``GET /v1/models``: the models this hub can route to (see :func:`models_handler`), those
-  the subject's ``models`` claim allows when it has one.
+- ``GET /v1/models``: the models this hub can route to (see :func:`models_handler`): the
+  named models of ``models:`` first, then the providers' examples; those the subject's
+  ``models`` claim allows when it has one. ``GET /v1/models/{id}``: one of them.
 
 Each request is a :class:`~hub.session.Session` like a WebSocket client's: the session admits
 and starts the completion and subscribes the request's :class:`SseOutbox`, so SSE obeys the
@@ -47,12 +48,12 @@ from protocol.openai_compat import (
     decode_chat_request,
     error_body,
 )
-from protocol.providers import model_catalogue
+from protocol.providers import PROVIDERS, model_catalogue
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-__all__ = ["SseOutbox", "chat_completions_handler", "chat_stream_get_handler", "models_handler"]
+__all__ = ["SseOutbox", "chat_completions_handler", "chat_stream_get_handler", "model_handler", "models_handler"]
 
 _MESSAGES_DECODER = msgspec.json.Decoder(list[ChatMessage])
 
@@ -174,10 +175,35 @@ async def models_handler(request: web.Request) -> web.Response:
     principal = await _authenticate(hub, request)
     if isinstance(principal, web.Response):
         return principal
-    data = model_catalogue(hub.config.provider_configured)
+    data = _catalogue(hub)
     if principal.models:  # only what this subject may use
         data = [entry for entry in data if _may_use(hub, principal, str(entry.get("id", "")))]
     return web.json_response({"object": "list", "data": data})
+
+
+def _catalogue(hub: Hub) -> list[dict[str, Any]]:
+    """The named models of ``models:`` (hub/routing.py), then the providers' example models."""
+    return [*hub.completions.router.catalogue(), *model_catalogue(hub.config.provider_configured)]
+
+
+async def model_handler(request: web.Request) -> web.Response:
+    """``GET /v1/models/{id}``: one entry of :func:`models_handler`'s list (OpenAI's model
+    object), or 404 ``model_not_found`` in OpenAI's error body. A ``provider/model`` name the
+    hub can route is found even when it is not one of the listed examples."""
+    hub: Hub = request.app[HUB_KEY]
+    principal = await _authenticate(hub, request)
+    if isinstance(principal, web.Response):
+        return principal
+    model = request.match_info["model"]
+    entry = next((item for item in _catalogue(hub) if item["id"] == model), None)
+    if entry is None:
+        provider = PROVIDERS.provider_of(model)
+        if provider and hub.config.provider_configured(provider):
+            entry = {"id": model, "object": "model", "created": 0, "owned_by": provider}
+    if entry is None or (principal.models and not _may_use(hub, principal, model)):
+        return _json_error(ErrorCode.MODEL_NOT_FOUND, f"no model {model!r} on this hub (GET /v1/models lists them)",
+                           404)
+    return web.json_response(entry)
 
 
 def _may_use(hub: Hub, principal: Principal, model: str) -> bool:
