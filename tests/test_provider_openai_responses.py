@@ -289,3 +289,29 @@ async def test_a_hub_streams_from_the_openai_responses_kind_over_websocket(mock:
     assert done["usage"]["reasoningTokens"] == 2 and done["finishReason"] == "stop"
     sent = mock.requests[-1]
     assert sent["path"] == "/v1/responses" and sent["body"]["reasoning"] == {"effort": "low", "summary": "auto"}
+
+
+def test_options_of_the_completion_are_carried_or_refused_by_name() -> None:
+    """``response_format`` → ``text.format``; ``top_p``/``user``/``parallel_tool_calls`` as
+    they are; ``seed`` and the penalties refused (the options issue 14 item 2 gives the
+    completion; built here on a stand-in when the completion does not have them yet)."""
+    from protocol.providers.openai_responses import build_request as build
+
+    class WithOptions:
+        model = "openai_responses/o4-mini"
+        messages = [ChatMessage(role="user", content="x")]
+        max_tokens = temperature = tools = tool_choice = stop = reasoning = None
+        response_format: Any = {"type": "json_schema", "json_schema": {"name": "City", "schema": {"type": "object"},
+                                                                       "strict": True}}
+        top_p, user, parallel_tool_calls, seed, logprobs, n = 0.5, "u-1", False, None, False, 1
+
+    settings = ProviderSettings(base_url="http://up.example/v1")
+    body = build(WithOptions(), "o4-mini", settings).body  # type: ignore[arg-type]
+    assert body["text"] == {"format": {"type": "json_schema", "name": "City", "schema": {"type": "object"},
+                                       "strict": True}}
+    assert (body["top_p"], body["user"], body["parallel_tool_calls"]) == (0.5, "u-1", False)
+    WithOptions.response_format = {"type": "json_object"}
+    assert build(WithOptions(), "o4-mini", settings).body["text"] == {"format": {"type": "json_object"}}  # type: ignore[arg-type]
+    WithOptions.seed = 7
+    with pytest.raises(ValueError, match="`seed`"):
+        build(WithOptions(), "o4-mini", settings)  # type: ignore[arg-type]

@@ -24,7 +24,10 @@ Options: ``max_tokens`` → ``max_output_tokens``; ``temperature`` as is; tools 
 ``none`` / ``required`` as is, a named function as ``{"type": "function", "name"}``; the
 reasoning effort → ``reasoning.effort`` with ``reasoning.summary`` (the client's, else
 ``auto``, so that summaries stream). ``stop`` has no counterpart in the Responses API and is
-refused (ValueError, reported as ``invalid_message`` naming it).
+refused (ValueError, reported as ``invalid_message`` naming it). The options issue 14 item 2
+adds to the completion are read by name (:func:`_options`): ``response_format`` becomes
+``text.format``; ``top_p``, ``user``, ``parallel_tool_calls`` go as they are; ``seed``, the
+penalties, log probabilities and ``n`` above 1 have no counterpart and are refused.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body["tools"] = responses_tools(request.tools)
     if request.tool_choice is not None:
         body["tool_choice"] = responses_tool_choice(request.tool_choice)
+    _options(request, body)
     effort = effort_of(request)
     if effort:
         summary = request.reasoning.get("summary") if isinstance(request.reasoning, dict) else None
@@ -73,6 +77,56 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     if settings.api_key:
         headers["Authorization"] = f"Bearer {settings.api_key}"
     return SPEC.request(model, settings.base_url.rstrip("/") + "/responses", headers, body)
+
+
+#: Completion options (issue 14 item 2 adds them to the completion) and their fate here:
+#: carried under the same name, or refused because the Responses API has no counterpart.
+_CARRIED = ("top_p", "user", "parallel_tool_calls")
+_REFUSED = {
+    "seed": "the Responses API has no seed",
+    "presence_penalty": "the Responses API has no presence_penalty",
+    "frequency_penalty": "the Responses API has no frequency_penalty",
+    "logprobs": "the hub does not ask the Responses API for log probabilities",
+    "top_logprobs": "the hub does not ask the Responses API for log probabilities",
+}
+
+
+def _options(request: Completion, body: dict[str, Any]) -> None:
+    """The completion's sampling and output options in Responses terms (read by name, so a
+    completion without them passes): ``top_p``, ``user``, ``parallel_tool_calls`` as they are;
+    ``response_format`` as ``text.format`` (``json_object``, or ``json_schema`` flattened:
+    ``name``, ``schema``, ``strict``, ``description``); ``n`` above 1, ``seed``, the penalties
+    and log probabilities refused.
+
+    Raises:
+        ValueError: a refused option that is set (``logprobs: false`` and ``n: 1`` ask for
+            nothing and pass), naming it.
+    """
+    for name in _CARRIED:
+        value = getattr(request, name, None)
+        if value is not None:
+            body[name] = value
+    for name, why in _REFUSED.items():
+        value = getattr(request, name, None)
+        if value is not None and value is not False:
+            raise ValueError(f"`{name}` cannot be carried: {why}")
+    choices = getattr(request, "n", None)
+    if choices is not None and choices > 1:
+        raise ValueError("`n` cannot be carried: the Responses API answers one output per request")
+    fmt = getattr(request, "response_format", None)
+    if fmt is None or fmt.get("type") == "text":
+        return
+    if fmt.get("type") == "json_object":
+        body["text"] = {"format": {"type": "json_object"}}
+        return
+    if fmt.get("type") != "json_schema":
+        raise ValueError(f"`response_format` type {fmt.get('type')!r} cannot be carried")
+    schema = fmt["json_schema"]
+    text_format: dict[str, Any] = {"type": "json_schema", "name": schema["name"], "schema": schema.get("schema", {})}
+    for key in ("strict", "description"):
+        if schema.get(key) is not None:
+            text_format[key] = schema[key]
+    body["text"] = {"format": text_format}
 
 
 def _parts(content: Any, role: str) -> str | list[dict[str, Any]]:
