@@ -45,6 +45,7 @@ from hub.resilience import DeadLetterLog
 from hub.session import ANONYMOUS, Principal
 from hub.transports import guard, http_limits
 from hub.transports.anthropic_messages import messages_handler
+from hub.transports.openai_responses import responses_handler
 from hub.transports.openai_sse import chat_completions_handler, chat_stream_get_handler, model_handler, models_handler
 from hub.transports.websocket import websocket_handler
 from hub.workflows import WorkflowManager, load_definition, named_definition
@@ -385,6 +386,7 @@ def create_app(config: HubConfig | None = None) -> web.Application:
     app.router.add_get("/v1/models", models_handler)
     app.router.add_get("/v1/models/{model:.+}", model_handler)  # ids hold slashes (openai/gpt-4o)
     app.router.add_post("/v1/messages", messages_handler)
+    app.router.add_post("/v1/responses", responses_handler)
     app.router.add_get("/healthz", healthz_handler)
     add_page_routes(app)
     return app
