@@ -345,14 +345,14 @@ async def test_unsubscribed_connection_no_longer_receives(ws_connect) -> None:
 
 
 async def test_a_bug_while_starting_a_completion_fails_it_and_keeps_the_connection(ws_connect, monkeypatch) -> None:
-    import hub.completions
+    import hub.routing  # where completions build their upstream requests (hub/routing.py)
 
     def broken(*args: Any) -> None:
         raise RuntimeError("simulated bug")
 
     client = await ws_connect()
     await start(client, "before", "[[mock tokens=30 tps=300]]")
-    monkeypatch.setattr(hub.completions, "build_request", broken)
+    monkeypatch.setattr(hub.routing, "build_request", broken)
     await start(client, "buggy", "x")
     monkeypatch.undo()
     buggy = await client.until_terminal("buggy")

@@ -423,3 +423,45 @@ async def test_reasoning_text_and_a_call_from_a_responses_upstream_come_out_as_s
             through_hub = await stream.get_final_response()
     assert [item.type for item in expected.output] == ["reasoning", "message", "function_call"]
     assert _comparable(through_hub) == _comparable(expected)
+
+
+async def test_a_waiting_stream_gets_keepalive_comments_and_the_sdk_reads_through_them(mock: MockProvider) -> None:
+    """No answer yet (the mock holds its stream at a gate): the headers, ``response.created``
+    and ``response.in_progress`` go out after ``sse_keepalive_interval_s``, then one
+    ``: keepalive`` comment per interval; once the gate opens the answer follows."""
+    config = hub_config(mock, openai_responses_base_url=mock.url + "/v1", sse_keepalive_interval_s=0.05)
+    async with run_test_hub(config) as hub:
+        body = {"model": "openai/gpt-4o-mini", "stream": True, "input": "Hi [[mock tokens=3 seed=9 gate=resp-ka]]"}
+        async with aiohttp.ClientSession() as session, session.post(hub.url + "/v1/responses", json=body) as response:
+            assert response.status == 200
+            raw = b""
+            while raw.count(b": keepalive\n\n") < 2:
+                raw += await response.content.readany()
+            assert raw.startswith(b"event: response.created\n")
+            assert b"event: response.in_progress\n" in raw and b"response.output_text.delta" not in raw
+            mock.release("resp-ka")
+            raw += await response.content.read()
+        events = SSEDecoder().feed(raw)
+        assert events[-1].event == "response.completed"
+        deltas = [msgspec.json.decode(e.data)["delta"] for e in events if e.event == "response.output_text.delta"]
+        assert "".join(deltas) == expected_text(3, seed=9)
+        async with sdk(hub.url) as client:  # the SDK reads through comments (the gate stays open now)
+            async with client.responses.stream(model="openai/gpt-4o-mini", input=body["input"]) as stream:
+                assert (await stream.get_final_response()).output_text == expected_text(3, seed=9)
+
+
+async def test_the_sdk_s_api_key_is_the_credential(mock: MockProvider) -> None:
+    from hub.auth import api_key_digest
+    from hub.config import ApiKeyEntry
+
+    key = "sk-hub-responses-test-key"
+    entry = ApiKeyEntry(name="sdk", sha256=api_key_digest(key), subject="sdk-user")
+    async with run_test_hub(hub_config(mock, auth_mode="api_key", api_keys=[entry])) as hub:
+        async with openai.AsyncOpenAI(base_url=hub.url + "/v1", api_key=key, max_retries=0) as client:
+            response = await client.responses.create(model="openai/gpt-4o-mini", input="[[mock tokens=2]]")
+            assert response.output_text == expected_text(2)
+        async with openai.AsyncOpenAI(base_url=hub.url + "/v1", api_key="sk-wrong", max_retries=0) as client:
+            with pytest.raises(openai.AuthenticationError) as refused:
+                await client.responses.create(model="openai/gpt-4o-mini", input="x")
+    assert refused.value.body["code"] == "invalid_token"  # type: ignore[index]
+    assert refused.value.response.headers["WWW-Authenticate"].startswith("Bearer")

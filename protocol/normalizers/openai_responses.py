@@ -163,7 +163,8 @@ class OpenAIResponsesNormalizer(Normalizer):
         self._calls: dict[int | str, _PendingCall] = {}
         self._had_calls = False
         self._reasoning_open = False
-        self._summary_seen: set[tuple[str | None, int]] = set()
+        self._summary_seen: set[tuple[str | None, int]] = set()  # (item id, summary index)
+        self._items_seen: set[str | None] = set()  # reasoning items that had a summary part
         self._call_count = 0
         self._usage: Usage | None = None
 
@@ -231,10 +232,10 @@ class OpenAIResponsesNormalizer(Normalizer):
         part = (event.item_id, event.summary_index or 0)
         if part not in self._summary_seen:
             # A new summary part: parts after the first of an item are separate paragraphs.
-            first_of_item = not any(seen[0] == event.item_id for seen in self._summary_seen)
             self._summary_seen.add(part)
-            if not first_of_item:
+            if event.item_id in self._items_seen:
                 out.append(ReasoningDelta("\n\n"))
+            self._items_seen.add(event.item_id)
         out.append(ReasoningDelta(event.delta))
         self._reasoning_open = True
 
