@@ -32,7 +32,8 @@ from protocol.messages import Completed, Completion, ErrorMessage
 if TYPE_CHECKING:
     from hub.app import Hub
 
-__all__ = ["SseOutbox", "Dialect", "Refuse", "api_credential", "authenticate", "serve", "SSE_HEADERS"]
+__all__ = ["SseOutbox", "Dialect", "Refuse", "SHOULD_RETRY_HEADER", "api_credential", "authenticate", "hub_retried",
+           "serve", "SSE_HEADERS"]
 
 #: Response headers of every streamed answer (no caching, no proxy buffering).
 SSE_HEADERS = {
@@ -222,6 +223,30 @@ async def serve(hub: Hub, request: web.Request, completion: Completion, principa
             hub.broker.control(run.channel.name, "cancel", gone)
 
 
+#: The header the openai and anthropic SDKs obey before their own retry rules (their
+#: ``_should_retry``: ``x-should-retry: false`` means no retry, whatever the status).
+SHOULD_RETRY_HEADER = "x-should-retry"
+
+
+def hub_retried(message: ErrorMessage) -> bool:
+    """Whether the hub already did what a client's retry would do for this failed completion:
+    it made more than one attempt (retries, other deployments, fallbacks), or a circuit
+    breaker refused it (``provider_unavailable``: the provider is failing for everyone)."""
+    return len(message.attempts) > 1 or message.error.code == ErrorCode.PROVIDER_UNAVAILABLE
+
+
+def _refuse_failed(dialect: Dialect, message: ErrorMessage) -> web.Response:
+    """The error answer of a completion that failed before its answer began: the dialect's
+    body and status, with ``x-should-retry: false`` when :func:`hub_retried` (docs/PROTOCOL.md
+    "Retries and fallbacks": a client SDK retrying on top of the hub's retries would multiply
+    the upstream requests, N x M)."""
+    error = message.error
+    response = dialect.refuse(error.code, error.message, error.status)
+    if hub_retried(message):
+        response.headers[SHOULD_RETRY_HEADER] = "false"
+    return response
+
+
 async def _respond(hub: Hub, request: web.Request, dialect: Dialect, outbox: SseOutbox,
                    completion_id: str) -> web.StreamResponse:
     keepalive_s = hub.config.sse_keepalive_interval_s if dialect.stream else 0.0
@@ -230,15 +255,14 @@ async def _respond(hub: Hub, request: web.Request, dialect: Dialect, outbox: Sse
     # None: no answer within keepalive_s; the headers go out now, and an error that comes
     # later is sent in-band.
     if first and isinstance(first[0], ErrorMessage):
-        error = first[0].error
-        return dialect.refuse(error.code, error.message, error.status)
+        return _refuse_failed(dialect, first[0])
     if not dialect.stream:
         collected = list(first or ())
         while not collected or not _is_terminal(collected[-1], completion_id):
             collected += await _stream_messages(outbox, 0.0, completion_id) or []
         last = collected[-1]
         if isinstance(last, ErrorMessage):
-            return dialect.refuse(last.error.code, last.error.message, last.error.status)
+            return _refuse_failed(dialect, last)
         return dialect.answer(completion_id, collected)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
