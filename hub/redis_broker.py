@@ -23,8 +23,13 @@ starting with ``broker.prefix`` (P)::
 finished with its workflow's terminal event; it inherits its workflow's owner subject.
 
 **Publishing** (the owning node; one writer per channel). Every event of a replicated channel
-run here is appended to a batch; the first one of an event-loop iteration schedules
-:meth:`RedisBroker._send` with ``call_soon``, which sends the whole batch in one round trip: one
+run here is appended to a batch (after it was handed to the local subscribers: they never wait
+for Redis), and :meth:`RedisBroker._send` sends the whole batch in one round trip: at the end of
+the event-loop iteration when the batch holds an event of a channel that another node watches
+(its subscribers wait for it: cross-node latency is not traded for round trips), else once the
+batch's oldest op has waited :data:`PUBLISH_DELAY_S` (1 ms; as Centrifugo's Redis engine
+batches), or at once when it reaches :data:`BATCH_EVENTS` or :data:`BATCH_BYTES`. Terminal
+events and registrations wait no longer than the window; shutdown sends everything. One
 EVALSHA of a Lua script that, per event, does ``XADD P s:<ch> <seq>-0 d <payload>`` and
 ``PUBLISH P ch:<ch> <payload>`` (both or neither), and on the terminal event marks the meta
 ``finished``, removes the channel from ``P owned:<node>`` and expires both keys
@@ -40,7 +45,9 @@ The scripts touch keys they do not declare (one per channel of a batch), so the 
 one Redis (with replicas if wanted), not a Redis Cluster.
 
 **Live delivery to other nodes: PUB/SUB**, not XREAD on each stream: one connection per node
-carries every channel it mirrors, Redis pushes each event once to each interested node and
+(:class:`hub.redis_pubsub.PubSubReader`, the hub's own reader: an asyncio protocol that parses
+with hiredis and hands every frame of one read over at once, then the subscribers here are
+flushed once) carries every channel it mirrors, Redis pushes each event once to each interested node and
 nothing to the others, and XREAD would need a blocking connection (or a polling loop) per
 channel group. PUB/SUB loses what it carries while a node is disconnected; the stream closes
 such gaps (below).
@@ -108,7 +115,9 @@ Channels run here keep streaming to local subscribers; their events wait in the 
 non-terminal events are dropped, counted in :attr:`RedisBroker.events_dropped`, and the stream
 will have a gap there). The keepalive task pings every 1/8 of ``node_timeout_s``; when Redis
 answers again the node re-registers its unfinished channels (a restarted Redis may have lost
-them) and sends what waited. The PUB/SUB connection re-subscribes on its own (redis-py); each
+them) and sends what waited. The PUB/SUB connection re-subscribes on its own (every
+``pause`` = min(0.5 s, 1/8 of ``node_timeout_s``) it connects again and subscribes to every
+channel and pattern it holds); each
 mirror, pending meanwhile, fills itself from the stream once its subscription is confirmed. When
 the stream cannot cover a mirror's gap, its subscribers get ``error`` ``stream_gap`` (retryable,
 without ``seq``) and the mirror is dropped: subscribing again gives what Redis holds (a
@@ -145,6 +154,7 @@ from hub.broker import ControlHandler
 from hub.channel import Channel, EncodedEvent, HistoryBounds, stream_type_of
 from hub.config import mask_url
 from hub.multiplexer import StreamMultiplexer
+from hub.redis_pubsub import PubSubReader
 from protocol.errors import ErrorCode, HubError
 from protocol.messages import (
     HUB_DECODER,
@@ -163,11 +173,14 @@ from protocol.messages import (
     encode,
 )
 
-__all__ = ["RedisBroker", "BrokerUnavailable", "BATCH_EVENTS", "BATCH_BYTES", "UNSENT_MAX_EVENTS",
+__all__ = ["RedisBroker", "BrokerUnavailable", "PUBLISH_DELAY_S", "BATCH_EVENTS", "BATCH_BYTES", "UNSENT_MAX_EVENTS",
            "UNSENT_MAX_BYTES"]
 
 log = logging.getLogger("cbhub.broker")
 
+#: How long a publish batch may wait for more events (s) when no other node watches its
+#: channels: fewer round trips (10-25 events each at 1000 paced streams instead of 8).
+PUBLISH_DELAY_S = 0.001
 #: The most events one round trip carries.
 BATCH_EVENTS = 500
 #: The most payload bytes one round trip carries (a batch takes at least one event).
@@ -502,6 +515,8 @@ class RedisBroker(StreamMultiplexer):
         refused: why Redis refuses this node's writes while it answers (``OOM`` past
             ``maxmemory``, ``READONLY``, ``MISCONF``), None when it takes them: the batch waits
             as while Redis is unreachable and is tried again every 1/8 of ``node_timeout_s``.
+        publish_delay_s: the publish window (:data:`PUBLISH_DELAY_S`; 0 sends at the end of
+            every event-loop iteration), s.
         round_trips: publish round trips sent to Redis so far.
         events_sent: events those round trips carried.
         events_dropped: events never sent to Redis (dropped past the unsent caps).
@@ -530,11 +545,9 @@ class RedisBroker(StreamMultiplexer):
         self.gaps = 0
         self._redis: aioredis.Redis | None = None
         self._writer: aioredis.Redis | None = None  # publishing's own connection
-        self._pubsub: Any = None
-        self._reader: asyncio.Task[None] | None = None
+        self._pubsub: PubSubReader | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._pubsub_broken = False
-        self._flush_scheduled = False
         self._publish_script: Any = None
         self._claim_script: Any = None
         self._beat_script: Any = None
@@ -543,6 +556,10 @@ class RedisBroker(StreamMultiplexer):
         self._batch_bytes = 0
         self._batch_events = 0
         self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None  # the publish window's end
+        self._batch_started: float | None = None  # loop time of the oldest op waiting
+        self._urgent = False  # the batch holds an event another node waits for
+        self.publish_delay_s = PUBLISH_DELAY_S
         self._inflight: asyncio.Task[None] | None = None
         self._replicated: set[str] = set()
         self._ended: set[str] = set()  # replicated channels run here whose end was batched
@@ -583,6 +600,7 @@ class RedisBroker(StreamMultiplexer):
         # checkout per round trip (about 20 us less per EVALSHA, measured).
         writer = aioredis.Redis.from_url(self.url, single_connection_client=True, socket_timeout=timeout,
                                          socket_connect_timeout=timeout)
+        pubsub: PubSubReader | None = None
         try:
             await client.ping()
             await writer.ping()
@@ -591,12 +609,16 @@ class RedisBroker(StreamMultiplexer):
             self._claim_script = client.register_script(_CLAIM_LUA)
             self._beat_script = client.register_script(_BEAT_LUA)
             self._reap_script = client.register_script(_REAP_LUA)
-            pubsub = client.pubsub()
-            await pubsub.subscribe(self._ctl_topic)
+            pubsub = PubSubReader(self.url, self._frames, self._pubsub_lost, timeout=timeout,
+                                  pause=min(0.5, self.node_timeout_s / 8))
+            await pubsub.start()
+            pubsub.subscribe(self._ctl_topic)
             self._redis = client
             await self._beat()
         except (RedisError, OSError) as exc:
             self._redis = self._writer = None
+            if pubsub is not None:
+                await pubsub.close()
             await client.aclose()
             await writer.aclose()
             raise BrokerUnavailable(
@@ -604,7 +626,6 @@ class RedisBroker(StreamMultiplexer):
         self._pubsub = pubsub
         self.connected = True
         loop = asyncio.get_running_loop()
-        self._reader = loop.create_task(self._read(), name="redis-broker-reader")
         self._keeper = loop.create_task(self._keepalive(), name="redis-broker-keepalive")
 
     async def close(self) -> None:
@@ -634,15 +655,16 @@ class RedisBroker(StreamMultiplexer):
                             pipe.delete(f"{self.prefix}owned:{self.node_id}")
                         await pipe.execute()
         finally:
-            for task in (self._reader, self._keeper):
-                if task is not None:
-                    task.cancel()
-                    await asyncio.wait({task}, timeout=self.node_timeout_s)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._keeper is not None:
+                self._keeper.cancel()
+                await asyncio.wait({self._keeper}, timeout=self.node_timeout_s)
             for task in list(self._tasks):
                 task.cancel()
             if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.aclose()
+                await self._pubsub.close()
             if self._redis is not None:
                 await self._redis.aclose()
             if self._writer is not None:
@@ -883,7 +905,7 @@ class RedisBroker(StreamMultiplexer):
             if mirror.watching and not mirror.finished:
                 self._tell(mirror, "unwatch")
             if self._pubsub is not None:
-                self._spawn(self._unlisten(mirror.topic))
+                self._pubsub.unsubscribe(mirror.topic)
         super().close_channel(name)
 
     async def claim(self, name: str, owner: str) -> bool:
@@ -942,6 +964,8 @@ class RedisBroker(StreamMultiplexer):
         super().publish(channel, event)
         name = channel.name
         if name in self._replicated:
+            if self._watchers.get(name):  # another node's subscribers wait for it: no hold
+                self._urgent = True
             size = len(event.payload)
             if _is_terminal(event):
                 self._ended.add(name)
@@ -966,6 +990,8 @@ class RedisBroker(StreamMultiplexer):
                         self._snap_due.add(name)
 
     def _append(self, op: _Op, events: int, size: int) -> None:
+        if not self._batch:
+            self._batch_started = asyncio.get_running_loop().time()
         self._batch.append(op)
         self._batch_bytes += size
         self._batch_events += events
@@ -975,9 +1001,25 @@ class RedisBroker(StreamMultiplexer):
         self._schedule()
 
     def _schedule(self) -> None:
-        if not self._scheduled and self._inflight is None and self.connected and self.refused is None:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._send)
+        """Have :meth:`_send` run: at the end of this event-loop iteration when the batch holds
+        an event another node waits for, is full, or has waited :attr:`publish_delay_s`; else
+        when its oldest op has waited that long (one batch in flight at a time)."""
+        if self._scheduled or self._inflight is not None or not self.connected or self.refused is not None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = 0.0
+        if not (self._urgent or self._batch_events >= BATCH_EVENTS or self._batch_bytes >= BATCH_BYTES):
+            started = self._batch_started
+            wait = self.publish_delay_s - (loop.time() - started if started is not None else 0.0)
+        if wait > 0:
+            if self._timer is None:
+                self._timer = loop.call_at(loop.time() + wait, self._send)
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._scheduled = True
+        loop.call_soon(self._send)
 
     def _shed(self) -> None:
         """Past the unsent caps: drop the oldest quarter of the waiting non-terminal events
@@ -1021,6 +1063,9 @@ class RedisBroker(StreamMultiplexer):
         """Send the batch (up to its caps) in one EVALSHA; the rest waits for the next. While
         Redis refuses writes only the keepalive's ``retry`` sends."""
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._inflight is not None or self._redis is None or not self.connected or (
                 self.refused is not None and not retry):
             return
@@ -1039,6 +1084,9 @@ class RedisBroker(StreamMultiplexer):
                     events += 1
                     size += len(op[3])
         ops, self._batch = batch[:cut], batch[cut:]
+        if not self._batch:
+            self._batch_started = None
+            self._urgent = False
         events = sum(1 for op in ops if op[0] in "ef")
         self._batch_events -= events
         self._batch_bytes -= sum(len(op[3]) for op in ops if op[0] in "ef")
@@ -1123,7 +1171,9 @@ class RedisBroker(StreamMultiplexer):
         self._by_topic[topic] = mirror
         confirmed = self._confirmations[topic] = asyncio.get_running_loop().create_future()
         try:
-            await self._pubsub.subscribe(topic)
+            if self._pubsub is None:
+                raise BrokerUnavailable(f"broker.url {mask_url(self.url)!r}: not connected")
+            self._pubsub.subscribe(topic)
             await asyncio.wait_for(asyncio.shield(confirmed), 10.0)
         finally:
             self._confirmations.pop(topic, None)
@@ -1347,10 +1397,6 @@ class RedisBroker(StreamMultiplexer):
         for name in names:
             self._drop_if_unused(name)
 
-    async def _unlisten(self, topic: bytes) -> None:
-        if topic not in self._by_topic:
-            await self._pubsub.unsubscribe(topic)
-
     def remote_owner(self, name: str) -> str | None:
         """The owner subject of a mirrored channel, else None."""
         mirror = self._mirrors.get(name)
@@ -1370,7 +1416,7 @@ class RedisBroker(StreamMultiplexer):
         super().subscribe_type(subscriber, stream_type)
         pattern = self._pattern(stream_type)
         if not had and pattern is not None and self._pubsub is not None:
-            self._spawn(self._pubsub.psubscribe(pattern))
+            self._pubsub.psubscribe(pattern)
 
     def unsubscribe_type(self, subscriber: Any, stream_type: str) -> None:
         """Undo :meth:`subscribe_type` (the last one of a type stops the pattern)."""
@@ -1387,99 +1433,90 @@ class RedisBroker(StreamMultiplexer):
         for stream_type in stream_types:
             pattern = self._pattern(stream_type)
             if pattern is not None and not self.type_subscribers.get(stream_type) and self._pubsub is not None:
-                self._spawn(self._pubsub.punsubscribe(pattern))
+                self._pubsub.punsubscribe(pattern)
 
-    def _take_typed(self, topic: bytes, data: bytes) -> None:
+    def _take_typed(self, topic: bytes, data: bytes) -> bool:
         """An event of some channel, for the type-level subscribers here: those of a channel
         run here got it from the local fan-out; of one run elsewhere, every type-level
         subscriber that does not also watch its mirror here gets it now."""
         name = topic[len(self.prefix.encode()) + 3:].decode()
         channel = self.channels.get(name)
         if channel is not None and name not in self._mirrors:
-            return
+            return False
         watchers = self.type_subscribers.get(stream_type_of(name))
         if not watchers:
-            return
+            return False
         message = HUB_DECODER.decode(data)
         if isinstance(message, (Snapshot, WorkflowSnapshot)):
-            return
+            return False
         event = EncodedEvent(data, message)
         watching = channel.subscribers if channel is not None else ()
         for subscriber in watchers:
             if subscriber not in watching:
                 subscriber.deliver(event)
-        self._flush_soon()
+        return True
 
     # PUB/SUB.
 
-    async def _read(self) -> None:
-        """Take every PUB/SUB message: subscribe confirmations, events and snapshots of
-        mirrored channels, control commands for this node. A broken connection makes every
-        mirror pending; redis-py reconnects and re-subscribes on the next read, and each
-        mirror fills itself from the stream when its subscription is confirmed."""
-        pubsub = self._pubsub
-        pause = min(0.5, self.node_timeout_s / 8)
-        while True:
+    def _pubsub_lost(self, exc: BaseException) -> None:
+        """The PUB/SUB connection broke (:class:`~hub.redis_pubsub.PubSubReader` connects again
+        and re-subscribes on its own): every mirror is pending until its subscription is
+        confirmed again, then fills itself from the stream."""
+        if not self._pubsub_broken:
+            self._pubsub_broken = True
+            self._disconnected(exc)
+            for mirror in self._mirrors.values():
+                mirror.pending = True
+
+    def _frames(self, frames: list[Any]) -> None:
+        """Take every PUB/SUB frame of one read (subscribe confirmations, events and
+        snapshots of mirrored channels, pattern messages, control commands for this node),
+        then flush the subscribers here once: one write per subscriber per read, as on the
+        owning node. A frame that is not what Redis sends is logged and skipped."""
+        self._pubsub_broken = False
+        fed = False
+        for frame in frames:
             try:
-                message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
-            except (RedisError, OSError) as exc:
-                _raise_if_cancelled()
-                if not self._pubsub_broken:
-                    self._pubsub_broken = True
-                    self._disconnected(exc)
-                    for mirror in self._mirrors.values():
-                        mirror.pending = True
-                await asyncio.sleep(pause)
-                continue
-            if message is None:
-                continue
-            self._pubsub_broken = False
-            try:
-                self._take(message)
-            except Exception:  # a bug of ours must not stop every mirror
+                fed = self._take(frame) or fed
+            except Exception:  # a bug of ours, or bytes Redis would never send: not every mirror stops
                 log.exception("handling a Redis PUB/SUB message failed")
+        if fed:
+            self.flush()
 
-    def _flush_soon(self) -> None:
-        """Flush once the reader has taken every PUB/SUB message already received (it only
-        yields to the event loop when it waits for more): one write per subscriber per read,
-        as on the owning node, not one per message."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
-
-    def _flush_now(self) -> None:
-        self._flush_scheduled = False
-        self.flush()
-
-    def _take(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        topic = message["channel"]
-        if kind == "subscribe":
-            waiting = self._confirmations.get(topic)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(None)
-                return
+    def _take(self, frame: Any) -> bool:
+        """One PUB/SUB frame (hiredis's list); True when something was delivered here."""
+        if not isinstance(frame, list) or len(frame) < 3:
+            return False
+        kind, topic = frame[0], frame[1]
+        if kind == b"message":
+            data = frame[2]
+            if not isinstance(data, bytes):
+                return False
+            if topic == self._ctl_topic:
+                self._command(data)
+                return False
             mirror = self._by_topic.get(topic)
-            if mirror is not None and mirror.pending and mirror.live:  # re-subscribed after a loss
-                self._spawn(self._refill(mirror))
-            return
-        if kind == "pmessage":
-            self._take_typed(topic, message["data"])
-            return
-        if kind != "message":
-            return
-        data = message["data"]
-        if topic == self._ctl_topic:
-            self._command(data)
-            return
-        mirror = self._by_topic.get(topic)
-        if mirror is not None:
+            if mirror is None:
+                return False
             decoded = HUB_DECODER.decode(data)
             if isinstance(decoded, (Snapshot, WorkflowSnapshot)):
                 self._take_snapshot(mirror, decoded)
-                return
+                return False
             self._feed(mirror, EncodedEvent(data, decoded))
-            self._flush_soon()
+            return True
+        if kind == b"pmessage":
+            if len(frame) < 4 or not isinstance(frame[2], bytes) or not isinstance(frame[3], bytes):
+                return False
+            return self._take_typed(frame[2], frame[3])
+        if kind == b"subscribe":
+            waiting = self._confirmations.get(topic)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(None)
+                return False
+            mirror = self._by_topic.get(topic)
+            if mirror is not None and mirror.pending and mirror.live:  # re-subscribed after a loss
+                self._spawn(self._refill(mirror))
+        return False
 
     # Control.
 
