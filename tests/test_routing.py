@@ -310,3 +310,31 @@ def test_cbhub_serve_exits_2_on_an_unset_key_variable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "CBHUB_TEST_UNSET is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_deployments_of_other_kinds_are_reached_with_their_own_wire_format(
+        mocks: tuple[MockProvider, MockProvider]) -> None:
+    mock, _ = mocks
+    kinds = {"openai_responses": "/v1", "anthropic": "", "gemini": "", "ollama": ""}
+    models = [ModelEntry(kind, [Deployment(provider=kind, model=f"{kind}-model", base_url=mock.url + path)])
+              for kind, path in kinds.items()]
+    async with run_hub(config_with(mock, models)) as hub:
+        client = sdk(hub)
+        answers = [await ask(client, kind) for kind in kinds]
+        await client.close()
+    assert [a.choices[0].message.content for a in answers] == [expected_text(4, seed=3)] * 4
+    paths = [r["path"] for r in mock.requests]
+    assert paths[0] == "/v1/responses" and paths[1] == "/v1/messages" and paths[3] == "/api/chat"
+    assert paths[2].startswith("/v1beta/models/gemini-model:streamGenerateContent")
+
+
+async def test_every_deployment_at_its_limit_is_a_429(mocks: tuple[MockProvider, MockProvider]) -> None:
+    mock, _ = mocks
+    models = [ModelEntry("chat", [openai_at(mock.url + "/v1", rpm=1)])]
+    async with run_hub(config_with(mock, models)) as hub:
+        client = sdk(hub)
+        await ask(client, "chat")
+        with pytest.raises(openai.RateLimitError, match="rpm limit"):
+            await ask(client, "chat")
+        await client.close()
+    assert mock.stats["requests"] == 1
