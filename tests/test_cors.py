@@ -179,7 +179,7 @@ async def test_an_actual_streamed_response_carries_the_cors_headers(jwt_hub: Hub
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["Access-Control-Allow-Origin"] == APP
-        assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
+        assert response.headers["Access-Control-Expose-Headers"] == "Retry-After, x-should-retry"
         assert "Origin" in response.headers.getall("Vary")
         events = [line[6:] for line in (await response.text()).split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"

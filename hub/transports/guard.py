@@ -59,7 +59,7 @@ ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
 MAX_AGE_S = "600"
 #: Response headers a browser app may read besides the safelisted ones (a 429's wait).
-EXPOSE_HEADERS = "Retry-After"
+EXPOSE_HEADERS = "Retry-After, x-should-retry"
 #: Bounds of a preflight's ``Access-Control-Request-Headers``: its length in characters and
 #: its number of names (the Python openai 3.63 and anthropic 2.17 SDKs send 11 and 13 names a
 #: page would have to ask for; their browser builds about as many).
@@ -297,7 +297,8 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: on ``/v1`` every response varies by ``Origin``, and one to an
     allowed origin carries ``Access-Control-Allow-Origin`` (an SSE stream's too, since this
-    runs before its headers go out) and exposes ``Retry-After`` (a 429's wait) to the page."""
+    runs before its headers go out) and exposes ``Retry-After`` (a 429's wait) and
+    ``x-should-retry`` (false: the hub retried already, docs/PROTOCOL.md) to the page."""
     if not request.path.startswith(API_PREFIX):
         return
     response.headers.add("Vary", "Origin")
