@@ -232,6 +232,10 @@ def _part(part: Any, role: str, where: str) -> dict[str, Any]:
         if part.get("annotations"):
             raise _refuse(f"{where}.annotations", "cannot be carried (no provider takes input annotations)")
         return {"type": "text", "text": _text(part.get("text"), f"{where}.text")}
+    if kind == "refusal" and role == "assistant":
+        # An earlier answer's refusal, as the SDK holds it: its words, as assistant text.
+        _check_keys(part, frozenset(("type", "refusal")), where)
+        return {"type": "text", "text": _text(part.get("refusal"), f"{where}.refusal")}
     if kind == "input_image" and role == "user":
         _check_keys(part, frozenset(("type", "image_url", "file_id", "detail")), where)
         if part.get("file_id") is not None:
@@ -242,7 +246,7 @@ def _part(part: Any, role: str, where: str) -> dict[str, Any]:
             image["detail"] = _text(part["detail"], f"{where}.detail")
         return {"type": "image_url", "image_url": image}
     raise _refuse(f"{where}.type", f"{kind!r} cannot be carried in a {role} message "
-                  "(input_text, output_text, input_image in user messages)")
+                  "(input_text, output_text, input_image in user messages, refusal in assistant messages)")
 
 
 def _message(item: dict[str, Any], where: str) -> ChatMessage:

@@ -291,6 +291,9 @@ def test_request_mapping_of_items_tools_and_options() -> None:
     assert completion.tools == [{"type": "function", "function": {
         "name": "get_weather", "description": "Weather of a city", "parameters": WEATHER_TOOL["parameters"]}}]
     assert _completion(input="hi").messages[0].content == "hi"
+    refused_before = _completion(input=[{"type": "message", "role": "assistant", "content": [
+        {"type": "refusal", "refusal": "I can't."}]}, {"role": "user", "content": "Why?"}])
+    assert [(m.role, m.content) for m in refused_before.messages] == [("assistant", "I can't."), ("user", "Why?")]
     assert _completion(input="x", reasoning={"effort": "none"}).reasoning is None
 
 
