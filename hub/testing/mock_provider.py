@@ -64,6 +64,19 @@ Observability endpoints (not counted, not logged):
 ``GET /_mock/gates``
     ``{NAME: waiting requests}`` for every gate that is still closed.
 
+Request checks and structured output
+------------------------------------
+The OpenAI, Anthropic, Gemini and Ollama endpoints check a request as the real API would and
+answer HTTP 400 in the provider's error shape to what it would refuse (:func:`_check_request`):
+top-level fields the API does not know (Ollama ignores them, as Ollama does), Gemini
+``generationConfig`` fields and ``responseSchema`` keywords outside its ``Schema`` subset,
+malformed image blocks (Anthropic ``image`` sources, Gemini ``inlineData``/``fileData``,
+Ollama ``images``; base64 data must decode). A request that asks for structured output in its
+provider's terms (OpenAI ``response_format``, Anthropic ``output_config.format``, Gemini
+``responseMimeType``/``responseSchema``, Ollama ``format``) is answered, streamed, with the
+JSON text of :func:`example_for_schema` for its schema (``{"mock": "json"}`` without one),
+8 characters a token, instead of words. ``GET /_mock/requests`` shows what was received.
+
 Directive grammar
 -----------------
 Behaviour per request is set by a directive anywhere in the raw request body, normally in a
@@ -194,6 +207,7 @@ __all__ = [
     "DirectiveError",
     "MockProvider",
     "build_parser",
+    "example_for_schema",
     "expected_reasoning",
     "expected_text",
     "main",
@@ -455,6 +469,7 @@ class _Context:
     stream: bool = True
     include_usage: bool = False  # OpenAI stream_options.include_usage
     sse: bool = True  # Gemini: alt=sse, else the JSON array
+    answer: str | None = None  # structured output: this JSON text instead of words (_check_request)
     started_ns: int = dataclasses.field(default_factory=time.monotonic_ns)
 
 
@@ -1146,6 +1161,11 @@ class _Pacer:
         self._next += self._interval
 
 
+#: The formats whose requests :func:`_check_request` checks, by its ``kind`` name.
+_CHECKED: dict[type[_Format], str] = {_OpenAI: "openai", _Anthropic: "anthropic", _Gemini: "gemini",
+                                      _Ollama: "ollama"}
+
+
 @dataclasses.dataclass
 class _Call:
     """Bookkeeping of one provider request."""
@@ -1442,6 +1462,12 @@ class MockProvider:
         if not isinstance(body, dict):
             return _error_response(fmt_class, 400, "request body must be a JSON object")
         context = {"model": str(body.get("model") or _MODELS[0]), **options(body)}
+        check = _CHECKED.get(fmt_class)
+        if check is not None:
+            try:
+                context["answer"] = _check_request(check, body)
+            except DirectiveError as exc:
+                return _error_response(fmt_class, 400, str(exc))
         if directive.tool is not None and _has_tool_result(body):
             # Like a real model: once the conversation carries a tool's result, it answers.
             directive = dataclasses.replace(directive, tool=None)
@@ -1582,6 +1608,9 @@ def _script(fmt: _Format, d: Directive) -> Iterator[tuple[str, Callable[[], byte
     if d.stamp:
         for _ in range(d.tokens):
             yield "token", lambda: fmt.text(f"@{time.monotonic_ns()} ")
+    elif fmt.ctx.answer is not None:  # structured output: the JSON text, 8 characters a token
+        for fragment in _fragments(fmt.ctx.answer, 8):
+            yield "token", functools.partial(fmt.text, fragment)
     else:
         for word in _words("text", d.tokens, d.seed, d.pad):
             yield "token", functools.partial(fmt.text, word)
@@ -1660,6 +1689,183 @@ def _has_tool_result(body: dict[str, Any]) -> bool:
         if isinstance(parts, list) and any(isinstance(p, dict) and "functionResponse" in p for p in parts):
             return True
     return False
+
+
+# What each provider accepts: the mock refuses what the real API would (HTTP 400 in the
+# provider's error shape), so a test through the hub sees a field sent under the wrong name.
+
+#: Top-level request fields each provider's API knows (OpenAI API reference "Create chat
+#: completion"; Anthropic API reference "Messages"; Gemini API reference
+#: ``models.streamGenerateContent``). Real OpenAI, Anthropic and Gemini answer 400 to others.
+_KNOWN_FIELDS: dict[str, frozenset[str]] = {
+    "openai": frozenset((
+        "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+        "top_p", "n", "stop", "seed", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
+        "logit_bias", "user", "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort",
+        "metadata", "store", "service_tier", "modalities", "audio", "prediction", "web_search_options",
+        "functions", "function_call", "verbosity", "prompt_cache_key", "safety_identifier")),
+    "anthropic": frozenset((
+        "model", "messages", "max_tokens", "system", "stream", "temperature", "top_p", "top_k", "stop_sequences",
+        "tools", "tool_choice", "thinking", "metadata", "output_config", "service_tier", "container",
+        "mcp_servers", "context_management")),
+    "gemini": frozenset((
+        "contents", "systemInstruction", "system_instruction", "tools", "toolConfig", "tool_config",
+        "generationConfig", "generation_config", "safetySettings", "safety_settings", "cachedContent",
+        "cached_content")),
+}
+#: Gemini ``GenerationConfig`` fields (API reference ``GenerationConfig``).
+_GEMINI_GENERATION = frozenset((
+    "stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema", "responseModalities",
+    "candidateCount", "maxOutputTokens", "temperature", "topP", "topK", "seed", "presencePenalty",
+    "frequencyPenalty", "responseLogprobs", "logprobs", "thinkingConfig", "mediaResolution", "speechConfig"))
+#: Gemini ``Schema`` fields (API reference ``Schema``: an OpenAPI 3.0 subset).
+_GEMINI_SCHEMA = frozenset((
+    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+    "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
+    "propertyOrdering", "default", "items", "minimum", "maximum"))
+_MAX_EXAMPLE_DEPTH = 32
+
+
+def example_for_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """A JSON value valid for ``schema`` (JSON Schema, or Gemini's upper-case ``Schema``),
+    the same every time: what the mock answers when a request asks for structured output.
+
+    Objects get every property; arrays ``max(1, minItems)`` items; strings ``"mock"`` (or
+    the first ``enum`` value); integers 1; numbers 1.5; booleans true. Local ``$ref`` are
+    followed; ``anyOf``/``oneOf`` take the first member that is not ``null``.
+    """
+    if not isinstance(schema, dict) or depth > _MAX_EXAMPLE_DEPTH:
+        return None
+    if defs is None:
+        defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    if isinstance(schema.get("$ref"), str):
+        return example_for_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1]), defs, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        members = [m for m in schema.get(key) or () if not (isinstance(m, dict) and m.get("type") == "null")]
+        if members:
+            return example_for_schema(members[0], defs, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    kind = str(kind).lower()
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: example_for_schema(sub, defs, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        return [example_for_schema(schema.get("items"), defs, depth + 1)] * max(1, int(schema.get("minItems", 1)))
+    return {"string": "mock", "integer": 1, "number": 1.5, "boolean": True}.get(kind)
+
+
+def _unknown(kind: str, body: dict[str, Any]) -> None:
+    unknown = sorted(key for key in body if key not in _KNOWN_FIELDS[kind])
+    if unknown:
+        raise DirectiveError(f"Unrecognized request argument supplied: {', '.join(unknown)}")
+
+
+def _gemini_schema_keys(schema: Any, where: str) -> None:
+    if not isinstance(schema, dict):
+        raise DirectiveError(f"Invalid value at '{where}': a Schema must be an object")
+    for key, value in schema.items():
+        if key not in _GEMINI_SCHEMA:
+            raise DirectiveError(f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\'')
+        if key == "properties":
+            for name, sub in value.items():
+                _gemini_schema_keys(sub, f"{where}.properties[{name}]")
+        elif key == "items":
+            _gemini_schema_keys(value, f"{where}.items")
+        elif key == "anyOf":
+            for sub in value:
+                _gemini_schema_keys(sub, f"{where}.anyOf")
+
+
+def _checked_image_data(data: Any, where: str) -> None:
+    try:
+        base64.b64decode(str(data), validate=True)
+    except (ValueError, TypeError):
+        raise DirectiveError(f"{where}: image data is not base64") from None
+
+
+def _check_request(kind: str, body: dict[str, Any]) -> str | None:
+    """Check a provider request as the real API would and return the structured-output
+    answer it asks for (the JSON text of :func:`example_for_schema`), or None for plain text.
+
+    ``kind`` is ``openai``, ``anthropic``, ``gemini`` or ``ollama``. Checked: top-level fields
+    (:data:`_KNOWN_FIELDS`; Ollama ignores unknown ones, as Ollama does), Gemini's
+    ``generationConfig`` fields and ``responseSchema`` keywords (and that a ``responseSchema``
+    comes with ``responseMimeType: application/json``), the shape of image blocks and parts
+    (Anthropic ``image`` sources, Gemini ``inlineData``/``fileData``, Ollama ``images``: base64),
+    and the structured-output fields: OpenAI ``response_format`` (a ``json_schema`` needs a
+    ``name``), Anthropic ``output_config.format`` (``type: json_schema`` with a ``schema``),
+    Gemini ``responseMimeType``/``responseSchema``, Ollama ``format`` (``"json"`` or a schema).
+
+    Raises:
+        DirectiveError: what the real API would refuse (answered HTTP 400).
+    """
+    if kind == "openai":
+        _unknown(kind, body)
+        fmt = body.get("response_format")
+        if not isinstance(fmt, dict) or fmt.get("type") == "text":
+            return None
+        if fmt.get("type") == "json_object":
+            return json.dumps({"mock": "json"})
+        spec = fmt.get("json_schema")
+        if fmt.get("type") != "json_schema" or not isinstance(spec, dict) or not spec.get("name"):
+            raise DirectiveError("Missing required parameter: 'response_format.json_schema.name'")
+        return json.dumps(example_for_schema(spec.get("schema", {})))
+    if kind == "anthropic":
+        _unknown(kind, body)
+        for message in body.get("messages") or ():
+            for block in message.get("content") if isinstance(message.get("content"), list) else ():
+                if block.get("type") != "image":
+                    continue
+                source = block.get("source") or {}
+                if source.get("type") == "base64" and source.get("media_type"):
+                    _checked_image_data(source.get("data"), "messages.content.source.data")
+                elif not (source.get("type") == "url" and source.get("url")):
+                    raise DirectiveError("messages.content.source: expected a base64 or url image source")
+        fmt = (body.get("output_config") or {}).get("format")
+        if fmt is None:
+            return None
+        if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise DirectiveError("output_config.format: expected {type: json_schema, schema: {...}}")
+        return json.dumps(example_for_schema(fmt["schema"]))
+    if kind == "gemini":
+        _unknown(kind, body)
+        generation = body.get("generationConfig") or {}
+        for key in generation:
+            if key not in _GEMINI_GENERATION:
+                raise DirectiveError(f'Invalid JSON payload received. Unknown name "{key}" at \'generation_config\'')
+        for content in body.get("contents") or ():
+            for part in content.get("parts") or ():
+                if "inlineData" in part:
+                    if not part["inlineData"].get("mimeType"):
+                        raise DirectiveError("inlineData.mimeType is required")
+                    _checked_image_data(part["inlineData"].get("data"), "inlineData.data")
+                if "fileData" in part and not (part["fileData"].get("mimeType") and part["fileData"].get("fileUri")):
+                    raise DirectiveError("fileData needs mimeType and fileUri")
+        schema = generation.get("responseSchema")
+        mime = generation.get("responseMimeType")
+        if schema is not None:
+            if mime != "application/json":
+                raise DirectiveError("responseSchema needs responseMimeType application/json")
+            _gemini_schema_keys(schema, "generation_config.response_schema")
+            return json.dumps(example_for_schema(schema))
+        return json.dumps({"mock": "json"}) if mime == "application/json" else None
+    for message in body.get("messages") or ():
+        for image in message.get("images") or ():
+            _checked_image_data(image, "messages.images")
+    fmt = body.get("format")
+    if fmt is None:
+        return None
+    if fmt == "json":
+        return json.dumps({"mock": "json"})
+    if not isinstance(fmt, dict):
+        raise DirectiveError(f"invalid format: {fmt!r}")
+    return json.dumps(example_for_schema(fmt))
 
 
 def _decode_body(raw: bytes) -> Any:
