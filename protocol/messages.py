@@ -18,6 +18,11 @@ from protocol.errors import ProtocolError
 
 __all__ = [
     "ModelName",
+    "ChoiceCount",
+    "UnitInterval",
+    "Penalty",
+    "TopLogprobs",
+    "EndUser",
     "ChatMessage",
     "Completion",
     "Subscribe",
@@ -102,6 +107,16 @@ RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
+#: Ranges of the OpenAI request options (OpenAI API reference, "Create chat completion"), shared
+#: by :class:`Completion` and protocol/openai_compat.py's request: ``n`` 1-128, ``top_p`` 0-1,
+#: penalties -2 to 2, ``top_logprobs`` 0-20; the hub bounds ``user`` to 256 characters.
+ChoiceCount = Annotated[int, msgspec.Meta(ge=1, le=128)]
+UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+TopLogprobs = Annotated[int, msgspec.Meta(ge=0, le=20)]
+EndUser = Annotated[str, msgspec.Meta(max_length=256)]
+
+
 class _ClientMessage(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
     """Base of client messages (tagged on ``type``; unknown fields are rejected).
 
@@ -129,6 +144,14 @@ class Completion(_ClientMessage, tag="completion"):
         stop: stop sequence(s).
         reasoning: OpenAI-style reasoning options, ``{"effort": "low"}`` or ``"low"``.
         thinking: Anthropic-style ``{"type": "enabled", "budget_tokens": 1024}``.
+        response_format: OpenAI's ``{"type": "json_object"}`` or ``{"type": "json_schema",
+            "json_schema": {"name", "schema", "strict"}}``, mapped per provider.
+        n: number of choices; only 1 is accepted (one choice per completion).
+        seed, top_p, presence_penalty, frequency_penalty, logprobs, top_logprobs,
+        parallel_tool_calls, user: OpenAI's request options of the same names.
+            Each is carried in the provider's terms or refused with ``invalid_message``
+            naming the field and the provider (docs/PROTOCOL.md "Request fields per provider",
+            declared in protocol/request_fields.py).
         coalesce: False sends every provider delta as its own frame (no StreamBuffer).
         fallbacks: models to try in order when the primary fails before any content was
             forwarded (``["anthropic/claude-3-haiku-20240307", ...]``); tried before the
@@ -145,6 +168,16 @@ class Completion(_ClientMessage, tag="completion"):
     stop: str | list[str] | None = None
     reasoning: str | dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    n: ChoiceCount | None = None
+    seed: int | None = None
+    top_p: UnitInterval | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+    parallel_tool_calls: bool | None = None
+    user: EndUser | None = None
     coalesce: bool = True
     fallbacks: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=16)] = []
 

@@ -20,14 +20,19 @@ import msgspec
 from protocol.errors import ProtocolError
 from protocol.messages import (
     ChatMessage,
+    ChoiceCount,
     Completed,
     Completion,
     ContentChunk,
+    EndUser,
     ErrorMessage,
     ModelName,
+    Penalty,
     RefusalChunk,
     ThinkingStatus,
     ToolCallMessage,
+    TopLogprobs,
+    UnitInterval,
 )
 
 __all__ = [
@@ -51,11 +56,15 @@ class StreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(msgspec.Struct):
-    """The fields of an OpenAI Chat Completions request the hub forwards (others ignored).
+class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The fields of an OpenAI Chat Completions request the hub reads; any other field is
+    refused (:func:`decode_chat_request` names them), so nothing is dropped silently.
 
     ``max_completion_tokens`` is accepted as a synonym of ``max_tokens``; ``reasoning_effort``
-    becomes the hub's ``reasoning`` option; ``coalesce`` is the hub's own extension.
+    becomes the hub's ``reasoning`` option; ``coalesce`` is the hub's own extension. The
+    options from ``response_format`` to ``user`` become the same :class:`Completion` fields;
+    each provider's builder carries them in its terms or refuses them (docs/PROTOCOL.md
+    "Request fields per provider", protocol/request_fields.py).
     """
 
     model: ModelName
@@ -69,6 +78,16 @@ class ChatCompletionRequest(msgspec.Struct):
     tool_choice: str | dict[str, Any] | None = None
     stop: str | list[str] | None = None
     reasoning_effort: str | None = None
+    response_format: dict[str, Any] | None = None
+    n: ChoiceCount | None = None
+    seed: int | None = None
+    top_p: UnitInterval | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+    parallel_tool_calls: bool | None = None
+    user: EndUser | None = None
     coalesce: bool = True
 
     def to_completion(self, completion_id: str | None = None) -> Completion:
@@ -83,6 +102,16 @@ class ChatCompletionRequest(msgspec.Struct):
             tool_choice=self.tool_choice,
             stop=self.stop,
             reasoning={"effort": self.reasoning_effort} if self.reasoning_effort else None,
+            response_format=self.response_format,
+            n=self.n,
+            seed=self.seed,
+            top_p=self.top_p,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=self.logprobs,
+            top_logprobs=self.top_logprobs,
+            parallel_tool_calls=self.parallel_tool_calls,
+            user=self.user,
             coalesce=self.coalesce,
         )
 
@@ -93,12 +122,23 @@ _REQUEST_DECODER = msgspec.json.Decoder(ChatCompletionRequest)
 def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     """Decode an OpenAI Chat Completions request body.
 
+    A field :class:`ChatCompletionRequest` does not declare is refused, all such fields named
+    at once (an OpenAI SDK sends only the fields it is given; ``extra_body`` keys land here).
+    Values out of range (``n`` above 128, ``top_p`` above 1...: the ranges of
+    protocol/messages.py) are refused naming the field.
+
     Raises:
         ProtocolError: ``invalid_json`` or ``invalid_message`` (naming the field).
     """
     try:
         request = _REQUEST_DECODER.decode(body)
     except msgspec.ValidationError as exc:
+        unknown = _unknown_fields(body)
+        if unknown:
+            names = ", ".join(f"`{name}`" for name in unknown)
+            raise ProtocolError(
+                f"unknown field{'s' if len(unknown) > 1 else ''} {names}: the hub refuses fields it cannot carry "
+                "(docs/PROTOCOL.md \"Request fields per provider\")", "invalid_message") from None
         raise ProtocolError(f"invalid chat completion request: {exc}", "invalid_message") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # invalid UTF-8 in a string
         raise ProtocolError(f"request body is not valid JSON: {exc}", "invalid_json") from None
@@ -107,6 +147,21 @@ def decode_chat_request(body: bytes) -> ChatCompletionRequest:
     if not request.messages:
         raise ProtocolError("`messages` must hold at least one message", "invalid_message")
     return request
+
+
+_KNOWN_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
+_ANY_DECODER = msgspec.json.Decoder()
+
+
+def _unknown_fields(body: bytes) -> list[str]:
+    """The top-level keys of ``body`` the request does not declare (slow path, errors only)."""
+    try:
+        raw = _ANY_DECODER.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    return sorted(str(key) for key in raw if key not in _KNOWN_FIELDS)[:16]
 
 
 def error_body(code: str, message: str, status: int | None = None) -> bytes:

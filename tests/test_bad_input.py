@@ -194,7 +194,7 @@ BAD_INPUTS: list[tuple[str, str | bytes, list[tuple[Any, ...]]]] = [
     ("wrongly-typed-field", json.dumps({"type": "completion", "model": MODEL, "messages": HELLO, "max_tokens": "ten"}),
      [(ErrorMessage, "invalid_message")]),
     ("cancel-id-not-a-string", '{"type":"cancel","completionId":7}', [(ErrorMessage, "invalid_message")]),
-    ("unknown-top-level-field", json.dumps({"type": "completion", "model": MODEL, "messages": HELLO, "top_p": 0.5}),
+    ("unknown-top-level-field", json.dumps({"type": "completion", "model": MODEL, "messages": HELLO, "top_k": 5}),
      [(ErrorMessage, "invalid_message")]),
     ("bad-completion-id", json.dumps({"type": "completion", "id": "has space", "model": MODEL, "messages": HELLO}),
      [(ErrorMessage, "invalid_message")]),

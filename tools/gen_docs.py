@@ -1,7 +1,8 @@
 """Write the generated parts of docs/PROTOCOL.md and README.md.
 
-The "Error codes" table is :class:`protocol.errors.ErrorCode`, and the "Close codes" table
-with the two paragraphs under it is :class:`protocol.errors.CloseCode`: each sits between a
+The "Error codes" table is :class:`protocol.errors.ErrorCode`, the "Close codes" table
+with the two paragraphs under it is :class:`protocol.errors.CloseCode`, and the "Request
+fields per provider" table is :data:`protocol.request_fields.FIELDS`: each sits between a
 ``<!-- BEGIN GENERATED ... -->`` and an ``<!-- END GENERATED ... -->`` comment, and this script
 rewrites only what lies between them. ``tests/test_errors.py`` fails while the document is
 out of date.
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.errors import HUB_CLOSE_CODE_RANGE, RETRYABLE_STATUSES, CloseCode, ErrorCode
+from protocol.request_fields import render_table as render_request_fields
 
 __all__ = ["EXAMPLES", "PROTOCOL_PATH", "README_PATH", "ROOT", "SECTIONS", "SSE_REQUEST", "WSCAT_MESSAGE", "Example",
            "ReadmeRun", "capture_readme_run", "documented", "main", "render_close_codes", "render_error_codes",
@@ -85,7 +87,10 @@ def render_close_codes() -> str:
 SECTIONS = {
     "error codes": render_error_codes,
     "close codes": render_close_codes,
+    "request fields": render_request_fields,
 }
+#: Where a part comes from, for its marker comment (protocol/errors.py when not named here).
+_SOURCES = {"request fields": "from protocol/request_fields.py"}
 
 
 def _markers(name: str, source: str = "from protocol/errors.py") -> tuple[str, str]:
@@ -100,7 +105,7 @@ def update(markdown: str) -> str:
         ValueError: a part's marker comments are missing or appear more than once.
     """
     for name, render in SECTIONS.items():
-        begin, end = _markers(name)
+        begin, end = _markers(name, _SOURCES.get(name, "from protocol/errors.py"))
         found = list(re.finditer(re.escape(begin) + r"\n.*?" + re.escape(end), markdown, re.S))
         if len(found) != 1:
             raise ValueError(f"{PROTOCOL_PATH}: expected one '{begin}' ... '{end}' block, found {len(found)}")

@@ -14,7 +14,17 @@ translated:
 - ``max_tokens`` is required by the API: 1024 when the client gives none, or the thinking
   budget plus 1024 so the budget stays below it;
 - a reasoning effort without explicit ``thinking`` becomes ``thinking: {type: enabled,
-  budget_tokens}`` (:data:`~protocol.providers.base.THINKING_BUDGET`).
+  budget_tokens}`` (:data:`~protocol.providers.base.THINKING_BUDGET`);
+- ``image_url`` parts of user messages become ``image`` blocks, ``source: {type: base64,
+  media_type, data}`` for a data URL, ``{type: url, url}`` for an http(s) URL (Anthropic docs,
+  "Vision");
+- ``response_format`` ``json_schema`` becomes ``output_config: {format: {type: json_schema,
+  schema}}`` (Anthropic docs, "Structured outputs", JSON outputs); ``json_object`` is refused:
+  Anthropic constrains output only to a given schema;
+- ``top_p`` is carried, ``user`` becomes ``metadata.user_id``, ``parallel_tool_calls: false``
+  becomes ``tool_choice.disable_parallel_tool_use: true`` (Anthropic API reference, "Messages");
+  ``seed``, the penalties, ``logprobs`` and ``n`` above 1 are refused
+  (protocol/request_fields.py; docs/PROVIDERS.md §2.1).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from protocol.providers.base import (
     text_of,
     tool_call_parts,
 )
+from protocol.request_fields import Image, content_parts, joined_text, json_format, refuse, refuse_unsupported
 
 __all__ = ["SPEC", "build_request", "AnthropicNormalizer"]
 
@@ -65,13 +76,23 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
     return choice if isinstance(choice, dict) else None
 
 
+def _block(part: str | Image) -> dict[str, Any]:
+    """A ``text`` block, or an ``image`` block with a ``base64`` or ``url`` source."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if part.data is not None:
+        return {"type": "image", "source": {"type": "base64", "media_type": part.media_type, "data": part.data}}
+    return {"type": "image", "source": {"type": "url", "url": part.url}}
+
+
 def _messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
     """``(system text, messages)`` in the Messages API's shape."""
     system: list[str] = []
     out: list[dict[str, Any]] = []
     for message in messages:
+        parts = content_parts(message.content, "anthropic", message.role)
         if message.role in ("system", "developer"):
-            system.append(text_of(message.content))
+            system.append(joined_text(parts))
         elif message.role == "tool":
             # All results of one assistant turn go back in one user message (tool_result
             # blocks); consecutive tool messages are merged.
@@ -91,9 +112,10 @@ def _messages(messages: list[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
                 call_id, name, arguments = tool_call_parts(call)
                 blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
             out.append({"role": "assistant", "content": blocks})
+        elif any(isinstance(part, Image) for part in parts):
+            out.append({"role": message.role, "content": [_block(part) for part in parts]})
         else:
-            content = message.content if isinstance(message.content, str) else text_of(message.content)
-            out.append({"role": message.role, "content": content})
+            out.append({"role": message.role, "content": joined_text(parts)})
     return "\n\n".join(s for s in system if s), out
 
 
@@ -108,7 +130,11 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     Raises:
         KeyError, TypeError, ValueError, AttributeError: client input that cannot be
             translated (a tool without a name, tool call arguments that are not JSON).
+        ProviderError: ``invalid_message`` naming a field Anthropic cannot take (the list in
+            the module docstring; ``response_format`` ``json_object``; a content part other
+            than text and image_url).
     """
+    refuse_unsupported(request, "anthropic")
     system, messages = _messages(request.messages)
     thinking = request.thinking
     effort = effort_of(request)
@@ -126,11 +152,27 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         body["temperature"] = request.temperature
     if request.stop is not None:
         body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.user is not None:
+        body["metadata"] = {"user_id": request.user}
     if request.tools:
         body["tools"] = _tools(request.tools)
         choice = _tool_choice(request.tool_choice)
+        if request.parallel_tool_calls is False:
+            choice = dict(choice or {"type": "auto"})
+            if choice.get("type") == "none":
+                raise refuse("parallel_tool_calls", "anthropic", "`false` with `tool_choice: none` means nothing")
+            choice["disable_parallel_tool_use"] = True
         if choice:
             body["tool_choice"] = choice
+    wanted = json_format(request, "anthropic")
+    if wanted is not None:
+        schema = wanted[1]
+        if schema is None:
+            raise refuse("response_format", "anthropic",
+                         "Anthropic's structured outputs need a schema: send `json_schema` with `schema`")
+        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if thinking is not None:
         body["thinking"] = thinking
     headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION, "Accept": "text/event-stream"}

@@ -14,13 +14,23 @@ OpenAI-shaped request is translated:
 - ``max_tokens``, ``temperature``, ``stop`` and reasoning go into ``generationConfig``
   (``thinkingConfig.includeThoughts`` and a ``thinkingBudget``);
 - tools become ``functionDeclarations``; ``tool_choice`` becomes
-  ``toolConfig.functionCallingConfig`` (AUTO, ANY, NONE, or ANY with one allowed name).
+  ``toolConfig.functionCallingConfig`` (AUTO, ANY, NONE, or ANY with one allowed name);
+- ``image_url`` parts of user messages become ``inlineData: {mimeType, data}`` (a data URL)
+  or ``fileData: {mimeType, fileUri}`` (an http(s) URL, the MIME type from the file name's
+  extension; another URL is refused) (Gemini API docs, "Image understanding");
+- ``response_format`` becomes ``generationConfig.responseMimeType: application/json``, with
+  ``responseSchema`` for a ``json_schema`` (:func:`gemini_schema`: Gemini's OpenAPI 3.0
+  subset; Gemini API docs, "Structured output", and API reference ``Schema``);
+- ``top_p``, ``seed``, ``presence_penalty``, ``frequency_penalty`` become ``generationConfig``
+  ``topP``, ``seed``, ``presencePenalty``, ``frequencyPenalty`` (API reference,
+  ``GenerationConfig``); ``user``, ``parallel_tool_calls: false``, ``logprobs`` and ``n`` above
+  1 are refused (protocol/request_fields.py; docs/PROVIDERS.md §3.1).
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from protocol.messages import ChatMessage, Completion
 from protocol.normalizers.gemini import GeminiNormalizer
@@ -33,8 +43,123 @@ from protocol.providers.base import (
     text_of,
     tool_call_parts,
 )
+from protocol.request_fields import Image, content_parts, joined_text, json_format, refuse, refuse_unsupported
 
-__all__ = ["SPEC", "build_request", "GeminiNormalizer"]
+__all__ = ["SPEC", "build_request", "gemini_schema", "GeminiNormalizer"]
+
+
+#: MIME types of images by file name extension, for ``fileData`` (Gemini API docs, "Image
+#: understanding": PNG, JPEG, WEBP, HEIC, HEIF; GIF is read as well).
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                ".gif": "image/gif", ".heic": "image/heic", ".heif": "image/heif"}
+
+
+def _part(part: str | Image) -> dict[str, Any]:
+    """A ``text``, ``inlineData`` or ``fileData`` part."""
+    if isinstance(part, str):
+        return {"text": part}
+    if part.data is not None:
+        return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
+    assert part.url is not None
+    path = urlsplit(part.url).path.lower()
+    mime = next((kind for ext, kind in _IMAGE_TYPES.items() if path.endswith(ext)), None)
+    if mime is None:
+        raise refuse("image_url", "google", "an http(s) image URL must end in " + ", ".join(_IMAGE_TYPES)
+                     + " (fileData needs a MIME type; or send a data URL)")
+    return {"fileData": {"mimeType": mime, "fileUri": part.url}}
+
+
+#: JSON Schema keywords Gemini's ``Schema`` (an OpenAPI 3.0 subset) has under the same name
+#: (Gemini API reference, ``Schema``).
+_SCHEMA_KEYWORDS = frozenset(("format", "title", "description", "nullable", "enum", "maxItems", "minItems",
+                              "minLength", "maxLength", "pattern", "minimum", "maximum", "minProperties",
+                              "maxProperties", "default", "example", "propertyOrdering"))
+_SCHEMA_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER", "boolean": "BOOLEAN",
+                 "array": "ARRAY", "object": "OBJECT"}
+_MAX_SCHEMA_DEPTH = 32
+
+
+def gemini_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema (what OpenAI's ``json_schema.schema`` and Pydantic give) as Gemini's
+    ``responseSchema`` (Gemini API reference, ``Schema``: an OpenAPI 3.0 subset).
+
+    - ``type`` is upper-cased (``STRING``...); ``type: [T, "null"]`` becomes ``T`` with
+      ``nullable: true``; ``anyOf`` with a ``{"type": "null"}`` member likewise (one other
+      member is merged in, several stay an ``anyOf``);
+    - local ``$ref`` (``#/$defs/X``, ``#/definitions/X``) are inlined (a recursive one is
+      refused: Gemini's schema has no references); ``const`` becomes a one-value ``enum``;
+    - ``properties`` gets ``propertyOrdering`` in the schema's order (Gemini otherwise
+      orders keys alphabetically); ``additionalProperties: false`` is dropped (Gemini emits
+      only declared properties);
+    - ``properties``, ``items``, ``required`` and the keywords of :data:`_SCHEMA_KEYWORDS` are kept.
+
+    Raises:
+        ProviderError: ``invalid_message`` naming the first keyword that cannot be converted
+            (``oneOf``, ``allOf``, ``not``, ``additionalProperties`` other than false,
+            ``patternProperties``...), a type Gemini lacks, or nesting deeper than 32.
+    """
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    return _convert(schema, defs, (), 0)
+
+
+def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int) -> dict[str, Any]:
+    def bad(keyword: str, why: str) -> Exception:
+        return refuse("response_format", "google", f"the schema keyword `{keyword}` cannot be converted to "
+                      f"Gemini's responseSchema: {why}")
+
+    if depth > _MAX_SCHEMA_DEPTH:
+        raise bad("properties", f"nested deeper than {_MAX_SCHEMA_DEPTH}")
+    if not isinstance(node, dict):
+        raise bad("type", "a schema must be an object")
+    if "$ref" in node:
+        ref = node["$ref"]
+        name = ref.rsplit("/", 1)[-1] if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")) \
+            else None
+        if name is None or name not in defs:
+            raise bad("$ref", f"only local references to $defs are inlined, not {ref!r}")
+        if name in seen:
+            raise bad("$ref", f"{name} refers to itself (Gemini's schema has no references)")
+        extra = {key: value for key, value in node.items() if key != "$ref"}
+        return _convert({**defs[name], **extra}, defs, (*seen, name), depth + 1)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("$defs", "definitions", "$schema", "strict"):
+            continue
+        if key == "type":
+            kinds = value if isinstance(value, list) else [value]
+            real = [kind for kind in kinds if kind != "null"]
+            if len(real) != 1 or real[0] not in _SCHEMA_TYPES:
+                raise bad("type", f"{value!r}: Gemini takes one of {', '.join(_SCHEMA_TYPES)} (or it and null)")
+            out["type"] = _SCHEMA_TYPES[real[0]]
+            if len(real) < len(kinds):
+                out["nullable"] = True
+        elif key == "properties":
+            out["properties"] = {name: _convert(sub, defs, seen, depth + 1) for name, sub in value.items()}
+            out.setdefault("propertyOrdering", list(value))
+        elif key == "items":
+            out["items"] = _convert(value, defs, seen, depth + 1)
+        elif key == "required":
+            out["required"] = list(value)
+        elif key == "additionalProperties":
+            if value is not False:
+                raise bad("additionalProperties", "Gemini's schema has fixed properties only")
+        elif key == "const":
+            out["enum"] = [value]
+            if not isinstance(value, str):
+                raise bad("const", "Gemini's enum values are strings")
+        elif key == "anyOf":
+            members = [member for member in value if member != {"type": "null"}]
+            if len(members) < len(value):
+                out["nullable"] = True
+            if len(members) == 1:
+                out.update({k: v for k, v in _convert(members[0], defs, seen, depth + 1).items() if k not in out})
+            else:
+                out["anyOf"] = [_convert(member, defs, seen, depth + 1) for member in members]
+        elif key in _SCHEMA_KEYWORDS:
+            out[key] = value
+        else:
+            raise bad(key, "Gemini's schema (an OpenAPI 3.0 subset) has no such keyword")
+    return out
 
 
 def _contents(messages: list[ChatMessage]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -43,8 +168,9 @@ def _contents(messages: list[ChatMessage]) -> tuple[list[str], list[dict[str, An
     contents: list[dict[str, Any]] = []
     names_by_id: dict[str, str] = {}
     for message in messages:
+        parts_in = content_parts(message.content, "google", message.role)
         if message.role in ("system", "developer"):
-            system.append(text_of(message.content))
+            system.append(joined_text(parts_in))
         elif message.role == "tool":
             name = names_by_id.get(message.tool_call_id or "") or message.name or ""
             response = {"functionResponse": {"name": name, "response": {"content": text_of(message.content)}}}
@@ -65,8 +191,10 @@ def _contents(messages: list[ChatMessage]) -> tuple[list[str], list[dict[str, An
                     part["thoughtSignature"] = call["signature"]
                 parts.append(part)
             contents.append({"role": "model", "parts": parts or [{"text": ""}]})
+        elif any(isinstance(part, Image) for part in parts_in):
+            contents.append({"role": "user", "parts": [_part(part) for part in parts_in]})
         else:
-            contents.append({"role": "user", "parts": [{"text": text_of(message.content)}]})
+            contents.append({"role": "user", "parts": [{"text": joined_text(parts_in)}]})
     return system, contents
 
 
@@ -91,7 +219,10 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     Raises:
         KeyError, TypeError, ValueError, AttributeError: client input that cannot be
             translated (a tool without a name, tool call arguments that are not JSON).
+        ProviderError: ``invalid_message`` naming a field Gemini cannot take (the module
+            docstring's list; a schema keyword outside Gemini's subset, :func:`gemini_schema`).
     """
+    refuse_unsupported(request, "google")
     system, contents = _contents(request.messages)
     body: dict[str, Any] = {"contents": contents}
     if system:
@@ -103,6 +234,16 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         generation["temperature"] = request.temperature
     if request.stop is not None:
         generation["stopSequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    for field, name in (("top_p", "topP"), ("seed", "seed"), ("presence_penalty", "presencePenalty"),
+                        ("frequency_penalty", "frequencyPenalty")):
+        value = getattr(request, field)
+        if value is not None:
+            generation[name] = value
+    wanted = json_format(request, "google")
+    if wanted is not None:
+        generation["responseMimeType"] = "application/json"
+        if wanted[1] is not None:
+            generation["responseSchema"] = gemini_schema(wanted[1])
     effort = effort_of(request)
     if effort or request.thinking is not None:
         thinking: dict[str, Any] = {"includeThoughts": True}

@@ -4,7 +4,16 @@
 Request (docs/PROVIDERS.md §4.1): ``POST {host}/api/chat``, answered with NDJSON. No key.
 ``developer`` messages become ``system``; tool call arguments are sent as JSON objects, not
 strings; ``max_tokens``, ``temperature`` and ``stop`` go into ``options`` (``num_predict``...);
-any reasoning request sets ``think: true``.
+any reasoning request sets ``think: true``. ``top_p``, ``seed``, ``presence_penalty`` and
+``frequency_penalty`` go into ``options`` under the same names (Ollama docs/api.md, "Valid
+Parameters and Values" of the Modelfile options). ``response_format`` becomes ``format``:
+``"json"`` for ``json_object``, the JSON schema itself for ``json_schema`` (docs/api.md,
+"Structured outputs"). ``image_url`` parts of user messages become the message's ``images``
+(base64, docs/api.md "Chat request (with images)"): data URLs only; an http(s) URL is refused
+because the hub does not fetch URLs for clients (a fetch would let any client make the hub
+reach any address, including the hub's own network, and would add unbounded work).
+``user``, ``parallel_tool_calls: false``, ``logprobs`` and ``n`` above 1 are refused
+(protocol/request_fields.py; docs/PROVIDERS.md §4.1).
 
 The host setting is read as Ollama reads ``OLLAMA_HOST`` (:func:`host_url`).
 """
@@ -21,9 +30,9 @@ from protocol.providers.base import (
     ProviderSpec,
     UpstreamRequest,
     effort_of,
-    text_of,
     tool_call_parts,
 )
+from protocol.request_fields import Image, content_parts, joined_text, json_format, refuse, refuse_unsupported
 
 __all__ = ["SPEC", "build_request", "host_url", "OllamaChatNormalizer"]
 
@@ -54,11 +63,21 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     Raises:
         KeyError, TypeError, ValueError, AttributeError: client input that cannot be
             translated (tool call arguments that are not JSON).
+        ProviderError: ``invalid_message`` naming a field Ollama cannot take (the module
+            docstring's list; an image given by http(s) URL).
     """
+    refuse_unsupported(request, "ollama")
     messages = []
     for message in request.messages:
+        parts = content_parts(message.content, "ollama", message.role)
         entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
-                                 "content": text_of(message.content)}
+                                 "content": joined_text(parts)}
+        images = [part for part in parts if isinstance(part, Image)]
+        if images:
+            if any(image.data is None for image in images):
+                raise refuse("image_url", "ollama", "Ollama takes images as base64 data; send a data URL (the hub "
+                             "does not fetch URLs for clients: a fetch would reach any address the hub can)")
+            entry["images"] = [image.data for image in images]
         if message.tool_calls:
             entry["tool_calls"] = [
                 {"function": {"name": name, "arguments": arguments}}
@@ -75,8 +94,15 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         options["temperature"] = request.temperature
     if request.stop is not None:
         options["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    for field in ("top_p", "seed", "presence_penalty", "frequency_penalty"):
+        value = getattr(request, field)
+        if value is not None:
+            options[field] = value
     if options:
         body["options"] = options
+    wanted = json_format(request, "ollama")
+    if wanted is not None:
+        body["format"] = wanted[1] if wanted[1] is not None else "json"
     if request.tools:
         body["tools"] = request.tools
     if effort_of(request) or request.thinking is not None:

@@ -7,6 +7,10 @@ Bearer <key>`` when a key is set, ``stream: true`` and ``stream_options.include_
 Messages and tools go through unchanged (they are already in OpenAI's shape). ``max_tokens``
 is sent as ``max_completion_tokens`` to OpenAI's reasoning models (``o1``, ``o3``, ``o4``,
 ``gpt-5``), which refuse the older name; compatible servers know only ``max_tokens``.
+``response_format``, ``seed``, ``top_p``, ``presence_penalty``, ``frequency_penalty``,
+``parallel_tool_calls`` and ``user`` are OpenAI's own request fields and go through as given
+(OpenAI API reference, "Create chat completion"); ``n`` above 1 and ``logprobs`` are refused
+(protocol/request_fields.py; docs/PROTOCOL.md "Request fields per provider").
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import msgspec
 from protocol.messages import Completion
 from protocol.normalizers.openai import OpenAIChatNormalizer
 from protocol.providers.base import ProviderSettings, ProviderSpec, UpstreamRequest, effort_of
+from protocol.request_fields import refuse_unsupported
 
 __all__ = ["SPEC", "build_request", "OpenAIChatNormalizer"]
 
@@ -34,15 +39,23 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
 
     Returns:
         The request; its body is plain JSON.
+
+    Raises:
+        ProviderError: ``invalid_message`` for a field refused for OpenAI (``n`` above 1,
+            ``logprobs``: protocol/request_fields.py), naming it.
     """
+    refuse_unsupported(request, "openai")
     body: dict[str, Any] = {
         "model": model,
         "messages": [msgspec.to_builtins(m) for m in request.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    for key in ("temperature", "tools", "tool_choice", "stop"):
+    for key in ("temperature", "tools", "tool_choice", "stop", "response_format", "seed", "top_p",
+                "presence_penalty", "frequency_penalty", "parallel_tool_calls", "user"):
         value = getattr(request, key)
+        if key == "parallel_tool_calls" and not request.tools:
+            continue  # OpenAI answers 400 to it without tools; without tools it means nothing
         if value is not None:
             body[key] = value
     if request.max_tokens is not None:

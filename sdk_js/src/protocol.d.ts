@@ -21,6 +21,14 @@
  *     stop: stop sequence(s).
  *     reasoning: OpenAI-style reasoning options, `{"effort": "low"}` or `"low"`.
  *     thinking: Anthropic-style `{"type": "enabled", "budget_tokens": 1024}`.
+ *     response_format: OpenAI's `{"type": "json_object"}` or `{"type": "json_schema",
+ *         "json_schema": {"name", "schema", "strict"}}`, mapped per provider.
+ *     n: number of choices; only 1 is accepted (one choice per completion).
+ *     seed, top_p, presence_penalty, frequency_penalty, logprobs, top_logprobs,
+ *     parallel_tool_calls, user: OpenAI's request options of the same names.
+ *         Each is carried in the provider's terms or refused with `invalid_message`
+ *         naming the field and the provider (docs/PROTOCOL.md "Request fields per provider",
+ *         declared in protocol/request_fields.py).
  *     coalesce: False sends every provider delta as its own frame (no StreamBuffer).
  *     fallbacks: models to try in order when the primary fails before any content was
  *         forwarded (`["anthropic/claude-3-haiku-20240307", ...]`); tried before the
@@ -38,6 +46,16 @@ export interface Completion {
   stop?: string | string[] | null;
   reasoning?: string | Record<string, unknown> | null;
   thinking?: Record<string, unknown> | null;
+  response_format?: Record<string, unknown> | null;
+  n?: number | null;
+  seed?: number | null;
+  top_p?: number | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  logprobs?: boolean | null;
+  top_logprobs?: number | null;
+  parallel_tool_calls?: boolean | null;
+  user?: string | null;
   coalesce?: boolean;
   fallbacks?: string[];
   rid?: string | null;
