@@ -468,3 +468,21 @@ async def test_the_sdk_s_api_key_is_the_credential(mock: MockProvider) -> None:
                 await client.responses.create(model="openai/gpt-4o-mini", input="x")
     assert refused.value.body["code"] == "invalid_token"  # type: ignore[index]
     assert refused.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.skipif("response_format" not in COMPLETION_FIELDS, reason="the completion carries no response_format yet")
+async def test_options_reach_a_responses_upstream_in_its_own_terms(hub: Hub, mock: MockProvider) -> None:
+    """Through the hub and back into the Responses API: ``text.format`` (via the completion's
+    ``response_format``), ``top_p``, ``user`` and ``parallel_tool_calls`` arrive as the client
+    wrote them."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}
+    text_format = {"type": "json_schema", "name": "City", "schema": schema, "strict": True}
+    async with sdk(hub.url) as client:
+        await client.responses.create(model="openai_responses/o4-mini", input="x [[mock tokens=1]]",
+                                      text={"format": text_format}, top_p=0.5, user="u-7",  # type: ignore[arg-type]
+                                      parallel_tool_calls=False, tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    body = mock.requests[-1]["body"]
+    assert mock.requests[-1]["path"] == "/v1/responses"
+    assert body["text"] == {"format": text_format}
+    assert (body["top_p"], body["user"], body["parallel_tool_calls"]) == (0.5, "u-7", False)
