@@ -24,7 +24,8 @@ from typing import Any, Literal
 from protocol.errors import ProviderError
 from protocol.messages import Completion
 
-__all__ = ["PROVIDER_KINDS", "FIELDS", "Support", "Image", "refuse", "refuse_unsupported", "json_format",
+__all__ = ["PROVIDER_KINDS", "FIELDS", "Support", "Image", "refuse", "refusal", "refuse_unsupported", "strict_tools",
+           "json_format",
            "content_parts", "joined_text", "render_table"]
 
 #: The provider kinds with a builder of their own, in the table's column order (the registry
@@ -84,6 +85,18 @@ FIELDS: dict[str, dict[str, Support]] = {
         "ollama": _m("message `images` (base64, data URLs only; an http(s) URL is refused: the hub does not "
                      "fetch URLs for clients)"),
     },
+    "tools[].function.strict": {
+        "openai": _c(),
+        "anthropic": _m("the tool's `strict: true` (strict tool use)"),
+        "google": _r("Gemini cannot guarantee that arguments follow the schema (`strict: false` passes)"),
+        "ollama": _r("Ollama cannot guarantee that arguments follow the schema (`strict: false` passes)"),
+    },
+    "tools[].function.parameters": {
+        "openai": _c(), "anthropic": _m("`input_schema`"),
+        "google": _m("`parameters`: as given when within Gemini's schema subset, else converted as "
+                     "`responseSchema` is (a keyword outside it is refused by name)"),
+        "ollama": _c(),
+    },
     "n": {
         "openai": _r(_ONE_CHOICE), "anthropic": _r(_ONE_CHOICE),
         "google": _r(_ONE_CHOICE), "ollama": _r(_ONE_CHOICE),
@@ -136,6 +149,18 @@ def refuse(field: str, provider: str, why: str) -> ProviderError:
     """The ``invalid_message`` error for ``field`` sent to ``provider``: ``"`field` is not
     supported by <provider>: <why>"`` (HTTP 400 on ``/v1``)."""
     return ProviderError(f"`{field}` is not supported by {provider}: {why}", "invalid_message")
+
+
+def refusal(field: str, provider: str) -> ProviderError:
+    """:func:`refuse` with the reason :data:`FIELDS` declares for ``field`` and ``provider``
+    (for the fields a builder checks itself, inside ``tools`` or ``messages``)."""
+    return refuse(field, provider, FIELDS[field][provider].how)
+
+
+def strict_tools(request: Completion) -> bool:
+    """Whether any tool of ``request`` asks for ``function.strict: true``."""
+    return any(isinstance(tool.get("function"), dict) and tool["function"].get("strict") is True
+               for tool in request.tools or ())
 
 
 def refuse_unsupported(request: Completion, provider: str) -> None:
@@ -239,8 +264,9 @@ def content_parts(content: Any, provider: str, role: str) -> list[str | Image]:
         role: the message's role; images are accepted in ``user`` messages only.
 
     Raises:
-        ProviderError: ``invalid_message``: a part type other than ``text`` and ``image_url``
-            (``input_audio``, ``file``...), an image outside a user message, or an image URL
+        ProviderError: ``invalid_message``: a part type other than ``text``, ``image_url``
+            and (in an assistant message, carried as its text) ``refusal`` (``input_audio``,
+            ``file``...), an image outside a user message, or an image URL
             that is neither base64 data nor http(s) (:func:`refuse`, naming the field).
     """
     if content is None:
@@ -252,13 +278,15 @@ def content_parts(content: Any, provider: str, role: str) -> list[str | Image]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             out.append(str(part.get("text", "")))
+        elif kind == "refusal" and role == "assistant":  # an earlier answer's refusal, as history
+            out.append(str(part.get("refusal", "")))
         elif kind == "image_url":
             if role != "user":
                 raise refuse("image_url", provider, f"images are accepted in user messages only, not in {role} ones")
             out.append(_image(part, provider))
         else:
             raise refuse(f"{kind}" if isinstance(kind, str) else "content", provider,
-                         "the hub carries text and image_url content parts only")
+                         "the hub carries text and image_url content parts only (and an assistant's refusal)")
     return out
 
 

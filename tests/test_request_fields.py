@@ -14,6 +14,7 @@ import pytest
 
 from protocol.messages import Completed, ErrorMessage
 from protocol.request_fields import FIELDS, PROVIDER_KINDS, render_table
+from tests.test_structured_output import City
 from tools.gen_docs import PROTOCOL_PATH, ROOT
 
 MODELS = {"openai": "openai/gpt-4o-mini", "anthropic": "anthropic/claude-sonnet-4-5",
@@ -239,3 +240,46 @@ async def test_reasoning_tokens_in_usage(hub: Any, kind: str) -> None:
     answer = await _create(hub, kind, content="Think [[mock tokens=3 reasoning=4]]", reasoning_effort="low")
     assert answer.usage is not None and answer.usage.completion_tokens_details is not None
     assert answer.usage.completion_tokens_details.reasoning_tokens == 4
+
+
+# Tools: strict, parameters in Gemini's subset; an assistant's refusal part as history.
+
+
+def _city_tool(strict: bool) -> dict[str, Any]:
+    return openai.pydantic_function_tool(City) if strict else {
+        "type": "function", "function": {"name": "City", "parameters": City.model_json_schema()}}
+
+
+async def test_strict_tools_carried_to_openai_and_anthropic(hub: Any, mock: Any) -> None:
+    await _create(hub, "openai", tools=[_city_tool(strict=True)])
+    assert mock.requests[-1]["body"]["tools"][0]["function"]["strict"] is True
+    await _create(hub, "anthropic", tools=[_city_tool(strict=True)])
+    tool = mock.requests[-1]["body"]["tools"][0]
+    assert tool["strict"] is True and tool["name"] == "City" and tool["input_schema"]["type"] == "object"
+
+
+@pytest.mark.parametrize("kind", ["google", "ollama"])
+async def test_strict_tools_refused_where_the_provider_cannot_guarantee_them(hub: Any, mock: Any, kind: str) -> None:
+    await _refused(hub, kind, "tools[].function.strict", tools=[_city_tool(strict=True)])
+    assert mock.requests == []
+
+
+async def test_gemini_tool_parameters_outside_its_subset_are_converted(hub: Any, mock: Any) -> None:
+    await _create(hub, "google", tools=[_city_tool(strict=False)])  # $defs, anyOf-null: the mock refuses those
+    parameters = mock.requests[-1]["body"]["tools"][0]["functionDeclarations"][0]["parameters"]
+    assert parameters["type"] == "OBJECT" and parameters["properties"]["mayor"]["nullable"] is True
+    await _create(hub, "google", tools=TOOLS)  # already in the subset: as given
+    assert mock.requests[-1]["body"]["tools"][0]["functionDeclarations"][0]["parameters"] == {"type": "object"}
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "patternProperties": {}}}}
+    message = await _refused(hub, "google", "tools[].function.parameters", tools=[bad])
+    assert "`patternProperties`" in message
+
+
+async def test_an_assistant_refusal_part_in_history_is_carried_as_text(hub: Any, mock: Any) -> None:
+    client = sdk(hub)
+    await client.chat.completions.create(model=MODELS["anthropic"], messages=[
+        {"role": "user", "content": "Do it"},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+        {"role": "user", "content": "Fine [[mock tokens=2]]"}])
+    await client.close()
+    assert mock.requests[-1]["body"]["messages"][1] == {"role": "assistant", "content": "I can't."}

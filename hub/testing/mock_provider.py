@@ -69,7 +69,8 @@ Request checks and structured output
 The OpenAI, Anthropic, Gemini and Ollama endpoints check a request as the real API would and
 answer HTTP 400 in the provider's error shape to what it would refuse (:func:`_check_request`):
 top-level fields the API does not know (Ollama ignores them, as Ollama does), Gemini
-``generationConfig`` fields and ``responseSchema`` keywords outside its ``Schema`` subset,
+``generationConfig`` fields and ``responseSchema`` or function ``parameters`` keywords outside
+its ``Schema`` subset,
 malformed image blocks (Anthropic ``image`` sources, Gemini ``inlineData``/``fileData``,
 Ollama ``images``; base64 data must decode). A request that asks for structured output in its
 provider's terms (OpenAI ``response_format``, Anthropic ``output_config.format``, Gemini
@@ -1795,7 +1796,8 @@ def _check_request(kind: str, body: dict[str, Any]) -> str | None:
 
     ``kind`` is ``openai``, ``anthropic``, ``gemini`` or ``ollama``. Checked: top-level fields
     (:data:`_KNOWN_FIELDS`; Ollama ignores unknown ones, as Ollama does), Gemini's
-    ``generationConfig`` fields and ``responseSchema`` keywords (and that a ``responseSchema``
+    ``generationConfig`` fields, ``responseSchema`` and function ``parameters`` keywords (and
+    that a ``responseSchema``
     comes with ``responseMimeType: application/json``), the shape of image blocks and parts
     (Anthropic ``image`` sources, Gemini ``inlineData``/``fileData``, Ollama ``images``: base64),
     and the structured-output fields: OpenAI ``response_format`` (a ``json_schema`` needs a
@@ -1847,6 +1849,10 @@ def _check_request(kind: str, body: dict[str, Any]) -> str | None:
                     _checked_image_data(part["inlineData"].get("data"), "inlineData.data")
                 if "fileData" in part and not (part["fileData"].get("mimeType") and part["fileData"].get("fileUri")):
                     raise DirectiveError("fileData needs mimeType and fileUri")
+        for tool in body.get("tools") or ():
+            for declaration in tool.get("functionDeclarations") or ():
+                if "parameters" in declaration:
+                    _gemini_schema_keys(declaration["parameters"], "tools.function_declarations.parameters")
         schema = generation.get("responseSchema")
         mime = generation.get("responseMimeType")
         if schema is not None:

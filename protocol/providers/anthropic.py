@@ -8,7 +8,8 @@ translated:
 - ``system`` and ``developer`` messages are joined (blank line between) into ``system``;
 - assistant tool calls become ``tool_use`` blocks (arguments parsed to an object); tool results
   become ``tool_result`` blocks, all results of one turn in one user message;
-- OpenAI function tools become ``{name, description, input_schema}``; other tools (server
+- OpenAI function tools become ``{name, description, input_schema}`` (and ``strict: true``
+  when the function asks for it); other tools (server
   tools) pass unchanged; ``tool_choice`` maps auto/required/none/function to
   auto/any/none/tool;
 - ``max_tokens`` is required by the API: 1024 when the client gives none, or the thinking
@@ -60,6 +61,8 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry = {"name": function["name"], "input_schema": schema}
         if function.get("description"):
             entry["description"] = function["description"]
+        if function.get("strict") is True:  # Anthropic docs, "Structured outputs", strict tool use
+            entry["strict"] = True
         converted.append(entry)
     return converted
 

@@ -13,7 +13,8 @@ OpenAI-shaped request is translated:
   ``user`` turn;
 - ``max_tokens``, ``temperature``, ``stop`` and reasoning go into ``generationConfig``
   (``thinkingConfig.includeThoughts`` and a ``thinkingBudget``);
-- tools become ``functionDeclarations``; ``tool_choice`` becomes
+- tools become ``functionDeclarations`` (``parameters`` outside Gemini's schema subset
+  converted by :func:`gemini_schema`; ``strict: true`` refused); ``tool_choice`` becomes
   ``toolConfig.functionCallingConfig`` (AUTO, ANY, NONE, or ANY with one allowed name);
 - ``image_url`` parts of user messages become ``inlineData: {mimeType, data}`` (a data URL)
   or ``fileData: {mimeType, fileUri}`` (an http(s) URL, the MIME type from the file name's
@@ -43,7 +44,16 @@ from protocol.providers.base import (
     text_of,
     tool_call_parts,
 )
-from protocol.request_fields import Image, content_parts, joined_text, json_format, refuse, refuse_unsupported
+from protocol.request_fields import (
+    Image,
+    content_parts,
+    joined_text,
+    json_format,
+    refusal,
+    refuse,
+    refuse_unsupported,
+    strict_tools,
+)
 
 __all__ = ["SPEC", "build_request", "gemini_schema", "GeminiNormalizer"]
 
@@ -79,7 +89,7 @@ _SCHEMA_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER", "
 _MAX_SCHEMA_DEPTH = 32
 
 
-def gemini_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def gemini_schema(schema: dict[str, Any], field: str = "response_format") -> dict[str, Any]:
     """A JSON Schema (what OpenAI's ``json_schema.schema`` and Pydantic give) as Gemini's
     ``responseSchema`` (Gemini API reference, ``Schema``: an OpenAPI 3.0 subset).
 
@@ -93,19 +103,53 @@ def gemini_schema(schema: dict[str, Any]) -> dict[str, Any]:
       only declared properties);
     - ``properties``, ``items``, ``required`` and the keywords of :data:`_SCHEMA_KEYWORDS` are kept.
 
+    Args:
+        schema: the JSON Schema.
+        field: the request field it came from, named in errors (``response_format``, or
+            ``tools[].function.parameters``).
+
     Raises:
-        ProviderError: ``invalid_message`` naming the first keyword that cannot be converted
-            (``oneOf``, ``allOf``, ``not``, ``additionalProperties`` other than false,
-            ``patternProperties``...), a type Gemini lacks, or nesting deeper than 32.
+        ProviderError: ``invalid_message`` naming ``field`` and the first keyword that cannot
+            be converted (``oneOf``, ``allOf``, ``not``, ``additionalProperties`` other than
+            false, ``patternProperties``...), a type Gemini lacks, or nesting deeper than 32.
     """
     defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
-    return _convert(schema, defs, (), 0)
+    return _convert(schema, defs, (), 0, field)
 
 
-def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int) -> dict[str, Any]:
+def _within_subset(node: Any, depth: int = 0) -> bool:
+    """Whether a schema already is in Gemini's subset (then it is sent as given)."""
+    if not isinstance(node, dict) or depth > _MAX_SCHEMA_DEPTH:
+        return False
+    for key, value in node.items():
+        if key == "type":
+            if not isinstance(value, str) or value.lower() not in _SCHEMA_TYPES:
+                return False
+        elif key == "properties":
+            if not isinstance(value, dict) or not all(_within_subset(sub, depth + 1) for sub in value.values()):
+                return False
+        elif key == "items":
+            if not _within_subset(value, depth + 1):
+                return False
+        elif key == "anyOf":
+            if not isinstance(value, list) or not all(_within_subset(sub, depth + 1) for sub in value):
+                return False
+        elif key != "required" and key not in _SCHEMA_KEYWORDS:
+            return False
+    return True
+
+
+def _parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """A function's ``parameters``: as given when already in Gemini's subset (a plain
+    ``{"type": "object", "properties": ...}``), else converted by :func:`gemini_schema`
+    (a Pydantic model's schema has ``additionalProperties``, ``$defs``, ``anyOf`` with null)."""
+    return schema if _within_subset(schema) else gemini_schema(schema, "tools[].function.parameters")
+
+
+def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int, field: str) -> dict[str, Any]:
     def bad(keyword: str, why: str) -> Exception:
-        return refuse("response_format", "google", f"the schema keyword `{keyword}` cannot be converted to "
-                      f"Gemini's responseSchema: {why}")
+        return refuse(field, "google", f"the schema keyword `{keyword}` cannot be converted to "
+                      f"Gemini's Schema: {why}")
 
     if depth > _MAX_SCHEMA_DEPTH:
         raise bad("properties", f"nested deeper than {_MAX_SCHEMA_DEPTH}")
@@ -120,7 +164,7 @@ def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int)
         if name in seen:
             raise bad("$ref", f"{name} refers to itself (Gemini's schema has no references)")
         extra = {key: value for key, value in node.items() if key != "$ref"}
-        return _convert({**defs[name], **extra}, defs, (*seen, name), depth + 1)
+        return _convert({**defs[name], **extra}, defs, (*seen, name), depth + 1, field)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("$defs", "definitions", "$schema", "strict"):
@@ -134,10 +178,10 @@ def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int)
             if len(real) < len(kinds):
                 out["nullable"] = True
         elif key == "properties":
-            out["properties"] = {name: _convert(sub, defs, seen, depth + 1) for name, sub in value.items()}
+            out["properties"] = {name: _convert(sub, defs, seen, depth + 1, field) for name, sub in value.items()}
             out.setdefault("propertyOrdering", list(value))
         elif key == "items":
-            out["items"] = _convert(value, defs, seen, depth + 1)
+            out["items"] = _convert(value, defs, seen, depth + 1, field)
         elif key == "required":
             out["required"] = list(value)
         elif key == "additionalProperties":
@@ -152,9 +196,10 @@ def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int)
             if len(members) < len(value):
                 out["nullable"] = True
             if len(members) == 1:
-                out.update({k: v for k, v in _convert(members[0], defs, seen, depth + 1).items() if k not in out})
+                merged = _convert(members[0], defs, seen, depth + 1, field)
+                out.update({k: v for k, v in merged.items() if k not in out})
             else:
-                out["anyOf"] = [_convert(member, defs, seen, depth + 1) for member in members]
+                out["anyOf"] = [_convert(member, defs, seen, depth + 1, field) for member in members]
         elif key in _SCHEMA_KEYWORDS:
             out[key] = value
         else:
@@ -254,6 +299,8 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     if generation:
         body["generationConfig"] = generation
     if request.tools:
+        if strict_tools(request):
+            raise refusal("tools[].function.strict", "google")
         declarations = []
         for tool in request.tools:
             function = tool.get("function", tool)
@@ -261,7 +308,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
             if function.get("description"):
                 declaration["description"] = function["description"]
             if function.get("parameters"):
-                declaration["parameters"] = function["parameters"]
+                declaration["parameters"] = _parameters(function["parameters"])
             declarations.append(declaration)
         body["tools"] = [{"functionDeclarations": declarations}]
         tool_config = _tool_config(request.tool_choice)

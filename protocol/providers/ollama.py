@@ -12,7 +12,8 @@ Parameters and Values" of the Modelfile options). ``response_format`` becomes ``
 (base64, docs/api.md "Chat request (with images)"): data URLs only; an http(s) URL is refused
 because the hub does not fetch URLs for clients (a fetch would let any client make the hub
 reach any address, including the hub's own network, and would add unbounded work).
-``user``, ``parallel_tool_calls: false``, ``logprobs`` and ``n`` above 1 are refused
+``user``, ``parallel_tool_calls: false``, a tool's ``strict: true``, ``logprobs`` and ``n``
+above 1 are refused
 (protocol/request_fields.py; docs/PROVIDERS.md §4.1).
 
 The host setting is read as Ollama reads ``OLLAMA_HOST`` (:func:`host_url`).
@@ -32,7 +33,16 @@ from protocol.providers.base import (
     effort_of,
     tool_call_parts,
 )
-from protocol.request_fields import Image, content_parts, joined_text, json_format, refuse, refuse_unsupported
+from protocol.request_fields import (
+    Image,
+    content_parts,
+    joined_text,
+    json_format,
+    refusal,
+    refuse,
+    refuse_unsupported,
+    strict_tools,
+)
 
 __all__ = ["SPEC", "build_request", "host_url", "OllamaChatNormalizer"]
 
@@ -104,6 +114,8 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     if wanted is not None:
         body["format"] = wanted[1] if wanted[1] is not None else "json"
     if request.tools:
+        if strict_tools(request):
+            raise refusal("tools[].function.strict", "ollama")
         body["tools"] = request.tools
     if effort_of(request) or request.thinking is not None:
         body["think"] = True
