@@ -143,8 +143,8 @@ async def test_rejected_completion_raises_at_start(client: HubClient) -> None:
 
 
 async def test_bad_arguments_are_refused_before_sending(client: HubClient) -> None:
-    with pytest.raises(TypeError, match="top_p"):
-        client.completion(model=MODEL, messages=user("hi"), top_p=0.5)
+    with pytest.raises(TypeError, match="top_k"):
+        client.completion(model=MODEL, messages=user("hi"), top_k=0.5)
     with pytest.raises(ValueError):
         client.completion(model=MODEL, messages=user("hi"), id="has space")
     with pytest.raises(ValueError):
