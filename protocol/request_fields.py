@@ -85,6 +85,14 @@ FIELDS: dict[str, dict[str, Support]] = {
         "ollama": _m("message `images` (base64, data URLs only; an http(s) URL is refused: the hub does not "
                      "fetch URLs for clients)"),
     },
+    "tool_choice": {
+        "openai": _c(),
+        "anthropic": _m("`auto`, `any` (`required`), `none`, `tool` (a function)"),
+        "google": _m("`toolConfig.functionCallingConfig.mode` AUTO, ANY (`required`), NONE; ANY with "
+                     "`allowedFunctionNames` for a function"),
+        "ollama": _m("`auto`: its default; `none`: the tools are left out; `required` and a named function "
+                     "refused (Ollama cannot be made to call a tool)"),
+    },
     "tools[].function.strict": {
         "openai": _c(),
         "anthropic": _m("the tool's `strict: true` (strict tool use)"),

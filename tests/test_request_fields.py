@@ -283,3 +283,14 @@ async def test_an_assistant_refusal_part_in_history_is_carried_as_text(hub: Any,
         {"role": "user", "content": "Fine [[mock tokens=2]]"}])
     await client.close()
     assert mock.requests[-1]["body"]["messages"][1] == {"role": "assistant", "content": "I can't."}
+
+
+async def test_tool_choice_on_ollama(hub: Any, mock: Any) -> None:
+    await _create(hub, "ollama", tools=TOOLS, tool_choice="auto")
+    assert mock.requests[-1]["body"]["tools"] == TOOLS
+    await _create(hub, "ollama", tools=TOOLS, tool_choice="none")
+    assert "tools" not in mock.requests[-1]["body"]
+    await _refused(hub, "ollama", "tool_choice", tools=TOOLS, tool_choice="required")
+    await _refused(hub, "ollama", "tool_choice", tools=TOOLS,
+                   tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert len(mock.requests) == 2

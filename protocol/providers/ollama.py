@@ -12,8 +12,9 @@ Parameters and Values" of the Modelfile options). ``response_format`` becomes ``
 (base64, docs/api.md "Chat request (with images)"): data URLs only; an http(s) URL is refused
 because the hub does not fetch URLs for clients (a fetch would let any client make the hub
 reach any address, including the hub's own network, and would add unbounded work).
-``user``, ``parallel_tool_calls: false``, a tool's ``strict: true``, ``logprobs`` and ``n``
-above 1 are refused
+``tool_choice`` ``none`` leaves the tools out (Ollama has no ``tool_choice``; ``auto`` is its
+behaviour). ``user``, ``parallel_tool_calls: false``, a tool's ``strict: true``, ``tool_choice``
+``required`` or a named function, ``logprobs`` and ``n`` above 1 are refused
 (protocol/request_fields.py; docs/PROVIDERS.md §4.1).
 
 The host setting is read as Ollama reads ``OLLAMA_HOST`` (:func:`host_url`).
@@ -113,7 +114,11 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
     wanted = json_format(request, "ollama")
     if wanted is not None:
         body["format"] = wanted[1] if wanted[1] is not None else "json"
-    if request.tools:
+    choice = request.tool_choice
+    if choice not in (None, "auto", "none"):
+        raise refuse("tool_choice", "ollama", f"{choice!r}: Ollama cannot be made to call a tool "
+                     "(`auto` and `none` are carried)")
+    if request.tools and choice != "none":  # `none`: no tool may be called, so none is offered
         if strict_tools(request):
             raise refusal("tools[].function.strict", "ollama")
         body["tools"] = request.tools
