@@ -207,3 +207,13 @@ def test_websocket_completion_carries_response_format_to_the_builder() -> None:
     from protocol.providers import ollama
     built = ollama.build_request(request, "llama3.2", ProviderSettings(base_url="http://h:1"))
     assert built.body["format"] == {"type": "object"}
+
+
+def test_gemini_schema_conversion_work_is_bounded() -> None:
+    """Each definition uses the next twice: over 2**14 nodes once inlined, refused at 5000."""
+    defs = {f"D{i}": {"type": "object", "properties": {"a": {"$ref": f"#/$defs/D{i + 1}"},
+                                                      "b": {"$ref": f"#/$defs/D{i + 1}"}}} for i in range(14)}
+    defs["D14"] = {"type": "string"}
+    with pytest.raises(ProviderError) as caught:
+        gemini.gemini_schema({"$ref": "#/$defs/D0", "$defs": defs})
+    assert "5000 nodes" in str(caught.value)

@@ -30,6 +30,7 @@ OpenAI-shaped request is translated:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -87,6 +88,18 @@ _SCHEMA_KEYWORDS = frozenset(("format", "title", "description", "nullable", "enu
 _SCHEMA_TYPES = {"string": "STRING", "number": "NUMBER", "integer": "INTEGER", "boolean": "BOOLEAN",
                  "array": "ARRAY", "object": "OBJECT"}
 _MAX_SCHEMA_DEPTH = 32
+#: At most this many schema nodes are written: inlining references that share definitions can
+#: multiply a small schema (each level using the next one twice doubles it), so the work is
+#: bounded here rather than by the request's size.
+_MAX_SCHEMA_NODES = 5000
+
+
+@dataclass
+class _Conversion:
+    """One :func:`gemini_schema` run: the request field named in errors, nodes written."""
+
+    field: str
+    nodes: int = 0
 
 
 def gemini_schema(schema: dict[str, Any], field: str = "response_format") -> dict[str, Any]:
@@ -101,7 +114,8 @@ def gemini_schema(schema: dict[str, Any], field: str = "response_format") -> dic
     - ``properties`` gets ``propertyOrdering`` in the schema's order (Gemini otherwise
       orders keys alphabetically); ``additionalProperties: false`` is dropped (Gemini emits
       only declared properties);
-    - ``properties``, ``items``, ``required`` and the keywords of :data:`_SCHEMA_KEYWORDS` are kept.
+    - ``properties``, ``items``, ``required`` and the keywords of :data:`_SCHEMA_KEYWORDS` are kept;
+    - at most 5000 nodes are written (references inlined can multiply a schema).
 
     Args:
         schema: the JSON Schema.
@@ -111,10 +125,11 @@ def gemini_schema(schema: dict[str, Any], field: str = "response_format") -> dic
     Raises:
         ProviderError: ``invalid_message`` naming ``field`` and the first keyword that cannot
             be converted (``oneOf``, ``allOf``, ``not``, ``additionalProperties`` other than
-            false, ``patternProperties``...), a type Gemini lacks, or nesting deeper than 32.
+            false, ``patternProperties``...), a type Gemini lacks, nesting deeper than 32, or
+            more than 5000 nodes.
     """
     defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
-    return _convert(schema, defs, (), 0, field)
+    return _convert(schema, defs, (), 0, _Conversion(field))
 
 
 def _within_subset(node: Any, depth: int = 0) -> bool:
@@ -146,13 +161,16 @@ def _parameters(schema: dict[str, Any]) -> dict[str, Any]:
     return schema if _within_subset(schema) else gemini_schema(schema, "tools[].function.parameters")
 
 
-def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int, field: str) -> dict[str, Any]:
+def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int, run: _Conversion) -> dict[str, Any]:
     def bad(keyword: str, why: str) -> Exception:
-        return refuse(field, "google", f"the schema keyword `{keyword}` cannot be converted to "
+        return refuse(run.field, "google", f"the schema keyword `{keyword}` cannot be converted to "
                       f"Gemini's Schema: {why}")
 
     if depth > _MAX_SCHEMA_DEPTH:
         raise bad("properties", f"nested deeper than {_MAX_SCHEMA_DEPTH}")
+    run.nodes += 1
+    if run.nodes > _MAX_SCHEMA_NODES:
+        raise bad("$ref", f"the schema expands to more than {_MAX_SCHEMA_NODES} nodes once references are inlined")
     if not isinstance(node, dict):
         raise bad("type", "a schema must be an object")
     if "$ref" in node:
@@ -164,7 +182,7 @@ def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int,
         if name in seen:
             raise bad("$ref", f"{name} refers to itself (Gemini's schema has no references)")
         extra = {key: value for key, value in node.items() if key != "$ref"}
-        return _convert({**defs[name], **extra}, defs, (*seen, name), depth + 1, field)
+        return _convert({**defs[name], **extra}, defs, (*seen, name), depth + 1, run)
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("$defs", "definitions", "$schema", "strict"):
@@ -178,10 +196,10 @@ def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int,
             if len(real) < len(kinds):
                 out["nullable"] = True
         elif key == "properties":
-            out["properties"] = {name: _convert(sub, defs, seen, depth + 1, field) for name, sub in value.items()}
+            out["properties"] = {name: _convert(sub, defs, seen, depth + 1, run) for name, sub in value.items()}
             out.setdefault("propertyOrdering", list(value))
         elif key == "items":
-            out["items"] = _convert(value, defs, seen, depth + 1, field)
+            out["items"] = _convert(value, defs, seen, depth + 1, run)
         elif key == "required":
             out["required"] = list(value)
         elif key == "additionalProperties":
@@ -196,10 +214,10 @@ def _convert(node: Any, defs: dict[str, Any], seen: tuple[str, ...], depth: int,
             if len(members) < len(value):
                 out["nullable"] = True
             if len(members) == 1:
-                merged = _convert(members[0], defs, seen, depth + 1, field)
+                merged = _convert(members[0], defs, seen, depth + 1, run)
                 out.update({k: v for k, v in merged.items() if k not in out})
             else:
-                out["anyOf"] = [_convert(member, defs, seen, depth + 1, field) for member in members]
+                out["anyOf"] = [_convert(member, defs, seen, depth + 1, run) for member in members]
         elif key in _SCHEMA_KEYWORDS:
             out[key] = value
         else:
