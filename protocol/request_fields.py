@@ -85,6 +85,13 @@ FIELDS: dict[str, dict[str, Support]] = {
         "ollama": _m("message `images` (base64, data URLs only; an http(s) URL is refused: the hub does not "
                      "fetch URLs for clients)"),
     },
+    "reasoning_effort": {
+        "openai": _c(),
+        "anthropic": _m("`thinking: {type: enabled, budget_tokens}` (minimal/low 1024, medium 4096, high 16384)"),
+        "google": _m("`generationConfig.thinkingConfig`: `includeThoughts: true`, `thinkingBudget` as for anthropic"),
+        "ollama": _m("`think`: the level (`low`, `medium`, `high`) for `gpt-oss` models, which take one; `true` for "
+                     "other thinking models, which have no levels"),
+    },
     "tool_choice": {
         "openai": _c(),
         "anthropic": _m("`auto`, `any` (`required`), `none`, `tool` (a function)"),

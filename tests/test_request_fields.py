@@ -294,3 +294,14 @@ async def test_tool_choice_on_ollama(hub: Any, mock: Any) -> None:
     await _refused(hub, "ollama", "tool_choice", tools=TOOLS,
                    tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert len(mock.requests) == 2
+
+
+@pytest.mark.parametrize(("model", "effort", "think"), [
+    ("ollama/gpt-oss:20b", "high", "high"), ("ollama/gpt-oss:120b", "low", "low"),
+    ("ollama/gpt-oss:20b", "minimal", True), ("ollama/qwen3", "high", True)])
+async def test_reasoning_effort_on_ollama(hub: Any, mock: Any, model: str, effort: str, think: Any) -> None:
+    client = sdk(hub)
+    await client.chat.completions.create(model=model, reasoning_effort=effort,  # type: ignore[arg-type]
+                                         messages=[{"role": "user", "content": "Hi [[mock tokens=2]]"}])
+    await client.close()
+    assert mock.requests[-1]["body"]["think"] == think

@@ -4,7 +4,8 @@
 Request (docs/PROVIDERS.md §4.1): ``POST {host}/api/chat``, answered with NDJSON. No key.
 ``developer`` messages become ``system``; tool call arguments are sent as JSON objects, not
 strings; ``max_tokens``, ``temperature`` and ``stop`` go into ``options`` (``num_predict``...);
-any reasoning request sets ``think: true``. ``top_p``, ``seed``, ``presence_penalty`` and
+any reasoning request sets ``think: true``, or the effort level (``low``, ``medium``,
+``high``) for ``gpt-oss`` models, which take one. ``top_p``, ``seed``, ``presence_penalty`` and
 ``frequency_penalty`` go into ``options`` under the same names (Ollama docs/api.md, "Valid
 Parameters and Values" of the Modelfile options). ``response_format`` becomes ``format``:
 ``"json"`` for ``json_object``, the JSON schema itself for ``json_schema`` (docs/api.md,
@@ -122,8 +123,11 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         if strict_tools(request):
             raise refusal("tools[].function.strict", "ollama")
         body["tools"] = request.tools
-    if effort_of(request) or request.thinking is not None:
-        body["think"] = True
+    effort = effort_of(request)
+    if effort or request.thinking is not None:
+        # docs/api.md "Chat request (with thinking)": gpt-oss takes a level, the others a boolean.
+        levelled = model.startswith("gpt-oss") and effort in ("low", "medium", "high")
+        body["think"] = effort if levelled else True
     url = settings.base_url.rstrip("/") + "/api/chat"
     return SPEC.request(model, url, {"Content-Type": "application/json"}, body)
 
