@@ -5,6 +5,7 @@ refusals (docs/PROTOCOL.md "Request fields per provider")."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -217,3 +218,11 @@ def test_gemini_schema_conversion_work_is_bounded() -> None:
     with pytest.raises(ProviderError) as caught:
         gemini.gemini_schema({"$ref": "#/$defs/D0", "$defs": defs})
     assert "5000 nodes" in str(caught.value)
+
+
+def test_the_mocks_example_is_bounded_work() -> None:
+    defs = {f"D{i}": {"type": "object", "properties": {"a": {"$ref": f"#/$defs/D{i + 1}"},
+                                                      "b": {"$ref": f"#/$defs/D{i + 1}"}}} for i in range(30)}
+    example = example_for_schema({"$ref": "#/$defs/D0", "$defs": defs})  # 2**30 leaves unbounded
+    assert isinstance(example, dict) and len(json.dumps(example)) < 200_000
+    assert len(example_for_schema({"type": "array", "items": {"type": "integer"}, "minItems": 10**9})) == 100

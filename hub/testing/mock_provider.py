@@ -1725,22 +1725,29 @@ _GEMINI_SCHEMA = frozenset((
     "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf",
     "propertyOrdering", "default", "items", "minimum", "maximum"))
 _MAX_EXAMPLE_DEPTH = 32
+_MAX_EXAMPLE_NODES = 5000
 
 
-def example_for_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:
+def example_for_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0,
+                       budget: list[int] | None = None) -> Any:
     """A JSON value valid for ``schema`` (JSON Schema, or Gemini's upper-case ``Schema``),
     the same every time: what the mock answers when a request asks for structured output.
 
-    Objects get every property; arrays ``max(1, minItems)`` items; strings ``"mock"`` (or
+    Objects get every property; arrays ``max(1, minItems)`` items (at most 100); strings ``"mock"`` (or
     the first ``enum`` value); integers 1; numbers 1.5; booleans true. Local ``$ref`` are
-    followed; ``anyOf``/``oneOf`` take the first member that is not ``null``.
+    followed; ``anyOf``/``oneOf`` take the first member that is not ``null``. Bounded: past
+    32 levels or 5000 nodes (references that share definitions multiply a schema) the rest is
+    null.
     """
-    if not isinstance(schema, dict) or depth > _MAX_EXAMPLE_DEPTH:
+    if budget is None:
+        budget = [_MAX_EXAMPLE_NODES]
+    budget[0] -= 1
+    if not isinstance(schema, dict) or depth > _MAX_EXAMPLE_DEPTH or budget[0] < 0:
         return None
     if defs is None:
         defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
     if isinstance(schema.get("$ref"), str):
-        return example_for_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1]), defs, depth + 1)
+        return example_for_schema(defs.get(schema["$ref"].rsplit("/", 1)[-1]), defs, depth + 1, budget)
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -1748,16 +1755,17 @@ def example_for_schema(schema: Any, defs: dict[str, Any] | None = None, depth: i
     for key in ("anyOf", "oneOf"):
         members = [m for m in schema.get(key) or () if not (isinstance(m, dict) and m.get("type") == "null")]
         if members:
-            return example_for_schema(members[0], defs, depth + 1)
+            return example_for_schema(members[0], defs, depth + 1, budget)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     kind = str(kind).lower()
     if kind == "object":
         properties = schema.get("properties") or {}
-        return {name: example_for_schema(sub, defs, depth + 1) for name, sub in properties.items()}
+        return {name: example_for_schema(sub, defs, depth + 1, budget) for name, sub in properties.items()}
     if kind == "array":
-        return [example_for_schema(schema.get("items"), defs, depth + 1)] * max(1, int(schema.get("minItems", 1)))
+        count = min(max(1, int(schema.get("minItems", 1))), 100)  # a huge minItems would be huge work
+        return [example_for_schema(schema.get("items"), defs, depth + 1, budget)] * count
     return {"string": "mock", "integer": 1, "number": 1.5, "boolean": True}.get(kind)
 
 
