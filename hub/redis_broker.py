@@ -28,7 +28,9 @@ for Redis), and :meth:`RedisBroker._send` sends the whole batch in one round tri
 the event-loop iteration when the batch holds an event of a channel that another node watches
 (its subscribers wait for it: cross-node latency is not traded for round trips), else once the
 batch's oldest op has waited :data:`PUBLISH_DELAY_S` (1 ms; as Centrifugo's Redis engine
-batches), or at once when it reaches :data:`BATCH_EVENTS` or :data:`BATCH_BYTES`. Terminal
+batches), or at once when it reaches :data:`BATCH_EVENTS` or :data:`BATCH_BYTES`. (A node
+watches a channel from its mirror's first subscriber on; type-level subscribers on other nodes
+do not count: their events may wait the window.) Terminal
 events and registrations wait no longer than the window; shutdown sends everything. One
 EVALSHA of a Lua script that, per event, does ``XADD P s:<ch> <seq>-0 d <payload>`` and
 ``PUBLISH P ch:<ch> <payload>`` (both or neither), and on the terminal event marks the meta
@@ -173,14 +175,17 @@ from protocol.messages import (
     encode,
 )
 
-__all__ = ["RedisBroker", "BrokerUnavailable", "PUBLISH_DELAY_S", "BATCH_EVENTS", "BATCH_BYTES", "UNSENT_MAX_EVENTS",
-           "UNSENT_MAX_BYTES"]
+__all__ = ["RedisBroker", "BrokerUnavailable", "PUBLISH_DELAY_S", "PUBLISH_DELAY_WATCHED_S", "BATCH_EVENTS",
+           "BATCH_BYTES", "UNSENT_MAX_EVENTS", "UNSENT_MAX_BYTES"]
 
 log = logging.getLogger("cbhub.broker")
 
 #: How long a publish batch may wait for more events (s) when no other node watches its
 #: channels: fewer round trips (10-25 events each at 1000 paced streams instead of 8).
 PUBLISH_DELAY_S = 0.001
+#: The same for a batch holding an event of a channel another node watches (0: sent at the end
+#: of the event-loop iteration; its subscribers wait for it).
+PUBLISH_DELAY_WATCHED_S = 0.0
 #: The most events one round trip carries.
 BATCH_EVENTS = 500
 #: The most payload bytes one round trip carries (a batch takes at least one event).
@@ -517,6 +522,8 @@ class RedisBroker(StreamMultiplexer):
             as while Redis is unreachable and is tried again every 1/8 of ``node_timeout_s``.
         publish_delay_s: the publish window (:data:`PUBLISH_DELAY_S`; 0 sends at the end of
             every event-loop iteration), s.
+        publish_delay_watched_s: the same for batches with an event another node watches
+            (:data:`PUBLISH_DELAY_WATCHED_S`), s.
         round_trips: publish round trips sent to Redis so far.
         events_sent: events those round trips carried.
         events_dropped: events never sent to Redis (dropped past the unsent caps).
@@ -560,6 +567,7 @@ class RedisBroker(StreamMultiplexer):
         self._batch_started: float | None = None  # loop time of the oldest op waiting
         self._urgent = False  # the batch holds an event another node waits for
         self.publish_delay_s = PUBLISH_DELAY_S
+        self.publish_delay_watched_s = PUBLISH_DELAY_WATCHED_S
         self._inflight: asyncio.Task[None] | None = None
         self._replicated: set[str] = set()
         self._ended: set[str] = set()  # replicated channels run here whose end was batched
@@ -1008,12 +1016,16 @@ class RedisBroker(StreamMultiplexer):
             return
         loop = asyncio.get_running_loop()
         wait = 0.0
-        if not (self._urgent or self._batch_events >= BATCH_EVENTS or self._batch_bytes >= BATCH_BYTES):
+        if self._batch_events < BATCH_EVENTS and self._batch_bytes < BATCH_BYTES:
             started = self._batch_started
-            wait = self.publish_delay_s - (loop.time() - started if started is not None else 0.0)
+            delay = self.publish_delay_watched_s if self._urgent else self.publish_delay_s
+            wait = delay - (loop.time() - started if started is not None else 0.0)
         if wait > 0:
-            if self._timer is None:
-                self._timer = loop.call_at(loop.time() + wait, self._send)
+            deadline = loop.time() + wait
+            if self._timer is None or self._timer.when() > deadline:  # an earlier end wins
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._send)
             return
         if self._timer is not None:
             self._timer.cancel()

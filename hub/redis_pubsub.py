@@ -239,13 +239,9 @@ class PubSubReader:
             protocol.transport.write(encode_command(command, *names[start:start + TOPICS_PER_COMMAND]))
 
     def subscribe(self, *channels: bytes) -> None:
-        """Subscribe to ``channels`` (Redis confirms each with a ``subscribe`` frame).
-
-        Raises:
-            ConnectionError: not connected now (nothing is recorded).
-        """
-        if not self.connected:
-            raise ConnectionError("the Redis PUB/SUB connection is down")
+        """Subscribe to ``channels``: now when connected, else at the next connection (Redis
+        confirms each with a ``subscribe`` frame; a caller that needs the subscription waits
+        for that frame, with a bound of its own)."""
         fresh = [channel for channel in channels if channel not in self.channels]
         self.channels.update(fresh)
         self._write(b"SUBSCRIBE", fresh)

@@ -182,11 +182,20 @@ async def test_every_frame_of_one_read_is_handed_over_at_once_and_bad_bytes_reco
 
             # Bytes that are not RESP: the connection is dropped, then made again with every
             # channel and pattern subscribed again.
+            # A channel asked for meanwhile is subscribed on the new connection too.
             server_out.write(b"!garbage\r\n")
+            await server_out.drain()
+            async with asyncio.timeout(5):
+                while reader.connected:
+                    await asyncio.sleep(0.001)
+            reader.subscribe(b"ch:b")
             server_in, server_out = await fake.connection(1)
             again = [await read_command(server_in), await read_command(server_in)]
-            assert again == [[b"SUBSCRIBE", b"ch:a"], [b"PSUBSCRIBE", b"ch:*"]]
+            assert again[0][0] == b"SUBSCRIBE" and sorted(again[0][1:]) == [b"ch:a", b"ch:b"]
+            assert again[1] == [b"PSUBSCRIBE", b"ch:*"]
             assert len(losses) == 1 and isinstance(losses[0], ConnectionError)
+            reader.unsubscribe(b"ch:b")
+            assert await read_command(server_in) == [b"UNSUBSCRIBE", b"ch:b"]
 
             # A frame larger than max_frame_bytes: dropped as well, before it is whole.
             server_out.write(b"$100000\r\n" + b"x" * 5000)
