@@ -16,21 +16,33 @@ URLs: ``redis://`` (``AUTH`` with the URL's user name and password before anythi
 ``rediss://`` (TLS, with the URL's ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``,
 ``ssl_keyfile`` and ``ssl_check_hostname``, as redis-py reads them) and ``unix://``. The URL's
 database is irrelevant (PUB/SUB channels are global).
+
+:class:`ScriptWriter` is the broker's publishing connection, made the same way: one Lua script
+run with ``EVALSHA`` (``EVAL`` once after ``NOSCRIPT``: a restarted Redis lost it), one call at a
+time, hiredis parsing its reply; ``AUTH`` and ``SELECT`` of the URL's database first. About a
+third of redis-py's cost per round trip (no pool, lock, command-packing or response-callback
+layers), and every publish round trip pays it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["PubSubReader", "MAX_FRAME_BYTES", "TOPICS_PER_COMMAND", "encode_command"]
+__all__ = ["PubSubReader", "ScriptWriter", "MAX_FRAME_BYTES", "TOPICS_PER_COMMAND", "encode_command"]
 
 log = logging.getLogger("cbhub.broker")
 
@@ -275,3 +287,170 @@ class PubSubReader:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int):
+        return b"%d" % value
+    return str(value).encode()
+
+
+class _Replies(asyncio.Protocol):
+    """A request/reply connection: replies are matched to requests in order."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self.max_frame_bytes = max_frame_bytes
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def request(self, command: bytes) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.closed or self.transport is None:
+            future.set_exception(RedisConnectionError("the connection to Redis is closed"))
+            return future
+        self.waiting.append(future)
+        self.transport.write(command)
+        return future
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+            while (reply := self.reader.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    reply = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+                if not self.waiting:
+                    raise hiredis.ProtocolError("a reply nobody asked for")
+                future = self.waiting.popleft()
+                if not future.done():
+                    future.set_result(reply)
+        except hiredis.ProtocolError as exc:
+            self.abort(RedisConnectionError(f"Redis sent bytes that are not RESP ({exc})"))
+            return
+        if self.reader.len() > self.max_frame_bytes:
+            self.abort(RedisConnectionError(f"a Redis reply is larger than {self.max_frame_bytes} bytes"))
+
+    def abort(self, exc: BaseException) -> None:
+        self.closed = True
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.abort(RedisConnectionError(f"Redis closed the connection ({exc or 'EOF'})"))
+
+
+class ScriptWriter:
+    """Runs one Lua script on a connection of its own (see the module docstring); call it
+    as redis-py's ``Script``: ``await writer(keys=[...], args=[...])``, one call at a time.
+
+    Args:
+        url: a redis-py URL; its user name, password and database are used.
+        script: the Lua source.
+        timeout: seconds for connecting and for each call.
+        max_frame_bytes: a reply larger than this closes the connection as an error.
+
+    Raises (from a call): redis-py's exceptions as its parser makes them from Redis's error
+    replies (``OutOfMemoryError``, ``ReadOnlyError``, ``ResponseError``...);
+    ``redis.exceptions.ConnectionError`` when the connection is lost or cannot be made
+    (``AuthenticationError`` for a refused password), ``redis.exceptions.TimeoutError`` past
+    ``timeout`` (the connection is then closed: a late reply must not answer the next call).
+    """
+
+    def __init__(self, url: str, script: str, *, timeout: float = 5.0, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self.url = url
+        self.script = script.encode()
+        self.sha = hashlib.sha1(self.script).hexdigest().encode()
+        self.timeout = timeout
+        self.max_frame_bytes = max_frame_bytes
+        self._options: dict[str, Any] = dict(parse_url(url))
+        self._ssl = _ssl_context(self._options) if self._options.get("connection_class") is SSLConnection else None
+        self._protocol: _Replies | None = None
+
+    async def _connect(self) -> _Replies:
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed:
+            return protocol
+        self._protocol = None
+        loop = asyncio.get_running_loop()
+        options = self._options
+        protocol = _Replies(self.max_frame_bytes)
+        try:
+            async with asyncio.timeout(self.timeout):
+                if options.get("connection_class") is UnixDomainSocketConnection:
+                    await loop.create_unix_connection(lambda: protocol, options["path"])
+                else:
+                    host = options.get("host") or "localhost"
+                    await loop.create_connection(
+                        lambda: protocol, host, int(options.get("port") or 6379), ssl=self._ssl,
+                        server_hostname=host if self._ssl is not None else None)
+                replies = []
+                if options.get("password") is not None:
+                    user = options.get("username")
+                    parts = [b"AUTH"] + ([user.encode()] if user else []) + [options["password"].encode()]
+                    replies.append(protocol.request(encode_command(*parts)))
+                if int(options.get("db") or 0):
+                    replies.append(protocol.request(encode_command(b"SELECT", b"%d" % int(options["db"]))))
+                for reply in await asyncio.gather(*replies):
+                    if isinstance(reply, Exception):
+                        raise reply
+        except TimeoutError as exc:
+            protocol.abort(RedisTimeoutError("Redis did not answer in time"))
+            raise RedisTimeoutError(f"Redis did not answer within {self.timeout} s") from exc
+        except BaseException:
+            protocol.abort(RedisConnectionError("the connection was not made"))
+            raise
+        self._protocol = protocol
+        return protocol
+
+    async def __call__(self, keys: Iterable[Any] = (), args: Iterable[Any] = ()) -> Any:
+        """Run the script; its reply (hiredis's form: bytes, int, lists)."""
+        names = [_arg(key) for key in keys]
+        values = [_arg(value) for value in args]
+        protocol = await self._connect()
+        try:
+            async with asyncio.timeout(self.timeout):
+                count = b"%d" % len(names)
+                reply = await protocol.request(encode_command(b"EVALSHA", self.sha, count, *names, *values))
+                if isinstance(reply, NoScriptError):
+                    reply = await protocol.request(encode_command(b"EVAL", self.script, count, *names, *values))
+        except TimeoutError as exc:
+            protocol.abort(RedisTimeoutError("timed out"))
+            raise RedisTimeoutError(f"Redis did not answer within {self.timeout} s") from exc
+        except BaseException:  # cancelled: a reply still due would answer the next call
+            if protocol.waiting:
+                protocol.abort(RedisConnectionError("a call was abandoned"))
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def ping(self) -> None:
+        """Connect (authenticate, select the database) now.
+
+        Raises:
+            redis.exceptions.RedisError: as for a call.
+        """
+        protocol = await self._connect()
+        async with asyncio.timeout(self.timeout):
+            reply = await protocol.request(encode_command(b"PING"))
+        if isinstance(reply, Exception):
+            raise reply
+
+    async def aclose(self) -> None:
+        """Close the connection (a later call opens another)."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None:
+            protocol.abort(RedisConnectionError("closed"))

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from hub.app import run_hub
 from hub.channel import HistoryBounds
 from hub.redis_broker import BrokerUnavailable, RedisBroker
-from hub.redis_pubsub import PubSubReader, encode_command
+from hub.redis_pubsub import PubSubReader, ScriptWriter, encode_command
 from protocol.messages import ContentChunk, Subscribed
 from tests.conftest import hub_config
 from tests.test_cluster import REDIS_URL, all_sent, prefix, start, subscribe  # noqa: F401  (fixtures)
@@ -250,3 +250,34 @@ async def test_events_of_several_iterations_within_the_window_go_in_one_evalsha(
         assert await client.xlen(f"{prefix}s:completion:w1") == 6
     finally:
         await client.aclose()
+
+
+async def test_the_script_writer_authenticates_selects_reloads_and_reconnects(locked_redis: str) -> None:
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    url = locked_redis.replace("/0", "/3")
+    writer = ScriptWriter(url, "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('DBSIZE')", timeout=5)
+    admin = aioredis.from_url(url)
+    try:
+        assert await writer(keys=["k1"], args=[b"v1"]) == 1
+        assert await admin.get("k1") == b"v1"  # in the URL's database
+        await admin.script_flush()  # as a restarted Redis: NOSCRIPT, then EVAL
+        assert await writer(keys=["k2"], args=[2]) == 2
+        assert await admin.get("k2") == b"2"
+        with pytest.raises(ResponseError):
+            await writer(keys=[], args=[])  # the script's error, as redis-py raises it
+        assert await writer(keys=["k3"], args=["x"]) == 3  # the connection still serves
+        protocol = writer._protocol
+        assert protocol is not None
+        assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+        async with asyncio.timeout(5):
+            while not protocol.closed:
+                await asyncio.sleep(0.005)
+        assert await writer(keys=["k4"], args=["y"]) == 4  # a new connection, authenticated again
+        wrong = ScriptWriter(locked_redis.replace(PASSWORD, "nope"), "return 1", timeout=5)
+        with pytest.raises(AuthenticationError):
+            await wrong.ping()
+        await wrong.aclose()
+    finally:
+        await writer.aclose()
+        await admin.aclose()
