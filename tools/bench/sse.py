@@ -1,4 +1,5 @@
-"""``cbhub bench sse``: the OpenAI-compatible SSE endpoint, hub vs the LiteLLM proxy.
+"""``cbhub bench sse``: the hub's SSE endpoints (Chat Completions, Anthropic Messages, OpenAI
+Responses), and Chat Completions against the LiteLLM proxy.
 
 What is measured
 ----------------
@@ -6,19 +7,29 @@ Up to four targets stream the same answers from the same mock provider
 (hub/testing/mock_provider.py) at the mock's maximum speed (directive ``[[mock tokens=N tps=0]]``):
 
 ``mock-direct``     the mock's own ``POST /v1/chat/completions``: the baseline, no server between
-``hub``             ``cbhub serve`` (``POST /v1/chat/completions``, model ``openai/mock-model``),
-                    default settings: it coalesces tokens into fewer SSE events (25 ms / 100
-                    characters, the first token released at once)
-``hub-nocoalesce``  the same hub with the request field ``"coalesce": false``: one SSE event per
-                    upstream chunk, the like-for-like comparison with a proxy that passes
-                    chunks through (``--coalesce on|off|both`` picks the hub rows, default both)
+``hub``             ``cbhub serve``, model ``openai/mock-model``, default settings: it coalesces
+                    tokens into fewer SSE events (25 ms / 100 characters, the first token
+                    released at once). One row per front door picked by ``--endpoint`` (``chat``
+                    ``POST /v1/chat/completions``, ``messages`` ``POST /v1/messages``,
+                    ``responses`` ``POST /v1/responses``; repeatable, or ``all``, the default)
+``hub-nocoalesce``  the same hub's ``/v1/chat/completions`` with the request field ``"coalesce":
+                    false``: one SSE event per upstream chunk, the like-for-like comparison with
+                    a proxy that passes chunks through (``--coalesce on|off|both`` picks the hub
+                    rows, default both; the other endpoints have no such field, so ``off`` is
+                    for ``chat`` only)
 ``litellm``         the LiteLLM proxy (``litellm[proxy]==1.106.2``), model ``mock-model`` routed as
                     an OpenAI-compatible model to the mock's ``/v1`` (see *The LiteLLM proxy*)
 
 The mock, the hub and the LiteLLM proxy each run as their own child process on 127.0.0.1; this
 process is the client (load generator): an aiohttp ClientSession that POSTs
 ``{"model": …, "stream": true, "messages": [{"role": "user", "content": "bench [[mock
-tokens=N tps=0]]"}]}`` and reads the SSE body up to ``data: [DONE]``.
+tokens=N tps=0]]"}]}`` and reads the SSE body up to ``data: [DONE]``. ``/v1/messages`` gets the
+same body plus ``max_tokens`` (2N + 16, which the hub passes on and the mock does not count), and
+the stream is read up to ``message_stop``; ``/v1/responses`` gets ``{"model": …, "stream": true,
+"input": "bench [[mock tokens=N tps=0]]"}`` and is read up to ``response.completed``. Whatever the
+front door, the hub sends the mock the same Chat Completions request, so the rows differ only by
+the front door's request parsing and event encoding (docs/PROTOCOL.md "POST /v1/messages" and
+"POST /v1/responses").
 
 For each concurrency level C of ``--concurrency`` (default ``1,100``) and each server: one
 warm-up round of C streams of 10 tokens (fills the connection pools of client and server; not
@@ -26,14 +37,18 @@ measured), then ``--repeat`` rounds (default 3) of C concurrent streams of N tok
 (``--tokens``; default 2000 for one stream and 20000 / C for C streams, e.g. 200 each for 100).
 
 Counting: the mock sends each token as one SSE chunk. Through the hub (coalescing) several
-tokens arrive in one SSE event, so chunks are counted by text: every stream's concatenated
-``delta.content`` must equal the text the mock sent (:func:`hub.testing.mock_provider.expected_text`),
-i.e. exactly N upstream chunks, and must end with ``data: [DONE]``; otherwise the row gets
-``ok: false`` and the exit status is 1. ``events`` counts the SSE events with content that the
-client actually received.
+tokens arrive in one SSE event, so chunks are counted by text: every stream's concatenated text
+(Chat Completions ``choices[].delta.content``; Messages ``content_block_delta`` events whose
+delta is a ``text_delta``; Responses ``response.output_text.delta``) must equal the text the mock
+sent (:func:`hub.testing.mock_provider.expected_text`), i.e. exactly N upstream chunks, and must
+end with the endpoint's end (``data: [DONE]``, ``message_stop``, ``response.completed``), with
+no in-band error; otherwise the row gets ``ok: false`` and the exit status is 1. ``events``
+counts the SSE events with text that the client actually received.
 
 Row keys (``scenario: "sse"``), units in the names:
 
+- ``server``; ``endpoint``: the path measured (``/v1/chat/completions`` for ``mock-direct``,
+  ``litellm`` and ``hub-nocoalesce``).
 - ``streams``, ``tokens_per_stream``, ``repeats``.
 - ``chunks``: upstream content chunks received over all measured repeats, counted by text
   (must be ``streams × tokens_per_stream × repeats``); ``events``: content SSE events received.
@@ -41,14 +56,16 @@ Row keys (``scenario: "sse"``), units in the names:
   (round start to the last stream's end), median over the repeats. ``events_per_s``: the same
   for SSE events.
 - ``ttft_p50_ms``, ``ttft_p99_ms``: time to first token per stream, from just before the request
-  is sent to the first SSE event with non-empty ``delta.content``, over streams × repeats.
+  is sent to the first SSE event with non-empty text, over streams × repeats.
 - ``added_ttft_p50_ms``, ``added_ttft_p99_ms``: the server's TTFT percentile minus
-  ``mock-direct``'s at the same concurrency (measured in the same run).
+  ``mock-direct``'s (Chat Completions straight from the mock) at the same concurrency,
+  measured in the same run; the same baseline for every endpoint.
 - ``server_cpu_s_per_1k_chunks``: user + system CPU seconds the server process used (psutil,
   before/after the measured repeats; for LiteLLM with its child processes, if any) per 1000
   chunks; for ``mock-direct`` it is the mock's. ``client_cpu_s_per_1k_chunks``: the same for this
   (client) process: when the client is near one full core, the client is the bottleneck.
-- ``ratio_vs_litellm`` (hub rows, when LiteLLM ran): hub ``chunks_per_s`` / LiteLLM's.
+- ``ratio_vs_litellm`` (hub ``/v1/chat/completions`` rows, when LiteLLM ran): hub
+  ``chunks_per_s`` / LiteLLM's. LiteLLM is measured on ``/v1/chat/completions`` only.
 - ``ok``, ``failed_streams``, ``error`` (the first failure), ``note``.
 
 ``mock-direct`` is what the mock and this client manage alone, not a strict ceiling: the client
@@ -129,10 +146,14 @@ LITELLM_KEY = "sk-bench"
 MOCK_MODEL = "mock-model"
 WARMUP_TOKENS = 10
 
+# The hub's front doors (``--endpoint``): name -> path, and what ends a complete answer.
+ENDPOINTS = {"chat": "/v1/chat/completions", "messages": "/v1/messages", "responses": "/v1/responses"}
+END_MARK = {"chat": "data: [DONE]", "messages": "message_stop", "responses": "response.completed"}
+
 # The terminal table (every key goes to the JSON lines).
 COLUMNS = [
-    "server", "streams", "tokens_per_stream", "chunks", "events", "chunks_per_s", "ttft_p50_ms", "ttft_p99_ms",
-    "added_ttft_p50_ms", "server_cpu_s_per_1k_chunks", "ratio_vs_litellm", "note",
+    "server", "endpoint", "streams", "tokens_per_stream", "chunks", "events", "chunks_per_s", "ttft_p50_ms",
+    "ttft_p99_ms", "added_ttft_p50_ms", "added_ttft_p99_ms", "server_cpu_s_per_1k_chunks", "ratio_vs_litellm", "note",
 ]
 
 
@@ -151,7 +172,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--repeat", type=int, default=None,
                         help="measured rounds per configuration; the row holds the median (default 3; --quick: 1)")
     parser.add_argument("--coalesce", choices=("on", "off", "both"), default="both",
-                        help="hub rows: default coalescing (on), \"coalesce\": false (off), or both (default)")
+                        help="hub rows: default coalescing (on), \"coalesce\": false (off), or both (default); "
+                             "off applies to /v1/chat/completions only (the other endpoints have no such field)")
+    parser.add_argument("--endpoint", action="append", choices=(*ENDPOINTS, "all"), default=None,
+                        help="the hub's front door(s) to measure: chat (/v1/chat/completions), messages "
+                             "(/v1/messages), responses (/v1/responses), or all; repeatable (default all)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="per-stream timeout in seconds (default 120)")
     parser.add_argument("--litellm-startup-timeout", type=float, default=120.0,
@@ -167,6 +192,13 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers of at least 1, got {text!r}")
     return values
+
+
+def _endpoints_for(option: list[str] | None) -> list[str]:
+    """The endpoints ``--endpoint`` asks for, in the order of :data:`ENDPOINTS`, each once (all when none)."""
+    if not option or "all" in option:
+        return list(ENDPOINTS)
+    return [name for name in ENDPOINTS if name in option]
 
 
 def _tokens_for(concurrency: list[int], tokens: list[int] | None, quick: bool) -> list[int]:
@@ -212,11 +244,13 @@ class Target:
 
     Attributes:
         name: the row's ``server``.
-        url: the full ``/v1/chat/completions`` URL.
+        url: the full URL of the endpoint.
         model: the request's ``model``.
         process: the server process whose CPU is accounted.
         headers: extra request headers (``Authorization``).
         extra: extra request body fields (``{"coalesce": false}``).
+        endpoint: which API the URL speaks, a key of :data:`ENDPOINTS` (``chat``, ``messages``,
+            ``responses``): it decides the request body and how the stream is read.
     """
 
     name: str
@@ -225,20 +259,78 @@ class Target:
     process: ServerProcess
     headers: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    endpoint: str = "chat"
+
+
+def request_body(target: Target, tokens: int) -> bytes:
+    """The JSON request body asking ``target`` for one streamed answer of ``tokens`` mock tokens.
+
+    The prompt is the same on every endpoint (``bench [[mock tokens=N tps=0]]``, one user
+    message), so the upstream request the mock receives is the same whatever the front door.
+    ``/v1/messages`` needs ``max_tokens`` (docs/PROTOCOL.md "POST /v1/messages"); it is set above
+    N so that it never cuts the answer (the mock does not count it anyway).
+    """
+    prompt = f"bench [[mock tokens={tokens} tps=0]]"
+    body: dict[str, Any]
+    if target.endpoint == "messages":
+        body = {"model": target.model, "stream": True, "max_tokens": 2 * tokens + 16,
+                "messages": [{"role": "user", "content": prompt}]}
+    elif target.endpoint == "responses":
+        body = {"model": target.model, "stream": True, "input": prompt}
+    else:
+        body = {"model": target.model, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    return orjson.dumps({**body, **target.extra})
+
+
+def _read_event(endpoint: str, event: dict[str, Any]) -> tuple[str | None, bool, str | None]:
+    """One parsed SSE ``data:`` object of ``endpoint``'s stream: (text it adds, whether it is the
+    end of a complete answer, an error it reports).
+
+    - ``chat`` (Chat Completions, docs/PROTOCOL.md "POST /v1/chat/completions"): the text is
+      ``choices[].delta.content``; the end is ``data: [DONE]``, read by the caller.
+    - ``messages`` (docs/PROTOCOL.md "POST /v1/messages"): the text is a ``content_block_delta``
+      whose delta is a ``text_delta``; the end is ``message_stop``; ``error`` is an error.
+    - ``responses`` (docs/PROTOCOL.md "POST /v1/responses"): the text is
+      ``response.output_text.delta``; the end is ``response.completed``; ``error``,
+      ``response.failed`` and ``response.incomplete`` are errors.
+    """
+    if endpoint == "chat":
+        if "error" in event:
+            return None, False, f"in-band error: {orjson.dumps(event['error']).decode()[:200]}"
+        content = None
+        for choice in event.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content") or content
+        return content, False, None
+    kind = event.get("type")
+    if endpoint == "messages":
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            return (delta.get("text") if delta.get("type") == "text_delta" else None), False, None
+        if kind == "message_stop":
+            return None, True, None
+        if kind == "error":
+            return None, False, f"in-band error: {orjson.dumps(event.get('error')).decode()[:200]}"
+        return None, False, None
+    if kind == "response.output_text.delta":
+        return event.get("delta"), False, None
+    if kind == "response.completed":
+        return None, True, None
+    if kind in ("error", "response.failed", "response.incomplete"):
+        return None, False, f"in-band {kind}: {orjson.dumps(event).decode()[:200]}"
+    return None, False, None
 
 
 async def stream_once(session: aiohttp.ClientSession, target: Target, tokens: int, timeout_s: float) -> StreamResult:
-    """Stream one completion of ``tokens`` tokens from ``target`` and read it to the end.
+    """Stream one answer of ``tokens`` tokens from ``target``'s endpoint and read it to the end.
 
-    Never raises for a failed stream: the failure is in :attr:`StreamResult.error`.
+    The body is read as SSE lines: ``event:``, ``id:``, comments and blank lines are skipped,
+    every ``data:`` line is parsed as JSON and read by :func:`_read_event` (Chat Completions'
+    ``data: [DONE]`` ends a chat stream). Never raises for a failed stream: the failure is in
+    :attr:`StreamResult.error`.
     """
-    body = orjson.dumps({
-        "model": target.model,
-        "stream": True,
-        "messages": [{"role": "user", "content": f"bench [[mock tokens={tokens} tps=0]]"}],
-        **target.extra,
-    })
+    body = request_body(target, tokens)
     headers = {"Content-Type": "application/json", **target.headers}
+    endpoint = target.endpoint
     result = StreamResult()
     parts: list[str] = []
     start = time.perf_counter()
@@ -263,12 +355,12 @@ async def stream_once(session: aiohttp.ClientSession, target: Target, tokens: in
                             result.done = True
                             result.duration_s = now - start
                             continue
-                        chunk = orjson.loads(payload)
-                        if "error" in chunk:
-                            result.error = f"in-band error: {orjson.dumps(chunk['error']).decode()[:200]}"
-                        content = None
-                        for choice in chunk.get("choices") or ():
-                            content = (choice.get("delta") or {}).get("content") or content
+                        content, end, error = _read_event(endpoint, orjson.loads(payload))
+                        if error is not None:
+                            result.error = result.error or error
+                        if end:
+                            result.done = True
+                            result.duration_s = now - start
                         if content:
                             if result.ttft_s is None:
                                 result.ttft_s = now - start
@@ -281,7 +373,7 @@ async def stream_once(session: aiohttp.ClientSession, target: Target, tokens: in
     result.text = "".join(parts)
     if not result.done:
         result.duration_s = time.perf_counter() - start
-        result.error = result.error or "the body ended without data: [DONE]"
+        result.error = result.error or f"the body ended without {END_MARK[endpoint]}"
     return result
 
 
@@ -534,12 +626,16 @@ def run(args: argparse.Namespace, reporter: Reporter) -> int:
     except ValueError as exc:
         print(f"cbhub bench sse: {exc}", file=sys.stderr)
         return 2
+    if args.coalesce == "off" and "chat" not in _endpoints_for(args.endpoint):
+        print("cbhub bench sse: --coalesce off measures /v1/chat/completions only (the other endpoints have no "
+              "\"coalesce\" field); add --endpoint chat", file=sys.stderr)
+        return 2
     if repeat < 1 or args.timeout <= 0:
         print("cbhub bench sse: --repeat must be at least 1 and --timeout above 0", file=sys.stderr)
         return 2
     reporter.columns = COLUMNS
     status = asyncio.run(_main(args, reporter, list(zip(args.concurrency, tokens, strict=True)), repeat))
-    reporter.table("sse: OpenAI-compatible SSE endpoint, streams at the mock's maximum speed (medians)")
+    reporter.table("sse: the hub's SSE endpoints, streams at the mock's maximum speed (medians)")
     _summary(reporter)
     return status
 
@@ -570,11 +666,13 @@ async def _main(args: argparse.Namespace, reporter: Reporter, levels: list[tuple
             if litellm is not None:
                 targets.append(Target("litellm", f"{litellm.url}/v1/chat/completions", MOCK_MODEL, litellm,
                                       headers={"Authorization": f"Bearer {LITELLM_KEY}"}))
-            if args.coalesce in ("on", "both"):
-                targets.append(Target("hub", f"{hub.url}/v1/chat/completions", f"openai/{MOCK_MODEL}", hub))
-            if args.coalesce in ("off", "both"):
-                targets.append(Target("hub-nocoalesce", f"{hub.url}/v1/chat/completions", f"openai/{MOCK_MODEL}",
-                                      hub, extra={"coalesce": False}))
+            for endpoint in _endpoints_for(args.endpoint):
+                url = hub.url + ENDPOINTS[endpoint]
+                if args.coalesce in ("on", "both"):
+                    targets.append(Target("hub", url, f"openai/{MOCK_MODEL}", hub, endpoint=endpoint))
+                if args.coalesce in ("off", "both") and endpoint == "chat":
+                    targets.append(Target("hub-nocoalesce", url, f"openai/{MOCK_MODEL}", hub,
+                                          extra={"coalesce": False}, endpoint=endpoint))
             return await _measure_all(args, reporter, targets, levels, repeat)
         finally:
             await hub.stop()
@@ -607,11 +705,13 @@ async def _measure_all(args: argparse.Namespace, reporter: Reporter, targets: li
                         row["peer_version"] = version
                         if version and version != LITELLM_VERSION:
                             row["note"] = f"litellm {version}, not {LITELLM_VERSION}"
-                    elif target.name.startswith("hub") and litellm_row is not None and litellm_row["chunks_per_s"]:
+                    elif (target.name.startswith("hub") and target.endpoint == "chat" and litellm_row is not None
+                          and litellm_row["chunks_per_s"]):
                         row["ratio_vs_litellm"] = row["chunks_per_s"] / litellm_row["chunks_per_s"]
                     if not row["ok"]:
                         status = 1
-                        reporter.note(f"[red]{target.name}, {streams} stream(s): {m.failed} failed stream(s):[/red] "
+                        where = f"{target.name} {ENDPOINTS[target.endpoint]}, {streams} stream(s)"
+                        reporter.note(f"[red]{where}: {m.failed} failed stream(s):[/red] "
                                       f"{escape(str(m.first_error))}")
                     reporter.emit(row)
     return status
@@ -623,6 +723,7 @@ def _row(target: Target, streams: int, tokens: int, repeat: int, m: Measurement)
     return {
         "scenario": "sse",
         "server": target.name,
+        "endpoint": ENDPOINTS[target.endpoint],
         "streams": streams,
         "tokens_per_stream": tokens,
         "repeats": repeat,
@@ -648,7 +749,8 @@ def _summary(reporter: Reporter) -> None:
     """One terminal line per concurrency level: the hub against the target (10x, lower TTFT)."""
     rows = [row for row in reporter.rows if row.get("scenario") == "sse" and "streams" in row]
     for streams in dict.fromkeys(row["streams"] for row in rows):
-        level = {row["server"]: row for row in rows if row["streams"] == streams}
+        level = {row["server"]: row for row in rows
+                 if row["streams"] == streams and row.get("endpoint") == ENDPOINTS["chat"]}
         peer = level.get("litellm")
         if peer is None:
             continue
