@@ -112,7 +112,7 @@ async def test_v1_with_an_allowed_origin_answers_with_cors_headers(guarded: Hub)
         async with http.post(guarded.url + "/v1/chat/completions", data=chat(), headers={**JSON, "Origin": APP}) as response:
             assert response.status == 200
             assert response.headers["Access-Control-Allow-Origin"] == APP
-            assert response.headers["Access-Control-Expose-Headers"] == "Retry-After"
+            assert response.headers["Access-Control-Expose-Headers"] == "Retry-After, x-should-retry"
             assert "Origin" in response.headers.getall("Vary")
             assert (await response.json())["choices"][0]["message"]["content"] == expected_text(5)
         async with http.get(guarded.url + "/v1/models", headers={"Origin": "https://x.team.example"}) as response:
