@@ -27,12 +27,11 @@ run here is appended to a batch (after it was handed to the local subscribers: t
 for Redis), and :meth:`RedisBroker._send` sends the whole batch in one round trip: at the end of
 the event-loop iteration when the batch holds an event of a channel that another node watches
 (its subscribers wait for it: cross-node latency is not traded for round trips), else once the
-batch's oldest op has waited :data:`PUBLISH_DELAY_S` (1 ms; as Centrifugo's Redis engine
-batches), or at once when it reaches :data:`BATCH_EVENTS` or :data:`BATCH_BYTES`. (A node
-watches a channel from its mirror's first subscriber on; type-level subscribers on other nodes
-do not count: their events may wait the window.) A terminal event goes at the end of its
-iteration too (a client often moves on once a run ends); registrations wait no longer than the
-window; shutdown sends everything. The round trip is one EVALSHA, on a
+batch's oldest op has waited :data:`PUBLISH_DELAY_S` (0 by default, see there; as Centrifugo's
+Redis engine batches), or at once when it reaches :data:`BATCH_EVENTS` or :data:`BATCH_BYTES`.
+(A node watches a channel from its mirror's first subscriber on; type-level subscribers on other
+nodes do not count: their events may wait the window.) Terminal events and registrations wait no
+longer than the window; shutdown sends everything. The round trip is one EVALSHA, on a
 connection of publishing's own (:class:`hub.redis_pubsub.ScriptWriter`: hiredis, no redis-py
 layers; about 20 µs of CPU per round trip instead of 50), of a Lua script that, per event, does
 ``XADD P s:<ch> <seq>-0 d <payload>`` and
@@ -184,12 +183,15 @@ __all__ = ["RedisBroker", "BrokerUnavailable", "PUBLISH_DELAY_S", "PUBLISH_DELAY
 log = logging.getLogger("cbhub.broker")
 
 #: How long a publish batch may wait for more events (s) when no other node watches its
-#: channels (its subscribers here are fed before): fewer round trips, but what it holds is not
-#: in Redis yet, so a client that moves to another node within the window finds the run behind
-#: its cursor. At 1000 paced streams x 10 tokens/s on 2 nodes, 1 ms gave 8.5 events per round
-#: trip on a quiet machine (14 under load) and 2 ms 15, but at 2 ms the Redis variants of
-#: tests/test_resume.py (a client resuming on the peer right after the events) fail.
-PUBLISH_DELAY_S = 0.001
+#: channels (its subscribers here are fed before). 0 (off): what a batch holds is not in Redis
+#: yet, and a client that moves to another node within the window with a cursor past what Redis
+#: holds gets those events twice there (the mirror is behind its cursor, then they arrive live):
+#: tests/test_resume.py's redis2 variant at random points fails at 1 ms on a quiet machine.
+#: Measured at 1000 paced streams x 10 tokens/s on 2 nodes, one subscriber each on its owning
+#: node: 0.117 round trips per delivered event at 0 or 1 ms, 0.066 at 2 ms. Set it (per broker:
+#: :attr:`RedisBroker.publish_delay_s`) once a mirror holds back a subscriber whose cursor is
+#: ahead of it until it catches up.
+PUBLISH_DELAY_S = 0.0
 #: The same for a batch holding an event of a channel another node watches (0: sent at the end
 #: of the event-loop iteration; its subscribers wait for it).
 PUBLISH_DELAY_WATCHED_S = 0.0
@@ -982,7 +984,6 @@ class RedisBroker(StreamMultiplexer):
                 self._urgent = True
             size = len(event.payload)
             if _is_terminal(event):
-                self._urgent = True  # the run's end is in Redis before its clients move on
                 self._ended.add(name)
                 self._append(("f", name, str(event.seq), event.payload, ""), 1, size)
                 for child in self._children.get(name, ()):  # a workflow's end ends its agent channels
