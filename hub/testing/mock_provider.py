@@ -15,7 +15,10 @@ Provider endpoints (counted in ``/_mock/stats`` and logged in ``/_mock/requests`
     fragments keyed by ``index`` (id and name on the first), a finish chunk (``delta: {}``,
     ``finish_reason`` ``stop`` or ``tool_calls``), a usage chunk with ``"choices": []`` when
     ``stream_options.include_usage`` is true, then ``data: [DONE]``. Otherwise one
-    ``chat.completion`` JSON object.
+    ``chat.completion`` JSON object. With ``n`` above 1 every choice is streamed, interleaved:
+    each step writes one chunk per choice (``index`` 0 to n-1); choice 0 is the answer above,
+    choice k writes :func:`expected_choice_text` (text only), and each choice ends with its own
+    finish chunk (OpenAI API reference, "Create chat completion" ``n``).
 ``POST /v1/responses``
     OpenAI Responses API. ``"stream": true`` answers named events (``event:`` equal to the
     JSON ``type``): ``response.created``, ``response.in_progress``, a ``reasoning`` item
@@ -209,6 +212,7 @@ __all__ = [
     "MockProvider",
     "build_parser",
     "example_for_schema",
+    "expected_choice_text",
     "expected_reasoning",
     "expected_text",
     "main",
@@ -256,6 +260,17 @@ def expected_text(tokens: int, seed: int = 0, pad: int = 0) -> str:
         The concatenation of all content deltas, e.g. ``"harbor café quick "`` for 3 tokens.
     """
     return "".join(_words("text", tokens, seed, pad))
+
+
+def expected_choice_text(choice: int, tokens: int, seed: int = 0, pad: int = 0) -> str:
+    """The text the mock streams for choice ``choice`` of an OpenAI request with ``n`` above 1:
+    :func:`expected_text` for choice 0, another word sequence of the same shape for each other
+    choice (``tokens`` words, one per step of choice 0's answer)."""
+    return "".join(_choice_words(choice, tokens, seed, pad))
+
+
+def _choice_words(choice: int, count: int, seed: int, pad: int = 0) -> list[str]:
+    return _words("text" if choice == 0 else f"text.{choice}", count, seed, pad)
 
 
 def expected_reasoning(tokens: int, seed: int = 0) -> str:
@@ -471,6 +486,7 @@ class _Context:
     include_usage: bool = False  # OpenAI stream_options.include_usage
     sse: bool = True  # Gemini: alt=sse, else the JSON array
     answer: str | None = None  # structured output: this JSON text instead of words (_check_request)
+    choices: int = 1  # OpenAI `n`: the choices streamed, interleaved
     started_ns: int = dataclasses.field(default_factory=time.monotonic_ns)
 
 
@@ -554,6 +570,10 @@ class _OpenAI(_Format):
         self.id = "chatcmpl-mock" + uuid.uuid4().hex[:20]
         self.created = int(time.time())
         self.tool_name: str | None = None
+        d = ctx.directive
+        # n > 1: the words of choices 1..n-1, one per answer step of choice 0.
+        self.other_words = [_choice_words(k, d.tokens, d.seed, d.pad) for k in range(1, ctx.choices)]
+        self.other_sent = 0  # tokens written for choices above 0 (usage counts every choice)
 
     def _chunk(self, choices: list[Any], **extra: Any) -> bytes:
         obj = {
@@ -572,8 +592,14 @@ class _OpenAI(_Format):
             [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
         )
 
+    def _others(self, make: Callable[[int], dict[str, Any]], finish_reason: str | None = None) -> bytes:
+        """One chunk per choice above 0 (n > 1), its delta from ``make(choice)``."""
+        return b"".join(
+            self._chunk([{"index": k, "delta": make(k), "logprobs": None, "finish_reason": finish_reason}])
+            for k in range(1, self.ctx.choices))
+
     def _usage(self) -> dict[str, Any]:
-        prompt, completion = self.ctx.prompt_tokens, self.output_tokens
+        prompt, completion = self.ctx.prompt_tokens, self.output_tokens + self.other_sent
         return {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -583,15 +609,22 @@ class _OpenAI(_Format):
         }
 
     def head(self) -> bytes:
-        return self._delta({"role": "assistant", "content": ""})
+        role = {"role": "assistant", "content": ""}
+        return self._delta(role) + self._others(lambda k: role)
 
     def reasoning(self, word: str) -> bytes:
         self._count(True)
         return self._delta({"reasoning_content": word})
 
     def text(self, word: str) -> bytes:
+        step = self.text_sent
         self._count(False)
-        return self._delta({"content": word})
+        out = self._delta({"content": word})
+        if self.other_words:
+            words = [other[step] if step < len(other) else word for other in self.other_words]
+            self.other_sent += len(words)
+            out += self._others(lambda k: {"content": words[k - 1]})
+        return out
 
     def tool(self, name: str) -> list[bytes]:
         self.tool_name = name
@@ -608,7 +641,7 @@ class _OpenAI(_Format):
         return pieces
 
     def finish(self) -> bytes:
-        out = self._delta({}, "tool_calls" if self.tool_name else "stop")
+        out = self._delta({}, "tool_calls" if self.tool_name else "stop") + self._others(lambda k: {}, "stop")
         if self.ctx.include_usage:
             out += self._chunk([], usage=self._usage())
         return out + b"data: [DONE]\n\n"
@@ -621,6 +654,7 @@ class _OpenAI(_Format):
 
     def complete(self) -> bytes:
         d = self.ctx.directive
+        self.other_sent = sum(len(words) for words in self.other_words)
         message: dict[str, Any] = {
             "role": "assistant",
             "content": expected_text(d.tokens, d.seed, d.pad) if d.tokens or not d.tool else None,
@@ -649,6 +683,14 @@ class _OpenAI(_Format):
                     "logprobs": None,
                     "finish_reason": "tool_calls" if d.tool else "stop",
                 }
+            ] + [
+                {
+                    "index": k,
+                    "message": {"role": "assistant", "content": "".join(words), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+                for k, words in enumerate(self.other_words, 1)
             ],
             "usage": self._usage(),
         }
@@ -1418,7 +1460,9 @@ class MockProvider:
         def options(body: dict[str, Any]) -> dict[str, Any]:
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
-            return {"stream": bool(body.get("stream")), "include_usage": include_usage}
+            n = body.get("n")
+            choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+            return {"stream": bool(body.get("stream")), "include_usage": include_usage, "choices": choices}
 
         return await self._generate(request, call, _OpenAI, options)
 
