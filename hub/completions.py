@@ -15,6 +15,9 @@ through them::
   decision 6): when its last subscriber leaves it runs on for ``grace_period_s``, then is
   cancelled upstream. After it ends, its channel (and history) stays for ``retention_s``.
 - Each event is encoded once (protocol.messages.encode) and the bytes fanned out.
+- With ``n`` above 1 (OpenAI) every choice is published, each message with its ``choice``;
+  reasoning, redaction, snapshot state and finish reasons are kept per choice
+  (docs/PROTOCOL.md "Choices").
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from hub.routing import Router, Target
 from protocol.buffer import StreamBuffer
 from protocol.errors import ErrorCode, HubError, ProtocolError, ProviderError, redact
 from protocol.events import (
+    ChoiceFinished,
     Citation,
     ReasoningDelta,
     ReasoningDone,
@@ -52,6 +56,7 @@ from protocol.events import (
 from protocol.lifecycle import CompletionEvent, CompletionState, Lifecycle
 from protocol.messages import (
     Attempt,
+    ChoiceSnapshot,
     CircuitState,
     CitationMessage,
     Completed,
@@ -143,7 +148,9 @@ class CompletionRun:
         self.provider = ""
         self.model = request.model
         self.ttft_ms: float | None = None
-        self._reasoning_open = False
+        self._choices = request.n or 1  # choices asked for: events of any other choice are dropped
+        self._reasoning_open: set[int] = set()  # the choices whose reasoning run is open
+        self._finish_reasons: dict[int, str] = {}  # choice → finish reason, as each reports it (n > 1)
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._grace = GracePeriod(channel, manager.config.grace_period_s, self.cancel, "cancelled upstream")
@@ -153,6 +160,7 @@ class CompletionRun:
         self._tool_calls: list[ToolCallMessage] = []
         self._refusal: list[str] = []
         self._citations: list[dict[str, Any]] = []
+        self._others: dict[int, _ChoiceOutput] = {}  # the state of choices above 0 (n > 1)
         self._state_seq = 0
         self.state_bytes = 0
         self._attempts: list[Attempt] = []  # attempts that ended, in order
@@ -166,9 +174,11 @@ class CompletionRun:
         self._buffer = StreamBuffer(**self._buffer_settings)
         self._loop = asyncio.get_running_loop()
         # Redaction (docs/PROTOCOL.md "Redaction"): None when no rule is on, so the hot path
-        # is untouched; else one StreamRedactor per streamed field.
+        # is untouched; else one StreamRedactor per streamed field of each choice (choice 0's
+        # in _streams, the others' made as their first text arrives).
         self._redactor = redactor_of(config)
         self._streams: _FieldRedactors | None = None
+        self._choice_streams: dict[int, _FieldRedactors] = {}
         if self._redactor is not None:
             self._streams = _FieldRedactors(self._redactor)
 
@@ -335,6 +345,9 @@ class CompletionRun:
         self._buffer = StreamBuffer(**self._buffer_settings)  # nothing of a failed attempt carries over
         if self._redactor is not None:
             self._streams = _FieldRedactors(self._redactor)  # nor text held back by redaction
+            self._choice_streams = {}
+        self._finish_reasons = {}
+        choices = self._choices
         push = self._buffer.push
         try:
             async with asyncio.timeout(total_s if total_s > 0 else None):
@@ -351,8 +364,8 @@ class CompletionRun:
                         for event in events:
                             if self.ttft_ms is None and type(event) in _FIRST_OUTPUT:
                                 self.ttft_ms = round((now - self._started) * 1000.0, 3)
-                            if getattr(event, "choice", 0):
-                                continue  # the hub's protocol carries choice 0 only
+                            if getattr(event, "choice", 0) >= choices:
+                                continue  # a choice the request did not ask for (a server's own)
                             self._emit(push(event, now * 1000.0))
                         self._arm_timer()
                         flush()  # write this read's events now rather than one loop iteration later
@@ -402,18 +415,19 @@ class CompletionRun:
                 return
             match event:
                 case TextDelta():
-                    self._publish(ContentChunk(self.id, 0, event.text))
+                    self._publish(ContentChunk(self.id, 0, event.text, None, event.choice))
                 case ReasoningDelta():
-                    self._reasoning_open = True
-                    self._publish(ThinkingStatus(self.id, 0, "thinking", event.text, event.signature, event.redacted))
+                    self._reasoning_open.add(event.choice)
+                    self._publish(ThinkingStatus(self.id, 0, "thinking", event.text, event.signature, event.redacted,
+                                                 event.choice))
                 case RefusalDelta():
-                    self._publish(RefusalChunk(self.id, 0, event.text))
+                    self._publish(RefusalChunk(self.id, 0, event.text, event.choice))
                 case ToolCall():
-                    self._end_reasoning()
+                    self._end_reasoning(event.choice)
                     self._publish(ToolCallMessage(self.id, 0, event.id, event.name, event.arguments,
-                                                  event.arguments_valid, event.server, event.signature))
+                                                  event.arguments_valid, event.server, event.signature, event.choice))
                 case Citation():
-                    self._publish(CitationMessage(self.id, 0, event.citation))
+                    self._publish(CitationMessage(self.id, 0, event.citation, event.choice))
                 case _:
                     self._emit_end(event)
 
@@ -421,82 +435,126 @@ class CompletionRun:
         """The events that end something: reasoning, or the stream (its terminal message)."""
         match event:
             case ReasoningDone():
-                self._end_reasoning()
+                self._end_reasoning(event.choice)
+            case ChoiceFinished():
+                self._finish_reasons[event.choice] = event.reason
             case StreamEnd():
-                self._end_reasoning()
+                for choice in sorted(self._reasoning_open):
+                    self._end_reasoning(choice)
                 self._move(CompletionEvent.FINISH)
                 self._close_attempt(None)
                 if event.usage is not None:
                     self.used_tokens = event.usage.prompt_tokens + event.usage.completion_tokens
                 self._publish(Completed(self.id, 0, event.finish_reason, self.provider, event.model or self.model,
-                                        _usage_info(event.usage), self.ttft_ms, self._attempts))
+                                        _usage_info(event.usage), self.ttft_ms, self._attempts,
+                                        self._every_finish_reason(event.finish_reason)))
                 self.manager.finished(self)
             case StreamFailed():
                 self._fail(ProviderError(event.message, event.code, retryable=event.retryable,
                                          status=event.status), usage=event.usage)
 
-    def _end_reasoning(self) -> None:
-        if self._reasoning_open:
-            self._reasoning_open = False
-            if self._streams is not None:
-                held = self._streams.reasoning.flush()
-                if held:
-                    self._publish(ThinkingStatus(self.id, 0, "thinking", held))
-            self._publish(ThinkingStatus(self.id, 0, "done"))
+    def _every_finish_reason(self, first: str) -> list[str] | None:
+        """``finishReasons`` of ``completed``: None for one choice; for ``n`` above 1 each
+        choice's reason at its index (choice 0's is ``first``, the stream's own). A choice
+        that never reported one ended with the stream: ``tool_calls`` when it called a tool,
+        else ``stop`` (the rule of protocol/normalizers/openai.py's ``map_finish_reason``)."""
+        if self._choices == 1:
+            return None
+        reasons = [first]
+        for choice in range(1, self._choices):
+            reason = self._finish_reasons.get(choice)
+            if reason is None:
+                other = self._others.get(choice)
+                reason = "tool_calls" if other is not None and other.tool_calls else "stop"
+            reasons.append(reason)
+        return reasons
 
-    def _emit_redacted(self, events: list[StreamEvent], streams: _FieldRedactors) -> None:
-        """:meth:`_emit` with redaction on: text goes through its field's StreamRedactor, which
-        holds back what a later chunk could still turn into a match; held text is flushed
-        before a tool call, a citation, the end of reasoning and the terminal message, so the
-        order is kept. Tool-call arguments are masked whole."""
-        redactor = streams.redactor
+    def _end_reasoning(self, choice: int = 0) -> None:
+        """Close ``choice``'s reasoning run, if open: its held text, then ``done``."""
+        if choice in self._reasoning_open:
+            self._reasoning_open.discard(choice)
+            streams = self._redacting(choice)
+            if streams is not None:
+                held = streams.reasoning.flush()
+                if held:
+                    self._publish(ThinkingStatus(self.id, 0, "thinking", held, None, None, choice))
+            self._publish(ThinkingStatus(self.id, 0, "done", "", None, None, choice))
+
+    def _redacting(self, choice: int) -> _FieldRedactors | None:
+        """``choice``'s redactors (made on first use), or None when redaction is off."""
+        if self._streams is None or choice == 0:
+            return self._streams
+        streams = self._choice_streams.get(choice)
+        if streams is None:
+            streams = self._choice_streams[choice] = _FieldRedactors(self._streams.redactor)
+        return streams
+
+    def _emit_redacted(self, events: list[StreamEvent], first: _FieldRedactors) -> None:
+        """:meth:`_emit` with redaction on: text goes through its choice's and field's
+        StreamRedactor, which holds back what a later chunk could still turn into a match;
+        held text is flushed before a tool call, a citation and the end of reasoning of the
+        same choice, and before the terminal message, so the order is kept within each
+        choice. Tool-call arguments are masked whole."""
+        redactor = first.redactor
         for event in events:
             if self.finished:
                 return
+            choice = getattr(event, "choice", 0)
+            streams = first if choice == 0 else self._redacting(choice)
+            assert streams is not None
             match event:
                 case TextDelta():
                     text = streams.content.feed(event.text)
                     if text:
-                        self._publish(ContentChunk(self.id, 0, text))
+                        self._publish(ContentChunk(self.id, 0, text, None, choice))
                 case ReasoningDelta():
-                    self._reasoning_open = True
+                    self._reasoning_open.add(choice)
                     text = streams.reasoning.feed(event.text)
                     if text or event.signature or event.redacted:
-                        self._publish(ThinkingStatus(self.id, 0, "thinking", text, event.signature, event.redacted))
+                        self._publish(ThinkingStatus(self.id, 0, "thinking", text, event.signature, event.redacted,
+                                                     choice))
                 case RefusalDelta():
                     text = streams.refusal.feed(event.text)
                     if text:
-                        self._publish(RefusalChunk(self.id, 0, text))
+                        self._publish(RefusalChunk(self.id, 0, text, choice))
                 case ToolCall():
-                    self._flush_held()
+                    self._flush_choice(choice, streams, end_reasoning=True)
                     self._publish(ToolCallMessage(self.id, 0, event.id, event.name,
                                                   redact_value(event.arguments, redactor), event.arguments_valid,
-                                                  event.server, event.signature))
+                                                  event.server, event.signature, choice))
                 case Citation():
-                    self._flush_held(end_reasoning=False)
-                    self._publish(CitationMessage(self.id, 0, event.citation))
+                    self._flush_choice(choice, streams, end_reasoning=False)
+                    self._publish(CitationMessage(self.id, 0, event.citation, choice))
+                case ReasoningDone() | ChoiceFinished():
+                    self._flush_choice(choice, streams, end_reasoning=True)
+                    self._emit_end(event)
                 case _:
                     self._flush_held(end_reasoning=type(event) is not StreamFailed)
                     self._emit_end(event)
 
     def _flush_held(self, end_reasoning: bool = True) -> None:
-        """Publish the text the redactors hold back; ``end_reasoning``: reasoning ends too
-        (before a tool call or the end of the stream, as without redaction)."""
-        streams = self._streams
-        if streams is None:
+        """Publish the text the redactors of every choice hold back; ``end_reasoning``:
+        reasoning ends too (before the end of the stream, as without redaction)."""
+        if self._streams is None:
             return
+        self._flush_choice(0, self._streams, end_reasoning)
+        for choice in sorted(self._choice_streams):
+            self._flush_choice(choice, self._choice_streams[choice], end_reasoning)
+
+    def _flush_choice(self, choice: int, streams: _FieldRedactors, end_reasoning: bool) -> None:
+        """Publish the text ``choice``'s redactors hold back (:meth:`_flush_held`, one choice)."""
         if end_reasoning:
-            self._end_reasoning()
+            self._end_reasoning(choice)
         else:
             text = streams.reasoning.flush()
             if text:
-                self._publish(ThinkingStatus(self.id, 0, "thinking", text))
+                self._publish(ThinkingStatus(self.id, 0, "thinking", text, None, None, choice))
         text = streams.content.flush()
         if text:
-            self._publish(ContentChunk(self.id, 0, text))
+            self._publish(ContentChunk(self.id, 0, text, None, choice))
         text = streams.refusal.flush()
         if text:
-            self._publish(RefusalChunk(self.id, 0, text))
+            self._publish(RefusalChunk(self.id, 0, text, choice))
 
     def _fail(self, error: HubError, cancelled: bool = False, usage: Usage | None = None) -> None:
         if self.finished:
@@ -532,19 +590,21 @@ class CompletionRun:
 
     def _publish(self, message: Any) -> None:
         payload_bytes = len(self.channel.publish(message).payload)
-        # The state so far, for snapshots (docs/PROTOCOL.md "Resuming").
+        # The state so far, for snapshots (docs/PROTOCOL.md "Resuming"); choices above 0
+        # (n > 1) in their own _ChoiceOutput.
         match message:
             case ContentChunk():
-                self._text.append(message.content)
+                (self._other(message.choice).text if message.choice else self._text).append(message.content)
             case ThinkingStatus():
                 if not message.content:
                     self._state_seq = message.seq
                     return
-                self._reasoning.append(message.content)
+                (self._other(message.choice).reasoning if message.choice else self._reasoning).append(
+                    message.content)
             case ToolCallMessage():
-                self._tool_calls.append(message)
+                (self._other(message.choice).tool_calls if message.choice else self._tool_calls).append(message)
             case RefusalChunk():
-                self._refusal.append(message.content)
+                (self._other(message.choice).refusal if message.choice else self._refusal).append(message.content)
             case CitationMessage():
                 self._citations.append(message.citation)
             case Completed() | ErrorMessage():
@@ -564,6 +624,13 @@ class CompletionRun:
         if manager.published_bytes > manager.growth_mark:
             manager.grew()
 
+    def _other(self, choice: int) -> _ChoiceOutput:
+        """The snapshot state of ``choice`` (above 0), made on first use."""
+        state = self._others.get(choice)
+        if state is None:
+            state = self._others[choice] = _ChoiceOutput()
+        return state
+
     def release(self) -> None:
         """Drop the snapshot state (the run was retired: nobody can subscribe any more). A
         session may still hold the run object for its per-connection count; the text must
@@ -573,13 +640,30 @@ class CompletionRun:
         self._tool_calls = []
         self._refusal = []
         self._citations = []
+        self._others = {}
         self.state_bytes = 0
 
     def snapshot(self) -> Snapshot:
-        """The state after every non-terminal event published so far."""
+        """The state after every non-terminal event published so far (choices above 0 in
+        ``choices``, in index order)."""
+        choices = [ChoiceSnapshot(choice, "".join(state.text), "".join(state.reasoning), list(state.tool_calls),
+                                  "".join(state.refusal))
+                   for choice, state in sorted(self._others.items())]
         return Snapshot(self.id, self.channel.name, self.channel.epoch, self._state_seq, "".join(self._text),
                         "".join(self._reasoning), list(self._tool_calls), "".join(self._refusal),
-                        list(self._citations))
+                        list(self._citations), choices)
+
+
+class _ChoiceOutput:
+    """What one choice above 0 has published so far (``n`` above 1), for snapshots."""
+
+    __slots__ = ("text", "reasoning", "tool_calls", "refusal")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: list[ToolCallMessage] = []
+        self.refusal: list[str] = []
 
 
 class _FieldRedactors:

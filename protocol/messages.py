@@ -49,6 +49,7 @@ __all__ = [
     "RequestId",
     "request_id_of",
     "Snapshot",
+    "ChoiceSnapshot",
     "Cursor",
     "CreateWorkflow",
     "SubscribeWorkflow",
@@ -146,7 +147,9 @@ class Completion(_ClientMessage, tag="completion"):
         thinking: Anthropic-style ``{"type": "enabled", "budget_tokens": 1024}``.
         response_format: OpenAI's ``{"type": "json_object"}`` or ``{"type": "json_schema",
             "json_schema": {"name", "schema", "strict"}}``, mapped per provider.
-        n: number of choices; only 1 is accepted (one choice per completion).
+        n: number of choices (1-128): OpenAI (and Azure OpenAI) stream every choice, each
+            hub message saying its ``choice``; other providers refuse ``n`` above 1
+            (docs/PROTOCOL.md "Choices").
         seed, top_p, presence_penalty, frequency_penalty, logprobs, top_logprobs,
         parallel_tool_calls, user: OpenAI's request options of the same names.
             Each is carried in the provider's terms or refused with ``invalid_message``
@@ -413,12 +416,18 @@ class ContentChunk(_HubMessage, tag="content_chunk"):
 
     ``firstSeq`` appears only on a chunk the hub merged for a slow consumer (docs/PROTOCOL.md,
     "Limits"): it stands for the content chunks ``firstSeq`` to ``seq``, so the receiver's
-    sequence stays gap-free."""
+    sequence stays gap-free.
+
+    ``choice`` (on this and every other output message: reasoning, refusal, tool call,
+    citation) is the index of the choice the message belongs to when the completion asked for
+    ``n`` above 1 (docs/PROTOCOL.md "Choices"); 0, the only choice otherwise, is left out of
+    the frame."""
 
     completion_id: str
     seq: int
     content: str
     first_seq: int | None = None
+    choice: int = 0
 
 
 class ThinkingStatus(_HubMessage, tag="thinking_status"):
@@ -431,6 +440,7 @@ class ThinkingStatus(_HubMessage, tag="thinking_status"):
     content: str = ""
     signature: str | None = None
     redacted: str | None = None
+    choice: int = 0
 
 
 class RefusalChunk(_HubMessage, tag="refusal"):
@@ -439,6 +449,7 @@ class RefusalChunk(_HubMessage, tag="refusal"):
     completion_id: str
     seq: int
     content: str
+    choice: int = 0
 
 
 class ToolCallMessage(_HubMessage, tag="tool_call"):
@@ -455,6 +466,7 @@ class ToolCallMessage(_HubMessage, tag="tool_call"):
     arguments_valid: bool = True
     server_tool: bool = False
     signature: str | None = None
+    choice: int = 0
 
 
 class CitationMessage(_HubMessage, tag="citation"):
@@ -463,11 +475,14 @@ class CitationMessage(_HubMessage, tag="citation"):
     completion_id: str
     seq: int
     citation: dict[str, Any]
+    choice: int = 0
 
 
 class Completed(_HubMessage, tag="completed"):
     """Terminal success. ``ttftMs`` is the time to first token in ms, measured by the hub
-    from the upstream request to the first output (content, reasoning, refusal or tool call)."""
+    from the upstream request to the first output (content, reasoning, refusal or tool call).
+    ``finishReason`` is choice 0's; ``finishReasons`` (only for ``n`` above 1) holds every
+    choice's, at its index (docs/PROTOCOL.md "Choices")."""
 
     completion_id: str
     seq: int
@@ -477,6 +492,7 @@ class Completed(_HubMessage, tag="completed"):
     usage: UsageInfo | None = None
     ttft_ms: float | None = None
     attempts: list[Attempt] = []
+    finish_reasons: list[str] | None = None
 
 
 class ErrorMessage(_HubMessage, tag="error"):
@@ -621,12 +637,24 @@ class WorkflowSnapshot(_HubMessage, tag="workflow_snapshot"):
     error: ErrorInfo | None = None
 
 
+class ChoiceSnapshot(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
+    """The state of one choice above 0 in a :class:`Snapshot` (``n`` above 1): ``{"choice": 1,
+    "content": "...", "reasoning": "...", "toolCalls": [...], "refusal": "..."}``."""
+
+    choice: int
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallMessage] = []
+    refusal: str = ""
+
+
 class Snapshot(_HubMessage, tag="snapshot"):
     """A completion's state so far, sent instead of a replay the history cannot give
     (``recovered: false``): everything up to and including ``seq`` (never the terminal
     message; events after ``seq`` follow it). ``content`` is all the answer text, ``reasoning``
     all the reasoning text, ``toolCalls`` the ``tool_call`` messages as sent, ``refusal`` and
-    ``citations`` likewise."""
+    ``citations`` likewise, all of choice 0. ``choices`` holds the state of each other choice
+    that has output, in index order (only for ``n`` above 1, docs/PROTOCOL.md "Choices")."""
 
     completion_id: str
     channel: str
@@ -637,6 +665,7 @@ class Snapshot(_HubMessage, tag="snapshot"):
     tool_calls: list[ToolCallMessage] = []
     refusal: str = ""
     citations: list[dict[str, Any]] = []
+    choices: list[ChoiceSnapshot] = []
 
 
 class CircuitState(_HubMessage, tag="circuit_state"):

@@ -182,6 +182,12 @@ class ChunkEncoder:
     Reasoning deltas travel as ``delta.reasoning_content`` (the DeepSeek spelling, read by
     most OpenAI-compatible clients); refusals as ``delta.refusal``; tool calls as one delta
     each with ``index``, ``id``, ``type`` and the complete ``function.arguments``.
+
+    Choices (``n`` above 1, docs/PROTOCOL.md "Choices"): each chunk holds one choice, whose
+    ``choices[0].index`` is the hub message's ``choice``; a choice's first chunk has
+    ``delta.role``, its tool calls are numbered from 0, and ``completed`` becomes one finish
+    chunk per choice (``finishReasons``) before the usage chunk, as OpenAI streams them
+    (docs/PROVIDERS.md §1.2).
     """
 
     def __init__(self, response_id: str, model: str, created: int, *, include_usage: bool = False) -> None:
@@ -189,8 +195,8 @@ class ChunkEncoder:
         self.model = model
         self.created = created
         self.include_usage = include_usage
-        self._started = False
-        self._tool_index = 0
+        self._started: set[int] = set()  # choices whose role chunk was sent
+        self._tool_index: dict[int, int] = {}  # choice → its next tool call index
         # Built once: every chunk shares this prefix.
         self._head = (
             b'data: {"id":' + _encode(response_id) + b',"object":"chat.completion.chunk","created":'
@@ -201,24 +207,30 @@ class ChunkEncoder:
         """The SSE bytes for one hub message (possibly several events, possibly none)."""
         out = b""
         if not self._started:
-            self._started = True
-            out = self._chunk({"role": "assistant", "content": ""})
+            out = self._start(0)
+        choice = getattr(message, "choice", 0)
+        if choice not in self._started:
+            out += self._start(choice)
         if isinstance(message, ContentChunk):
-            return out + self._chunk({"content": message.content})
+            return out + self._chunk({"content": message.content}, choice=choice)
         if isinstance(message, ThinkingStatus):
             if message.content:
-                out += self._chunk({"reasoning_content": message.content})
+                out += self._chunk({"reasoning_content": message.content}, choice=choice)
             return out
         if isinstance(message, RefusalChunk):
-            return out + self._chunk({"refusal": message.content})
+            return out + self._chunk({"refusal": message.content}, choice=choice)
         if isinstance(message, ToolCallMessage):
             arguments = message.arguments if isinstance(message.arguments, str) else _encode(message.arguments).decode()
-            call = {"index": self._tool_index, "id": message.id, "type": "function",
+            index = self._tool_index.get(choice, 0)
+            call = {"index": index, "id": message.id, "type": "function",
                     "function": {"name": message.tool, "arguments": arguments}}
-            self._tool_index += 1
-            return out + self._chunk({"tool_calls": [call]})
+            self._tool_index[choice] = index + 1
+            return out + self._chunk({"tool_calls": [call]}, choice=choice)
         if isinstance(message, Completed):
-            out += self._chunk({}, finish_reason=message.finish_reason)
+            for index, reason in enumerate(message.finish_reasons or [message.finish_reason]):
+                if index not in self._started:
+                    out += self._start(index)  # a choice with no output still has its role
+                out += self._chunk({}, finish_reason=reason, choice=index)
             if self.include_usage and message.usage is not None:
                 out += self._head + b',"choices":[],"usage":' + _encode(usage_dict(message.usage)) + b"}\n\n"
             return out + DONE
@@ -227,9 +239,14 @@ class ChunkEncoder:
             return out + b"data: " + error_body(error.code, error.message, error.status) + b"\n\n" + DONE
         return out  # citations have no place in OpenAI's chunk format
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return self._head + b',"choices":[' + _encode(choice) + b"]}\n\n"
+    def _start(self, choice: int) -> bytes:
+        """The first chunk of ``choice``: ``delta.role``."""
+        self._started.add(choice)
+        return self._chunk({"role": "assistant", "content": ""}, choice=choice)
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, choice: int = 0) -> bytes:
+        body = {"index": choice, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._head + b',"choices":[' + _encode(body) + b"]}\n\n"
 
 
 def usage_dict(usage: Any) -> dict[str, Any]:
@@ -250,41 +267,66 @@ def completion_object(
     """A non-streamed ``chat.completion`` object from all hub messages of one completion.
 
     The last message must be ``completed``; an ``error`` should be answered with
-    :func:`error_body` instead.
+    :func:`error_body` instead. With ``n`` above 1 (``completed`` has ``finishReasons``)
+    ``choices`` holds one entry per choice, in index order, each from the messages of its
+    ``choice`` (docs/PROTOCOL.md "Choices"; OpenAI API reference, "The chat completion object").
     """
-    text: list[str] = []
-    reasoning: list[str] = []
-    refusal: list[str] = []
-    tool_calls: list[dict[str, Any]] = []
-    finish_reason = "stop"
+    outputs: dict[int, _Output] = {}
+    reasons = ["stop"]
     usage = None
     for message in messages:
-        if isinstance(message, ContentChunk):
-            text.append(message.content)
-        elif isinstance(message, ThinkingStatus):
-            reasoning.append(message.content)
-        elif isinstance(message, RefusalChunk):
-            refusal.append(message.content)
-        elif isinstance(message, ToolCallMessage):
-            arguments = message.arguments if isinstance(message.arguments, str) else _encode(message.arguments).decode()
-            tool_calls.append({"id": message.id, "type": "function",
-                               "function": {"name": message.tool, "arguments": arguments}})
-        elif isinstance(message, Completed):
-            finish_reason = message.finish_reason
+        if isinstance(message, Completed):
+            reasons = message.finish_reasons or [message.finish_reason]
             usage = message.usage
-    body: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None}
-    if reasoning:
-        body["reasoning_content"] = "".join(reasoning)
-    body["refusal"] = "".join(refusal) if refusal else None
-    if tool_calls:
-        body["tool_calls"] = tool_calls
+            continue
+        if not isinstance(message, (ContentChunk, ThinkingStatus, RefusalChunk, ToolCallMessage)):
+            continue
+        output = outputs.get(message.choice)
+        if output is None:
+            output = outputs[message.choice] = _Output()
+        if isinstance(message, ContentChunk):
+            output.text.append(message.content)
+        elif isinstance(message, ThinkingStatus):
+            output.reasoning.append(message.content)
+        elif isinstance(message, RefusalChunk):
+            output.refusal.append(message.content)
+        else:
+            arguments = message.arguments if isinstance(message.arguments, str) else _encode(message.arguments).decode()
+            output.tool_calls.append({"id": message.id, "type": "function",
+                                      "function": {"name": message.tool, "arguments": arguments}})
+    choices = [{"index": index, "message": outputs.get(index, _Output()).message(), "logprobs": None,
+                "finish_reason": reason} for index, reason in enumerate(reasons)]
     result: dict[str, Any] = {
         "id": response_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": body, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": choices,
     }
     if usage is not None:
         result["usage"] = usage_dict(usage)
     return result
+
+
+class _Output:
+    """The messages of one choice, gathered for :func:`completion_object`."""
+
+    __slots__ = ("text", "reasoning", "refusal", "tool_calls")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+
+    def message(self) -> dict[str, Any]:
+        """The choice's ``message``: ``role``, ``content`` (None when it only called tools),
+        ``reasoning_content`` when it reasoned, ``refusal``, ``tool_calls`` when it called any."""
+        text, tool_calls = self.text, self.tool_calls
+        body: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None}
+        if self.reasoning:
+            body["reasoning_content"] = "".join(self.reasoning)
+        body["refusal"] = "".join(self.refusal) if self.refusal else None
+        if tool_calls:
+            body["tool_calls"] = tool_calls
+        return body

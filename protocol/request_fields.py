@@ -61,8 +61,11 @@ def _r(why: str) -> Support:
 
 
 _NO_LOGPROBS = "the hub does not relay log probabilities to clients (docs/PROVIDERS.md §1.4)"
-_ONE_CHOICE = ("the hub streams one choice per completion: its messages carry no choice index "
-               "(docs/PROTOCOL.md \"Request fields per provider\")")
+
+def _one_choice(api: str) -> str:
+    return (f"{api} gives one choice per request; OpenAI's `n` is served by OpenAI models only "
+            "(docs/PROTOCOL.md \"Choices\")")
+
 
 #: Field → provider kind → support. Fields absent here are either always carried in every
 #: provider's terms (``model``, ``messages``, ``max_tokens``, ``temperature``, ``tools``,
@@ -113,8 +116,11 @@ FIELDS: dict[str, dict[str, Support]] = {
         "ollama": _c(),
     },
     "n": {
-        "openai": _r(_ONE_CHOICE), "anthropic": _r(_ONE_CHOICE),
-        "google": _r(_ONE_CHOICE), "ollama": _r(_ONE_CHOICE),
+        "openai": _c("every choice is streamed back, each hub message with its `choice`, each OpenAI chunk "
+                     "with its `index` (docs/PROTOCOL.md \"Choices\")"),
+        "anthropic": _r(_one_choice("the Messages API")),
+        "google": _r(_one_choice("the hub's Gemini stream (`candidateCount` is not mapped)")),
+        "ollama": _r(_one_choice("Ollama")),
     },
     "stop": {
         "openai": _c(), "anthropic": _m("`stop_sequences`"),

@@ -97,7 +97,7 @@ async def test_stop_as_one_string_becomes_the_providers_list(hub: Any, mock: Any
 # n, logprobs, user, parallel_tool_calls.
 
 
-@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("kind", [kind for kind in MODELS if kind != "openai"])
 async def test_n_above_one_is_refused_naming_n_and_the_provider(hub: Any, mock: Any, kind: str) -> None:
     message = await _refused(hub, kind, "n", n=2)
     assert "one choice" in message
@@ -105,11 +105,19 @@ async def test_n_above_one_is_refused_naming_n_and_the_provider(hub: Any, mock: 
     assert mock.requests == []
 
 
+async def test_n_is_carried_to_openai(hub: Any, mock: Any) -> None:
+    answer = await _create(hub, "openai", n=2)  # tests/test_choices.py checks each choice
+    assert [choice.index for choice in answer.choices] == [0, 1]
+    assert mock.requests[-1]["body"]["n"] == 2
+    assert FIELDS["n"]["openai"].status == "carried"
+
+
 @pytest.mark.parametrize("kind", list(MODELS))
 async def test_n_of_one_asks_for_nothing_and_passes(hub: Any, mock: Any, kind: str) -> None:
     answer = await _create(hub, kind, n=1)
     assert [choice.index for choice in answer.choices] == [0]
-    assert "n" not in mock.requests[-1]["body"]
+    # OpenAI gets it as given (its own field, its default); the others have no such field.
+    assert mock.requests[-1]["body"].get("n") == (1 if kind == "openai" else None)
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

@@ -8,9 +8,10 @@ Messages and tools go through unchanged (they are already in OpenAI's shape). ``
 is sent as ``max_completion_tokens`` to OpenAI's reasoning models (``o1``, ``o3``, ``o4``,
 ``gpt-5``), which refuse the older name; compatible servers know only ``max_tokens``.
 ``response_format``, ``seed``, ``top_p``, ``presence_penalty``, ``frequency_penalty``,
-``parallel_tool_calls`` and ``user`` are OpenAI's own request fields and go through as given
-(OpenAI API reference, "Create chat completion"); ``n`` above 1 and ``logprobs`` are refused
-(protocol/request_fields.py; docs/PROTOCOL.md "Request fields per provider").
+``parallel_tool_calls``, ``user`` and ``n`` are OpenAI's own request fields and go through as
+given (OpenAI API reference, "Create chat completion"; every choice of ``n`` streams back with
+its index, docs/PROTOCOL.md "Choices"); ``logprobs`` are refused (protocol/request_fields.py;
+docs/PROTOCOL.md "Request fields per provider").
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         The request; its body is plain JSON.
 
     Raises:
-        ProviderError: ``invalid_message`` for a field refused for OpenAI (``n`` above 1,
-            ``logprobs``: protocol/request_fields.py), naming it.
+        ProviderError: ``invalid_message`` for a field refused for OpenAI (``logprobs``:
+            protocol/request_fields.py), naming it.
     """
     refuse_unsupported(request, "openai")
     body: dict[str, Any] = {
@@ -52,7 +53,7 @@ def build_request(request: Completion, model: str, settings: ProviderSettings) -
         "stream_options": {"include_usage": True},
     }
     for key in ("temperature", "tools", "tool_choice", "stop", "response_format", "seed", "top_p",
-                "presence_penalty", "frequency_penalty", "parallel_tool_calls", "user"):
+                "presence_penalty", "frequency_penalty", "parallel_tool_calls", "user", "n"):
         value = getattr(request, key)
         if key == "parallel_tool_calls" and not request.tools:
             continue  # OpenAI answers 400 to it without tools; without tools it means nothing

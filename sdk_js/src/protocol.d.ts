@@ -23,7 +23,9 @@
  *     thinking: Anthropic-style `{"type": "enabled", "budget_tokens": 1024}`.
  *     response_format: OpenAI's `{"type": "json_object"}` or `{"type": "json_schema",
  *         "json_schema": {"name", "schema", "strict"}}`, mapped per provider.
- *     n: number of choices; only 1 is accepted (one choice per completion).
+ *     n: number of choices (1-128): OpenAI (and Azure OpenAI) stream every choice, each
+ *         hub message saying its `choice`; other providers refuse `n` above 1
+ *         (docs/PROTOCOL.md "Choices").
  *     seed, top_p, presence_penalty, frequency_penalty, logprobs, top_logprobs,
  *     parallel_tool_calls, user: OpenAI's request options of the same names.
  *         Each is carried in the provider's terms or refused with `invalid_message`
@@ -204,6 +206,11 @@ export interface Unsubscribed {
  * `firstSeq` appears only on a chunk the hub merged for a slow consumer (docs/PROTOCOL.md,
  * "Limits"): it stands for the content chunks `firstSeq` to `seq`, so the receiver's
  * sequence stays gap-free.
+ *
+ * `choice` (on this and every other output message: reasoning, refusal, tool call,
+ * citation) is the index of the choice the message belongs to when the completion asked for
+ * `n` above 1 (docs/PROTOCOL.md "Choices"); 0, the only choice otherwise, is left out of
+ * the frame.
  */
 export interface ContentChunk {
   type: "content_chunk";
@@ -211,6 +218,7 @@ export interface ContentChunk {
   seq: number;
   content: string;
   firstSeq?: number;
+  choice?: number;
 }
 
 /**
@@ -225,6 +233,7 @@ export interface ThinkingStatus {
   content?: string;
   signature?: string;
   redacted?: string;
+  choice?: number;
 }
 
 /**
@@ -235,6 +244,7 @@ export interface RefusalChunk {
   completionId: string;
   seq: number;
   content: string;
+  choice?: number;
 }
 
 /**
@@ -253,6 +263,7 @@ export interface ToolCallMessage {
   argumentsValid?: boolean;
   serverTool?: boolean;
   signature?: string;
+  choice?: number;
 }
 
 /**
@@ -263,11 +274,14 @@ export interface CitationMessage {
   completionId: string;
   seq: number;
   citation: Record<string, unknown>;
+  choice?: number;
 }
 
 /**
  * Terminal success. `ttftMs` is the time to first token in ms, measured by the hub
  * from the upstream request to the first output (content, reasoning, refusal or tool call).
+ * `finishReason` is choice 0's; `finishReasons` (only for `n` above 1) holds every
+ * choice's, at its index (docs/PROTOCOL.md "Choices").
  */
 export interface Completed {
   type: "completed";
@@ -279,6 +293,7 @@ export interface Completed {
   usage?: UsageInfo;
   ttftMs?: number;
   attempts?: Attempt[];
+  finishReasons?: string[];
 }
 
 /**
@@ -386,7 +401,8 @@ export interface CircuitState {
  * (`recovered: false`): everything up to and including `seq` (never the terminal
  * message; events after `seq` follow it). `content` is all the answer text, `reasoning`
  * all the reasoning text, `toolCalls` the `tool_call` messages as sent, `refusal` and
- * `citations` likewise.
+ * `citations` likewise, all of choice 0. `choices` holds the state of each other choice
+ * that has output, in index order (only for `n` above 1, docs/PROTOCOL.md "Choices").
  */
 export interface Snapshot {
   type: "snapshot";
@@ -399,6 +415,19 @@ export interface Snapshot {
   toolCalls?: ToolCallMessage[];
   refusal?: string;
   citations?: Record<string, unknown>[];
+  choices?: ChoiceSnapshot[];
+}
+
+/**
+ * The state of one choice above 0 in a `Snapshot` (`n` above 1): `{"choice": 1,
+ * "content": "...", "reasoning": "...", "toolCalls": [...], "refusal": "..."}`.
+ */
+export interface ChoiceSnapshot {
+  choice: number;
+  content?: string;
+  reasoning?: string;
+  toolCalls?: ToolCallMessage[];
+  refusal?: string;
 }
 
 /**
