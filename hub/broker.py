@@ -167,12 +167,21 @@ class Broker(ABC):
     #: node, and the session awaits :meth:`attach` and :meth:`claim` before acting.
     distributed: bool = False
 
-    async def attach(self, names: list[str]) -> None:
+    async def attach(self, names: list[str], since: dict[str, Cursor] | None = None) -> None:
         """Make the channels among ``names`` that another node runs available here (a local
         mirror kept live), so that :meth:`channel` finds them; names that are open here or
-        unknown everywhere are left alone. Raises nothing: a channel that cannot be reached
-        stays unknown. The in-memory broker has nothing to do."""
+        unknown everywhere are left alone. A cursor in ``since`` ahead of what this node has
+        of its channel (read on the owning node or a faster one) is waited for, up to a
+        bound, so that the replay after it neither misses nor repeats an event. Raises
+        nothing: a channel that cannot be reached stays unknown. The in-memory broker has
+        nothing to do."""
         return None
+
+    def lagging(self, name: str, since: Cursor) -> bool:
+        """Whether this node's copy of channel ``name``, run on another node, has not yet
+        reached cursor ``since`` of its epoch (the session then awaits :meth:`attach` with
+        it before subscribing). Always False in memory."""
+        return False
 
     def release(self, names: list[str]) -> None:
         """Drop the mirrors among ``names`` that :meth:`attach` made and nobody subscribed to

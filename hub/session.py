@@ -400,8 +400,9 @@ class Session:
         broker = self.services.broker
         step: Any
         match message:
-            case Subscribe(channels=channels):
-                names = [name for name in channels if broker.channel(name) is None]
+            case Subscribe(channels=channels, since=since):
+                names = [name for name in channels if broker.channel(name) is None
+                         or (name in since and broker.lagging(name, since[name]))]
                 if not names:
                     return False
                 step = self._attach_then(message, names)
@@ -427,7 +428,7 @@ class Session:
     async def _attach_then(self, message: Subscribe | SubscribeWorkflow, names: list[str]) -> None:
         broker = self.services.broker
         try:
-            await broker.attach(names)
+            await broker.attach(names, message.since if isinstance(message, Subscribe) else None)
         except Exception:  # a broker failure: the channels stay unknown here
             log.exception("attaching remote channels failed")
         self._step_task = None

@@ -259,3 +259,29 @@ async def test_a_completion_without_an_id_is_registered_with_its_owner(nodes, ws
         await redis_client.aclose()
     assert meta[b"owner"] == b"anonymous" and meta[b"epoch"].decode() == ack.epochs[f"completion:{ack.completion_id}"]
     assert meta[b"node"].decode() == nodes[0].broker.node_id
+
+
+async def test_a_cursor_ahead_of_the_other_nodes_copy_is_waited_for_not_replayed_twice(nodes, ws_factory):
+    """A client that read further on the owning node than another node has yet received from
+    Redis resumes there exactly: the subscribe waits for that node's copy to reach the cursor
+    (without the wait, the events between arrive live after an empty replay: duplicates)."""
+    a, b, _ = nodes
+    owner_broker = a.broker
+    assert isinstance(owner_broker, RedisBroker)
+    owner_broker.publish_delay_s = owner_broker.publish_delay_watched_s = 0.25  # Redis hears of events late
+    first = await ws_factory(a)
+    ack = await start(first, "ahead1", "[[mock tokens=40 tps=100]]")
+    epoch = ack.epochs["completion:ahead1"]
+    watcher = await ws_factory(b)  # B mirrors the channel already, behind A by the window
+    assert isinstance(await subscribe(watcher, "completion:ahead1"), Subscribed)
+    read = [await first.recv() for _ in range(10)]
+    assert [m.seq for m in read] == list(range(1, 11))
+    assert b.broker.channel("completion:ahead1").last_seq < 10  # B is behind the cursor
+    mover = await ws_factory(b)
+    resumed = await subscribe(mover, "completion:ahead1", {"seq": 10, "epoch": epoch})
+    assert isinstance(resumed, Subscribed) and resumed.recovered == {"completion:ahead1": True}
+    rest = await mover.until_terminal("ahead1")
+    everything = await first.until_terminal("ahead1")
+    assert [m.seq for m in rest] == list(range(11, len(read) + len(everything) + 1))
+    assert read + rest == read + everything
+    assert await watcher.until_terminal("ahead1") == read + everything
