@@ -162,6 +162,7 @@ from hub.redis_pubsub import PubSubReader, ScriptWriter
 from protocol.errors import ErrorCode, HubError
 from protocol.messages import (
     HUB_DECODER,
+    ChoiceSnapshot,
     CitationMessage,
     Completed,
     ContentChunk,
@@ -442,10 +443,12 @@ def _is_terminal(event: EncodedEvent) -> bool:
 class _Folded:
     """A completion's state built from its events as hub/completions.py builds a run's: the
     text, reasoning, tool calls, refusal and citations up to ``seq`` (the last non-terminal
-    event folded in). Kept as lists, so folding one event costs no copy of the text."""
+    event folded in), of choice 0, and ``others``: the same of each choice above 0 (``n``
+    above 1; docs/PROTOCOL.md "Choices"; a citation of such a choice is not kept, as on the
+    owning node). Kept as lists, so folding one event costs no copy of the text."""
 
     __slots__ = ("completion_id", "channel", "epoch", "seq", "content", "reasoning", "tool_calls", "refusal",
-                 "citations")
+                 "citations", "others")
 
     def __init__(self, base: Snapshot) -> None:
         self.completion_id = base.completion_id
@@ -457,12 +460,30 @@ class _Folded:
         self.tool_calls = list(base.tool_calls)
         self.refusal = [base.refusal]
         self.citations = list(base.citations)
+        # choice -> (content, reasoning, tool calls, refusal) of a choice above 0
+        self.others: dict[int, tuple[list[str], list[str], list[ToolCallMessage], list[str]]] = {
+            other.choice: ([other.content], [other.reasoning], list(other.tool_calls), [other.refusal])
+            for other in base.choices}
 
     def add(self, event: EncodedEvent) -> None:
         """Fold in one event after :attr:`seq` (a terminal one changes nothing)."""
         if event.seq <= self.seq or _is_terminal(event):
             return
         message = event.message
+        choice = getattr(message, "choice", 0)
+        if choice:
+            content, reasoning, tool_calls, refusal = self.others.setdefault(choice, ([], [], [], []))
+            match message:
+                case ContentChunk():
+                    content.append(message.content)
+                case ThinkingStatus():
+                    reasoning.append(message.content)
+                case ToolCallMessage():
+                    tool_calls.append(message)
+                case RefusalChunk():
+                    refusal.append(message.content)
+            self.seq = event.seq
+            return
         match message:
             case ContentChunk():
                 self.content.append(message.content)
@@ -480,9 +501,12 @@ class _Folded:
         """The ``snapshot`` message of this state with ``events`` (after it, in seq order)
         folded in too; this state is left as it is."""
         if not events:
+            choices = [ChoiceSnapshot(choice, "".join(content), "".join(reasoning), list(tool_calls),
+                                      "".join(refusal))
+                       for choice, (content, reasoning, tool_calls, refusal) in sorted(self.others.items())]
             return Snapshot(self.completion_id, self.channel, self.epoch, self.seq, "".join(self.content),
                             "".join(self.reasoning), list(self.tool_calls), "".join(self.refusal),
-                            list(self.citations))
+                            list(self.citations), choices)
         more = _Folded(self.snapshot())
         for event in events:
             if _is_terminal(event):

@@ -285,3 +285,51 @@ async def test_a_cursor_ahead_of_the_other_nodes_copy_is_waited_for_not_replayed
     assert [m.seq for m in rest] == list(range(11, len(read) + len(everything) + 1))
     assert read + rest == read + everything
     assert await watcher.until_terminal("ahead1") == read + everything
+
+
+async def test_a_snapshot_built_on_another_node_keeps_each_choice_apart(mock, prefix, ws_factory):
+    """n = 2 (docs/PROTOCOL.md "Choices"): a late subscriber on another node whose history
+    cannot replay the run gets a snapshot with choice 0's text in ``content`` and choice 1's
+    in ``choices``, as on the owning node."""
+    from protocol.messages import Snapshot
+    from tools.mock_provider import expected_choice_text
+
+    config = hub_config(mock, broker_url=REDIS_URL, broker_prefix=prefix, history_max_events=5)
+    async with run_hub(config) as a, run_hub(config) as b:
+        owner = await ws_factory(a)
+        await owner.send({"type": "completion", "id": "ch1", "model": OPENAI, "coalesce": False, "n": 2,
+                          "messages": [{"role": "user", "content": "[[mock tokens=20]]"}]})
+        assert isinstance(await owner.recv(), Subscribed)
+        watcher = await ws_factory(b)  # B mirrors the run as it streams: it folds what its history drops
+        assert isinstance(await subscribe(watcher, "completion:ch1"), Subscribed)
+        everything = await owner.until_terminal("ch1")
+        await all_sent(a, len(everything))
+        await watcher.until_terminal("ch1")
+        late = await ws_factory(b)
+        ack = await subscribe(late, "completion:ch1")
+        assert isinstance(ack, Subscribed) and ack.recovered == {"completion:ch1": False}
+        snapshot = await late.recv()
+        rest = await late.until_terminal("ch1")
+    assert isinstance(snapshot, Snapshot) and rest == everything[-1:]
+    assert snapshot.content == expected_text(20)
+    assert [(c.choice, c.content) for c in snapshot.choices] == [(1, expected_choice_text(1, 20))]
+
+
+def test_the_fold_of_a_mirror_keeps_each_choice_apart() -> None:
+    """The state a node builds from another node's events (its snapshot once its history
+    drops them) puts choice 1's output in ``choices``, not in choice 0's fields."""
+    from hub.channel import EncodedEvent
+    from hub.redis_broker import _Folded
+    from protocol.messages import ChoiceSnapshot, RefusalChunk, Snapshot, ThinkingStatus
+
+    base = Snapshot("c1", "completion:c1", "e", 2, "He", choices=[ChoiceSnapshot(1, "Bo")])
+    folded = _Folded(base)
+    for seq, message in enumerate([ContentChunk("c1", 3, "llo"), ContentChunk("c1", 4, "njour", choice=1),
+                                   ThinkingStatus("c1", 5, "thinking", "hmm", choice=2), RefusalChunk("c1", 6, "no", choice=1)],
+                                  start=3):
+        assert message.seq == seq
+        folded.add(EncodedEvent.of(message))
+    state = folded.snapshot()
+    assert (state.seq, state.content, state.reasoning, state.refusal) == (6, "Hello", "", "")
+    assert [(c.choice, c.content, c.reasoning, c.refusal) for c in state.choices] == [
+        (1, "Bonjour", "", "no"), (2, "", "hmm", "")]
