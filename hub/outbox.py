@@ -34,10 +34,12 @@ log = logging.getLogger("cbhub.outbox")
 
 def merge_content(events: list[EncodedEvent]) -> list[EncodedEvent]:
     """The slow-consumer merge: each run of adjacent ``content_chunk`` messages of one
-    completion in ``events`` becomes one ``content_chunk`` with the joined text, the last
-    ``seq`` and ``firstSeq`` set to the first one's (docs/PROTOCOL.md "Limits"). Being adjacent,
-    the run's seqs are consecutive, so the receiver still sees no gap. Other events keep their
-    place. Encodes the merged messages anew (once per merge: this is the slow path)."""
+    completion and one ``choice`` in ``events`` becomes one ``content_chunk`` of that choice
+    with the joined text, the last ``seq`` and ``firstSeq`` set to the first one's
+    (docs/PROTOCOL.md "Limits" and "Choices"). Being adjacent, the run's seqs are consecutive,
+    so the receiver still sees no gap. A chunk of another completion or another choice ends the
+    run (so interleaved choices are never joined). Other events keep their place. Encodes the
+    merged messages anew (once per merge: this is the slow path)."""
     out: list[EncodedEvent] = []
     run: list[EncodedEvent] = []
 
@@ -47,13 +49,15 @@ def merge_content(events: list[EncodedEvent]) -> list[EncodedEvent]:
         elif run:
             first, last = run[0].message, run[-1].message
             text = "".join(event.message.content for event in run)
-            out.append(EncodedEvent.of(ContentChunk(last.completion_id, last.seq, text, first.first_seq or first.seq)))
+            out.append(EncodedEvent.of(ContentChunk(last.completion_id, last.seq, text, first.first_seq or first.seq,
+                                                    last.choice)))
         run.clear()
 
     for event in events:
         message = event.message
         if type(message) is ContentChunk:
-            if run and run[-1].message.completion_id != message.completion_id:
+            if run and (run[-1].message.completion_id != message.completion_id
+                        or run[-1].message.choice != message.choice):
                 close_run()
             run.append(event)
         else:

@@ -18,7 +18,7 @@ from protocol.messages import Completed, ContentChunk, ErrorMessage, Pong, Think
 from protocol.wsframe import close_frame
 from tests.conftest import hub_config
 from tests.test_fast_path import parse_frames
-from tools.mock_provider import expected_text
+from tools.mock_provider import expected_choice_text, expected_text
 
 OPENAI = "openai/gpt-4o-mini"
 
@@ -38,6 +38,15 @@ def test_merge_content_joins_adjacent_chunks_of_one_completion():
                       ThinkingStatus("a", 4, "done"), ContentChunk("a", 6, " world", 5)]
     again = [event.message for event in merge_content([EncodedEvent.of(m) for m in merged[:1]] + [chunk("a", 3, "!")])]
     assert again == [ContentChunk("a", 3, "Hell!", 1)]  # a merged chunk keeps its firstSeq
+
+
+def test_merge_content_never_joins_chunks_of_different_choices():
+    events = [EncodedEvent.of(ContentChunk("a", 1, "A", choice=0)), EncodedEvent.of(ContentChunk("a", 2, "x", choice=1)),
+              EncodedEvent.of(ContentChunk("a", 3, "y", choice=1)), EncodedEvent.of(ContentChunk("a", 4, "B", choice=0)),
+              EncodedEvent.of(ContentChunk("a", 5, "C", choice=0))]
+    merged = [event.message for event in merge_content(events)]
+    assert merged == [ContentChunk("a", 1, "A"), ContentChunk("a", 3, "xy", 2, choice=1),
+                      ContentChunk("a", 5, "BC", 4)]
 
 
 def test_close_frame_is_a_valid_rfc6455_close():
@@ -163,6 +172,28 @@ async def test_slow_consumer_gets_merged_content_and_the_others_full_speed(mock,
     assert covered == list(range(1, tokens + 2))
     text = "".join(m.content for m in slow_messages if isinstance(m, ContentChunk))
     assert text == expected_text(tokens) and slow_messages[-1] == fast_messages[-1]
+
+
+async def test_slow_consumer_of_an_n_2_stream_gets_each_choice_exact(mock, ws_factory):
+    """The merge keeps choices apart (docs/PROTOCOL.md "Choices"): the mock interleaves choice 1's
+    words with choice 0's, so a merge across choices would put choice 1's text into choice 0."""
+    tokens = 3000
+    config = hub_config(mock, outbound_soft_limit_bytes=20_000, outbound_hard_limit_bytes=10_000_000)
+    async with run_hub(config) as hub:
+        slow, slow_side, fast = await _slow_pair(hub, ws_factory)
+        await fast.send({"type": "completion", "id": "n2", "model": OPENAI, "coalesce": False, "n": 2,
+                         "messages": [{"role": "user", "content": f"[[mock tokens={tokens}]]"}]})
+        await slow.send({"type": "subscribe", "channels": ["completion:n2"]})
+        fast_messages = await fast.until_terminal("n2")
+        slow_messages = await slow.until_terminal("n2")
+    covered = []
+    for m in slow_messages:
+        covered.extend(range(getattr(m, "first_seq", None) or m.seq, m.seq + 1))
+    assert covered == [m.seq for m in fast_messages]  # gap-free, end to end
+    for k in (0, 1):
+        text = "".join(m.content for m in slow_messages if isinstance(m, ContentChunk) and m.choice == k)
+        assert text == expected_choice_text(k, tokens)
+    assert slow_messages[-1] == fast_messages[-1]
 
 
 async def test_slow_consumer_past_the_hard_limit_is_closed_with_4008(mock, ws_factory):
