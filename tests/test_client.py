@@ -39,7 +39,7 @@ from protocol.messages import (
 )
 from tests.conftest import RECV_TIMEOUT_S, hub_config
 from tests.support import ROOT
-from tools.mock_provider import MockProvider, expected_reasoning, expected_text
+from tools.mock_provider import MockProvider, expected_choice_text, expected_reasoning, expected_text
 
 #: The SDK against the in-memory and the Redis broker (tests/conftest.py).
 pytestmark = pytest.mark.brokers("memory", "redis")
@@ -413,6 +413,47 @@ async def test_snapshot_carries_missed_reasoning_and_tool_calls(short_history_hu
     assert reasoning == expected_reasoning(30, seed=4) == stream.result.reasoning
     assert text_of(events) == expected_text(6, seed=4)
     assert [e.tool for e in events if isinstance(e, ToolCallMessage)] == ["get_weather"]
+
+
+# Choices (n > 1, docs/PROTOCOL.md "Choices"): the mock interleaves choice 1's words with choice 0's.
+
+
+def choice_text(events: list[Any], choice: int) -> str:
+    return "".join(event.content for event in events if isinstance(event, ContentChunk) and event.choice == choice)
+
+
+async def test_n_2_result_text_is_choice_0_and_the_other_choice_is_kept_apart(client: HubClient) -> None:
+    stream = client.completion(model=MODEL, n=2, messages=user("Hi [[mock tokens=15 seed=3]]"))
+    events = await drain(stream)
+    result = stream.result
+    assert result.text == choice_text(events, 0) == expected_text(15, seed=3)
+    assert set(result.choices) == {1}
+    assert result.choices[1].text == choice_text(events, 1) == expected_choice_text(1, 15, seed=3)
+    assert result.choice(1) is result.choices[1] and result.choice(0).text == result.text
+    assert result.finish_reason == "stop" and result.finish_reasons == ["stop", "stop"]
+
+
+@pytest.mark.parametrize("tokens", [12, 120], ids=["ended-while-away", "still-running"])
+async def test_n_2_resume_from_a_snapshot_catches_up_each_choice(short_history_hub: Hub, fixed_backoff: None,
+                                                                 tokens: int) -> None:
+    """Before the SDK knew choices, this failed with resume_failed: choice 1's text was added to
+    choice 0's, which the snapshot's choice-0 ``content`` then did not continue."""
+    async with HubClient(ws_url(short_history_hub)) as client:
+        stream = client.completion(model=MODEL, n=2, coalesce=False,
+                                   messages=user(f"Hi [[mock tokens={tokens} tps=200 seed=10]]"))
+        events = []
+        async for event in stream:
+            events.append(event)
+            if len(events) == 4:
+                drop(client)  # 0.15 s away: ~60 events pass, the history keeps 2
+    snapshots = [event for event in events if isinstance(event, Snapshot)]
+    assert len(snapshots) == 1
+    assert choice_text(events, 0) == expected_text(tokens, seed=10) == stream.result.text
+    assert choice_text(events, 1) == expected_choice_text(1, tokens, seed=10) == stream.result.choices[1].text
+    at = events.index(snapshots[0])
+    synthetic = [event for event in events[at + 1:] if event.seq == snapshots[0].seq]
+    assert sorted(event.choice for event in synthetic if isinstance(event, ContentChunk)) == [0, 1]
+    assert isinstance(events[-1], Completed) and stream.result.finish_reasons == ["stop", "stop"]
 
 
 # cbhub chat.

@@ -107,7 +107,7 @@ from hub.client.errors import (
     ResumeError,
     UnknownOptionError,
 )
-from hub.client.results import AgentRun, CompletionResult, Reconnect, WorkflowResult
+from hub.client.results import AgentRun, ChoiceResult, CompletionResult, Reconnect, WorkflowResult
 from hub.client.seeds import (
     CircuitBreakerStream,
     CompletionEventType,
@@ -123,6 +123,7 @@ __all__ = [
     "HubStream",
     "WorkflowStream",
     "CompletionResult",
+    "ChoiceResult",
     "WorkflowResult",
     "AgentRun",
     "Reconnect",

@@ -13,16 +13,38 @@ from typing import Any
 
 from protocol.messages import Attempt, ErrorInfo, FunctionExecuted, ToolCallMessage, UsageInfo, WorkflowTransition
 
-__all__ = ["CompletionResult", "AgentRun", "WorkflowResult", "Reconnect", "token_data", "add_usage"]
+__all__ = ["CompletionResult", "ChoiceResult", "AgentRun", "WorkflowResult", "Reconnect", "token_data", "add_usage"]
+
+@dataclass
+class ChoiceResult:
+    """The output of one choice above 0 of a completion that asked for ``n`` above 1
+    (docs/PROTOCOL.md "Choices"), accumulated from the messages whose ``choice`` is its index.
+
+    Attributes:
+        text: the choice's answer text (its ``content_chunk`` contents, in order).
+        reasoning: its reasoning text.
+        refusal: its refusal text.
+        tool_calls: its ``tool_call`` messages, in order.
+        citations: its citation objects, in order (a snapshot does not carry these for choices
+            above 0, so citations missed during a resume from a snapshot are not here).
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    refusal: str = ""
+    tool_calls: list[ToolCallMessage] = field(default_factory=list)
+    citations: list[dict[str, Any]] = field(default_factory=list)
+
 
 @dataclass
 class CompletionResult:
     """A completion as accumulated from its events (complete after ``completed``).
 
     Attributes:
-        text: the answer text (all ``content_chunk`` contents, in order).
-        reasoning: the reasoning text (all ``thinking_status`` contents).
-        tool_calls: the ``tool_call`` messages, in order.
+        text: the answer text (all ``content_chunk`` contents of choice 0, in order; with
+            ``n`` above 1 the other choices are in :attr:`choices`).
+        reasoning: the reasoning text (all ``thinking_status`` contents of choice 0).
+        tool_calls: the ``tool_call`` messages of choice 0, in order.
         usage: token usage from ``completed`` (or from the ``error``, when the provider
             reported some before failing).
         finish_reason: ``stop``, ``length``, ``tool_calls``, ``content_filter`` or ``error``
@@ -32,8 +54,12 @@ class CompletionResult:
         ttft_ms: time to first token measured by the hub, from its first upstream request to
             the first output, in ms (``completed.ttftMs``).
         completion_id: the completion's id.
-        refusal: the refusal text, if the model refused.
-        citations: the citation objects, in order.
+        refusal: the refusal text of choice 0, if the model refused.
+        citations: the citation objects of choice 0, in order.
+        choices: the output of each choice above 0 that has any, by index (only for ``n``
+            above 1; docs/PROTOCOL.md "Choices"); empty otherwise.
+        finish_reasons: every choice's finish reason, at its index (``completed.finishReasons``,
+            only for ``n`` above 1); None otherwise.
         attempts: the upstream attempts, as ``completed`` / ``error`` list them.
         error: the terminal error, when the completion failed.
         done: True once ``completed`` or the terminal ``error`` arrived.
@@ -61,6 +87,17 @@ class CompletionResult:
     client_ttft_ms: float | None = None
     generation_s: float | None = None
     duration_s: float | None = None
+    choices: dict[int, ChoiceResult] = field(default_factory=dict)
+    finish_reasons: list[str] | None = None
+
+    def choice(self, index: int) -> ChoiceResult:
+        """The output of choice ``index`` (a non-negative int) so far: for 0 a
+        :class:`ChoiceResult` view made from this result's own fields (a copy; its lists are
+        this result's), for another index its entry in :attr:`choices` (an empty one when that
+        choice has no output yet, not stored)."""
+        if index == 0:
+            return ChoiceResult(self.text, self.reasoning, self.refusal, self.tool_calls, self.citations)
+        return self.choices.get(index) or ChoiceResult()
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -30,7 +30,12 @@ this order:
    ``ToolCallMessage`` objects as the hub sent them and a ``CitationMessage`` per missed
    citation. Each is left out when nothing of its kind was missed.
 
-So a caller that concatenates ``ContentChunk.content`` still ends with the exact full text and
+With ``n`` above 1 (docs/PROTOCOL.md "Choices") each choice is caught up on its own: choice 0
+against the snapshot's own fields, choice *k* against its entry of ``Snapshot.choices``, the
+synthetic events carrying ``choice`` *k*; the result keeps choice 0 in its fields and the others
+in :attr:`~hub.client.results.CompletionResult.choices`.
+
+So a caller that concatenates ``ContentChunk.content`` (of one ``choice``) still ends with the exact full text and
 never sees a piece twice, and the :class:`~hub.client.results.CompletionResult` is exact.
 (Reasoning signatures and ``status: "done"`` markers inside the gap are not in a snapshot and
 are not synthesized.) A snapshot that does not extend what was delivered (another instance of
@@ -69,7 +74,7 @@ from __future__ import annotations
 from typing import Any
 
 from hub.client.errors import ResumeError
-from hub.client.results import AgentRun, CompletionResult, WorkflowResult, add_usage, token_data
+from hub.client.results import AgentRun, ChoiceResult, CompletionResult, WorkflowResult, add_usage, token_data
 from protocol.messages import (
     AgentCompleted,
     AgentProgress,
@@ -205,19 +210,28 @@ class CompletionState(ChannelState):
             self.first_output_at = now
             if self.requested and self.sent_at is not None:
                 result.client_ttft_ms = (now - self.sent_at) * 1000.0
+        choice = getattr(message, "choice", 0)
+        if choice:  # n > 1: another choice's output goes to its own entry, never into choice 0's
+            other = result.choices.get(choice)
+            if other is None:
+                other = result.choices[choice] = ChoiceResult()
+            target: CompletionResult | ChoiceResult = other
+        else:
+            target = result
         match message:
             case ContentChunk():
-                result.text += message.content
+                target.text += message.content
             case ThinkingStatus():
-                result.reasoning += message.content
+                target.reasoning += message.content
             case RefusalChunk():
-                result.refusal += message.content
+                target.refusal += message.content
             case ToolCallMessage():
-                result.tool_calls.append(message)
+                target.tool_calls.append(message)
             case CitationMessage():
-                result.citations.append(message.citation)
+                target.citations.append(message.citation)
             case Completed():
                 result.finish_reason = message.finish_reason
+                result.finish_reasons = message.finish_reasons
                 result.provider = message.provider
                 result.model = message.model
                 result.usage = message.usage
@@ -247,12 +261,14 @@ class CompletionState(ChannelState):
         result = self.result
         if snapshot.epoch == self.epoch and snapshot.seq <= self.seq:
             return [snapshot]  # it holds nothing this stream lacks
-        content, reasoning, refusal = snapshot.content, snapshot.reasoning, snapshot.refusal
-        calls, citations = snapshot.tool_calls, snapshot.citations
-        if not (content.startswith(result.text) and reasoning.startswith(result.reasoning)
-                and refusal.startswith(result.refusal) and len(calls) >= len(result.tool_calls)
-                and [c.id for c in calls[:len(result.tool_calls)]] == [c.id for c in result.tool_calls]
-                and len(citations) >= len(result.citations)):
+        # Choice 0 is the snapshot's own fields, every other choice an entry of its `choices`
+        # (docs/PROTOCOL.md "Choices"); each must continue what this stream delivered of it.
+        others = {c.choice: ChoiceResult(c.content, c.reasoning, c.refusal, c.tool_calls) for c in snapshot.choices}
+        states = [(0, ChoiceResult(snapshot.content, snapshot.reasoning, snapshot.refusal, snapshot.tool_calls,
+                                   snapshot.citations), result.choice(0))]
+        states += [(k, others.get(k) or ChoiceResult(), result.choice(k))
+                   for k in sorted(set(others) | set(result.choices))]
+        if not all(_continues(new, old, citations=k == 0) for k, new, old in states):
             raise ResumeError("resume_failed", f"the snapshot of {self.name} (epoch {snapshot.epoch}) does not "
                               f"continue what this stream delivered (epoch {self.epoch})")
         first = self.seq + 1
@@ -261,17 +277,32 @@ class CompletionState(ChannelState):
         self.seq = seq
         out: list[Any] = [snapshot]
         cid = snapshot.completion_id
-        if len(reasoning) > len(result.reasoning):
-            self._record(ThinkingStatus(cid, seq, "thinking", content=reasoning[len(result.reasoning):]), now, out)
-        if len(content) > len(result.text):
-            self._record(ContentChunk(cid, seq, content[len(result.text):], first if first < seq else None), now, out)
-        if len(refusal) > len(result.refusal):
-            self._record(RefusalChunk(cid, seq, refusal[len(result.refusal):]), now, out)
-        for call in calls[len(result.tool_calls):]:
-            self._record(call, now, out)
-        for citation in citations[len(result.citations):]:
-            self._record(CitationMessage(cid, seq, citation), now, out)
+        for k, new, old in states:
+            if len(new.reasoning) > len(old.reasoning):
+                self._record(ThinkingStatus(cid, seq, "thinking", content=new.reasoning[len(old.reasoning):], choice=k),
+                             now, out)
+            if len(new.text) > len(old.text):
+                self._record(ContentChunk(cid, seq, new.text[len(old.text):], first if first < seq else None, choice=k),
+                             now, out)
+            if len(new.refusal) > len(old.refusal):
+                self._record(RefusalChunk(cid, seq, new.refusal[len(old.refusal):], choice=k), now, out)
+            for call in new.tool_calls[len(old.tool_calls):]:
+                self._record(call, now, out)
+            if k == 0:
+                for citation in new.citations[len(old.citations):]:
+                    self._record(CitationMessage(cid, seq, citation), now, out)
         return out
+
+
+def _continues(new: ChoiceResult, old: ChoiceResult, *, citations: bool) -> bool:
+    """Whether ``new`` (one choice's state in a snapshot) extends ``old`` (what this stream
+    delivered of that choice): every text starts with the delivered one, and the delivered
+    tool calls (by id) and, when ``citations`` (a snapshot has them for choice 0 only), the
+    citations' count are a prefix."""
+    return (new.text.startswith(old.text) and new.reasoning.startswith(old.reasoning)
+            and new.refusal.startswith(old.refusal) and len(new.tool_calls) >= len(old.tool_calls)
+            and [c.id for c in new.tool_calls[:len(old.tool_calls)]] == [c.id for c in old.tool_calls]
+            and (not citations or len(new.citations) >= len(old.citations)))
 
 
 class WorkflowState(ChannelState):
