@@ -12,6 +12,11 @@
 //   the missing answer text (`firstSeq`: the first missed seq), a `refusal`, the missed
 //   `tool_call` messages as the hub sent them, a `citation` per missed citation. Whoever
 //   concatenates `content_chunk.content` gets the exact text and never a piece twice;
+// - choices (`n` above 1, docs/PROTOCOL.md "Choices"): `content`, `reasoning`, `refusal`,
+//   `toolCalls` and `citations` are choice 0's; the output of each other choice is kept apart
+//   in `choices` (`{[index]: {content, reasoning, refusal, toolCalls, citations}}`). A snapshot
+//   catches up choice 0 from its own fields and choice k from its entry of `choices`, the
+//   synthetic messages of choice k carrying `choice: k`;
 // - a snapshot that does not continue what was delivered (another instance of the channel,
 //   with other text) fails the stream: `resume_failed`;
 // - a forward jump of `seq` on a completion or workflow whose epoch is known fails it:
@@ -58,6 +63,8 @@ export class ChannelState {
     this.refusal = '';
     this.toolCalls = [];
     this.citations = [];
+    /** The output of each choice above 0 (`n` above 1), by index: `{content, reasoning, refusal, toolCalls, citations}`. */
+    this.choices = {};
     /** The terminal `completed`, `workflow_completed` or `error` message, once it came. */
     this.terminal = null;
     // Workflow channels: the run as delivered so far.
@@ -112,22 +119,29 @@ export class ChannelState {
     return [message];
   }
 
+  /** The state of choice `index`: this object for 0, else its entry of `choices` (made on first use). */
+  #choice(index) {
+    if (!index) return this;
+    this.choices[index] ??= { content: '', reasoning: '', refusal: '', toolCalls: [], citations: [] };
+    return this.choices[index];
+  }
+
   #record(message) {
     switch (message.type) {
       case 'content_chunk':
-        this.content += message.content ?? '';
+        this.#choice(message.choice).content += message.content ?? '';
         break;
       case 'thinking_status':
-        this.reasoning += message.content ?? '';
+        this.#choice(message.choice).reasoning += message.content ?? '';
         break;
       case 'refusal':
-        this.refusal += message.content ?? '';
+        this.#choice(message.choice).refusal += message.content ?? '';
         break;
       case 'tool_call':
-        this.toolCalls.push(message);
+        this.#choice(message.choice).toolCalls.push(message);
         break;
       case 'citation':
-        this.citations.push(message.citation);
+        this.#choice(message.choice).citations.push(message.citation);
         break;
       case 'completed':
         this.terminal = message;
@@ -185,18 +199,29 @@ export class ChannelState {
 
   #snapshot(snapshot) {
     if (snapshot.epoch === this.epoch && snapshot.seq <= this.seq) return [snapshot]; // nothing new in it
-    const content = snapshot.content ?? '';
-    const reasoning = snapshot.reasoning ?? '';
-    const refusal = snapshot.refusal ?? '';
-    const calls = snapshot.toolCalls ?? [];
-    const citations = snapshot.citations ?? [];
-    const continues =
-      content.startsWith(this.content) &&
-      reasoning.startsWith(this.reasoning) &&
-      refusal.startsWith(this.refusal) &&
-      calls.length >= this.toolCalls.length &&
-      this.toolCalls.every((call, i) => calls[i].id === call.id) &&
-      citations.length >= this.citations.length;
+    // Choice 0 is the snapshot's own fields, choice k its entry of `choices`; each must
+    // continue what was delivered of it (citations are in a snapshot for choice 0 only).
+    const empty = { content: '', reasoning: '', refusal: '', toolCalls: [], citations: [] };
+    const of = (state) => ({
+      content: state.content ?? '',
+      reasoning: state.reasoning ?? '',
+      refusal: state.refusal ?? '',
+      toolCalls: state.toolCalls ?? [],
+      citations: state.citations ?? [],
+    });
+    const others = new Map((snapshot.choices ?? []).map((c) => [Number(c.choice), of(c)]));
+    const indexes = new Set([...others.keys(), ...Object.keys(this.choices).map(Number)]);
+    const pairs = [[0, of(snapshot), this]];
+    for (const k of [...indexes].sort((a, b) => a - b)) pairs.push([k, others.get(k) ?? empty, this.choices[k] ?? empty]);
+    const continues = pairs.every(
+      ([k, next, had]) =>
+        next.content.startsWith(had.content) &&
+        next.reasoning.startsWith(had.reasoning) &&
+        next.refusal.startsWith(had.refusal) &&
+        next.toolCalls.length >= had.toolCalls.length &&
+        had.toolCalls.every((call, i) => next.toolCalls[i].id === call.id) &&
+        (k !== 0 || next.citations.length >= had.citations.length),
+    );
     if (!continues) {
       throw new ResumeError(
         'resume_failed',
@@ -207,19 +232,24 @@ export class ChannelState {
     const seq = snapshot.seq;
     const completionId = snapshot.completionId;
     const out = [snapshot];
-    if (reasoning.length > this.reasoning.length) {
-      out.push({ type: 'thinking_status', completionId, seq, status: 'thinking', content: reasoning.slice(this.reasoning.length) });
+    for (const [k, next, had] of pairs) {
+      const mark = (message) => (k ? { ...message, choice: k } : message);
+      if (next.reasoning.length > had.reasoning.length) {
+        out.push(mark({ type: 'thinking_status', completionId, seq, status: 'thinking', content: next.reasoning.slice(had.reasoning.length) }));
+      }
+      if (next.content.length > had.content.length) {
+        const chunk = mark({ type: 'content_chunk', completionId, seq, content: next.content.slice(had.content.length) });
+        if (first < seq) chunk.firstSeq = first;
+        out.push(chunk);
+      }
+      if (next.refusal.length > had.refusal.length) {
+        out.push(mark({ type: 'refusal', completionId, seq, content: next.refusal.slice(had.refusal.length) }));
+      }
+      out.push(...next.toolCalls.slice(had.toolCalls.length));
+      if (k === 0) {
+        for (const citation of next.citations.slice(had.citations.length)) out.push({ type: 'citation', completionId, seq, citation });
+      }
     }
-    if (content.length > this.content.length) {
-      const chunk = { type: 'content_chunk', completionId, seq, content: content.slice(this.content.length) };
-      if (first < seq) chunk.firstSeq = first;
-      out.push(chunk);
-    }
-    if (refusal.length > this.refusal.length) {
-      out.push({ type: 'refusal', completionId, seq, content: refusal.slice(this.refusal.length) });
-    }
-    out.push(...calls.slice(this.toolCalls.length));
-    for (const citation of citations.slice(this.citations.length)) out.push({ type: 'citation', completionId, seq, citation });
     for (const message of out) this.#record(message);
     this.epoch = snapshot.epoch;
     this.seq = seq;

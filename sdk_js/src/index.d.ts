@@ -41,18 +41,31 @@ export type CompletionEvent =
   | Snapshot
   | Completed;
 
-/** What a completion produced, once it `completed`. */
-export interface CompletionResult {
-  id: string;
-  /** All answer text, exactly as the provider sent it. */
-  text: string;
-  /** All reasoning text. */
+/** The output of one choice above 0 of a completion with `n` above 1. */
+export interface ChoiceOutput {
+  content: string;
   reasoning: string;
   refusal: string;
   toolCalls: ToolCallMessage[];
   citations: Record<string, unknown>[];
+}
+
+/** What a completion produced, once it `completed`. */
+export interface CompletionResult {
+  id: string;
+  /** All answer text of choice 0, exactly as the provider sent it. */
+  text: string;
+  /** All reasoning text of choice 0. */
+  reasoning: string;
+  refusal: string;
+  toolCalls: ToolCallMessage[];
+  citations: Record<string, unknown>[];
+  /** With `n` above 1: the output of each choice above 0, by index (docs/PROTOCOL.md "Choices"); else `{}`. */
+  choices: Record<number, ChoiceOutput>;
   usage: UsageInfo | null;
   finishReason: string;
+  /** With `n` above 1: every choice's finish reason, at its index (`completed.finishReasons`); else null. */
+  finishReasons: string[] | null;
   provider: string;
   model: string;
   ttftMs: number | null;
