@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 
 from hub.appkeys import HUB_KEY
 from hub.transports.http_limits import read_body
-from hub.transports.http_stream import authenticate, serve
+from hub.transports.http_stream import EncoderDialect, authenticate, retry_after_header, serve
 from protocol.anthropic_compat import PING, MessageEncoder, MessagesRequest, decode_messages_request, error_body
 from protocol.errors import ProtocolError, http_status_of
 
@@ -38,39 +37,25 @@ def _anthropic_error(code: str, message: str, status: int | None, retry_after_ms
     """Anthropic's error body with the HTTP status of ``code`` (protocol.errors.http_status_of);
     ``Retry-After`` in whole seconds, rounded up, when the hub knows the wait."""
     http_status = http_status_of(code, status)
-    headers = {"Retry-After": str(-(-retry_after_ms // 1000))} if retry_after_ms is not None else None
+    headers = retry_after_header(retry_after_ms)
     return web.Response(body=error_body(code, message, http_status), status=http_status,
                         content_type="application/json", headers=headers)
 
 
-class _AnthropicDialect:
+class _AnthropicDialect(EncoderDialect):
     """Anthropic's Messages format for one request (a :class:`~hub.transports.http_stream.Dialect`)."""
 
     def __init__(self, request: MessagesRequest) -> None:
         self.model = request.model
         self.stream = request.stream
         self.refuse = _anthropic_error
-        self._encoder: MessageEncoder | None = None
+        self.keepalive_bytes = PING
 
-    def _new_encoder(self, completion_id: str) -> MessageEncoder:
+    def new_encoder(self, completion_id: str) -> MessageEncoder:
         return MessageEncoder(f"msg_{completion_id}", self.model)
 
-    def answer(self, completion_id: str, messages: list[Any]) -> web.Response:
-        encoder = self._new_encoder(completion_id)
-        for message in messages:
-            encoder.encode(message)
-        return web.Response(body=msgspec.json.encode(encoder.message()), content_type="application/json")
-
-    def begin(self, completion_id: str) -> bytes:
-        self._encoder = self._new_encoder(completion_id)
-        return self._encoder.start()
-
-    def encode(self, message: Any) -> bytes:
-        assert self._encoder is not None, "begin() comes first"
-        return self._encoder.encode(message)
-
-    def keepalive(self) -> bytes:
-        return PING
+    def final(self, encoder: MessageEncoder) -> Any:
+        return encoder.message()
 
 
 async def messages_handler(request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from aiohttp import web
 
 from hub.outbox import Outbox, WriteScheduler
@@ -144,6 +145,57 @@ class Dialect(Protocol):
 
     def keepalive(self) -> bytes:
         """Bytes sent when nothing happened for ``sse_keepalive_interval_s``."""
+
+
+class EncoderDialect:
+    """A :class:`Dialect` built on one encoder per answer (``/v1/messages``, ``/v1/responses``):
+    a subclass gives :meth:`new_encoder` (an object with ``start() -> bytes``,
+    ``encode(message) -> bytes`` and the final body of a non-streamed answer from
+    :meth:`final`), :attr:`keepalive_bytes` and ``refuse``; streaming and answering are here.
+
+    Attributes:
+        stream: as :class:`Dialect`.
+        keepalive_bytes: what :meth:`keepalive` writes (an SSE comment or the format's ping).
+    """
+
+    stream: bool
+    keepalive_bytes: bytes
+    _encoder: Any = None
+
+    def new_encoder(self, completion_id: str) -> Any:
+        """The encoder of the answer to completion ``completion_id``."""
+        raise NotImplementedError
+
+    def final(self, encoder: Any) -> Any:
+        """The non-streamed body (a msgspec-encodable value) once ``encoder`` took every message."""
+        raise NotImplementedError
+
+    def answer(self, completion_id: str, messages: list[Any]) -> web.Response:
+        """As :meth:`Dialect.answer`: every message through a fresh encoder, then its body."""
+        encoder = self.new_encoder(completion_id)
+        for message in messages:
+            encoder.encode(message)
+        return web.Response(body=msgspec.json.encode(self.final(encoder)), content_type="application/json")
+
+    def begin(self, completion_id: str) -> bytes:
+        """As :meth:`Dialect.begin`: the encoder's opening events."""
+        self._encoder = self.new_encoder(completion_id)
+        return bytes(self._encoder.start())
+
+    def encode(self, message: Any) -> bytes:
+        """As :meth:`Dialect.encode`."""
+        assert self._encoder is not None, "begin() comes first"
+        return bytes(self._encoder.encode(message))
+
+    def keepalive(self) -> bytes:
+        """As :meth:`Dialect.keepalive`."""
+        return self.keepalive_bytes
+
+
+def retry_after_header(retry_after_ms: int | None) -> dict[str, str] | None:
+    """``{"Retry-After": <whole seconds, rounded up>}`` for a wait the hub knows (ms), else
+    None (RFC 9110 §10.2.3: delay-seconds)."""
+    return {"Retry-After": str(-(-retry_after_ms // 1000))} if retry_after_ms is not None else None
 
 
 def api_credential(request: web.Request, query: bool = False) -> str | None:

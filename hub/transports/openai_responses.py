@@ -20,12 +20,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 
 from hub.appkeys import HUB_KEY
 from hub.transports.http_limits import read_body
-from hub.transports.http_stream import authenticate, serve
+from hub.transports.http_stream import EncoderDialect, authenticate, retry_after_header, serve
 from protocol.errors import ProtocolError, http_status_of
 from protocol.responses_compat import (
     KEEPALIVE,
@@ -47,12 +46,12 @@ def _openai_error(code: str, message: str, status: int | None, retry_after_ms: i
     """OpenAI's error body with the HTTP status of ``code`` (protocol.errors.http_status_of);
     ``Retry-After`` in whole seconds, rounded up, when the hub knows the wait."""
     http_status = http_status_of(code, status)
-    headers = {"Retry-After": str(-(-retry_after_ms // 1000))} if retry_after_ms is not None else None
+    headers = retry_after_header(retry_after_ms)
     return web.Response(body=error_body(code, message, http_status, param), status=http_status,
                         content_type="application/json", headers=headers)
 
 
-class _ResponsesDialect:
+class _ResponsesDialect(EncoderDialect):
     """The Responses format for one request (a :class:`~hub.transports.http_stream.Dialect`)."""
 
     def __init__(self, request: ResponsesRequest) -> None:
@@ -60,27 +59,13 @@ class _ResponsesDialect:
         self.stream = request.stream
         self.created_at = int(time.time())
         self.refuse = _openai_error
-        self._encoder: ResponseEncoder | None = None
+        self.keepalive_bytes = KEEPALIVE
 
-    def _new_encoder(self, completion_id: str) -> ResponseEncoder:
+    def new_encoder(self, completion_id: str) -> ResponseEncoder:
         return ResponseEncoder(f"resp_{completion_id}", self.created_at, self.request)
 
-    def answer(self, completion_id: str, messages: list[Any]) -> web.Response:
-        encoder = self._new_encoder(completion_id)
-        for message in messages:
-            encoder.encode(message)
-        return web.Response(body=msgspec.json.encode(encoder.response()), content_type="application/json")
-
-    def begin(self, completion_id: str) -> bytes:
-        self._encoder = self._new_encoder(completion_id)
-        return self._encoder.start()
-
-    def encode(self, message: Any) -> bytes:
-        assert self._encoder is not None, "begin() comes first"
-        return self._encoder.encode(message)
-
-    def keepalive(self) -> bytes:
-        return KEEPALIVE
+    def final(self, encoder: ResponseEncoder) -> Any:
+        return encoder.response()
 
 
 async def responses_handler(request: web.Request) -> web.StreamResponse:

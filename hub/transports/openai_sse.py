@@ -37,7 +37,7 @@ from aiohttp import web
 from hub.appkeys import HUB_KEY
 from hub.session import Principal
 from hub.transports.http_limits import read_body
-from hub.transports.http_stream import SseOutbox, authenticate, serve
+from hub.transports.http_stream import SseOutbox, authenticate, retry_after_header, serve
 from protocol.errors import ErrorCode, HubError, ProtocolError, http_status_of
 from protocol.messages import ChatMessage
 from protocol.openai_compat import (
@@ -65,7 +65,7 @@ def _json_error(code: str, message: str, status: int | None, retry_after_ms: int
     with ``retry_after_ms`` (a rate limit of the hub) a ``Retry-After`` header in whole
     seconds, rounded up (RFC 9110 §10.2.3)."""
     http_status = http_status_of(code, status)
-    headers = {"Retry-After": str(-(-retry_after_ms // 1000))} if retry_after_ms is not None else None
+    headers = retry_after_header(retry_after_ms)
     return web.Response(body=error_body(code, message, http_status), status=http_status,
                         content_type="application/json", headers=headers)
 
