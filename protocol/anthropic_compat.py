@@ -27,7 +27,9 @@ from typing import Any
 
 import msgspec
 
+from protocol import front_door_fields as fields
 from protocol.errors import ProtocolError
+from protocol.front_door_fields import FieldRefused
 from protocol.messages import (
     ChatMessage,
     CitationMessage,
@@ -147,13 +149,13 @@ class MessagesRequest(msgspec.Struct, forbid_unknown_fields=True):
             raise _refuse("top_k", "cannot be carried: the hub's completion request has no top_k (OpenAI has none); "
                           "leave it out")
         if self.top_p is not None:
-            _carry(extra, "top_p", self.top_p, "top_p")
+            fields.carry(extra, "top_p", self.top_p, "top_p")
         if self.metadata:
             unknown = sorted(set(self.metadata) - {"user_id"})
             if unknown:
                 raise _refuse(f"metadata.{unknown[0]}", "is not a field of metadata")
             if self.metadata.get("user_id") is not None:
-                _carry(extra, "user", self.metadata["user_id"], "metadata.user_id")
+                fields.carry(extra, "user", self.metadata["user_id"], "metadata.user_id")
         tools, tool_choice = _tools(self.tools, self.tool_choice, extra)
         thinking, reasoning = _thinking(self.thinking)
         messages = _system(self.system) + _messages(self.messages)
@@ -177,7 +179,6 @@ _REQUEST_DECODER = msgspec.json.Decoder(MessagesRequest)
 
 #: The fields of the hub's ``completion`` message: an Anthropic field is carried when its
 #: OpenAI counterpart is one of them, refused otherwise.
-_COMPLETION_FIELDS = frozenset(Completion.__struct_fields__)
 
 
 def decode_messages_request(body: bytes) -> MessagesRequest:
@@ -197,27 +198,8 @@ def decode_messages_request(body: bytes) -> MessagesRequest:
         raise ProtocolError("request body is nested too deeply", "invalid_json") from None
 
 
-def _refuse(field: str, why: str) -> ProtocolError:
-    return ProtocolError(f"`{field}` {why}", "invalid_message")
-
-
-def _carry(extra: dict[str, Any], name: str, value: Any, field: str) -> None:
-    """Carry ``value`` as the completion's ``name`` when the completion has that field, else refuse ``field``."""
-    if name not in _COMPLETION_FIELDS:
-        raise _refuse(field, f"cannot be carried: the hub's completion request has no `{name}`; leave it out")
-    extra[name] = value
-
-
-def _check_keys(block: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(block) - allowed)
-    if unknown:
-        raise _refuse(f"{where}.{unknown[0]}", "cannot be carried; leave it out")
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _refuse(where, "must be a string")
-    return value
+def _refuse(field: str, why: str) -> FieldRefused:
+    return FieldRefused(field, why)
 
 
 def _system(system: str | list[dict[str, Any]] | None) -> list[ChatMessage]:
@@ -231,9 +213,9 @@ def _system(system: str | list[dict[str, Any]] | None) -> list[ChatMessage]:
         where = f"system[{index}]"
         if not isinstance(block, dict) or block.get("type") != "text":
             raise _refuse(f"{where}.type", "must be text")
-        _check_keys(block, _TEXT_KEYS, where)
+        fields.check_keys(block, _TEXT_KEYS, where)
         _citations_absent(block, where)
-        parts.append({"type": "text", "text": _text(block.get("text"), f"{where}.text")})
+        parts.append({"type": "text", "text": fields.text(block.get("text"), f"{where}.text")})
     return [ChatMessage(role="system", content=parts)] if parts else []
 
 
@@ -254,28 +236,28 @@ def _citations_absent(block: dict[str, Any], where: str) -> None:
 
 def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An Anthropic image block as an OpenAI ``image_url`` part (a data URL for base64)."""
-    _check_keys(block, _IMAGE_KEYS, where)
+    fields.check_keys(block, _IMAGE_KEYS, where)
     source = block.get("source")
     if not isinstance(source, dict):
         raise _refuse(f"{where}.source", "must be an object")
     kind = source.get("type")
     if kind == "base64":
-        _check_keys(source, frozenset(("type", "media_type", "data")), f"{where}.source")
-        media = _text(source.get("media_type"), f"{where}.source.media_type")
-        data = _text(source.get("data"), f"{where}.source.data")
+        fields.check_keys(source, frozenset(("type", "media_type", "data")), f"{where}.source")
+        media = fields.text(source.get("media_type"), f"{where}.source.media_type")
+        data = fields.text(source.get("data"), f"{where}.source.data")
         return {"type": "image_url", "image_url": {"url": f"data:{media};base64,{data}"}}
     if kind == "url":
-        _check_keys(source, frozenset(("type", "url")), f"{where}.source")
-        return {"type": "image_url", "image_url": {"url": _text(source.get("url"), f"{where}.source.url")}}
+        fields.check_keys(source, frozenset(("type", "url")), f"{where}.source")
+        return {"type": "image_url", "image_url": {"url": fields.text(source.get("url"), f"{where}.source.url")}}
     raise _refuse(f"{where}.source.type", "must be base64 or url")
 
 
 def _tool_result(block: dict[str, Any], where: str) -> ChatMessage:
-    _check_keys(block, _TOOL_RESULT_KEYS, where)
+    fields.check_keys(block, _TOOL_RESULT_KEYS, where)
     if block.get("is_error"):
         raise _refuse(f"{where}.is_error", "cannot be carried (tool messages have no error flag); "
                       "say so in the result's text")
-    tool_use_id = _text(block.get("tool_use_id"), f"{where}.tool_use_id")
+    tool_use_id = fields.text(block.get("tool_use_id"), f"{where}.tool_use_id")
     content = block.get("content", "")
     if isinstance(content, list):
         parts = []
@@ -283,11 +265,11 @@ def _tool_result(block: dict[str, Any], where: str) -> ChatMessage:
             inner = f"{where}.content[{index}]"
             if not isinstance(part, dict) or part.get("type") != "text":
                 raise _refuse(f"{inner}.type", "must be text (a tool result carries text only)")
-            _check_keys(part, _TEXT_KEYS, inner)
+            fields.check_keys(part, _TEXT_KEYS, inner)
             _citations_absent(part, inner)
-            parts.append({"type": "text", "text": _text(part.get("text"), f"{inner}.text")})
+            parts.append({"type": "text", "text": fields.text(part.get("text"), f"{inner}.text")})
         return ChatMessage(role="tool", content=parts, tool_call_id=tool_use_id)
-    return ChatMessage(role="tool", content=_text(content, f"{where}.content"), tool_call_id=tool_use_id)
+    return ChatMessage(role="tool", content=fields.text(content, f"{where}.content"), tool_call_id=tool_use_id)
 
 
 def _user(content: list[Any], where: str) -> list[ChatMessage]:
@@ -306,9 +288,9 @@ def _user(content: list[Any], where: str) -> list[ChatMessage]:
         inner = f"{where}.content[{index}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            _check_keys(block, _TEXT_KEYS, inner)
+            fields.check_keys(block, _TEXT_KEYS, inner)
             _citations_absent(block, inner)
-            parts.append({"type": "text", "text": _text(block.get("text"), f"{inner}.text")})
+            parts.append({"type": "text", "text": fields.text(block.get("text"), f"{inner}.text")})
         elif kind == "image":
             parts.append(_image_part(block, inner))
         elif kind == "tool_result":
@@ -330,24 +312,24 @@ def _assistant(content: list[Any], where: str) -> ChatMessage:
         inner = f"{where}.content[{index}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            _check_keys(block, _TEXT_KEYS, inner)
+            fields.check_keys(block, _TEXT_KEYS, inner)
             _citations_absent(block, inner)
-            texts.append(_text(block.get("text"), f"{inner}.text"))
+            texts.append(fields.text(block.get("text"), f"{inner}.text"))
         elif kind == "tool_use":
-            _check_keys(block, _TOOL_USE_KEYS, inner)
+            fields.check_keys(block, _TOOL_USE_KEYS, inner)
             caller = block.get("caller")
             if caller is not None and caller != {"type": "direct"}:
                 raise _refuse(f"{inner}.caller", "cannot be carried (only direct tool calls)")
             arguments = block.get("input", {})
             if not isinstance(arguments, dict):
                 raise _refuse(f"{inner}.input", "must be an object")
-            calls.append({"id": _text(block.get("id"), f"{inner}.id"), "type": "function",
-                          "function": {"name": _text(block.get("name"), f"{inner}.name"),
+            calls.append({"id": fields.text(block.get("id"), f"{inner}.id"), "type": "function",
+                          "function": {"name": fields.text(block.get("name"), f"{inner}.name"),
                                        "arguments": _encode(arguments).decode()}})
         elif kind == "thinking":
-            _check_keys(block, _THINKING_KEYS, inner)
+            fields.check_keys(block, _THINKING_KEYS, inner)
         elif kind == "redacted_thinking":
-            _check_keys(block, _REDACTED_KEYS, inner)
+            fields.check_keys(block, _REDACTED_KEYS, inner)
         else:
             raise _refuse(f"{inner}.type", f"{kind!r} cannot be carried in an assistant turn "
                           "(text, tool_use, thinking, redacted_thinking)")
@@ -361,7 +343,7 @@ def _messages(messages: list[dict[str, Any]]) -> list[ChatMessage]:
         where = f"messages[{index}]"
         if not isinstance(message, dict):
             raise _refuse(where, "must be an object")
-        _check_keys(message, frozenset(("role", "content")), where)
+        fields.check_keys(message, frozenset(("role", "content")), where)
         role = message.get("role")
         content = message.get("content")
         if role not in ("user", "assistant"):
@@ -391,10 +373,10 @@ def _tools(tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None,
             if tool.get("type", "custom") != "custom":
                 raise _refuse(f"{where}.type", f"{tool.get('type')!r} cannot be carried: only client tools "
                               "(name, description, input_schema); server tools run on Anthropic only")
-            _check_keys(tool, frozenset(("type", "name", "description", "input_schema", "cache_control")), where)
-            function: dict[str, Any] = {"name": _text(tool.get("name"), f"{where}.name")}
+            fields.check_keys(tool, frozenset(("type", "name", "description", "input_schema", "cache_control")), where)
+            function: dict[str, Any] = {"name": fields.text(tool.get("name"), f"{where}.name")}
             if tool.get("description") is not None:
-                function["description"] = _text(tool.get("description"), f"{where}.description")
+                function["description"] = fields.text(tool.get("description"), f"{where}.description")
             schema = tool.get("input_schema")
             if not isinstance(schema, dict):
                 raise _refuse(f"{where}.input_schema", "must be a JSON schema object")
@@ -402,9 +384,9 @@ def _tools(tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None,
             converted.append({"type": "function", "function": function})
     if choice is None:
         return converted, None
-    _check_keys(choice, frozenset(("type", "name", "disable_parallel_tool_use")), "tool_choice")
+    fields.check_keys(choice, frozenset(("type", "name", "disable_parallel_tool_use")), "tool_choice")
     if choice.get("disable_parallel_tool_use"):
-        _carry(extra, "parallel_tool_calls", False, "tool_choice.disable_parallel_tool_use")
+        fields.carry(extra, "parallel_tool_calls", False, "tool_choice.disable_parallel_tool_use")
     kind = choice.get("type")
     if kind == "auto":
         return converted, "auto"
@@ -413,7 +395,8 @@ def _tools(tools: list[dict[str, Any]] | None, choice: dict[str, Any] | None,
     if kind == "none":
         return converted, "none"
     if kind == "tool":
-        return converted, {"type": "function", "function": {"name": _text(choice.get("name"), "tool_choice.name")}}
+        name = fields.text(choice.get("name"), "tool_choice.name")
+        return converted, {"type": "function", "function": {"name": name}}
     raise _refuse("tool_choice.type", "must be auto, any, tool or none")
 
 
@@ -422,7 +405,7 @@ def _thinking(thinking: dict[str, Any] | None) -> tuple[dict[str, Any] | None, d
     Gemini, Ollama read it) and the effort its budget stands for (OpenAI reads that)."""
     if thinking is None:
         return None, None
-    _check_keys(thinking, frozenset(("type", "budget_tokens")), "thinking")
+    fields.check_keys(thinking, frozenset(("type", "budget_tokens")), "thinking")
     kind = thinking.get("type")
     if kind == "disabled":
         return None, None

@@ -27,7 +27,9 @@ from typing import Any
 
 import msgspec
 
+from protocol import front_door_fields as fields
 from protocol.errors import ProtocolError
+from protocol.front_door_fields import FieldRefused
 from protocol.messages import (
     ChatMessage,
     Completed,
@@ -60,42 +62,10 @@ _EFFORTS = frozenset(("minimal", "low", "medium", "high"))
 
 #: The fields of the hub's ``completion``: a Responses field is carried when its Chat
 #: Completions counterpart is one of them, refused otherwise.
-_COMPLETION_FIELDS = frozenset(Completion.__struct_fields__)
-
-
-class FieldRefused(ProtocolError):
-    """A request field that cannot be carried or is malformed (code ``invalid_message``).
-
-    Attributes:
-        param: the field's path in the request (``tools[0].type``), OpenAI's error ``param``.
-    """
-
-    def __init__(self, param: str, why: str) -> None:
-        super().__init__(f"`{param}` {why}", "invalid_message")
-        self.param = param
 
 
 def _refuse(field: str, why: str) -> FieldRefused:
     return FieldRefused(field, why)
-
-
-def _carry(extra: dict[str, Any], name: str, value: Any, field: str) -> None:
-    """Carry ``value`` as the completion's ``name`` when the completion has that field, else refuse ``field``."""
-    if name not in _COMPLETION_FIELDS:
-        raise _refuse(field, f"cannot be carried: the hub's completion request has no `{name}`; leave it out")
-    extra[name] = value
-
-
-def _check_keys(block: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(block) - allowed)
-    if unknown:
-        raise _refuse(f"{where}.{unknown[0]}", "cannot be carried; leave it out")
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise _refuse(where, "must be a string")
-    return value
 
 
 class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -152,13 +122,13 @@ class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=True):
             raise _refuse("max_output_tokens", "must be at least 1")
         extra: dict[str, Any] = {}
         if self.top_p is not None:
-            _carry(extra, "top_p", self.top_p, "top_p")
+            fields.carry(extra, "top_p", self.top_p, "top_p")
         if self.user is not None:
-            _carry(extra, "user", self.user, "user")
+            fields.carry(extra, "user", self.user, "user")
         if self.metadata:
-            _carry(extra, "metadata", self.metadata, "metadata")
+            fields.carry(extra, "metadata", self.metadata, "metadata")
         if self.parallel_tool_calls is False:
-            _carry(extra, "parallel_tool_calls", False, "parallel_tool_calls")
+            fields.carry(extra, "parallel_tool_calls", False, "parallel_tool_calls")
         _text_options(self.text, extra)
         messages = _instructions(self.instructions) + _input(self.input)
         if not messages:
@@ -228,29 +198,29 @@ def _part(part: Any, role: str, where: str) -> dict[str, Any]:
     """One content part as a Chat part (``text`` or ``image_url``)."""
     kind = part.get("type") if isinstance(part, dict) else None
     if kind in ("input_text", "output_text"):
-        _check_keys(part, frozenset(("type", "text", "annotations", "logprobs")), where)
+        fields.check_keys(part, frozenset(("type", "text", "annotations", "logprobs")), where)
         if part.get("annotations"):
             raise _refuse(f"{where}.annotations", "cannot be carried (no provider takes input annotations)")
-        return {"type": "text", "text": _text(part.get("text"), f"{where}.text")}
+        return {"type": "text", "text": fields.text(part.get("text"), f"{where}.text")}
     if kind == "refusal" and role == "assistant":
         # An earlier answer's refusal, as the SDK holds it: its words, as assistant text.
-        _check_keys(part, frozenset(("type", "refusal")), where)
-        return {"type": "text", "text": _text(part.get("refusal"), f"{where}.refusal")}
+        fields.check_keys(part, frozenset(("type", "refusal")), where)
+        return {"type": "text", "text": fields.text(part.get("refusal"), f"{where}.refusal")}
     if kind == "input_image" and role == "user":
-        _check_keys(part, frozenset(("type", "image_url", "file_id", "detail")), where)
+        fields.check_keys(part, frozenset(("type", "image_url", "file_id", "detail")), where)
         if part.get("file_id") is not None:
             raise _refuse(f"{where}.file_id", "cannot be carried: the hub has no file store; send `image_url` "
                           "(an https or data URL)")
-        image: dict[str, Any] = {"url": _text(part.get("image_url"), f"{where}.image_url")}
+        image: dict[str, Any] = {"url": fields.text(part.get("image_url"), f"{where}.image_url")}
         if part.get("detail") is not None:
-            image["detail"] = _text(part["detail"], f"{where}.detail")
+            image["detail"] = fields.text(part["detail"], f"{where}.detail")
         return {"type": "image_url", "image_url": image}
     raise _refuse(f"{where}.type", f"{kind!r} cannot be carried in a {role} message "
                   "(input_text, output_text, input_image in user messages, refusal in assistant messages)")
 
 
 def _message(item: dict[str, Any], where: str) -> ChatMessage:
-    _check_keys(item, _MESSAGE_KEYS, where)
+    fields.check_keys(item, _MESSAGE_KEYS, where)
     role = item.get("role")
     if role not in ("user", "assistant", "system", "developer"):
         raise _refuse(f"{where}.role", "must be user, assistant, system or developer")
@@ -266,15 +236,15 @@ def _message(item: dict[str, Any], where: str) -> ChatMessage:
 
 
 def _function_call(item: dict[str, Any], where: str) -> dict[str, Any]:
-    _check_keys(item, _CALL_KEYS, where)
-    return {"id": _text(item.get("call_id"), f"{where}.call_id"), "type": "function",
-            "function": {"name": _text(item.get("name"), f"{where}.name"),
-                         "arguments": _text(item.get("arguments", "{}"), f"{where}.arguments")}}
+    fields.check_keys(item, _CALL_KEYS, where)
+    return {"id": fields.text(item.get("call_id"), f"{where}.call_id"), "type": "function",
+            "function": {"name": fields.text(item.get("name"), f"{where}.name"),
+                         "arguments": fields.text(item.get("arguments", "{}"), f"{where}.arguments")}}
 
 
 def _function_output(item: dict[str, Any], where: str) -> ChatMessage:
-    _check_keys(item, _OUTPUT_KEYS, where)
-    call_id = _text(item.get("call_id"), f"{where}.call_id")
+    fields.check_keys(item, _OUTPUT_KEYS, where)
+    call_id = fields.text(item.get("call_id"), f"{where}.call_id")
     output = item.get("output")
     if isinstance(output, list):
         texts = []
@@ -282,9 +252,9 @@ def _function_output(item: dict[str, Any], where: str) -> ChatMessage:
             inner = f"{where}.output[{index}]"
             if not isinstance(part, dict) or part.get("type") != "input_text":
                 raise _refuse(f"{inner}.type", "must be input_text (a function's output carries text only)")
-            texts.append(_text(part.get("text"), f"{inner}.text"))
+            texts.append(fields.text(part.get("text"), f"{inner}.text"))
         output = "".join(texts)
-    return ChatMessage(role="tool", content=_text(output, f"{where}.output"), tool_call_id=call_id)
+    return ChatMessage(role="tool", content=fields.text(output, f"{where}.output"), tool_call_id=call_id)
 
 
 def _input(value: str | list[Any]) -> list[ChatMessage]:
@@ -314,7 +284,7 @@ def _input(value: str | list[Any]) -> list[ChatMessage]:
         elif kind == "reasoning":
             # Earlier reasoning: accepted and not forwarded (the hub's messages have no place
             # for it; docs/PROTOCOL.md "POST /v1/responses").
-            _check_keys(item, _REASONING_KEYS, where)
+            fields.check_keys(item, _REASONING_KEYS, where)
         else:
             raise _refuse(f"{where}.type", f"{kind!r} cannot be carried "
                           "(message, function_call, function_call_output, reasoning)")
@@ -339,10 +309,10 @@ def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
             raise _refuse(f"{where}.type", f"{kind!r} cannot be carried: the hub passes function tools only; "
                           "built-in tools (web_search, file_search, code_interpreter, computer_use, mcp, "
                           "image_generation...) run on OpenAI's side")
-        _check_keys(tool, _FUNCTION_KEYS, where)
-        function: dict[str, Any] = {"name": _text(tool.get("name"), f"{where}.name")}
+        fields.check_keys(tool, _FUNCTION_KEYS, where)
+        function: dict[str, Any] = {"name": fields.text(tool.get("name"), f"{where}.name")}
         if tool.get("description") is not None:
-            function["description"] = _text(tool["description"], f"{where}.description")
+            function["description"] = fields.text(tool["description"], f"{where}.description")
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise _refuse(f"{where}.parameters", "must be a JSON schema object")
@@ -362,8 +332,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str | dict[str, Any] | 
         return choice
     if choice.get("type") != "function":
         raise _refuse("tool_choice.type", f"{choice.get('type')!r} cannot be carried (function only)")
-    _check_keys(choice, frozenset(("type", "name")), "tool_choice")
-    return {"type": "function", "function": {"name": _text(choice.get("name"), "tool_choice.name")}}
+    fields.check_keys(choice, frozenset(("type", "name")), "tool_choice")
+    return {"type": "function", "function": {"name": fields.text(choice.get("name"), "tool_choice.name")}}
 
 
 def _reasoning(reasoning: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -372,7 +342,7 @@ def _reasoning(reasoning: dict[str, Any] | None) -> dict[str, Any] | None:
     reads it; other providers stream their reasoning as it comes)."""
     if not reasoning:
         return None
-    _check_keys(reasoning, frozenset(("effort", "summary", "generate_summary")), "reasoning")
+    fields.check_keys(reasoning, frozenset(("effort", "summary", "generate_summary")), "reasoning")
     effort = reasoning.get("effort")
     summary = reasoning.get("summary", reasoning.get("generate_summary"))
     if summary is not None and summary not in ("auto", "concise", "detailed"):
@@ -394,9 +364,9 @@ def _text_options(text: dict[str, Any] | None, extra: dict[str, Any]) -> None:
     as the completion's ``response_format`` (Chat form) when it has one, else refused."""
     if not text:
         return
-    _check_keys(text, frozenset(("format", "verbosity")), "text")
+    fields.check_keys(text, frozenset(("format", "verbosity")), "text")
     if text.get("verbosity") is not None:
-        _carry(extra, "verbosity", text["verbosity"], "text.verbosity")
+        fields.carry(extra, "verbosity", text["verbosity"], "text.verbosity")
     fmt = text.get("format")
     if fmt is None:
         return
@@ -404,19 +374,19 @@ def _text_options(text: dict[str, Any] | None, extra: dict[str, Any]) -> None:
         raise _refuse("text.format", "must be an object")
     kind = fmt.get("type")
     if kind == "text":
-        _check_keys(fmt, frozenset(("type",)), "text.format")
+        fields.check_keys(fmt, frozenset(("type",)), "text.format")
         return
     if kind == "json_object":
-        _check_keys(fmt, frozenset(("type",)), "text.format")
-        _carry(extra, "response_format", {"type": "json_object"}, "text.format")
+        fields.check_keys(fmt, frozenset(("type",)), "text.format")
+        fields.carry(extra, "response_format", {"type": "json_object"}, "text.format")
         return
     if kind == "json_schema":
-        _check_keys(fmt, frozenset(("type", "name", "schema", "strict", "description")), "text.format")
-        schema: dict[str, Any] = {"name": _text(fmt.get("name"), "text.format.name"), "schema": fmt.get("schema")}
+        fields.check_keys(fmt, frozenset(("type", "name", "schema", "strict", "description")), "text.format")
+        schema: dict[str, Any] = {"name": fields.text(fmt.get("name"), "text.format.name"), "schema": fmt.get("schema")}
         for key in ("strict", "description"):
             if fmt.get(key) is not None:
                 schema[key] = fmt[key]
-        _carry(extra, "response_format", {"type": "json_schema", "json_schema": schema}, "text.format")
+        fields.carry(extra, "response_format", {"type": "json_schema", "json_schema": schema}, "text.format")
         return
     raise _refuse("text.format.type", "must be text, json_object or json_schema")
 
