@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -21,45 +19,21 @@ from hub.config import HubConfig
 from hub.multiplexer import StreamMultiplexer
 from hub.redis_broker import RedisBroker
 from protocol.messages import Completed, ContentChunk, ErrorMessage, Pong, Subscribed
-from tests.conftest import hub_config
+from tests.conftest import REDIS_URL, hub_config, redis_answers, redis_prefix_for_test
 from tools.mock_provider import MockProvider, expected_text
 
-REDIS_URL = os.environ.get("CBHUB_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
 OPENAI = "openai/gpt-4o-mini"
 
 
-def _redis_answers() -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError):
-        return False
-
-
-if not _redis_answers():
-    if os.environ.get("CBHUB_REQUIRE_REDIS") == "1":
-        raise RuntimeError(f"CBHUB_REQUIRE_REDIS=1 but no Redis answers at {REDIS_URL}")
+if not redis_answers():  # raises under CBHUB_REQUIRE_REDIS=1
     pytest.skip(f"no Redis answers at {REDIS_URL}", allow_module_level=True)
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
+def prefix() -> Iterator[str]:
     """A key prefix of this test's own; its keys are unlinked at the end."""
-    import redis.asyncio as aioredis
-
-    value = f"cbhub-test-{uuid.uuid4().hex[:12]}:"
-    yield value
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=value + "*", count=500):
-            await client.unlink(key)
-    finally:
-        await client.aclose()
+    with redis_prefix_for_test() as value:
+        yield value
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,49 +24,25 @@ import pytest
 import websockets
 
 from protocol.messages import Completed, ContentChunk, ErrorMessage, Subscribed
-from tests.conftest import WSClient
+from tests.conftest import REDIS_URL, WSClient, redis_answers, redis_prefix_for_test
 from tests.test_config import ROOT, clean_environ
 from tools.bench.procs import hub_env
 from tools.mock_provider import MockProvider, expected_text
 
-REDIS_URL = os.environ.get("CBHUB_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
 OPENAI = "openai/gpt-4o-mini"
 #: Bound for a worker process to start (interpreters spawned on a busy 2-core machine), in s.
 START_TIMEOUT_S = 60.0
 
 
-def _redis_answers() -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError):
-        return False
-
-
-REDIS_ANSWERS = _redis_answers()
-if not REDIS_ANSWERS and os.environ.get("CBHUB_REQUIRE_REDIS") == "1":
-    raise RuntimeError(f"CBHUB_REQUIRE_REDIS=1 but no Redis answers at {REDIS_URL}")
+REDIS_ANSWERS = redis_answers()  # raises under CBHUB_REQUIRE_REDIS=1
 needs_redis = pytest.mark.skipif(not REDIS_ANSWERS, reason=f"no Redis answers at {REDIS_URL}")
 
 
 @pytest.fixture
-async def prefix() -> AsyncIterator[str]:
+def prefix() -> Iterator[str]:
     """A key prefix of this test's own; its keys are unlinked at the end."""
-    import redis.asyncio as aioredis
-
-    value = f"cbhub-test-{uuid.uuid4().hex[:12]}:"
-    yield value
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        async for key in client.scan_iter(match=value + "*", count=500):
-            await client.unlink(key)
-    finally:
-        await client.aclose()
+    with redis_prefix_for_test() as value:
+        yield value
 
 
 class Served:
